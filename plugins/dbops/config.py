@@ -1,0 +1,299 @@
+"""Load and validate ``include/config/dbops.yaml`` into typed, frozen objects.
+
+Validation happens at DAG parse time and reads only the local file: no database, no network. Any
+problem raises one :class:`ConfigError` naming the file, the target and the key, so the DAG file
+fails to import as a whole and no half-built DAGs appear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "dbops.yaml"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h|d)?\s*$")
+_SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "min": 60, "h": 3600, "d": 86400}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+_CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
+
+
+class ConfigError(ValueError):
+    """The configuration file is invalid; the message names file, target and key."""
+
+
+class Cron(str):
+    """A cron expression or an Airflow preset such as ``@daily``."""
+
+
+class ByteSize(int):
+    """A size in bytes, written as ``10MB``, ``1.5GB`` or a plain integer."""
+
+
+class Seconds(float):
+    """A duration in seconds, written as ``500ms``, ``5s``, ``2min``, ``1h``, ``7d`` or a plain number."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where backups go: a local directory (path or ``file://``) or ``s3://bucket/prefix``."""
+
+    url: str
+    aws_conn_id: str = "aws_default"
+    sse: str | None = None
+    storage_class: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "s3" if self.url.startswith("s3://") else "file"
+
+    @property
+    def local_path(self) -> Path:
+        path = Path(self.url.removeprefix("file://"))
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@dataclass(frozen=True)
+class Retention:
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 12
+
+
+@dataclass(frozen=True)
+class BackupPolicy:
+    storage: str
+    schedule: Cron | None = Cron("0 2 * * *")
+    retention: Retention = field(default_factory=Retention)
+    format: str = "directory"
+    jobs: int = 2
+
+
+@dataclass(frozen=True)
+class MaintenancePolicy:
+    weekly: Cron | None = Cron("0 1 * * 0")
+    daily: Cron | None = Cron("0 3 * * *")
+    bloat_pct: float = 30.0
+    min_bytes: ByteSize = ByteSize(10 * 1024**2)
+    lock_timeout: Seconds = Seconds(5)
+    statement_timeout: Seconds = Seconds(3600)
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    rules: list[str] = field(default_factory=lambda: ["postgres_default"])
+    notify: list[str] = field(default_factory=lambda: ["log"])
+    schedule: Cron | None = Cron("*/5 * * * *")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    conn_id: str
+    backup: BackupPolicy | None = None
+    maintenance: MaintenancePolicy | None = None
+    alerts: AlertPolicy | None = None
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """Where to look first for pg_dump, pg_restore and psql (then PATH, then the embedded wheel)."""
+
+    bin_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class PreflightConfig:
+    schedule: Cron | None = Cron("0 6 * * *")
+
+
+@dataclass(frozen=True)
+class DbopsConfig:
+    ops_conn_id: str
+    storage: dict[str, StorageConfig]
+    targets: dict[str, TargetConfig]
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    path: Path = field(default=DEFAULT_CONFIG_PATH, compare=False)
+
+    def store_for(self, target: str) -> StorageConfig | None:
+        """The storage a target's backups go to, or None when it has no backup policy."""
+        backup = self.targets[target].backup
+        return self.storage[backup.storage] if backup else None
+
+
+class _Invalid(Exception):
+    """Raised inside the converter with the dotted key that is wrong."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return kind if isinstance(value, (dict, list)) or value is None else f"{kind} {value!r}"
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _convert(value, options[0], key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Invalid(key, f"expected a list, got {_describe(value)}")
+        return [_convert(item, typing.get_args(hint)[0], f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Invalid(key, f"expected a mapping, got {_describe(value)}")
+        return {str(k): _convert(v, typing.get_args(hint)[1], _join(key, str(k))) for k, v in value.items()}
+    return _scalar(value, hint, key)
+
+
+def _scalar(value: Any, hint: type, key: str) -> Any:
+    if hint is Cron:
+        return _cron(value, key)
+    if hint is ByteSize:
+        number, unit = _with_unit(value, _SIZE, key, "a size such as 10MB")
+        return ByteSize(number * _SIZE_UNITS[(unit or "B").upper()])
+    if hint is Seconds:
+        number, unit = _with_unit(value, _DURATION, key, "a duration such as 5s")
+        return Seconds(number * _DURATION_UNITS[unit or "s"])
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (hint in (int, float) and isinstance(value, bool)) or not isinstance(value, hint):
+        raise _Invalid(key, f"expected {_TYPE_NAMES[hint]}, got {_describe(value)}")
+    return value
+
+
+def _with_unit(value: Any, pattern: re.Pattern, key: str, example: str) -> tuple[float, str | None]:
+    """Split ``10MB`` / ``5s`` into number and unit; a bare number has no unit."""
+    plain = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    match = pattern.match(str(value)) if plain else None
+    if not match:
+        raise _Invalid(key, f"expected {example}, got {_describe(value)}")
+    return float(match.group(1)), match.group(2)
+
+
+def _cron(value: Any, key: str) -> Cron:
+    from croniter import croniter
+
+    if not isinstance(value, str):
+        raise _Invalid(key, f"expected a cron expression, got {_describe(value)}")
+    if value not in _CRON_PRESETS and not croniter.is_valid(value):
+        raise _Invalid(key, f"bad cron expression {value!r} (five fields: minute hour day month weekday)")
+    return Cron(value)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise _Invalid(prefix, f"expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise _Invalid(_join(prefix, str(unknown[0])), f"unknown key (expected one of: {', '.join(fields)})")
+    kwargs = {}
+    for name, fld in fields.items():
+        key = _join(prefix, name)
+        if name not in data:
+            if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+                raise _Invalid(key, "required key is missing")
+            continue
+        kwargs[name] = _convert(data[name], hints[name], key)
+    return cls(**kwargs)
+
+
+def _check_references(config: DbopsConfig) -> None:
+    if not config.ops_conn_id:
+        raise _Invalid("ops_conn_id", "must name an Airflow connection")
+    for name, store in config.storage.items():
+        if not store.url:
+            raise _Invalid(f"storage.{name}.url", "must not be empty")
+    for name, target in config.targets.items():
+        if not _NAME.match(name):
+            raise _Invalid(f"targets.{name}", "target names are lowercase letters, digits and _ (used in DAG ids)")
+        if not target.conn_id:
+            raise _Invalid(f"targets.{name}.conn_id", "must name an Airflow connection")
+        if target.backup and target.backup.storage not in config.storage:
+            raise _Invalid(f"targets.{name}.backup.storage",
+                           f"unknown storage {target.backup.storage!r} (defined: {', '.join(config.storage) or 'none'})")
+        if target.maintenance and not 0 < target.maintenance.bloat_pct < 100:
+            raise _Invalid(f"targets.{name}.maintenance.bloat_pct", "must be between 0 and 100")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _message(path: Path, key: str, message: str) -> str:
+    parts = key.split(".")
+    if parts[0] == "targets" and len(parts) > 1:
+        target = parts[1].split("[")[0]
+        rest = ".".join(parts[2:])
+        where = f"target '{target}'" + (f": key '{rest}'" if rest else "")
+    else:
+        where = f"key '{key}'" if key else "top level"
+    return f"{path}: {where}: {message}"
+
+
+def parse_config(text: str, path: Path) -> DbopsConfig:
+    """Validate the YAML ``text`` (read from ``path``, named in errors)."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+    try:
+        config = _build(DbopsConfig, data, "")
+        _check_references(config)
+    except _Invalid as err:
+        raise ConfigError(_message(path, err.key, err.message)) from None
+    return dataclasses.replace(config, path=path)
+
+
+_cache: dict[tuple[Path, float], DbopsConfig] = {}
+
+
+def load_config(path: str | os.PathLike | None = None) -> DbopsConfig:
+    """Load the config from ``path``, ``$DBOPS_CONFIG`` or the default; cached per file version."""
+    path = Path(path or os.environ.get("DBOPS_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        stamp = (path, path.stat().st_mtime)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (set DBOPS_CONFIG or create it)") from None
+    if stamp not in _cache:
+        _cache.clear()
+        _cache[stamp] = parse_config(path.read_text(), path)
+    return _cache[stamp]

@@ -1,0 +1,30 @@
+"""What every dbops DAG shares: owner, retries with exponential backoff, timeouts, no overlap."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+# A fixed past date: with catchup off the scheduler starts from the latest interval; backfills may go back here.
+START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "dbops",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(minutes=30),
+}
+
+
+def dag_kwargs(*, tags: list[str], max_active_runs: int = 1, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``DAG(...)``; ``overrides`` win."""
+    return {
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": max_active_runs,
+        "default_args": DEFAULT_ARGS,
+        "tags": ["dbops", *tags],
+        **overrides,
+    }

@@ -1,0 +1,28 @@
+"""Sort failures into transient (retry with backoff) and permanent (fail now, say what to fix)."""
+
+from __future__ import annotations
+
+import psycopg
+
+# SQLSTATEs worth a retry: connection trouble, serialization/deadlock, lock timeout, shutdown, overload.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "53400"}
+_PERMANENT_CONNECT_MESSAGES = ("authentication failed", "does not exist", "no pg_hba.conf entry", "permission denied")
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when the same call may succeed later without anyone changing anything."""
+    if isinstance(error, psycopg.Error):
+        sqlstate = error.sqlstate or ""
+        if sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES:
+            return True
+        if isinstance(error, psycopg.OperationalError) and not sqlstate:
+            message = str(error).lower()
+            return not any(text in message for text in _PERMANENT_CONNECT_MESSAGES)
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    status = getattr(error, "response", {})
+    if isinstance(status, dict):  # botocore ClientError
+        code = status.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code >= 500 or code == 429
+    return type(error).__name__ in {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}

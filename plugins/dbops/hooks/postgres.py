@@ -1,0 +1,36 @@
+"""PostgresHook for administrative work on a target: server facts and client-tool environments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+from dbops.hooks.tools import PgTool, find_tool, libpq_environment
+
+
+class DbopsPostgresHook(PostgresHook):
+    """:class:`PostgresHook` with the server version and safe environments for pg_dump and friends.
+
+    :param postgres_conn_id: the Airflow connection of the target.
+    """
+
+    hook_name = "dbops Postgres"
+
+    def server_version_num(self) -> int:
+        """``server_version_num`` of the target, e.g. 180006."""
+        return int(self.get_first("SELECT current_setting('server_version_num')")[0])
+
+    def find_tool(self, name: str, bin_dir: str | None = None) -> PgTool:
+        """A client tool at least as new as this server (see :func:`dbops.hooks.tools.find_tool`)."""
+        return find_tool(name, self.server_version_num(), bin_dir)
+
+    @contextmanager
+    def cli_environment(self, database: str | None = None) -> Iterator[dict[str, str]]:
+        """libpq environment for a CLI tool against this connection; the password stays in a passfile."""
+        conn = self.connection
+        timeout = int(conn.extra_dejson.get("connect_timeout", 10))
+        with libpq_environment(conn.host or "localhost", conn.port, conn.login, database or self.database
+                               or conn.schema, conn.password, timeout) as env:
+            yield env

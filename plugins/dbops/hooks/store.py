@@ -1,0 +1,105 @@
+"""The backup store: one small interface over a local directory and S3 (or S3-compatible) storage."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from dbops.config import StorageConfig
+
+
+class BackupStore(ABC):
+    """Objects addressed by ``/``-separated keys below the store's root."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key``, replacing it atomically."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """Read the object at ``key``."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete the object at ``key``; deleting a missing key is not an error."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store is, for logs (never credentials)."""
+
+    def check_writable(self) -> None:
+        """Write, read back and delete a probe object; raise if any step fails or data differs."""
+        key = f".dbops-probe/{uuid.uuid4().hex}"
+        payload = uuid.uuid4().bytes
+        self.put_bytes(key, payload)
+        try:
+            if self.read_bytes(key) != payload:
+                raise OSError(f"{self.describe()}: probe object read back differs from what was written")
+        finally:
+            self.delete(key)
+
+
+class LocalStore(BackupStore):
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"key {key!r} escapes the store root {self.root}")
+        return path
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        with open(partial, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, path)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+
+class S3Store(BackupStore):
+    """S3 through the Amazon provider's :class:`S3Hook`, with server-side encryption and storage class."""
+
+    def __init__(self, url: str, aws_conn_id: str, sse: str | None = None, storage_class: str | None = None):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        extra_args = {k: v for k, v in (("ServerSideEncryption", sse), ("StorageClass", storage_class)) if v}
+        self.hook = S3Hook(aws_conn_id=aws_conn_id, extra_args=extra_args)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.hook.load_bytes(data, self._key(key), self.bucket, replace=True)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.hook.get_key(self._key(key), self.bucket).get()["Body"].read()
+
+    def delete(self, key: str) -> None:
+        self.hook.delete_objects(self.bucket, [self._key(key)])
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+def get_store(storage: StorageConfig) -> BackupStore:
+    if storage.scheme == "s3":
+        return S3Store(storage.url, storage.aws_conn_id, storage.sse, storage.storage_class)
+    return LocalStore(storage.local_path)

