@@ -214,7 +214,6 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
         "AIRFLOW_CONN_DBOPS_STATE": conn_uri("dbops"),
         "AIRFLOW_CONN_PG_APPDB": conn_uri("appdb"),
-        "DBOPS_BACKUP_DIR": str(VAR / "backups"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
     }
 

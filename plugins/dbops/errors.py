@@ -6,6 +6,7 @@ import psycopg
 
 # SQLSTATEs worth a retry: connection trouble, serialization/deadlock, lock timeout, shutdown, overload.
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "53400"}
+_TRANSIENT_BOTOCORE_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}
 _PERMANENT_CONNECT_MESSAGES = ("authentication failed", "does not exist", "no pg_hba.conf entry", "permission denied")
 
 
@@ -21,8 +22,10 @@ def is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
-    status = getattr(error, "response", {})
-    if isinstance(status, dict):  # botocore ClientError
-        code = status.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if type(error).__name__ in _TRANSIENT_BOTOCORE_ERRORS:
+        return True
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):  # botocore ClientError: retry throttling and server errors
+        code = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return code >= 500 or code == 429
-    return type(error).__name__ in {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}
+    return False

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-from dbops.hooks.tools import PgTool, find_tool, libpq_environment
+from dbops.hooks.tools import libpq_environment
 
 
 class DbopsPostgresHook(PostgresHook):
@@ -21,10 +21,6 @@ class DbopsPostgresHook(PostgresHook):
     def server_version_num(self) -> int:
         """``server_version_num`` of the target, e.g. 180006."""
         return int(self.get_first("SELECT current_setting('server_version_num')")[0])
-
-    def find_tool(self, name: str, bin_dir: str | None = None) -> PgTool:
-        """A client tool at least as new as this server (see :func:`dbops.hooks.tools.find_tool`)."""
-        return find_tool(name, self.server_version_num(), bin_dir)
 
     @contextmanager
     def cli_environment(self, database: str | None = None) -> Iterator[dict[str, str]]:

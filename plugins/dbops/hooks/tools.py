@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+_INHERITED = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
@@ -100,9 +101,13 @@ def _passfile_field(value: object) -> str:
 def libpq_environment(
     host: str, port: int | None, user: str, database: str, password: str | None, connect_timeout: int = 10
 ) -> Iterator[dict[str, str]]:
-    """Environment for a libpq CLI tool. The password goes into a private passfile, never argv or env."""
+    """Environment for a libpq CLI tool. The password goes into a private passfile, never argv or env.
+
+    Only a few harmless variables are inherited: the worker's environment holds other secrets
+    (``AIRFLOW_CONN_*``) that a child process has no business seeing.
+    """
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k in _INHERITED},
         "PGHOST": host,
         "PGPORT": str(port or 5432),
         "PGUSER": user,
@@ -110,7 +115,6 @@ def libpq_environment(
         "PGCONNECT_TIMEOUT": str(connect_timeout),
         "PGAPPNAME": "dbops",
     }
-    env.pop("PGPASSWORD", None)
     if not password:
         yield env
         return
