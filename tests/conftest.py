@@ -25,6 +25,7 @@ def pg_server() -> Iterator[None]:
     started = devstack.start_postgres()
     devstack.ensure_databases()
     devstack.migrate_ops_database()
+    devstack.migrate_airflow_database()
     yield
     if started:
         devstack.stop_postgres()

@@ -1,0 +1,61 @@
+"""Every DAG file imports cleanly and every DAG carries the operational defaults dbops promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+
+
+def load_dagbag() -> DagBag:
+    return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return load_dagbag()
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_expected_dags_exist(dagbag):
+    assert "dbops_preflight" in dagbag.dag_ids
+
+
+def all_dags():
+    return sorted(load_dagbag().dags.items())
+
+
+@pytest.mark.parametrize(("dag_id", "dag"), all_dags())
+def test_dag_has_operational_defaults(dag_id, dag):
+    assert dag.owner == "dbops"
+    assert "dbops" in dag.tags and len(dag.tags) >= 2
+    assert dag.doc_md and len(dag.doc_md) > 100
+    assert dag.max_active_runs >= 1
+    assert not dag.catchup
+    for task in dag.tasks:
+        assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+        assert task.retry_exponential_backoff >= 2.0, f"{dag_id}.{task.task_id} backs off linearly"
+        assert task.execution_timeout is not None, f"{dag_id}.{task.task_id} has no execution_timeout"
+
+
+def test_preflight_has_one_task_per_target(dagbag):
+    from dbops.config import load_config
+
+    tasks = {t.task_id for t in dagbag.dags["dbops_preflight"].tasks}
+    assert tasks == {f"check__{name}" for name in load_config().targets}
+
+
+def test_bad_config_is_one_import_error_and_no_dags(tmp_path, monkeypatch):
+    bad = tmp_path / "dbops.yaml"
+    bad.write_text("ops_conn_id: dbops_state\nstorage: {}\ntargets:\n  appdb: {conn_id: pg_appdb, colour: blue}\n")
+    monkeypatch.setenv("DBOPS_CONFIG", str(bad))
+    bag = load_dagbag()
+    assert bag.dags == {}
+    errors = "\n".join(bag.import_errors.values())
+    assert f"{bad}: target 'appdb': key 'colour': unknown key" in errors

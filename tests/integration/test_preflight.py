@@ -1,0 +1,83 @@
+"""dbops_preflight end to end on the real stack: a healthy target passes, a dead one fails alone."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import psycopg
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from dbops.config import DEFAULT_CONFIG_PATH
+from dbops.operators.preflight import PreflightOperator
+from scripts import devstack
+
+CHECKS = ["connectivity", "server_version", "pg_dump", "pg_restore", "psql", "backup_store", "ops_migrations"]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@pytest.fixture
+def two_targets(tmp_path, monkeypatch, pg_server):
+    """Config with the demo target and one whose server is down; DAG files parse with it."""
+    config = DEFAULT_CONFIG_PATH.read_text() + (
+        "  downdb:\n    conn_id: pg_down\n    backup: {storage: local}\n")
+    path = tmp_path / "dbops.yaml"
+    path.write_text(config.replace("url: var/backups", f"url: {tmp_path / 'backups'}"))
+    monkeypatch.setenv("DBOPS_CONFIG", str(path))
+    monkeypatch.setenv("AIRFLOW_CONN_PG_DOWN", json.dumps({
+        "conn_type": "postgres", "host": "127.0.0.1", "port": closed_port(), "login": "postgres",
+        "password": "irrelevant", "schema": "appdb", "extra": {"connect_timeout": 2}}))
+    return path
+
+
+def verdicts(run_id: str) -> dict[tuple[str, str], bool]:
+    with psycopg.connect(devstack.libpq_conninfo("dbops")) as conn:
+        rows = conn.execute("SELECT target, check_name, ok FROM dbops.preflight_results WHERE run_id = %s",
+                            (run_id,)).fetchall()
+    return {(target, check): ok for target, check, ok in rows}
+
+
+def test_dead_target_fails_alone_and_everything_is_recorded(two_targets):
+    dag = DagBag(dag_folder=str(devstack.ROOT / "dags")).dags["dbops_preflight"]
+    for task in dag.tasks:
+        task.retries = 0
+    run = dag.test()
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"check__appdb": "success", "check__downdb": "failed"}
+    recorded = verdicts(run.run_id)
+    assert all(recorded[("appdb", check)] for check in CHECKS)
+    assert recorded[("downdb", "connectivity")] is False
+    assert recorded[("downdb", "ops_migrations")] is True
+    assert recorded[("downdb", "backup_store")] is True
+
+
+def test_log_ends_with_one_verdict_per_check(two_targets, capsys):
+    operator = PreflightOperator(task_id="check__downdb", target="downdb")
+    with pytest.raises(AirflowException) as info:
+        operator.execute({"run_id": "log-test"})
+    assert not isinstance(info.value, AirflowFailException), "connection refused must be retried"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "PreflightOperator" in line]
+    tail = lines[-len(CHECKS) - 1:]
+    assert [line.split("]", 1)[1].split()[0] for line in tail[:-1]] == [
+        "FAIL", "SKIP", "SKIP", "SKIP", "SKIP", "PASS", "PASS"]
+    assert all(f" {check}: " in line for check, line in zip(CHECKS, tail))
+    assert "preflight downdb: 6 of 7 checks passed or skipped, 1 failed" in tail[-1]
+
+
+def test_too_old_tools_fail_without_retry(two_targets, monkeypatch, tmp_path):
+    """A server newer than every client tool is permanent: fail at once, say what to fix.
+
+    FAKE: the server version is patched to 99.0, because no server newer than our tools runs here.
+    """
+    monkeypatch.setattr("dbops.operators.preflight.MIN_SERVER_VERSION_NUM", 0)
+    monkeypatch.setattr("dbops.hooks.postgres.DbopsPostgresHook.server_version_num", lambda self: 990000)
+    operator = PreflightOperator(task_id="check__appdb", target="appdb")
+    with pytest.raises(AirflowFailException, match="pg_dump must be version 99 or newer for server 99.0"):
+        operator.execute({"run_id": "old-tools"})
