@@ -32,6 +32,8 @@ PG_HOST = "127.0.0.1"
 PG_PORT = int(os.environ.get("DBOPS_PG_PORT", "55432"))
 PG_SUPERUSER = "postgres"
 DATABASES = ("airflow", "dbops", "appdb")
+# The test suite gets its own Airflow metadata and ops databases, so it never touches what `make run` shows.
+TEST_DATABASES = {"airflow": "airflow_test", "dbops": "dbops_test"}
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 AIRFLOW_USER = "admin"
 UI_URL = "http://localhost:8080"
@@ -147,26 +149,26 @@ def stop_postgres() -> None:
                        check=False, stdout=subprocess.DEVNULL, **_as_pg_user())
 
 
-def ensure_databases() -> None:
+def ensure_databases(names: tuple[str, ...] = DATABASES) -> None:
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
-        for name in DATABASES:
+        for name in names:
             if name not in existing:
                 log(f"creating database {name}")
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def migrate_ops_database() -> None:
+def migrate_ops_database(database: str = "dbops") -> None:
     import psycopg
 
     from dbops.migrations import MIGRATIONS_DIR, apply_migrations
 
-    with psycopg.connect(libpq_conninfo("dbops")) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         applied = apply_migrations(conn, MIGRATIONS_DIR)
-    log(f"ops database: {len(applied)} migration(s) applied")
+    log(f"ops database {database}: {len(applied)} migration(s) applied")
 
 
 def load_demo_if_empty() -> None:
@@ -187,8 +189,9 @@ def libpq_env(database: str) -> dict[str, str]:
             "PGPASSWORD": pg_password(), "PGDATABASE": database}
 
 
-def airflow_env() -> dict[str, str]:
-    """Environment for every Airflow process and test: settings and connections."""
+def airflow_env(test: bool = False) -> dict[str, str]:
+    """Environment for every Airflow process: settings and connections (the test databases if ``test``)."""
+    metadata_db, ops_db = (TEST_DATABASES["airflow"], TEST_DATABASES["dbops"]) if test else ("airflow", "dbops")
     passwords_file = AIRFLOW_HOME / "simple_auth_manager_passwords.json"
     if not passwords_file.exists():
         AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
@@ -210,29 +213,37 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret("jwt_secret"),
         "AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME": "7200",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
-            f"postgresql+psycopg2://{PG_SUPERUSER}:{pg_password()}@{PG_HOST}:{PG_PORT}/airflow",
+            f"postgresql+psycopg2://{PG_SUPERUSER}:{pg_password()}@{PG_HOST}:{PG_PORT}/{metadata_db}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
-        "AIRFLOW_CONN_DBOPS_STATE": conn_uri("dbops"),
+        "AIRFLOW_CONN_DBOPS_STATE": conn_uri(ops_db),
         "AIRFLOW_CONN_PG_APPDB": conn_uri("appdb"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
     }
 
 
-def airflow(*args: str, **kwargs) -> subprocess.CompletedProcess:
+def airflow(*args: str, test: bool = False, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "airflow"), *args],
-                          env={**os.environ, **airflow_env()}, **kwargs)
+                          env={**os.environ, **airflow_env(test)}, **kwargs)
 
 
-def migrate_airflow_database() -> None:
-    """`airflow db migrate` once per Airflow version; later starts skip it."""
+def migrate_airflow_database(test: bool = False) -> None:
+    """`airflow db migrate` once per database and Airflow version; later starts skip it."""
     from airflow import __version__
 
-    stamp = AIRFLOW_HOME / f".db-migrated-{__version__}"
+    database = TEST_DATABASES["airflow"] if test else "airflow"
+    stamp = AIRFLOW_HOME / f".db-migrated-{database}-{__version__}"
     if stamp.exists():
         return
-    log("migrating the Airflow metadata database (first start only)")
-    airflow("db", "migrate", check=True, stdout=subprocess.DEVNULL)
+    log(f"migrating the Airflow metadata database {database} (first start only)")
+    airflow("db", "migrate", test=test, check=True, stdout=subprocess.DEVNULL)
     stamp.touch()
+
+
+def up_test_databases() -> None:
+    """The test suite's own Airflow metadata and ops databases."""
+    ensure_databases(tuple(TEST_DATABASES.values()))
+    migrate_ops_database(TEST_DATABASES["dbops"])
+    migrate_airflow_database(test=True)
 
 
 def up() -> bool:
@@ -276,6 +287,7 @@ def run() -> int:
         time.sleep(0.5)
     exited = [s for s, p in zip(SERVICES, procs) if p.poll() is not None]
     _stop_processes(procs)
+    log(f"stopped {', '.join(SERVICES)}")
     if started_pg:
         stop_postgres()
     if exited and not stop["now"]:
@@ -338,7 +350,8 @@ def demo() -> int:
 def test(pytest_args: list[str]) -> int:
     started_pg = up()
     try:
-        env = {**os.environ, **airflow_env(), "DBOPS_PG_PORT": str(PG_PORT)}
+        up_test_databases()
+        env = {**os.environ, **airflow_env(test=True), "DBOPS_PG_PORT": str(PG_PORT)}
         return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env).returncode
     finally:
         if started_pg:

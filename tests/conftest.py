@@ -16,16 +16,15 @@ from psycopg import sql
 
 from scripts import devstack
 
-for _key, _value in devstack.airflow_env().items():
-    os.environ.setdefault(_key, _value)
+# The suite's own metadata and ops databases (airflow_test, dbops_test), never those `make run` shows.
+os.environ.update(devstack.airflow_env(test=True))
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[None]:
     started = devstack.start_postgres()
     devstack.ensure_databases()
-    devstack.migrate_ops_database()
-    devstack.migrate_airflow_database()
+    devstack.up_test_databases()
     yield
     if started:
         devstack.stop_postgres()

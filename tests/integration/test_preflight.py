@@ -38,7 +38,7 @@ def two_targets(tmp_path, monkeypatch, pg_server):
 
 
 def verdicts(run_id: str) -> dict[tuple[str, str], bool]:
-    with psycopg.connect(devstack.libpq_conninfo("dbops")) as conn:
+    with psycopg.connect(devstack.libpq_conninfo(devstack.TEST_DATABASES["dbops"])) as conn:
         rows = conn.execute("SELECT target, check_name, ok FROM dbops.preflight_results WHERE run_id = %s",
                             (run_id,)).fetchall()
     return {(target, check): ok for target, check, ok in rows}
