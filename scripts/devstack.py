@@ -21,6 +21,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,39 +259,46 @@ def up() -> bool:
     return started
 
 
+@contextmanager
+def stack() -> Iterator[None]:
+    """The set-up for the duration of a command; PostgreSQL is stopped after if this started it."""
+    started_pg = up()
+    try:
+        yield
+    finally:
+        if started_pg:
+            stop_postgres()
+
+
 SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 def run() -> int:
     """Serve Airflow until Ctrl-C, then stop every process this started, PostgreSQL included."""
     t0 = time.monotonic()
-    started_pg = up()
-    logs = AIRFLOW_HOME / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for service in SERVICES:
-        out = open(logs / f"{service}.log", "ab")
-        procs.append(subprocess.Popen([str(Path(sys.executable).parent / "airflow"), service],
-                                      env={**os.environ, **airflow_env()}, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
-    _wait_for_ui(procs)
-    log(f"Airflow is up in {time.monotonic() - t0:.1f} s: {UI_URL}  login: {AIRFLOW_USER} / "
-        f"{_secret('airflow_admin_password')}")
-    log(f"service logs in {logs}; Ctrl-C stops everything")
-    stop = {"now": False}
+    with stack():
+        logs = AIRFLOW_HOME / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        procs = [subprocess.Popen([str(Path(sys.executable).parent / "airflow"), service],
+                                  env={**os.environ, **airflow_env()}, stdout=open(logs / f"{service}.log", "ab"),
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+                 for service in SERVICES]
+        _wait_for_ui(procs)
+        log(f"Airflow is up in {time.monotonic() - t0:.1f} s: {UI_URL}  login: {AIRFLOW_USER} / "
+            f"{_secret('airflow_admin_password')}")
+        log(f"service logs in {logs}; Ctrl-C stops everything")
+        stop = {"now": False}
 
-    def _request_stop(*_):
-        stop["now"] = True
+        def _request_stop(*_):
+            stop["now"] = True
 
-    signal.signal(signal.SIGINT, _request_stop)
-    signal.signal(signal.SIGTERM, _request_stop)
-    while not stop["now"] and all(p.poll() is None for p in procs):
-        time.sleep(0.5)
-    exited = [s for s, p in zip(SERVICES, procs) if p.poll() is not None]
-    _stop_processes(procs)
-    log(f"stopped {', '.join(SERVICES)}")
-    if started_pg:
-        stop_postgres()
+        signal.signal(signal.SIGINT, _request_stop)
+        signal.signal(signal.SIGTERM, _request_stop)
+        while not stop["now"] and all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        exited = [s for s, p in zip(SERVICES, procs) if p.poll() is not None]
+        _stop_processes(procs)
+        log(f"stopped {', '.join(SERVICES)}")
     if exited and not stop["now"]:
         log(f"{', '.join(exited)} exited unexpectedly; see {logs}")
         return 1
@@ -334,8 +343,7 @@ def local_dag_ids() -> list[str]:
 
 def demo() -> int:
     """Run every DAG once end to end; one line per DAG; non-zero if any failed."""
-    started_pg = up()
-    try:
+    with stack():
         dag_ids = local_dag_ids()
         failed = 0
         results = []
@@ -352,33 +360,22 @@ def demo() -> int:
                 results[-1] += f"   (log: {out})"
         print("\n".join(results))
         return 1 if failed else 0
-    finally:
-        if started_pg:
-            stop_postgres()
 
 
 def test(pytest_args: list[str]) -> int:
-    started_pg = up()
-    try:
+    with stack():
         up_test_databases()
         env = {**os.environ, **airflow_env(test=True), "DBOPS_PG_PORT": str(PG_PORT)}
         return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env).returncode
-    finally:
-        if started_pg:
-            stop_postgres()
 
 
 def bench(args: list[str]) -> int:
-    started_pg = up()
-    try:
+    with stack():
         env = {**os.environ, **airflow_env()}
         rc = 0
         for script in sorted((ROOT / "bench").glob("*.py")):
             rc |= subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env).returncode
         return rc
-    finally:
-        if started_pg:
-            stop_postgres()
 
 
 def main(argv: list[str]) -> int:
