@@ -76,8 +76,12 @@ class BackupPolicy:
     storage: str
     schedule: Cron | None = Cron("0 2 * * *")
     retention: Retention = field(default_factory=Retention)
-    format: str = "directory"
     jobs: int = 2
+    compression_level: int = 3
+    verify_conn_id: str | None = None
+    encryption_conn_id: str | None = None
+    notify: list[str] = field(default_factory=lambda: ["log"])
+    tenant_tables: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,27 @@ class TargetConfig:
 
 
 @dataclass(frozen=True)
+class EmailConfig:
+    to: list[str]
+    smtp_conn_id: str = "smtp_default"
+    from_email: str | None = None
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    slack_webhook_conn_id: str = "slack_default"
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """How the notifier channels named in ``notify`` lists reach people (``log`` needs nothing)."""
+
+    email: EmailConfig | None = None
+    slack: SlackConfig | None = None
+    pg_notify_channel: str = "dbops_alerts"
+
+
+@dataclass(frozen=True)
 class ToolsConfig:
     """Where to look first for pg_dump, pg_restore and psql (then PATH, then the embedded wheel)."""
 
@@ -123,6 +148,7 @@ class DbopsConfig:
     storage: dict[str, StorageConfig]
     targets: dict[str, TargetConfig]
     tools: ToolsConfig = field(default_factory=ToolsConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     path: Path = field(default=DEFAULT_CONFIG_PATH, compare=False)
 
@@ -237,8 +263,22 @@ def _check_references(config: DbopsConfig) -> None:
         if target.backup and target.backup.storage not in config.storage:
             raise _Invalid(f"targets.{name}.backup.storage",
                            f"unknown storage {target.backup.storage!r} (defined: {', '.join(config.storage) or 'none'})")
+        for policy in ("backup", "alerts"):
+            notify = getattr(getattr(target, policy), "notify", [])
+            for i, channel in enumerate(notify):
+                _check_channel(config.notifications, channel, f"targets.{name}.{policy}.notify[{i}]")
         if target.maintenance and not 0 < target.maintenance.bloat_pct < 100:
             raise _Invalid(f"targets.{name}.maintenance.bloat_pct", "must be between 0 and 100")
+
+
+CHANNELS = ("log", "email", "slack", "pg_notify")
+
+
+def _check_channel(notifications: NotificationsConfig, channel: str, key: str) -> None:
+    if channel not in CHANNELS:
+        raise _Invalid(key, f"unknown notifier {channel!r} (expected one of: {', '.join(CHANNELS)})")
+    if channel in ("email", "slack") and getattr(notifications, channel) is None:
+        raise _Invalid(key, f"notifier {channel!r} needs a notifications.{channel} section")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -90,3 +90,13 @@ def test_top_level_must_be_a_mapping():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("channel", "expected"),
+    [("pager", "key 'backup.notify[0]': unknown notifier 'pager'"),
+     ("email", "key 'backup.notify[0]': notifier 'email' needs a notifications.email section")],
+)
+def test_bad_notifier_channel_is_rejected(channel, expected):
+    text = GOOD.replace("storage: local,", f"storage: local, notify: [{channel}],")
+    assert f"target 'appdb': {expected}" in error_for(text)
