@@ -213,7 +213,7 @@ def airflow_env(test: bool = False) -> dict[str, str]:
         "AIRFLOW__API__BASE_URL": UI_URL,
         "AIRFLOW__API__SECRET_KEY": _secret("api_secret_key"),
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret("jwt_secret"),
-        "AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME": "7200",
+        "AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME": "21600",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
             f"postgresql+psycopg2://{PG_SUPERUSER}:{pg_password()}@{PG_HOST}:{PG_PORT}/{metadata_db}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),

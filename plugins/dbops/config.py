@@ -149,8 +149,15 @@ class DbopsConfig:
     targets: dict[str, TargetConfig]
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    staging_dir: str = "var/staging"
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     path: Path = field(default=DEFAULT_CONFIG_PATH, compare=False)
+
+    @property
+    def staging_path(self) -> Path:
+        """Local scratch space for dumps and downloads (relative paths are below the project root)."""
+        path = Path(self.staging_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
 
     def store_for(self, target: str) -> StorageConfig | None:
         """The storage a target's backups go to, or None when it has no backup policy."""

@@ -29,3 +29,13 @@ def is_transient(error: BaseException) -> bool:
         code = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return code >= 500 or code == 429
     return False
+
+
+def classify(error: BaseException, what: str, fix: str = "") -> Exception:
+    """An Airflow exception for ``error``: retried if transient, failed at once (with ``fix``) otherwise."""
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    message = f"{what}: {' '.join(str(error).split()) or type(error).__name__}"
+    if is_transient(error) or getattr(error, "transient", False):
+        return AirflowException(f"{message} (transient; will retry)")
+    return AirflowFailException(f"{message}. {fix}".strip() if fix else message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -18,8 +19,24 @@ class BackupStore(ABC):
         """Write ``data`` at ``key``, replacing it atomically."""
 
     @abstractmethod
+    def put_file(self, path: Path, key: str) -> None:
+        """Upload the local file ``path`` to ``key`` (multipart where the store has it)."""
+
+    @abstractmethod
     def read_bytes(self, key: str) -> bytes:
         """Read the object at ``key``."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Download the object at ``key`` to the local file ``path``."""
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Size in bytes of the object at ``key``, or None when it does not exist."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key below ``prefix``, sorted."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -27,7 +44,10 @@ class BackupStore(ABC):
 
     @abstractmethod
     def describe(self) -> str:
-        """Where the store is, for logs (never credentials)."""
+        """Where the store is, for logs and manifests (never credentials)."""
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
 
     def check_writable(self) -> None:
         """Write, read back and delete a probe object; raise if any step fails or data differs."""
@@ -42,6 +62,8 @@ class BackupStore(ABC):
 
 
 class LocalStore(BackupStore):
+    """A directory; every write goes to a hidden partial file first and is renamed into place."""
+
     def __init__(self, root: Path):
         self.root = root
 
@@ -51,21 +73,47 @@ class LocalStore(BackupStore):
             raise ValueError(f"key {key!r} escapes the store root {self.root}")
         return path
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def _replace_with(self, key: str, write) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
         with open(partial, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(partial, path)
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._replace_with(key, lambda fh: fh.write(data))
+
+    def put_file(self, path: Path, key: str) -> None:
+        with open(path, "rb") as src:
+            self._replace_with(key, lambda fh: shutil.copyfileobj(src, fh, 4 * 1024 * 1024))
+
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def get_file(self, key: str, path: Path) -> None:
+        shutil.copyfile(self._path(key), path)
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        root = self.root.resolve()
+        return sorted(str(p.relative_to(root)) for p in base.rglob("*") if p.is_file())
+
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # tidy empty directories up to the root
+            if parent == self.root.resolve() or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
     def describe(self) -> str:
         return f"file://{self.root}"
@@ -89,8 +137,22 @@ class S3Store(BackupStore):
     def put_bytes(self, key: str, data: bytes) -> None:
         self.hook.load_bytes(data, self._key(key), self.bucket, replace=True)
 
+    def put_file(self, path: Path, key: str) -> None:
+        self.hook.load_file(str(path), self._key(key), self.bucket, replace=True)
+
     def read_bytes(self, key: str) -> bytes:
         return self.hook.get_key(self._key(key), self.bucket).get()["Body"].read()
+
+    def get_file(self, key: str, path: Path) -> None:
+        self.hook.get_conn().download_file(self.bucket, self._key(key), str(path))
+
+    def size(self, key: str) -> int | None:
+        head = self.hook.head_object(self._key(key), self.bucket)
+        return None if head is None else int(head["ContentLength"])
+
+    def list_keys(self, prefix: str) -> list[str]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(k[strip:] for k in self.hook.list_keys(self.bucket, prefix=self._key(prefix)))
 
     def delete(self, key: str) -> None:
         self.hook.delete_objects(self.bucket, [self._key(key)])

@@ -1,0 +1,63 @@
+"""
+### Nightly PostgreSQL backup, proven by a restore
+
+`pg_backup__<target>`, one DAG per target with a `backup` policy in `include/config/dbops.yaml`:
+
+1. **preflight** — target reachable, client tools at least as new as the server, store writable.
+2. **dump_and_store** — one exported snapshot: per-table row counts and `pg_dump --snapshot` read
+   the same data; the uncompressed archive is compressed with zstd in Python (optionally AES-256-GCM
+   encrypted), stored, read back (size and sha256), and only then is the **manifest** written. A run
+   for a date whose backup is complete does nothing; an incomplete attempt is replaced.
+3. **verify_restore** — downloads what was *stored*, checks sha256, restores it into a scratch
+   database with parallel `pg_restore`, compares every table's rows with the snapshot's, checks
+   every PK/unique/FK constraint, runs `pg_amcheck`; the recovery test is recorded in
+   `dbops.recovery_tests` and in the manifest. **drop_scratch** (teardown) always drops the scratch
+   database.
+4. **retention** — grandfather-father-son; never deletes the newest verified backup, deletes nothing
+   while the newest backup failed verification.
+5. **report** — one summary line; emits the `dbops://<target>/backup` Asset for a verified backup.
+
+Failures notify the target's `backup.notify` channels. Backups live under `<target>/full/<logical date>/`
+in the store; backfilling a date makes that date's backup.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Asset
+
+from dbops.config import load_config
+from dbops.dag_defaults import dag_kwargs
+from dbops.operators.backup import BackupReportOperator, PgBackupOperator
+from dbops.operators.preflight import PreflightOperator
+from dbops.operators.restore import ScratchDatabaseOperator, VerifyBackupOperator
+from dbops.operators.retention import BackupRetentionOperator
+
+config = load_config()
+
+for target, settings in config.targets.items():
+    if settings.backup is None:
+        continue
+    with DAG(
+        dag_id=f"pg_backup__{target}",
+        schedule=settings.backup.schedule,
+        doc_md=__doc__,
+        **dag_kwargs(tags=["backup", target]),
+    ):
+        preflight = PreflightOperator(task_id="preflight", target=target, execution_timeout=timedelta(minutes=5))
+        dump = PgBackupOperator(task_id="dump_and_store", target=target, execution_timeout=timedelta(hours=4))
+        create = ScratchDatabaseOperator(task_id="create_scratch", target=target, execution_timeout=timedelta(minutes=5))
+        verify = VerifyBackupOperator(
+            task_id="verify_restore", target=target, execution_timeout=timedelta(hours=4),
+            backup_id="{{ ti.xcom_pull(task_ids='dump_and_store')['backup_id'] }}", retries=1)
+        drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
+                                       execution_timeout=timedelta(minutes=10))
+        retention = BackupRetentionOperator(task_id="retention", target=target,
+                                            execution_timeout=timedelta(minutes=30))
+        report = BackupReportOperator(
+            task_id="report", target=target, backup_task_id="dump_and_store", verify_task_id="verify_restore",
+            outlets=[Asset(name=f"backup__{target}", uri=f"dbops://{target}/backup")], trigger_rule="all_done",
+            execution_timeout=timedelta(minutes=5))
+        preflight >> dump >> create >> verify >> drop.as_teardown(setups=create)
+        verify >> retention >> report

@@ -1,0 +1,127 @@
+"""A consistent dump: row counts and pg_dump read the same exported snapshot.
+
+A REPEATABLE READ transaction exports its snapshot and stays open while ``pg_dump --snapshot``
+dumps it; meanwhile the same transaction counts every table's rows and lists the constraints, so the
+manifest's figures describe exactly what the dump holds. pg_dump writes an uncompressed custom-format
+archive to a pipe and Python compresses it with multi-threaded zstd (much faster than pg_dump's gzip).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg import sql
+
+from dbops.hooks.postgres import DbopsPostgresHook
+from dbops.hooks.tools import PgTool
+from dbops.streams import CHUNK, write_compressed
+
+# Leaf tables whose data pg_dump writes (partitioned parents hold none; extension tables are skipped).
+_TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                  AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+# Primary keys, unique and foreign-key constraints: a restore that rebuilt them all proves they hold.
+_CONSTRAINTS = """
+SELECT format('%s %s %I', c.conrelid::regclass, c.contype, c.conname)
+FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+WHERE c.contype IN ('p', 'u', 'f') AND c.conislocal
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+ORDER BY 1
+"""
+# pg_dump messages that mean "try again later" rather than "someone must fix something".
+TRANSIENT_DUMP_ERRORS = ("server closed the connection", "terminating connection", "could not connect",
+                         "connection to server", "Connection refused", "SSL SYSCALL", "canceling statement due to conflict")
+
+
+class DumpError(Exception):
+    """pg_dump failed; ``transient`` says whether a retry may succeed."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    path: Path
+    bytes: int
+    raw_bytes: int
+    sha256: str
+    snapshot_id: str
+    server_version: str
+    tool: str
+    tables: dict[str, int]
+    constraints: list[str]
+    seconds: float
+
+
+def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int, key: bytes | None = None,
+                  extra_args: tuple[str, ...] = ()) -> DumpResult:
+    """Dump the hook's database in one snapshot into ``dest`` (zstd, optionally encrypted)."""
+    started = time.monotonic()
+    with hook.get_conn() as conn:
+        conn.autocommit = False
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        server_version = conn.execute("SHOW server_version").fetchone()[0]
+        with hook.cli_environment() as env:
+            proc = subprocess.Popen(
+                [tool.path, "--format=custom", "--compress=0", f"--snapshot={snapshot_id}", "--no-password",
+                 *extra_args],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            stderr: list[bytes] = []
+            reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+            reader.start()
+            counts: dict = {}
+            counter = threading.Thread(target=_count_into, args=(conn, counts), daemon=True)
+            counter.start()
+            try:
+                stored, raw, sha = write_compressed(iter(lambda: proc.stdout.read(CHUNK), b""), dest, level, key)
+            finally:
+                returncode = proc.wait()
+                reader.join()
+                counter.join()
+        conn.rollback()
+    if returncode != 0:
+        dest.unlink(missing_ok=True)
+        message = b"".join(stderr).decode(errors="replace").strip()
+        raise DumpError(f"pg_dump exited with {returncode}: {message}",
+                        transient=any(text in message for text in TRANSIENT_DUMP_ERRORS))
+    if "error" in counts:
+        dest.unlink(missing_ok=True)
+        raise counts["error"]
+    return DumpResult(dest, stored, raw, sha, snapshot_id, server_version, f"{tool.name} {tool.version}",
+                      counts["tables"], counts["constraints"], time.monotonic() - started)
+
+
+def count_rows(conn) -> dict[str, int]:
+    """Rows of every table whose data pg_dump writes, keyed by quoted ``schema.table``."""
+    tables = {}
+    for schema, table in conn.execute(_TABLES).fetchall():
+        name = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        tables[name.as_string(conn)] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
+    return tables
+
+
+def constraint_names(conn) -> list[str]:
+    """Primary-key, unique and foreign-key constraints, as ``table type name``."""
+    return [row[0] for row in conn.execute(_CONSTRAINTS).fetchall()]
+
+
+def _count_into(conn, out: dict) -> None:
+    """Count rows and list constraints in the exporting transaction (the dump's snapshot)."""
+    try:
+        out["tables"] = count_rows(conn)
+        out["constraints"] = constraint_names(conn)
+    except Exception as err:  # re-raised in the caller's thread
+        out["error"] = err

@@ -1,0 +1,71 @@
+"""The manifest: written last beside a backup's files, it is the commit marker of the backup.
+
+A backup exists only once its manifest does. It records what a restore needs to trust the files
+(sizes, sha256), what the verification compares against (per-table row counts and constraints taken
+in the dump's own snapshot), and how the backup came to be (versions, timings, run).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+def backup_prefix(target: str, kind: str, logical_date: datetime) -> str:
+    """Store key prefix of a backup, named by its logical date (UTC)."""
+    return f"{target}/{kind}/{logical_date.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    bytes: int
+    sha256: str
+    raw_bytes: int
+
+
+@dataclass
+class Manifest:
+    backup_id: str
+    target: str
+    kind: str
+    logical_date: str
+    run_id: str
+    location: str
+    server_version: str
+    tool: str
+    snapshot_id: str
+    files: list[FileEntry]
+    tables: dict[str, int]
+    constraints: list[str]
+    timings: dict[str, float]
+    compression: dict[str, Any]
+    encryption: dict[str, Any] | None = None
+    tenant_id: str | None = None
+    verification: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.tables.values())
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        raw = json.loads(data)
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported manifest format_version {raw.get('format_version')!r}")
+        raw["files"] = [FileEntry(**f) for f in raw["files"]]
+        return cls(**raw)

@@ -1,0 +1,1 @@
+"""Notification delivery: log, email (SMTP provider), Slack (incoming-webhook provider)."""
