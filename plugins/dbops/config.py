@@ -78,6 +78,7 @@ class BackupPolicy:
     retention: Retention = field(default_factory=Retention)
     jobs: int = 2
     compression_level: int = 3
+    lock_wait_timeout: Seconds = Seconds(300)
     verify_conn_id: str | None = None
     encryption_conn_id: str | None = None
     notify: list[str] = field(default_factory=lambda: ["log"])

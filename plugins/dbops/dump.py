@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from psycopg import sql
 
 from dbops.hooks.postgres import DbopsPostgresHook
@@ -22,7 +23,7 @@ from dbops.streams import CHUNK, write_compressed
 
 # Leaf tables whose data pg_dump writes (partitioned parents hold none; extension tables are skipped).
 _TABLES = """
-SELECT n.nspname, c.relname
+SELECT n.nspname, c.relname, format('%I.%I', n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
@@ -40,7 +41,8 @@ ORDER BY 1
 """
 # pg_dump messages that mean "try again later" rather than "someone must fix something".
 TRANSIENT_DUMP_ERRORS = ("server closed the connection", "terminating connection", "could not connect",
-                         "connection to server", "Connection refused", "SSL SYSCALL", "canceling statement due to conflict")
+                         "connection to server", "Connection refused", "SSL SYSCALL", "canceling statement due to conflict",
+                         "could not obtain lock", "Query was: LOCK TABLE")  # the last: --lock-wait-timeout expired
 
 
 class DumpError(Exception):
@@ -66,18 +68,23 @@ class DumpResult:
 
 
 def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int, key: bytes | None = None,
-                  extra_args: tuple[str, ...] = ()) -> DumpResult:
-    """Dump the hook's database in one snapshot into ``dest`` (zstd, optionally encrypted)."""
+                  lock_wait_seconds: float = 300) -> DumpResult:
+    """Dump the hook's database in one snapshot into ``dest`` (zstd, optionally encrypted).
+
+    Neither pg_dump nor the row counts wait longer than ``lock_wait_seconds`` for a table lock.
+    """
     started = time.monotonic()
+    lock_wait_ms = int(lock_wait_seconds * 1000)
     with hook.get_conn() as conn:
         conn.autocommit = False
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_ms)))
         snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         with hook.cli_environment() as env:
             proc = subprocess.Popen(
                 [tool.path, "--format=custom", "--compress=0", f"--snapshot={snapshot_id}", "--no-password",
-                 *extra_args],
+                 f"--lock-wait-timeout={lock_wait_ms}"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             stderr: list[bytes] = []
             reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
@@ -90,16 +97,18 @@ def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int,
             finally:
                 returncode = proc.wait()
                 reader.join()
+                if returncode != 0:
+                    conn.cancel_safe()  # the counts are worthless now; do not wait for them
                 counter.join()
         conn.rollback()
+    if "error" in counts and not isinstance(counts["error"], psycopg.errors.QueryCanceled):
+        dest.unlink(missing_ok=True)
+        raise counts["error"]  # the first cause: pg_dump fails too once the snapshot's transaction aborts
     if returncode != 0:
         dest.unlink(missing_ok=True)
         message = b"".join(stderr).decode(errors="replace").strip()
         raise DumpError(f"pg_dump exited with {returncode}: {message}",
                         transient=any(text in message for text in TRANSIENT_DUMP_ERRORS))
-    if "error" in counts:
-        dest.unlink(missing_ok=True)
-        raise counts["error"]
     return DumpResult(dest, stored, raw, sha, snapshot_id, server_version, f"{tool.name} {tool.version}",
                       counts["tables"], counts["constraints"], time.monotonic() - started)
 
@@ -107,9 +116,9 @@ def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int,
 def count_rows(conn) -> dict[str, int]:
     """Rows of every table whose data pg_dump writes, keyed by quoted ``schema.table``."""
     tables = {}
-    for schema, table in conn.execute(_TABLES).fetchall():
-        name = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        tables[name.as_string(conn)] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()[0]
+    for schema, table, name in conn.execute(_TABLES).fetchall():
+        count = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        tables[name] = conn.execute(count).fetchone()[0]
     return tables
 
 

@@ -215,8 +215,8 @@ def test_one_channel_down_others_still_sent(notifications, mailbox, webhook, mon
     assert any("via email" in line and "ConnectionRefusedError" in line for line in errors)
 
 
-def test_secrets_never_logged(notifications, smtp_server, mailbox, webhook, monkeypatch, caplog):
-    """The SMTP password stays out of the logs at DEBUG, also when the server rejects it."""
+def test_smtp_password_never_logged(notifications, smtp_server, mailbox, monkeypatch, caplog, capfd):
+    """Neither stdlib records (DEBUG) nor Airflow's structlog output show the password, also when rejected."""
     smtp_connection(monkeypatch, "smtp_wrong_password", smtp_server.port, password="Wr0ng-" + SMTP_PASSWORD)
     rejected = dataclasses.replace(
         notifications, email=dataclasses.replace(notifications.email, smtp_conn_id="smtp_wrong_password"))
@@ -227,16 +227,29 @@ def test_secrets_never_logged(notifications, smtp_server, mailbox, webhook, monk
 
     assert result["email"].startswith("failed: SMTPAuthenticationError")
     assert len(mailbox.messages) == 1
-    assert SMTP_PASSWORD not in caplog.text
-    assert SMTP_PASSWORD not in result["email"]
+    printed = "".join(capfd.readouterr())
+    for secret in (SMTP_PASSWORD, "Wr0ng-" + SMTP_PASSWORD):
+        assert secret not in caplog.text
+        assert secret not in printed
+        assert secret not in result["email"]
 
 
-def test_webhook_token_not_logged_at_info(notifications, webhook, caplog):
-    """At INFO and above (task logs' default) the webhook URL's token is not logged."""
-    caplog.set_level(logging.INFO)
+@pytest.mark.parametrize("receiver", ["up", "down"])
+def test_webhook_token_never_logged(notifications, webhook, monkeypatch, caplog, capfd, receiver):
+    """Also when the receiver is down and slack_sdk retries (it logs the full URL when it retries)."""
+    base_url = webhook.base_url if receiver == "up" else f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", json.dumps({
+        "conn_type": "slackwebhook", "password": f"{base_url}/services/{WEBHOOK_TOKEN}"}))
+    caplog.set_level(logging.DEBUG)
 
-    assert send(NOTE, ["slack"], notifications) == {"slack": "sent"}
-    assert WEBHOOK_TOKEN.split("/")[-1] not in caplog.text
+    result = send(NOTE, ["slack"], notifications)
+
+    expected = "sent" if receiver == "up" else "failed: URLError: <urlopen error [Errno 111] Connection refused>"
+    assert result["slack"] == expected
+    secret = WEBHOOK_TOKEN.split("/")[-1]
+    assert secret not in caplog.text
+    assert secret not in "".join(capfd.readouterr())
+    assert secret not in result["slack"]
 
 
 def test_unknown_channel_and_missing_section_fail_cleanly(notifications, caplog):

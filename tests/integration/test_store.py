@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import boto3
 import pytest
@@ -15,31 +10,7 @@ import pytest
 from dbops.config import StorageConfig
 from dbops.errors import is_transient
 from dbops.hooks.store import LocalStore, S3Store, get_store
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    moto = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
+from tests.conftest import free_port
 
 
 def aws_connection(monkeypatch, conn_id: str, endpoint: str) -> None:
@@ -64,7 +35,7 @@ def test_local_store_round_trip_and_probe(tmp_path):
     store.put_bytes("appdb/2026-11-22/manifest.json", b"{}")
     assert store.read_bytes("appdb/2026-11-22/manifest.json") == b"{}"
     store.check_writable()
-    assert not list((tmp_path / "backups" / ".dbops-probe").iterdir())
+    assert not (tmp_path / "backups" / ".dbops-probe").exists(), "the probe and its empty directory are removed"
 
 
 def test_local_store_rejects_keys_escaping_its_root(tmp_path):
@@ -100,3 +71,29 @@ def test_unreachable_s3_fails_as_transient(monkeypatch):
     with pytest.raises(Exception) as info:
         store.check_writable()
     assert is_transient(info.value), repr(info.value)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path, bucket):
+    if request.param == "local":
+        return LocalStore(tmp_path / "backups")
+    return S3Store("s3://dbops-test/files", "aws_test")
+
+
+def test_files_list_size_and_delete(any_store, tmp_path):
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"x" * (9 * 1024 * 1024))  # above boto3's 8 MiB multipart threshold
+    any_store.put_file(source, "appdb/full/20261122T020000Z/dump.pgc.zst")
+    any_store.put_bytes("appdb/full/20261122T020000Z/manifest.json", b"{}")
+    any_store.put_bytes("appdb/full/20261121T020000Z/manifest.json", b"{}")
+    assert any_store.list_keys("appdb/full/20261122T020000Z") == [
+        "appdb/full/20261122T020000Z/dump.pgc.zst", "appdb/full/20261122T020000Z/manifest.json"]
+    assert any_store.size("appdb/full/20261122T020000Z/dump.pgc.zst") == 9 * 1024 * 1024
+    assert any_store.size("appdb/full/nothing") is None
+    copy = tmp_path / "copy.bin"
+    any_store.get_file("appdb/full/20261122T020000Z/dump.pgc.zst", copy)
+    assert copy.read_bytes() == source.read_bytes()
+    for key in any_store.list_keys("appdb/full/20261122T020000Z"):
+        any_store.delete(key)
+    assert any_store.list_keys("appdb/full/20261122T020000Z") == []
+    assert any_store.exists("appdb/full/20261121T020000Z/manifest.json")

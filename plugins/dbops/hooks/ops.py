@@ -20,6 +20,10 @@ class OpsDatabaseHook(PostgresHook):
 
     hook_name = "dbops ops database"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("log_sql", False)  # manifests are long; the operators log one line per action
+        super().__init__(*args, **kwargs)
+
     def record_backup(self, manifest: Manifest) -> None:
         """Index a complete backup (idempotent: a retried task re-records the same row)."""
         self.run(

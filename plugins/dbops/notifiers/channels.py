@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from dbops.config import NotificationsConfig
 
 log = logging.getLogger("dbops.notify")
+# slack_sdk's client logs the whole webhook URL, token included, at INFO on a retry and at DEBUG on
+# every request; its WARNING and ERROR lines name no URL. It gets this logger instead of the hook's.
+_slack_client_log = logging.getLogger("dbops.notify.slack_client")
+_slack_client_log.setLevel(logging.WARNING)
 
 SEVERITY_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.ERROR}
 
@@ -105,7 +109,7 @@ def _to_slack(notification: Notification, config: NotificationsConfig) -> None:
 
     if config.slack is None:
         raise ChannelNotConfigured("channel 'slack' needs a notifications.slack section in the config")
-    hook = SlackWebhookHook(slack_webhook_conn_id=config.slack.slack_webhook_conn_id)
+    hook = SlackWebhookHook(slack_webhook_conn_id=config.slack.slack_webhook_conn_id, logger=_slack_client_log)
     hook.send(text=f"*{_slack_escape(notification.title)}*\n{_slack_escape(notification.body)}")
 
 

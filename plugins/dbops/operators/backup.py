@@ -135,7 +135,7 @@ class PgBackupOperator(_BackupTargetOperator):
             tool = find_tool("pg_dump", hook.server_version_num(), config.tools.bin_dir)
             self._check_staging_space(hook, staging)
             dump = dump_database(hook, tool, staging / DUMP_FILE, policy.compression_level,
-                                 encryption_key(policy.encryption_conn_id))
+                                 encryption_key(policy.encryption_conn_id), policy.lock_wait_timeout)
         except ToolVersionError as err:
             raise AirflowFailException(str(err)) from err
         except AirflowFailException:
