@@ -17,6 +17,12 @@
    while the newest backup failed verification.
 5. **report** — one summary line; emits the `dbops://<target>/backup` Asset for a verified backup.
 
+On demand (trigger with Params in the UI):
+
+- `pg_restore__<target>` — restore a backup (default: newest verified) into a **new** database on
+  the target's server; an existing database is refused unless `overwrite` is set; checksums first.
+- `pg_verify_backup__<target>` — re-run the verification restore on any stored backup.
+
 Failures notify the target's `backup.notify` channels. Backups live under `<target>/full/<logical date>/`
 in the store; backfilling a date makes that date's backup.
 """
@@ -25,13 +31,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset
+from airflow.sdk import DAG, Asset, Param
 
 from dbops.config import load_config
 from dbops.dag_defaults import dag_kwargs
 from dbops.operators.backup import BackupReportOperator, PgBackupOperator
 from dbops.operators.preflight import PreflightOperator
-from dbops.operators.restore import ScratchDatabaseOperator, VerifyBackupOperator
+from dbops.notifiers.channels import DbopsFailureNotifier
+from dbops.operators.restore import (
+    LATEST_VERIFIED,
+    RestoreBackupOperator,
+    ScratchDatabaseOperator,
+    VerifyBackupOperator,
+)
 from dbops.operators.retention import BackupRetentionOperator
 
 config = load_config()
@@ -39,11 +51,12 @@ config = load_config()
 for target, settings in config.targets.items():
     if settings.backup is None:
         continue
+    notifier = DbopsFailureNotifier(target=target, channels=settings.backup.notify)
     with DAG(
         dag_id=f"pg_backup__{target}",
         schedule=settings.backup.schedule,
         doc_md=__doc__,
-        **dag_kwargs(tags=["backup", target]),
+        **dag_kwargs(tags=["backup", target], on_failure=notifier),
     ):
         preflight = PreflightOperator(task_id="preflight", target=target, execution_timeout=timedelta(minutes=5))
         dump = PgBackupOperator(task_id="dump_and_store", target=target, execution_timeout=timedelta(hours=4))
@@ -61,3 +74,33 @@ for target, settings in config.targets.items():
             execution_timeout=timedelta(minutes=5))
         preflight >> dump >> create >> verify >> drop.as_teardown(setups=create)
         verify >> retention >> report
+
+    with DAG(
+        dag_id=f"pg_restore__{target}",
+        schedule=None,
+        doc_md=__doc__,
+        params={
+            "backup_id": Param(LATEST_VERIFIED, type="string", description="backup id, latest or latest-verified"),
+            "database": Param(type="string", minLength=1, maxLength=63, description="new database to restore into"),
+            "overwrite": Param(False, type="boolean", description="replace the database if it exists"),
+        },
+        **dag_kwargs(tags=["backup", "restore", target], on_failure=notifier),
+    ):
+        RestoreBackupOperator(
+            task_id="restore", target=target, backup_id="{{ params.backup_id }}", database="{{ params.database }}",
+            overwrite="{{ params.overwrite }}", execution_timeout=timedelta(hours=6))
+
+    with DAG(
+        dag_id=f"pg_verify_backup__{target}",
+        schedule=None,
+        doc_md=__doc__,
+        params={"backup_id": Param("latest", type="string", description="backup id, latest or latest-verified")},
+        **dag_kwargs(tags=["backup", "verify", target], on_failure=notifier),
+    ):
+        create = ScratchDatabaseOperator(task_id="create_scratch", target=target,
+                                         execution_timeout=timedelta(minutes=5))
+        verify = VerifyBackupOperator(task_id="verify_restore", target=target, backup_id="{{ params.backup_id }}",
+                                      retries=1, execution_timeout=timedelta(hours=4))
+        drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
+                                       execution_timeout=timedelta(minutes=10))
+        create >> verify >> drop.as_teardown(setups=create)

@@ -6,6 +6,9 @@ server itself and stops it at the end if it was not running before.
 
 from __future__ import annotations
 
+import email
+import email.policy
+import json
 import os
 import socket
 import subprocess
@@ -17,6 +20,8 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from psycopg import sql
 
 from scripts import devstack
@@ -94,3 +99,50 @@ def s3_endpoint() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+SMTP_LOGIN = "dbops-mailer"
+SMTP_PASSWORD = "smtp-Pa55-9f3c1e"
+
+
+class Mailbox:
+    """aiosmtpd handler: accepts logins with SMTP_LOGIN / SMTP_PASSWORD and keeps every message."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.logins: list[str] = []
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        ok = auth_data.login.decode() == SMTP_LOGIN and auth_data.password.decode() == SMTP_PASSWORD
+        if ok:
+            self.logins.append(auth_data.login.decode())
+        return AuthResult(success=ok, handled=False)  # unhandled failure: the server answers 535
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 Message accepted"
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that requires a login."""
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(), authenticator=mailbox.authenticate,
+                            auth_required=True, auth_require_tls=False)
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+@pytest.fixture
+def mailbox(smtp_server) -> Mailbox:
+    smtp_server.handler.messages.clear()
+    smtp_server.handler.logins.clear()
+    return smtp_server.handler
+
+
+def smtp_connection(monkeypatch, conn_id: str, port: int, password: str = SMTP_PASSWORD) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": port, "login": SMTP_LOGIN, "password": password,
+        "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 10, "retry_limit": 0},
+    }))

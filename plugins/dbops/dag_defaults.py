@@ -18,13 +18,14 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
-def dag_kwargs(*, tags: list[str], max_active_runs: int = 1, **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for ``DAG(...)``; ``overrides`` win."""
+def dag_kwargs(*, tags: list[str], max_active_runs: int = 1, on_failure: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``DAG(...)``; ``on_failure`` is every task's failure callback; ``overrides`` win."""
+    default_args = {**DEFAULT_ARGS, "on_failure_callback": on_failure} if on_failure else DEFAULT_ARGS
     return {
         "start_date": START_DATE,
         "catchup": False,
         "max_active_runs": max_active_runs,
-        "default_args": DEFAULT_ARGS,
+        "default_args": default_args,
         "tags": ["dbops", *tags],
         **overrides,
     }

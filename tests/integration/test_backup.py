@@ -23,10 +23,10 @@ from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.store import get_store
 from dbops.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from dbops.operators.backup import DUMP_FILE, PgBackupOperator
-from dbops.operators.restore import ScratchDatabaseOperator, VerifyBackupOperator
+from dbops.operators.restore import RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
 from dbops.operators.retention import BackupRetentionOperator
 from scripts import devstack
-from tests.conftest import free_port, start_moto
+from tests.conftest import free_port, smtp_connection, start_moto
 
 NAME = "set by the target fixture"
 DAY = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
@@ -333,3 +333,98 @@ def test_permission_denied_fails_at_once_with_what_to_fix(target, monkeypatch):
         with psycopg.connect(devstack.libpq_conninfo(target.database), autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def restore(database: str, backup_id: str = "latest-verified", overwrite: bool = False) -> dict:
+    return RestoreBackupOperator(task_id="restore", target=NAME, backup_id=backup_id, database=database,
+                                 overwrite=overwrite).execute(context())
+
+
+def test_restore_on_demand_into_a_new_database(target, scratch_db):
+    made = backup()
+    verify(made["backup_id"])
+    fresh = f"{target.database}_restored"
+    try:
+        result = restore(fresh)
+        assert result["backup_id"] == made["backup_id"]
+        with psycopg.connect(devstack.libpq_conninfo(fresh)) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 30000 - 30000 // 7
+        with pytest.raises(AirflowFailException, match="exists; choose a new name or set overwrite"):
+            restore(fresh)
+        with psycopg.connect(devstack.libpq_conninfo(fresh), autocommit=True) as conn:
+            conn.execute("DELETE FROM orders")
+        restore(fresh, backup_id=made["backup_id"], overwrite=True)
+        with psycopg.connect(devstack.libpq_conninfo(fresh)) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 30000 - 30000 // 7
+    finally:
+        with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
+
+
+def test_restore_refuses_the_targets_own_database_and_bad_names(target):
+    backup()
+    with pytest.raises(AirflowFailException, match="the target's own database"):
+        restore(target.database, backup_id="latest", overwrite=True)
+    with pytest.raises(AirflowFailException, match="1 to 63 bytes"):
+        restore("x" * 64, backup_id="latest")
+    with psycopg.connect(devstack.libpq_conninfo(target.database)) as conn:
+        assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 2000
+
+
+def test_restore_of_a_corrupted_backup_verifies_checksums_first(target):
+    made = backup()
+    stored = target.tmp / "store" / made["backup_id"] / DUMP_FILE
+    stored.write_bytes(stored.read_bytes()[:-10])
+    fresh = f"{target.database}_bad"
+    with pytest.raises(AirflowFailException, match="stored size .* differs"):
+        restore(fresh, backup_id="latest")
+    with psycopg.connect(devstack.libpq_conninfo("postgres")) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (fresh,)).fetchone()[0] == 0
+
+
+def test_no_verified_backup_is_a_clear_error(target):
+    backup()
+    with pytest.raises(AirflowFailException, match="has no verified backup"):
+        restore(f"{target.database}_none")
+
+
+def dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[dag_id]
+
+
+def test_backfilling_three_dates_makes_three_backups_named_by_date(target):
+    backup_dag = dag(f"pg_backup__{NAME}")
+    dates = [DAY - timedelta(days=n) for n in (12, 11, 10)]
+    for date in dates:
+        run = backup_dag.test(logical_date=date)
+        assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
+    ids = [f"{NAME}/full/{d.strftime('%Y%m%dT%H%M%SZ')}" for d in dates]
+    assert [catalog_row(i)[0] for i in ids] == [True, True, True], "each date got its own verified backup"
+    # retention (daily: 2) then removed the oldest of the three, files and manifest
+    assert [catalog_row(i)[1] for i in ids] == ["deleted", "complete", "complete"]
+    assert sorted(p.name for p in (target.tmp / "store" / NAME / "full").iterdir()) == [i[-16:] for i in ids[1:]]
+
+
+def test_failed_verification_notifies_by_email(target, monkeypatch, mailbox, smtp_server):
+    """pg_verify_backup on a corrupted backup: the task fails at once and the notifier emails the DBA."""
+    smtp_connection(monkeypatch, "smtp_bk", smtp_server.port)
+    target.config_path.write_text(target.config_path.read_text().replace(
+        "ops_conn_id: dbops_state\n", "ops_conn_id: dbops_state\nnotifications:\n  email: "
+        "{to: [dba@example.com], from_email: dbops@example.com, smtp_conn_id: smtp_bk}\n").replace(
+        "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, notify: [log, email]}"))
+    made = backup()
+    stored = target.tmp / "store" / made["backup_id"] / DUMP_FILE
+    data = bytearray(stored.read_bytes())
+    data[100] ^= 0xFF
+    stored.write_bytes(data)
+    run = dag(f"pg_verify_backup__{NAME}").test(run_conf={"backup_id": made["backup_id"]})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"create_scratch": "success", "verify_restore": "failed", "drop_scratch": "success"}
+    assert len(mailbox.messages) == 1
+    message = mailbox.messages[0]
+    assert message["Subject"] == f"pg_verify_backup__{NAME} failed: verify_restore"
+    body = message.get_body(preferencelist=("html",)).get_content()
+    assert "checksums" in body and DUMP_FILE in body
+    assert catalog_row(made["backup_id"])[0] is False

@@ -12,7 +12,6 @@ import email.policy
 import html
 import json
 import logging
-import socket
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -21,60 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
 
 from dbops.config import DEFAULT_CONFIG_PATH, NotificationsConfig, load_config
 from dbops.notifiers.channels import DbopsFailureNotifier, Notification, send
+from tests.conftest import SMTP_LOGIN, SMTP_PASSWORD, free_port, smtp_connection
 
-SMTP_LOGIN = "dbops-mailer"
-SMTP_PASSWORD = "smtp-Pa55-9f3c1e"
 WEBHOOK_TOKEN = "T0DBOPS/B0DBOPS/hook-5ecret-77aa"
-
-# The local SMTP server has no TLS; aiosmtpd warns about AUTH without TLS.
-pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Mailbox:
-    """aiosmtpd handler: accepts logins with SMTP_LOGIN / SMTP_PASSWORD and keeps every message."""
-
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-        self.logins: list[str] = []
-
-    def authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
-        ok = auth_data.login.decode() == SMTP_LOGIN and auth_data.password.decode() == SMTP_PASSWORD
-        if ok:
-            self.logins.append(auth_data.login.decode())
-        return AuthResult(success=ok, handled=False)  # unhandled failure: the server answers 535
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
-        return "250 Message accepted"
-
-
-@pytest.fixture(scope="module")
-def smtp_server():
-    mailbox = Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(), authenticator=mailbox.authenticate,
-                            auth_required=True, auth_require_tls=False)
-    controller.start()
-    yield controller
-    controller.stop()
-
-
-@pytest.fixture
-def mailbox(smtp_server) -> Mailbox:
-    smtp_server.handler.messages.clear()
-    smtp_server.handler.logins.clear()
-    return smtp_server.handler
-
 
 class WebhookReceiver(ThreadingHTTPServer):
     """Stand-in for Slack's incoming webhook: records (path, JSON body) of each POST, answers 200 ``ok``."""
@@ -115,13 +66,6 @@ def webhook_server():
 def webhook(webhook_server) -> WebhookReceiver:
     webhook_server.posts.clear()
     return webhook_server
-
-
-def smtp_connection(monkeypatch, conn_id: str, port: int, password: str = SMTP_PASSWORD) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": port, "login": SMTP_LOGIN, "password": password,
-        "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 10, "retry_limit": 0},
-    }))
 
 
 @pytest.fixture
