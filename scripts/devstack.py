@@ -330,6 +330,10 @@ def _stop_processes(procs: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+# Params for the demo runs of on-demand DAGs (by DAG id prefix).
+DEMO_CONF = {"pg_restore": {"database": "demo_restored", "overwrite": True}}
+
+
 def local_dag_ids() -> list[str]:
     """DAG ids in dags/, parsed here; an import error stops the demo with the error."""
     os.environ.update(airflow_env())
@@ -351,8 +355,10 @@ def demo() -> int:
             t0 = time.monotonic()
             out = AIRFLOW_HOME / "logs" / f"demo-{dag_id}.log"
             out.parent.mkdir(parents=True, exist_ok=True)
+            family = dag_id.split("__")[0]
+            conf = ["-c", json.dumps(DEMO_CONF[family])] if family in DEMO_CONF else []
             with open(out, "wb") as fh:
-                rc = airflow("dags", "test", dag_id, stdout=fh, stderr=subprocess.STDOUT).returncode
+                rc = airflow("dags", "test", dag_id, *conf, stdout=fh, stderr=subprocess.STDOUT).returncode
             state = "success" if rc == 0 else "failed"
             failed += rc != 0
             results.append(f"{dag_id:45s} {state:8s} {time.monotonic() - t0:7.1f} s")

@@ -33,16 +33,18 @@ class ConfigError(ValueError):
     """The configuration file is invalid; the message names file, target and key."""
 
 
+# Markers for field types that are validated and converted on load; the values are plain str, int and
+# float, so they serialize anywhere (Airflow's DAG serialization rejects subclasses of builtins).
 class Cron(str):
-    """A cron expression or an Airflow preset such as ``@daily``."""
+    """A cron expression or an Airflow preset such as ``@daily`` (loaded as ``str``)."""
 
 
 class ByteSize(int):
-    """A size in bytes, written as ``10MB``, ``1.5GB`` or a plain integer."""
+    """A size in bytes, written as ``10MB``, ``1.5GB`` or a plain integer (loaded as ``int``)."""
 
 
 class Seconds(float):
-    """A duration in seconds, written as ``500ms``, ``5s``, ``2min``, ``1h``, ``7d`` or a plain number."""
+    """A duration in seconds, written as ``500ms``, ``5s``, ``2min``, ``1h``, ``7d`` (loaded as ``float``)."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,11 @@ class Retention:
 @dataclass(frozen=True)
 class BackupPolicy:
     storage: str
-    schedule: Cron | None = Cron("0 2 * * *")
+    schedule: Cron | None = "0 2 * * *"
     retention: Retention = field(default_factory=Retention)
     jobs: int = 2
     compression_level: int = 3
-    lock_wait_timeout: Seconds = Seconds(300)
+    lock_wait_timeout: Seconds = 300.0
     verify_conn_id: str | None = None
     encryption_conn_id: str | None = None
     notify: list[str] = field(default_factory=lambda: ["log"])
@@ -87,19 +89,19 @@ class BackupPolicy:
 
 @dataclass(frozen=True)
 class MaintenancePolicy:
-    weekly: Cron | None = Cron("0 1 * * 0")
-    daily: Cron | None = Cron("0 3 * * *")
+    weekly: Cron | None = "0 1 * * 0"
+    daily: Cron | None = "0 3 * * *"
     bloat_pct: float = 30.0
-    min_bytes: ByteSize = ByteSize(10 * 1024**2)
-    lock_timeout: Seconds = Seconds(5)
-    statement_timeout: Seconds = Seconds(3600)
+    min_bytes: ByteSize = 10 * 1024**2
+    lock_timeout: Seconds = 5.0
+    statement_timeout: Seconds = 3600.0
 
 
 @dataclass(frozen=True)
 class AlertPolicy:
     rules: list[str] = field(default_factory=lambda: ["postgres_default"])
     notify: list[str] = field(default_factory=lambda: ["log"])
-    schedule: Cron | None = Cron("*/5 * * * *")
+    schedule: Cron | None = "*/5 * * * *"
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ class ToolsConfig:
 
 @dataclass(frozen=True)
 class PreflightConfig:
-    schedule: Cron | None = Cron("0 6 * * *")
+    schedule: Cron | None = "0 6 * * *"
 
 
 @dataclass(frozen=True)
@@ -208,10 +210,10 @@ def _scalar(value: Any, hint: type, key: str) -> Any:
         return _cron(value, key)
     if hint is ByteSize:
         number, unit = _with_unit(value, _SIZE, key, "a size such as 10MB")
-        return ByteSize(number * _SIZE_UNITS[(unit or "B").upper()])
+        return int(number * _SIZE_UNITS[(unit or "B").upper()])
     if hint is Seconds:
         number, unit = _with_unit(value, _DURATION, key, "a duration such as 5s")
-        return Seconds(number * _DURATION_UNITS[unit or "s"])
+        return float(number * _DURATION_UNITS[unit or "s"])
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (hint in (int, float) and isinstance(value, bool)) or not isinstance(value, hint):
@@ -235,7 +237,7 @@ def _cron(value: Any, key: str) -> Cron:
         raise _Invalid(key, f"expected a cron expression, got {_describe(value)}")
     if value not in _CRON_PRESETS and not croniter.is_valid(value):
         raise _Invalid(key, f"bad cron expression {value!r} (five fields: minute hour day month weekday)")
-    return Cron(value)
+    return value
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

@@ -44,6 +44,15 @@ def test_dag_has_operational_defaults(dag_id, dag):
         assert task.execution_timeout is not None, f"{dag_id}.{task.task_id} has no execution_timeout"
 
 
+@pytest.mark.parametrize(("dag_id", "dag"), all_dags())
+def test_dag_survives_the_dag_processors_encoding(dag_id, dag):
+    """The dag-processor sends each serialized DAG to its manager with this msgpack encoder."""
+    from airflow.sdk.execution_time.comms import _new_encoder
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    assert _new_encoder().encode(DagSerialization.to_dict(dag))
+
+
 def test_preflight_has_one_task_per_target(dagbag):
     from dbops.config import load_config
 

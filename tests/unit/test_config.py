@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dbops.config import DEFAULT_CONFIG_PATH, ByteSize, ConfigError, load_config, parse_config
+from dbops.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
 
 PATH = Path("/etc/dbops/test.yaml")
 
@@ -32,7 +32,8 @@ def test_good_config_is_typed():
     config = parse_config(GOOD, PATH)
     appdb = config.targets["appdb"]
     assert appdb.conn_id == "pg_appdb"
-    assert appdb.maintenance.min_bytes == ByteSize(10 * 1024 * 1024)
+    assert appdb.maintenance.min_bytes == 10 * 1024 * 1024 and type(appdb.maintenance.min_bytes) is int
+    assert type(appdb.backup.schedule) is str
     assert appdb.maintenance.lock_timeout == 5.0
     assert appdb.backup.retention.monthly == 12
     assert config.store_for("appdb").local_path.name == "backups"

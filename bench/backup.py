@@ -1,0 +1,262 @@
+"""Backup and verification restore against plain pg_dump / pg_restore, on the same data, interleaved.
+
+A database ``bench_backup_<N>`` on the local server is filled once by scripts/demo_data.py (reused
+while its comment says it is complete at that size; ``appdb`` is never touched). Then, per round:
+
+- ours: ``dump_database`` (snapshot, row counts, ``pg_dump -Fc -Z0`` piped into zstd level 3 + sha256)
+  into a staging directory, ``LocalStore.put_file`` into a store directory, and the read-back check
+  (size + sha256) the backup operator does;
+- ``pg_dump -Fc -f file`` (its default gzip compression, the seeds' way): time and bytes;
+- ``pg_dump -Fc -Z0 > /dev/null``: what extracting the data costs at the least;
+- ours verify: fetch from the store (size, sha256, decompress), ``pg_restore --jobs=2`` into a fresh
+  database and the row-count / constraint check; ``pg_amcheck`` timed on its own (no baseline);
+- ``pg_restore -d db file`` (one job) of the ``pg_dump -Fc`` file into another fresh database.
+
+The dumps run in a rotating order and the two restores alternate, so a noisy machine hits all
+sides alike. Medians over rounds; one JSON object per metric on stdout, progress on stderr.
+
+    python bench/backup.py [--size-mb 50] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+from scripts import devstack  # noqa: E402
+
+CONN_ID = "bench_backup"
+LEVEL = 3  # the backup policy's default compression level
+RESTORE_JOBS = 2  # the backup policy's default verification jobs
+
+
+def progress(message: str) -> None:
+    print(f"[bench backup] {message}", file=sys.stderr, flush=True)
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def prepare_database(size_mb: int) -> str:
+    """``bench_backup_<N>`` filled by demo_data.py; reused when its comment marks it complete."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"bench_backup_{size_mb}"
+    marker = f"dbops bench data: demo_data.py --size-mb {size_mb}, complete"
+    with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                           (name,)).fetchone()
+        if row is not None and row[0] == marker:
+            progress(f"reusing database {name}")
+            return name
+        progress(f"creating database {name} and loading about {size_mb} MB of demo data")
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_data.py"), "--size-mb", str(size_mb)],
+                   check=True, stdout=sys.stderr, env={**os.environ, **devstack.libpq_env(name)})
+    with psycopg.connect(devstack.libpq_conninfo(name), autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(marker)))
+    return name
+
+
+def run_tool(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL) -> None:
+    result = subprocess.run(argv, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{Path(argv[0]).name} exited with {result.returncode}: {result.stderr.strip()[-2000:]}")
+
+
+class Round:
+    """One round's work; every method returns seconds (and records what the later steps need)."""
+
+    def __init__(self, index: int, database: str, work: Path, tools: dict, hook, admin):
+        self.index, self.database, self.work, self.tools, self.hook, self.admin = (
+            index, database, work, tools, hook, admin)
+        self.figures: dict[str, float] = {}
+        self.scratch_ours = f"bench_backup_scratch_{os.getpid()}_ours"
+        self.scratch_plain = f"bench_backup_scratch_{os.getpid()}_plain"
+
+    # -- dumps -------------------------------------------------------------------------------------
+    def ours_dump(self) -> None:
+        from dbops.dump import dump_database
+        from dbops.hooks.store import LocalStore
+        from dbops.operators.backup import DUMP_FILE, _verify_stored
+
+        staging, self.store_root = self.work / "staging", self.work / "store"
+        staging.mkdir()
+        self.store = LocalStore(self.store_root)
+        self.prefix = f"bench/full/round{self.index}"
+        key = f"{self.prefix}/{DUMP_FILE}"
+        started = time.perf_counter()
+        dump = dump_database(self.hook, self.tools["pg_dump"], staging / DUMP_FILE, LEVEL)
+        t_dump = time.perf_counter() - started
+        t_put, _ = timed(self.store.put_file, dump.path, key)
+        t_check, _ = timed(_verify_stored, self.store, key, dump, staging)
+        total = time.perf_counter() - started
+        dump.path.unlink()  # the operator removes staging after the manifest
+        self.dump = dump
+        self.figures.update(ours_dump=total, ours_dump_stage=t_dump, ours_put=t_put, ours_readback=t_check,
+                            ours_bytes=dump.bytes, raw_bytes=dump.raw_bytes)
+        progress(f"round {self.index}: ours dump+store {total:.2f} s (dump {t_dump:.2f}, put {t_put:.2f}, "
+                 f"read-back {t_check:.2f}); {dump.bytes} bytes stored, {dump.raw_bytes} raw, "
+                 f"{sum(dump.tables.values())} rows in {len(dump.tables)} tables")
+
+    def plain_dump(self) -> None:
+        self.plain_file = self.work / "plain.pgc"
+        with self.hook.cli_environment() as env:
+            seconds, _ = timed(run_tool, [self.tools["pg_dump"].path, "--format=custom", "--no-password",
+                                          f"--file={self.plain_file}"], env)
+        self.figures.update(plain_dump=seconds, plain_bytes=self.plain_file.stat().st_size)
+        progress(f"round {self.index}: pg_dump -Fc {seconds:.2f} s, {self.figures['plain_bytes']} bytes")
+
+    def limit_dump(self) -> None:
+        with self.hook.cli_environment() as env, open(os.devnull, "wb") as devnull:
+            seconds, _ = timed(run_tool, [self.tools["pg_dump"].path, "--format=custom", "--compress=0",
+                                          "--no-password"], env, stdout=devnull)
+        self.figures["limit_dump"] = seconds
+        progress(f"round {self.index}: pg_dump -Fc -Z0 > /dev/null {seconds:.2f} s")
+
+    # -- restores ----------------------------------------------------------------------------------
+    def ours_verify(self) -> None:
+        from dbops.hooks.postgres import DbopsPostgresHook
+        from dbops.manifest import FileEntry, Manifest
+        from dbops.operators.backup import DUMP_FILE
+        from dbops.restore import check_restored, create_database, fetch, pg_restore
+
+        dump = self.dump
+        manifest = Manifest(
+            backup_id=self.prefix, target="bench", kind="full", logical_date="", run_id="bench",
+            location=self.store.describe(), server_version=dump.server_version, tool=dump.tool,
+            snapshot_id=dump.snapshot_id, files=[FileEntry(DUMP_FILE, dump.bytes, dump.sha256, dump.raw_bytes)],
+            tables=dump.tables, constraints=dump.constraints, timings={}, compression={})
+        create_database(self.admin, self.scratch_ours, replace=True)
+        staging = self.work / "restore"
+        started = time.perf_counter()
+        t_fetch, archive = timed(fetch, self.store, manifest, self.prefix, staging, None)
+        t_restore, _ = timed(pg_restore, self.tools["pg_restore"], self.admin, self.scratch_ours, archive,
+                             RESTORE_JOBS)
+        restored = DbopsPostgresHook(postgres_conn_id=CONN_ID, database=self.scratch_ours)
+        t_check, checks = timed(check_restored, restored, manifest)
+        total = time.perf_counter() - started
+        archive.unlink()
+        failed = [name for name, check in checks.items() if not check["ok"]]
+        if failed:
+            raise SystemExit(f"verification of our backup failed: {checks}")
+        self.figures.update(ours_verify=total, ours_fetch=t_fetch, ours_restore=t_restore, ours_check=t_check)
+        progress(f"round {self.index}: ours verify {total:.2f} s (fetch {t_fetch:.2f}, pg_restore -j{RESTORE_JOBS} "
+                 f"{t_restore:.2f}, checks {t_check:.2f})")
+
+    def ours_amcheck(self) -> None:
+        from dbops.restore import amcheck
+
+        seconds, outcome = timed(amcheck, self.admin, self.scratch_ours, RESTORE_JOBS)
+        if not outcome["ok"] or "skipped" in outcome:
+            raise SystemExit(f"pg_amcheck did not pass: {outcome}")
+        self.figures["amcheck"] = seconds
+        progress(f"round {self.index}: pg_amcheck {seconds:.2f} s")
+
+    def plain_verify(self) -> None:
+        from dbops.restore import create_database
+
+        create_database(self.admin, self.scratch_plain, replace=True)
+        with self.admin.cli_environment(self.scratch_plain) as env:
+            seconds, _ = timed(run_tool, [self.tools["pg_restore"].path, "--no-password",
+                                          f"--dbname={self.scratch_plain}", str(self.plain_file)], env)
+        self.figures["plain_verify"] = seconds
+        progress(f"round {self.index}: pg_restore (1 job) {seconds:.2f} s")
+
+    def cleanup(self) -> None:
+        from dbops.restore import drop_database
+
+        for name in (self.scratch_ours, self.scratch_plain):
+            drop_database(self.admin, name)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def run(self) -> dict[str, float]:
+        dumps = [self.ours_dump, self.plain_dump, self.limit_dump]
+        shift = self.index % len(dumps)
+        try:
+            for step in dumps[shift:] + dumps[:shift]:
+                step()
+            verifies = [self.ours_verify, self.plain_verify]
+            for step in verifies if self.index % 2 == 0 else verifies[::-1]:
+                step()
+            self.ours_amcheck()
+        finally:
+            self.cleanup()
+        return self.figures
+
+
+def emit(out, size_mb: int, metric: str, value: float, unit: str, baseline: str | None,
+         baseline_value: float | None) -> None:
+    digits = 0 if unit == "bytes" else 3
+    ratio = round(value / baseline_value, 3) if baseline_value else None
+    print(json.dumps({"bench": "backup", "metric": metric, "value": round(value, digits) if digits else int(value),
+                      "unit": unit, "baseline": baseline,
+                      "baseline_value": (round(baseline_value, digits) if digits else int(baseline_value))
+                      if baseline_value is not None else None,
+                      "ratio": ratio, "size_mb": size_mb}), file=out, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    # stdout carries the JSON lines only: everything else writing to fd 1 (Airflow's logging, tools) goes
+    # to stderr.
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    for key, value in devstack.airflow_env().items():
+        os.environ.setdefault(key, value)
+    started_pg = devstack.start_postgres()
+    try:
+        database = prepare_database(args.size_mb)
+        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = devstack.conn_uri(database)
+
+        from dbops.hooks.postgres import DbopsPostgresHook
+        from dbops.hooks.tools import find_tool
+
+        hook = DbopsPostgresHook(postgres_conn_id=CONN_ID)
+        admin = DbopsPostgresHook(postgres_conn_id=CONN_ID, database="postgres")
+        version = hook.server_version_num()
+        tools = {name: find_tool(name, version) for name in ("pg_dump", "pg_restore")}
+        progress(f"{database}: {hook.get_first('SELECT pg_database_size(current_database())')[0] / 2**20:.0f} MiB, "
+                 f"tools {tools['pg_dump'].path} {tools['pg_dump'].version}; {args.rounds} rounds")
+        rounds = []
+        for index in range(args.rounds):
+            work = Path(tempfile.mkdtemp(prefix="bench-backup-", dir=devstack.VAR))
+            rounds.append(Round(index, database, work, tools, hook, admin).run())
+    finally:
+        if started_pg:
+            devstack.stop_postgres()
+
+    med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    progress("medians: " + ", ".join(f"{k}={v:.3f}" for k, v in med.items()))
+    n = args.size_mb
+    emit(out, n, "dump_seconds", med["ours_dump"], "s", "pg_dump -Fc", med["plain_dump"])
+    emit(out, n, "dump_limit_seconds", med["ours_dump"], "s", "pg_dump -Fc -Z0 > /dev/null", med["limit_dump"])
+    emit(out, n, "dump_bytes", med["ours_bytes"], "bytes", "pg_dump -Fc", med["plain_bytes"])
+    emit(out, n, "verify_seconds", med["ours_verify"], "s", "pg_restore", med["plain_verify"])
+    emit(out, n, "amcheck_seconds", med["amcheck"], "s", None, None)
+
+
+if __name__ == "__main__":
+    main()
