@@ -428,3 +428,49 @@ def test_failed_verification_notifies_by_email(target, monkeypatch, mailbox, smt
     body = message.get_body(preferencelist=("html",)).get_content()
     assert "checksums" in body and DUMP_FILE in body
     assert catalog_row(made["backup_id"])[0] is False
+
+
+def test_encrypted_backup_round_trip_and_wrong_key(target, monkeypatch):
+    import base64
+    import os as _os
+
+    key = base64.b64encode(_os.urandom(32)).decode()
+    monkeypatch.setenv("AIRFLOW_CONN_BK_KEY", json.dumps({"conn_type": "generic", "password": key}))
+    target.config_path.write_text(target.config_path.read_text().replace(
+        "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, encryption_conn_id: bk_key}"))
+    made = backup()
+    stored = (target.tmp / "store" / made["backup_id"] / DUMP_FILE).read_bytes()
+    assert stored.startswith(b"DBOPS-AES256GCM-1\n") and b"customer 1" not in stored
+    assert verify(made["backup_id"], run_id="right-key")["verified"] is True
+    monkeypatch.setenv("AIRFLOW_CONN_BK_KEY", json.dumps(
+        {"conn_type": "generic", "password": base64.b64encode(_os.urandom(32)).decode()}))
+    with pytest.raises(AirflowFailException, match="fails authentication"):
+        verify(made["backup_id"], run_id="wrong-key")
+
+
+def test_encryption_key_that_is_not_32_bytes_is_refused(target, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_BK_KEY", json.dumps({"conn_type": "generic", "password": "too-short"}))
+    target.config_path.write_text(target.config_path.read_text().replace(
+        "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, encryption_conn_id: bk_key}"))
+    with pytest.raises(AirflowFailException, match="base64-encoded 32-byte key"):
+        backup()
+    assert not store().list_keys(NAME)
+
+
+def test_too_old_pg_dump_fails_at_once(target, monkeypatch):
+    """FAKE: the server reports version 99, because no server newer than our pg_dump runs here."""
+    monkeypatch.setattr("dbops.hooks.postgres.DbopsPostgresHook.server_version_num", lambda self: 990000)
+    with pytest.raises(AirflowFailException, match="pg_dump must be version 99 or newer"):
+        backup()
+    assert not store().list_keys(NAME)
+
+
+def test_too_little_staging_space_fails_before_dumping(target, monkeypatch):
+    """FAKE: the free space is reported as 1 MiB; filling a real disk is not something a test may do."""
+    import shutil as _shutil
+
+    real = _shutil.disk_usage
+    monkeypatch.setattr("shutil.disk_usage", lambda path: real(path)._replace(free=2**20))
+    with pytest.raises(AirflowFailException, match="has 1 MiB free; the dump of .* may need up to"):
+        backup()
+    assert not store().list_keys(NAME)
