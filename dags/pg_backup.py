@@ -22,6 +22,8 @@ On demand (trigger with Params in the UI):
 - `pg_restore__<target>` — restore a backup (default: newest verified) into a **new** database on
   the target's server; an existing database is refused unless `overwrite` is set; checksums first.
 - `pg_verify_backup__<target>` — re-run the verification restore on any stored backup.
+- `pg_tenant_export__<target>` — one tenant's rows of `backup.tenant_tables`, in one snapshot, stored
+  with its own manifest under `<target>/tenant/<tenant id>/<date>/` (targets with tenant tables).
 
 Failures notify the target's `backup.notify` channels. Backups live under `<target>/full/<logical date>/`
 in the store; backfilling a date makes that date's backup.
@@ -45,6 +47,7 @@ from dbops.operators.restore import (
     VerifyBackupOperator,
 )
 from dbops.operators.retention import BackupRetentionOperator
+from dbops.operators.tenant_export import TenantExportOperator
 
 config = load_config()
 
@@ -104,3 +107,14 @@ for target, settings in config.targets.items():
         drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
                                        execution_timeout=timedelta(minutes=10))
         create >> verify >> drop.as_teardown(setups=create)
+
+    if settings.backup.tenant_tables:
+        with DAG(
+            dag_id=f"pg_tenant_export__{target}",
+            schedule=None,
+            doc_md=__doc__,
+            params={"tenant_id": Param(type="string", minLength=1, maxLength=128, description="tenant to export")},
+            **dag_kwargs(tags=["backup", "tenant", target], on_failure=notifier),
+        ):
+            TenantExportOperator(task_id="export", target=target, tenant_id="{{ params.tenant_id }}",
+                                 execution_timeout=timedelta(hours=2))

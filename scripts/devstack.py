@@ -330,8 +330,16 @@ def _stop_processes(procs: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-# Params for the demo runs of on-demand DAGs (by DAG id prefix).
-DEMO_CONF = {"pg_restore": {"database": "demo_restored", "overwrite": True}}
+def demo_conf(family: str) -> dict | None:
+    """Params for the demo run of an on-demand DAG family (the part of the DAG id before ``__``)."""
+    if family == "pg_restore":
+        return {"database": "demo_restored", "overwrite": True}
+    if family == "pg_tenant_export":
+        import psycopg
+
+        with psycopg.connect(libpq_conninfo("appdb")) as conn:
+            return {"tenant_id": str(conn.execute("SELECT id FROM tenants ORDER BY slug LIMIT 1").fetchone()[0])}
+    return None
 
 
 def local_dag_ids() -> list[str]:
@@ -355,8 +363,8 @@ def demo() -> int:
             t0 = time.monotonic()
             out = AIRFLOW_HOME / "logs" / f"demo-{dag_id}.log"
             out.parent.mkdir(parents=True, exist_ok=True)
-            family = dag_id.split("__")[0]
-            conf = ["-c", json.dumps(DEMO_CONF[family])] if family in DEMO_CONF else []
+            params = demo_conf(dag_id.split("__")[0])
+            conf = ["-c", json.dumps(params)] if params else []
             with open(out, "wb") as fh:
                 rc = airflow("dags", "test", dag_id, *conf, stdout=fh, stderr=subprocess.STDOUT).returncode
             state = "success" if rc == 0 else "failed"

@@ -16,9 +16,10 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 
-def backup_prefix(target: str, kind: str, logical_date: datetime) -> str:
-    """Store key prefix of a backup, named by its logical date (UTC)."""
-    return f"{target}/{kind}/{logical_date.strftime('%Y%m%dT%H%M%SZ')}"
+def backup_prefix(target: str, kind: str, logical_date: datetime, tenant: str | None = None) -> str:
+    """Store key prefix of a backup, ``<target>/<kind>/[<tenant>/]<logical date, UTC>``."""
+    scope = f"{kind}/{tenant}" if tenant else kind
+    return f"{target}/{scope}/{logical_date.strftime('%Y%m%dT%H%M%SZ')}"
 
 
 @dataclass(frozen=True)

@@ -474,3 +474,53 @@ def test_too_little_staging_space_fails_before_dumping(target, monkeypatch):
     with pytest.raises(AirflowFailException, match="has 1 MiB free; the dump of .* may need up to"):
         backup()
     assert not store().list_keys(NAME)
+
+
+@pytest.fixture
+def tenant_target(target):
+    with psycopg.connect(devstack.libpq_conninfo(target.database)) as conn:
+        conn.execute("""
+            CREATE TABLE invoices (id int PRIMARY KEY, tenant_id int NOT NULL, amount numeric, note text);
+            CREATE TABLE audit (id bigint, tenant_id int NOT NULL, action text);
+            INSERT INTO invoices SELECT g, g % 10, g * 1.5, 'line "' || g || '", with comma' FROM generate_series(1, 5000) g;
+            INSERT INTO audit SELECT g, g % 10, 'act' FROM generate_series(1, 3000) g;
+        """)
+    target.config_path.write_text(target.config_path.read_text().replace(
+        "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, tenant_tables: [invoices, public.audit]}"))
+    return target
+
+
+def export(tenant_id: str) -> dict:
+    from dbops.operators.tenant_export import TenantExportOperator
+
+    return TenantExportOperator(task_id="export", target=NAME, tenant_id=tenant_id).execute(context())
+
+
+def test_tenant_export_holds_exactly_that_tenants_rows(tenant_target, tmp_path):
+    import csv
+
+    from dbops.streams import read_decompressed
+
+    result = export("7")
+    assert result["backup_id"] == f"{NAME}/tenant/7/20261120T020000Z"
+    manifest = Manifest.from_json(store().read_bytes(f"{result['backup_id']}/{MANIFEST_NAME}"))
+    assert manifest.kind == "tenant" and manifest.tenant_id == "7"
+    assert manifest.tables == {"invoices": 500, "public.audit": 300}
+    for entry in manifest.files:
+        raw = tmp_path / entry.name.removesuffix(".zst")
+        read_decompressed(tenant_target.tmp / "store" / result["backup_id"] / entry.name, raw, entry.sha256)
+        rows = list(csv.DictReader(raw.open()))
+        assert len(rows) == manifest.tables[entry.name.removesuffix(".csv.zst")]
+        assert {row["tenant_id"] for row in rows} == {"7"}
+    assert export("7")["backup_id"] == result["backup_id"]  # same date again: kept, not rewritten
+
+
+@pytest.mark.parametrize(("tenant_id", "message"), [
+    ("7' OR '1'='1", "must be 1-128 letters"),
+    ("../../etc", "must be 1-128 letters"),
+    ("abc", "not a valid tenant_id value"),
+])
+def test_hostile_or_bad_tenant_ids_change_nothing(tenant_target, tenant_id, message):
+    with pytest.raises(AirflowFailException, match=message):
+        export(tenant_id)
+    assert store().list_keys(NAME) == []
