@@ -270,7 +270,12 @@ def stack() -> Iterator[None]:
             stop_postgres()
 
 
-SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+SERVICES = {  # every server listens on 127.0.0.1 only
+    "api-server": ["api-server", "--host", PG_HOST, "--port", "8080"],
+    "scheduler": ["scheduler"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer"],
+}
 
 
 def run() -> int:
@@ -279,10 +284,10 @@ def run() -> int:
     with stack():
         logs = AIRFLOW_HOME / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        procs = [subprocess.Popen([str(Path(sys.executable).parent / "airflow"), service],
+        procs = [subprocess.Popen([str(Path(sys.executable).parent / "airflow"), *args],
                                   env={**os.environ, **airflow_env()}, stdout=open(logs / f"{service}.log", "ab"),
                                   stderr=subprocess.STDOUT, start_new_session=True)
-                 for service in SERVICES]
+                 for service, args in SERVICES.items()]
         _wait_for_ui(procs)
         log(f"Airflow is up in {time.monotonic() - t0:.1f} s: {UI_URL}  login: {AIRFLOW_USER} / "
             f"{_secret('airflow_admin_password')}")

@@ -41,7 +41,8 @@ def airflow_services(pg_server, tmp_path):
            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"}
     airflow = str(Path(sys.executable).parent / "airflow")
-    commands = [[airflow, "api-server", "--port", str(port)], [airflow, "scheduler"], [airflow, "dag-processor"]]
+    commands = [[airflow, "api-server", "--host", "127.0.0.1", "--port", str(port)], [airflow, "scheduler"],
+                [airflow, "dag-processor"]]
     procs = [subprocess.Popen(cmd, env=env, stdout=open(tmp_path / f"{cmd[1]}.out", "wb"), stderr=subprocess.STDOUT,
                               start_new_session=True) for cmd in commands]
     try:

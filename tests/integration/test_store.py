@@ -38,6 +38,14 @@ def test_local_store_round_trip_and_probe(tmp_path):
     assert not (tmp_path / "backups" / ".dbops-probe").exists(), "the probe and its empty directory are removed"
 
 
+def test_local_store_deleting_what_is_not_there_is_fine(tmp_path):
+    store = LocalStore(tmp_path / "backups")
+    store.delete("appdb/full/20200101T000000Z/manifest.json")
+    store.put_bytes("appdb/full/a/manifest.json", b"{}")
+    store.delete("appdb/full/a/manifest.json")
+    assert not (tmp_path / "backups" / "appdb").exists() and (tmp_path / "backups").is_dir()
+
+
 def test_local_store_rejects_keys_escaping_its_root(tmp_path):
     store = LocalStore(tmp_path / "backups")
     with pytest.raises(ValueError, match="escapes the store root"):

@@ -110,10 +110,14 @@ class LocalStore(BackupStore):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
+        root = self.root.resolve()
         for parent in path.parents:  # tidy empty directories up to the root
-            if parent == self.root.resolve() or any(parent.iterdir()):
+            if parent == root or not parent.is_relative_to(root):
                 break
-            parent.rmdir()
+            if parent.is_dir() and any(parent.iterdir()):
+                break
+            if parent.is_dir():
+                parent.rmdir()
 
     def describe(self) -> str:
         return f"file://{self.root}"
