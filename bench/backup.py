@@ -3,7 +3,7 @@
 A database ``bench_backup_<N>`` on the local server is filled once by scripts/demo_data.py (reused
 while its comment says it is complete at that size; ``appdb`` is never touched). Then, per round:
 
-- ours: ``dump_database`` (snapshot, row counts, ``pg_dump -Fc -Z0`` piped into zstd level 3 + sha256)
+- ours: ``dump_database`` (snapshot, row counts, ``pg_dump -Fc -Z0`` piped into zstd at the policy's default level + sha256)
   into a staging directory, ``LocalStore.put_file`` into a store directory, and the read-back check
   (size + sha256) the backup operator does;
 - ``pg_dump -Fc -f file`` (its default gzip compression, the seeds' way): time and bytes;
@@ -37,8 +37,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 from scripts import devstack  # noqa: E402
 
 CONN_ID = "bench_backup"
-LEVEL = 3  # the backup policy's default compression level
-RESTORE_JOBS = 2  # the backup policy's default verification jobs
+from dbops.config import BackupPolicy  # noqa: E402
+
+LEVEL = BackupPolicy(storage="bench").compression_level  # the policy's defaults
+RESTORE_JOBS = BackupPolicy(storage="bench").jobs
 
 
 def progress(message: str) -> None:
@@ -106,7 +108,7 @@ class Round:
         dump = dump_database(self.hook, self.tools["pg_dump"], staging / DUMP_FILE, LEVEL)
         t_dump = time.perf_counter() - started
         t_put, _ = timed(self.store.put_file, dump.path, key)
-        t_check, _ = timed(_verify_stored, self.store, key, dump, staging)
+        t_check, _ = timed(_verify_stored, self.store, key, dump)
         total = time.perf_counter() - started
         dump.path.unlink()  # the operator removes staging after the manifest
         self.dump = dump

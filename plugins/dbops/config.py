@@ -79,7 +79,7 @@ class BackupPolicy:
     schedule: Cron | None = "0 2 * * *"
     retention: Retention = field(default_factory=Retention)
     jobs: int = 2
-    compression_level: int = 3
+    compression_level: int = 2
     lock_wait_timeout: Seconds = 300.0
     verify_conn_id: str | None = None
     encryption_conn_id: str | None = None

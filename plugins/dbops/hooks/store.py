@@ -31,6 +31,10 @@ class BackupStore(ABC):
         """Download the object at ``key`` to the local file ``path``."""
 
     @abstractmethod
+    def sha256(self, key: str) -> str:
+        """sha256 of the object at ``key`` as stored, read back from the store."""
+
+    @abstractmethod
     def size(self, key: str) -> int | None:
         """Size in bytes of the object at ``key``, or None when it does not exist."""
 
@@ -87,8 +91,28 @@ class LocalStore(BackupStore):
         self._replace_with(key, lambda fh: fh.write(data))
 
     def put_file(self, path: Path, key: str) -> None:
-        with open(path, "rb") as src:
-            self._replace_with(key, lambda fh: shutil.copyfileobj(src, fh, 4 * 1024 * 1024))
+        """Hard-link when staging and store share a filesystem (no copy); copy otherwise."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(path, partial)
+        except OSError:
+            with open(path, "rb") as src:
+                self._replace_with(key, lambda fh: shutil.copyfileobj(src, fh, 4 * 1024 * 1024))
+            return
+        os.replace(partial, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def sha256(self, key: str) -> str:
+        from dbops.streams import file_sha256
+
+        return file_sha256(self._path(key))
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -149,6 +173,15 @@ class S3Store(BackupStore):
 
     def get_file(self, key: str, path: Path) -> None:
         self.hook.get_conn().download_file(self.bucket, self._key(key), str(path))
+
+    def sha256(self, key: str) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        body = self.hook.get_key(self._key(key), self.bucket).get()["Body"]
+        for chunk in iter(lambda: body.read(4 * 1024 * 1024), b""):
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def size(self, key: str) -> int | None:
         head = self.hook.head_object(self._key(key), self.bucket)
