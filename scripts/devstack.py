@@ -302,7 +302,7 @@ def run() -> int:
         while not stop["now"] and all(p.poll() is None for p in procs):
             time.sleep(0.5)
         exited = [s for s, p in zip(SERVICES, procs) if p.poll() is not None]
-        _stop_processes(procs)
+        stop_processes(procs)
         log(f"stopped {', '.join(SERVICES)}")
     if exited and not stop["now"]:
         log(f"{', '.join(exited)} exited unexpectedly; see {logs}")
@@ -324,7 +324,7 @@ def _wait_for_ui(procs: list[subprocess.Popen], timeout: float = 180) -> None:
             time.sleep(1)
 
 
-def _stop_processes(procs: list[subprocess.Popen]) -> None:
+def stop_processes(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -49,13 +48,7 @@ def airflow_services(pg_server, tmp_path):
         wait_for_port(port, timeout=120)
         yield f"http://localhost:{port}", tmp_path
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        devstack.stop_processes(procs)
 
 
 def api(base: str, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:

@@ -6,17 +6,15 @@ import base64
 import json
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from dbops.config import load_config
 from dbops.manifest import MANIFEST_NAME, FileEntry, Manifest, backup_prefix
+from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -45,24 +43,13 @@ def encryption_key(conn_id: str | None) -> bytes | None:
     return key
 
 
-class _BackupTargetOperator(BaseOperator):
-    """Common ground: the target's config, store and staging directory.
-
-    :param target: the target's key in dbops.yaml.
-    :param config_path: the config file; default ``$DBOPS_CONFIG`` or include/config/dbops.yaml.
-    """
-
-    template_fields: Sequence[str] = ("target",)
-
-    def __init__(self, *, target: str, config_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.target = target
-        self.config_path = config_path
+class _BackupTargetOperator(TargetOperator):
+    """A target operator that needs the target's backup policy and store."""
 
     def _setup(self) -> tuple[DbopsConfig, BackupPolicy, BackupStore]:
         from dbops.hooks.store import get_store
 
-        config = load_config(self.config_path)
+        config = self.load_config()
         policy = config.targets[self.target].backup
         if policy is None:
             raise AirflowFailException(f"target {self.target!r} has no backup policy in {config.path}")

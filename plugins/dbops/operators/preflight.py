@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from dbops.config import load_config
 from dbops.errors import is_transient
+from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -35,7 +34,7 @@ class CheckResult:
         return f"{self.verdict} {self.name}: {self.detail}"
 
 
-class PreflightOperator(BaseOperator):
+class PreflightOperator(TargetOperator):
     """Check one target: connectivity, server version, client tools, backup store, ops migrations.
 
     Every check runs even when an earlier one fails (those that need the target are skipped when it is
@@ -47,17 +46,10 @@ class PreflightOperator(BaseOperator):
     :param config_path: the config file; default ``$DBOPS_CONFIG`` or include/config/dbops.yaml.
     """
 
-    template_fields: Sequence[str] = ("target",)
-
-    def __init__(self, *, target: str, config_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.target = target
-        self.config_path = config_path
-
     def execute(self, context: Context) -> dict[str, str]:
         from dbops.hooks.postgres import DbopsPostgresHook
 
-        config = load_config(self.config_path)
+        config = self.load_config()
         hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
         results = self._run_checks(config, hook)
         self._record(config, context, results)
