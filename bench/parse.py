@@ -41,6 +41,7 @@ def parse_once_in_child(dag_file: Path) -> float:
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # Airflow's log lines must not mix with the JSON
         started = time.perf_counter()
         bag = DagBag(dag_folder=str(dag_file))
         elapsed = time.perf_counter() - started
@@ -67,9 +68,10 @@ def main() -> None:
             config.write_text(config_with_targets(targets))
             os.environ["DBOPS_CONFIG"] = str(config)
             slowest = max(statistics.median(parse_once_in_child(f) for _ in range(args.repeat)) for f in dag_files)
-            print(json.dumps({"bench": "parse", "metric": f"parse_seconds_{targets}_target" + ("s" if targets > 1 else ""),
-                              "value": round(slowest, 4), "unit": "s", "baseline": "aim from issue 2",
-                              "baseline_value": aim, "ratio": round(slowest / aim, 3)}), flush=True)
+            metric = f"parse_seconds_{targets}_target" + ("s" if targets > 1 else "")
+            print(json.dumps({"bench": "parse", "metric": metric, "value": round(slowest, 4), "unit": "s",
+                              "baseline": "aim from issue 2", "baseline_value": aim,
+                              "ratio": round(slowest / aim, 3)}), flush=True)
 
 
 if __name__ == "__main__":
