@@ -79,6 +79,8 @@ class BackupPolicy:
     schedule: Cron | None = "0 2 * * *"
     retention: Retention = field(default_factory=Retention)
     jobs: int = 2
+    format: str = "custom"
+    dump_jobs: int = 1
     compression_level: int = 2
     lock_wait_timeout: Seconds = 300.0
     verify_conn_id: str | None = None
@@ -277,11 +279,15 @@ def _check_references(config: DbopsConfig) -> None:
             notify = getattr(getattr(target, policy), "notify", [])
             for i, channel in enumerate(notify):
                 _check_channel(config.notifications, channel, f"targets.{name}.{policy}.notify[{i}]")
+        if target.backup and target.backup.format not in DUMP_FORMATS:
+            raise _Invalid(f"targets.{name}.backup.format",
+                           f"unknown format {target.backup.format!r} (expected one of: {', '.join(DUMP_FORMATS)})")
         if target.maintenance and not 0 < target.maintenance.bloat_pct < 100:
             raise _Invalid(f"targets.{name}.maintenance.bloat_pct", "must be between 0 and 100")
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")
+DUMP_FORMATS = ("custom", "directory")
 
 
 def _check_channel(notifications: NotificationsConfig, channel: str, key: str) -> None:

@@ -8,6 +8,7 @@ archive to a pipe and Python compresses it with multi-threaded zstd (much faster
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 import time
@@ -68,13 +69,20 @@ class DumpResult:
 
 
 def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int, key: bytes | None = None,
-                  lock_wait_seconds: float = 300) -> DumpResult:
+                  lock_wait_seconds: float = 300, fmt: str = "custom", jobs: int = 1) -> DumpResult:
     """Dump the hook's database in one snapshot into ``dest`` (zstd, optionally encrypted).
 
-    Neither pg_dump nor the row counts wait longer than ``lock_wait_seconds`` for a table lock.
+    ``fmt`` ``custom`` streams pg_dump's archive straight into the compressor; ``directory`` lets
+    ``jobs`` pg_dump workers dump tables in parallel into a staging directory, then stores it as one
+    tar stream. Neither pg_dump nor the row counts wait longer than ``lock_wait_seconds`` for a lock.
     """
     started = time.monotonic()
     lock_wait_ms = int(lock_wait_seconds * 1000)
+    workdir = dest.with_name(dest.name + ".d")
+    args = [tool.path, f"--format={fmt}", "--compress=0", "--no-password", f"--lock-wait-timeout={lock_wait_ms}"]
+    if fmt == "directory":
+        args += [f"--jobs={max(jobs, 1)}", f"--file={workdir}"]
+    stored = raw = sha = None
     with hook.get_conn() as conn:
         conn.autocommit = False
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -82,10 +90,8 @@ def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int,
         snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         with hook.cli_environment() as env:
-            proc = subprocess.Popen(
-                [tool.path, "--format=custom", "--compress=0", f"--snapshot={snapshot_id}", "--no-password",
-                 f"--lock-wait-timeout={lock_wait_ms}"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            proc = subprocess.Popen([*args, f"--snapshot={snapshot_id}"], env=env, stderr=subprocess.PIPE,
+                                    stdout=subprocess.PIPE if fmt == "custom" else subprocess.DEVNULL)
             stderr: list[bytes] = []
             reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
             reader.start()
@@ -93,24 +99,39 @@ def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int,
             counter = threading.Thread(target=_count_into, args=(conn, counts), daemon=True)
             counter.start()
             try:
-                stored, raw, sha = write_compressed(iter(lambda: proc.stdout.read(CHUNK), b""), dest, level, key)
+                if fmt == "custom":
+                    stored, raw, sha = write_compressed(iter(lambda: proc.stdout.read(CHUNK), b""), dest, level, key)
             finally:
-                returncode = proc.wait()
+                returncode = proc.wait()  # the snapshot's transaction stays open until every worker is done
                 reader.join()
                 if returncode != 0:
                     conn.cancel_safe()  # the counts are worthless now; do not wait for them
                 counter.join()
         conn.rollback()
-    if "error" in counts and not isinstance(counts["error"], psycopg.errors.QueryCanceled):
+    try:
+        if "error" in counts and not isinstance(counts["error"], psycopg.errors.QueryCanceled):
+            raise counts["error"]  # the first cause: pg_dump fails too once the snapshot's transaction aborts
+        if returncode != 0:
+            message = b"".join(stderr).decode(errors="replace").strip()
+            raise DumpError(f"pg_dump exited with {returncode}: {message}",
+                            transient=any(text in message for text in TRANSIENT_DUMP_ERRORS))
+        if fmt == "directory":
+            stored, raw, sha = write_compressed(_tar_stream(workdir), dest, level, key)
+    except BaseException:
         dest.unlink(missing_ok=True)
-        raise counts["error"]  # the first cause: pg_dump fails too once the snapshot's transaction aborts
-    if returncode != 0:
-        dest.unlink(missing_ok=True)
-        message = b"".join(stderr).decode(errors="replace").strip()
-        raise DumpError(f"pg_dump exited with {returncode}: {message}",
-                        transient=any(text in message for text in TRANSIENT_DUMP_ERRORS))
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return DumpResult(dest, stored, raw, sha, snapshot_id, server_version, f"{tool.name} {tool.version}",
                       counts["tables"], counts["constraints"], time.monotonic() - started)
+
+
+def _tar_stream(directory: Path):
+    """The files of a pg_dump directory archive as one uncompressed tar stream, in chunks."""
+    proc = subprocess.Popen(["tar", "-C", str(directory), "-cf", "-", "."], stdout=subprocess.PIPE)
+    yield from iter(lambda: proc.stdout.read(CHUNK), b"")
+    if proc.wait() != 0:
+        raise OSError(f"tar of {directory} exited with {proc.returncode}")
 
 
 def count_rows(conn) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,20 +38,27 @@ def read_manifest(store: BackupStore, prefix: str) -> Manifest | None:
 
 
 def fetch(store: BackupStore, manifest: Manifest, prefix: str, staging: Path, key: bytes | None) -> Path:
-    """Download the backup's archive, check size and sha256, decrypt and decompress; return the archive."""
+    """Download the backup's archive, check size and sha256, decrypt and decompress; return the archive
+    (a file, or a directory for a directory-format dump)."""
     staging.mkdir(parents=True, exist_ok=True)
     (entry,) = manifest.files
     stored_size = store.size(f"{prefix}/{entry.name}")
     if stored_size != entry.bytes:
         raise ChecksumMismatch(f"{entry.name}: stored size {stored_size} differs from the manifest's {entry.bytes}")
     downloaded = staging / entry.name
-    archive = staging / "archive.pgc"
+    archive = staging / entry.name.removesuffix(".zst")
     store.get_file(f"{prefix}/{entry.name}", downloaded)
     try:
         read_decompressed(downloaded, archive, entry.sha256, key)
     finally:
         downloaded.unlink(missing_ok=True)
-    return archive
+    if archive.suffix != ".tar":
+        return archive
+    directory = staging / "archive.d"  # a directory-format archive: pg_restore reads the directory
+    with tarfile.open(archive) as tar:
+        tar.extractall(directory, filter="data")
+    archive.unlink()
+    return directory
 
 
 def create_database(admin: DbopsPostgresHook, name: str, replace: bool = False) -> None:

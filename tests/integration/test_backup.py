@@ -523,3 +523,16 @@ def test_hostile_or_bad_tenant_ids_change_nothing(tenant_target, tenant_id, mess
     with pytest.raises(AirflowFailException, match=message):
         export(tenant_id)
     assert store().list_keys(NAME) == []
+
+
+def test_directory_format_with_parallel_dump_round_trip(target):
+    target.config_path.write_text(target.config_path.read_text().replace(
+        "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, format: directory, dump_jobs: 2}"))
+    made = backup()
+    manifest = Manifest.from_json(store().read_bytes(f"{made['backup_id']}/{MANIFEST_NAME}"))
+    assert [f.name for f in manifest.files] == ["dump.dir.tar.zst"]
+    assert manifest.compression["archive"].startswith("pg_dump directory") and manifest.compression["dump_jobs"] == 2
+    assert manifest.tables["public.orders"] == 30000 - 30000 // 7
+    outcome = verify(made["backup_id"])
+    assert outcome["verified"] is True
+    assert not list((target.tmp / "staging").rglob("*.d"))

@@ -60,6 +60,7 @@ def test_repository_config_is_valid():
         ("    conn_id: pg_appdb\n", "", "target 'appdb': key 'conn_id': required key is missing"),
         ("    conn_id: pg_appdb\n", "    conn_id: ''\n", "target 'appdb': key 'conn_id': must name an Airflow connection"),
         ("storage: local,", "storage: nowhere,", "target 'appdb': key 'backup.storage': unknown storage 'nowhere'"),
+        ("storage: local,", "storage: local, format: zip,", "target 'appdb': key 'backup.format': unknown format 'zip'"),
         ("min_bytes: 10MB", "min_bytes: ten", "target 'appdb': key 'maintenance.min_bytes': expected a size"),
         ("lock_timeout: 5s", "lock_timeout: 5 parsecs", "key 'maintenance.lock_timeout': expected a duration"),
         ("  appdb:\n", "  App-DB:\n", "target 'App-DB': target names are lowercase"),

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from dbops.dump import DumpResult
     from dbops.hooks.store import BackupStore
 
-DUMP_FILE = "dump.pgc.zst"
+DUMP_FILE = "dump.pgc.zst"  # custom format
+DUMP_FILES = {"custom": DUMP_FILE, "directory": "dump.dir.tar.zst"}
+ARCHIVES = {"custom": "pg_dump custom, -Z0", "directory": "pg_dump directory (tar), -Z0"}
 
 
 def encryption_key(conn_id: str | None) -> bytes | None:
@@ -87,8 +89,8 @@ class PgBackupOperator(_BackupTargetOperator):
         dump = self._staged_or_new_dump(config, policy, staging)
         started = time.monotonic()
         try:
-            store.put_file(dump.path, f"{prefix}/{DUMP_FILE}")
-            _verify_stored(store, f"{prefix}/{DUMP_FILE}", dump)
+            store.put_file(dump.path, f"{prefix}/{dump.path.name}")
+            _verify_stored(store, f"{prefix}/{dump.path.name}", dump)
         except Exception as err:
             raise classify(err, f"storing {prefix} in {store.describe()} failed; the dump stays staged in "
                                 f"{staging}") from err
@@ -111,7 +113,8 @@ class PgBackupOperator(_BackupTargetOperator):
 
         record = staging / "staged.json"
         if record.exists():
-            staged = DumpResult(**{**json.loads(record.read_text()), "path": staging / DUMP_FILE})
+            staged = json.loads(record.read_text())
+            staged = DumpResult(**{**staged, "path": Path(staged["path"])})
             if staged.path.exists() and file_sha256(staged.path) == staged.sha256:
                 self.log.info("reusing the dump staged by an earlier attempt: %s", staged.path)
                 return staged
@@ -121,8 +124,9 @@ class PgBackupOperator(_BackupTargetOperator):
         try:
             tool = find_tool("pg_dump", hook.server_version_num(), config.tools.bin_dir)
             self._check_staging_space(hook, staging)
-            dump = dump_database(hook, tool, staging / DUMP_FILE, policy.compression_level,
-                                 encryption_key(policy.encryption_conn_id), policy.lock_wait_timeout)
+            dump = dump_database(hook, tool, staging / DUMP_FILES[policy.format], policy.compression_level,
+                                 encryption_key(policy.encryption_conn_id), policy.lock_wait_timeout,
+                                 policy.format, policy.dump_jobs)
         except ToolVersionError as err:
             raise AirflowFailException(str(err)) from err
         except AirflowFailException:
@@ -151,10 +155,11 @@ class PgBackupOperator(_BackupTargetOperator):
             backup_id=prefix, target=self.target, kind="full", logical_date=run_date(context).isoformat(),
             run_id=context["run_id"], location=f"{store.describe()}/{prefix}", server_version=dump.server_version,
             tool=dump.tool, snapshot_id=dump.snapshot_id,
-            files=[FileEntry(DUMP_FILE, dump.bytes, dump.sha256, dump.raw_bytes)],
+            files=[FileEntry(dump.path.name, dump.bytes, dump.sha256, dump.raw_bytes)],
             tables=dump.tables, constraints=dump.constraints,
             timings={"dump_seconds": round(dump.seconds, 3), "upload_seconds": round(upload_seconds, 3)},
-            compression={"codec": "zstd", "level": policy.compression_level, "archive": "pg_dump custom, -Z0"},
+            compression={"codec": "zstd", "level": policy.compression_level, "archive": ARCHIVES[policy.format],
+                         "dump_jobs": policy.dump_jobs if policy.format == "directory" else 1},
             encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
             if policy.encryption_conn_id else None,
             extra={"created_at": datetime.now(timezone.utc).isoformat()},
