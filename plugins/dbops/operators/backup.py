@@ -76,12 +76,16 @@ class PgBackupOperator(_BackupTargetOperator):
         logical_date = run_date(context)
         prefix = backup_prefix(self.target, "full", logical_date)
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
-        existing = read_manifest(store, prefix)
+        try:
+            existing = read_manifest(store, prefix)
+            leftovers = [] if existing else store.list_keys(prefix)
+        except Exception as err:
+            raise classify(err, f"reading {store.describe()} failed before dumping") from err
         if existing is not None:
             self.log.info("backup %s is already complete in %s; not overwriting it", prefix, store.describe())
             ops.record_backup(existing)
             return _result(existing)
-        for leftover in store.list_keys(prefix):
+        for leftover in leftovers:
             self.log.info("removing %s left by an incomplete attempt", leftover)
             store.delete(leftover)
 
@@ -133,8 +137,9 @@ class PgBackupOperator(_BackupTargetOperator):
             raise
         except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
-            raise classify(err, f"dumping {self.target} failed",
-                           "Grant the backup role read access to every table (e.g. pg_read_all_data).") from err
+            fix = ("Grant the backup role read access to every table (e.g. pg_read_all_data)."
+                   if "permission denied" in str(err) else "")
+            raise classify(err, f"dumping {self.target} failed", fix) from err
         record.write_text(json.dumps({**asdict(dump), "path": str(dump.path)}))
         return dump
 
