@@ -35,7 +35,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, Param
 
-from dbops.config import load_config
+from dbops.config import load_config, pool_name
 from dbops.dag_defaults import dag_kwargs
 from dbops.operators.backup import BackupReportOperator, PgBackupOperator
 from dbops.operators.preflight import PreflightOperator
@@ -62,10 +62,11 @@ for target, settings in config.targets.items():
         **dag_kwargs(tags=["backup", target], on_failure=notifier),
     ):
         preflight = PreflightOperator(task_id="preflight", target=target, execution_timeout=timedelta(minutes=5))
-        dump = PgBackupOperator(task_id="dump_and_store", target=target, execution_timeout=timedelta(hours=4))
+        dump = PgBackupOperator(task_id="dump_and_store", target=target, pool=pool_name(target),
+                                execution_timeout=timedelta(hours=4))
         create = ScratchDatabaseOperator(task_id="create_scratch", target=target, execution_timeout=timedelta(minutes=5))
         verify = VerifyBackupOperator(
-            task_id="verify_restore", target=target, execution_timeout=timedelta(hours=4),
+            task_id="verify_restore", target=target, pool=pool_name(target), execution_timeout=timedelta(hours=4),
             backup_id="{{ ti.xcom_pull(task_ids='dump_and_store')['backup_id'] }}", retries=1)
         drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
                                        execution_timeout=timedelta(minutes=10))
@@ -91,7 +92,7 @@ for target, settings in config.targets.items():
     ):
         RestoreBackupOperator(
             task_id="restore", target=target, backup_id="{{ params.backup_id }}", database="{{ params.database }}",
-            overwrite="{{ params.overwrite }}", execution_timeout=timedelta(hours=6))
+            overwrite="{{ params.overwrite }}", pool=pool_name(target), execution_timeout=timedelta(hours=6))
 
     with DAG(
         dag_id=f"pg_verify_backup__{target}",
@@ -103,7 +104,7 @@ for target, settings in config.targets.items():
         create = ScratchDatabaseOperator(task_id="create_scratch", target=target,
                                          execution_timeout=timedelta(minutes=5))
         verify = VerifyBackupOperator(task_id="verify_restore", target=target, backup_id="{{ params.backup_id }}",
-                                      retries=1, execution_timeout=timedelta(hours=4))
+                                      pool=pool_name(target), retries=1, execution_timeout=timedelta(hours=4))
         drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
                                        execution_timeout=timedelta(minutes=10))
         create >> verify >> drop.as_teardown(setups=create)
@@ -117,4 +118,4 @@ for target, settings in config.targets.items():
             **dag_kwargs(tags=["backup", "tenant", target], on_failure=notifier),
         ):
             TenantExportOperator(task_id="export", target=target, tenant_id="{{ params.tenant_id }}",
-                                 execution_timeout=timedelta(hours=2))
+                                 pool=pool_name(target), execution_timeout=timedelta(hours=2))

@@ -6,6 +6,7 @@ Usage (the Makefile calls these; see README):
     python scripts/devstack.py test     # set up, then run pytest (extra args go to pytest)
     python scripts/devstack.py bench    # set up, then every bench/ script
     python scripts/devstack.py up|down|env
+    python scripts/devstack.py pools    # regenerate include/config/pools.json after changing targets
 
 Everything lives under var/: the PostgreSQL data directory, AIRFLOW_HOME, the backup store and
 the generated secrets. A second start reuses all of it.
@@ -246,6 +247,23 @@ def up_test_databases() -> None:
     ensure_databases(tuple(TEST_DATABASES.values()))
     migrate_ops_database(TEST_DATABASES["dbops"])
     migrate_airflow_database(test=True)
+    ensure_pools(test=True)
+
+
+POOLS_FILE = ROOT / "include" / "config" / "pools.json"
+
+
+def ensure_pools(test: bool = False) -> None:
+    """Import include/config/pools.json (one pool per target) when it changed since the last import."""
+    import hashlib
+
+    database = TEST_DATABASES["airflow"] if test else "airflow"
+    stamp = AIRFLOW_HOME / f".pools-{database}-{hashlib.sha256(POOLS_FILE.read_bytes()).hexdigest()[:12]}"
+    if stamp.exists():
+        return
+    log(f"importing Airflow pools into {database}")
+    airflow("pools", "import", str(POOLS_FILE), test=test, check=True, stdout=subprocess.DEVNULL)
+    stamp.touch()
 
 
 def up() -> bool:
@@ -256,6 +274,7 @@ def up() -> bool:
     load_demo_if_empty()
     (VAR / "backups").mkdir(exist_ok=True)
     migrate_airflow_database()
+    ensure_pools()
     return started
 
 
@@ -404,6 +423,12 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "down":
         stop_postgres()
+        return 0
+    if command == "pools":  # after adding or removing a target in dbops.yaml
+        from dbops.config import load_config
+
+        POOLS_FILE.write_text(json.dumps(load_config().pools(), indent=2, sort_keys=True) + "\n")
+        log(f"wrote {POOLS_FILE}")
         return 0
     if command == "env":
         for key, value in airflow_env().items():

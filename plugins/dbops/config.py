@@ -164,10 +164,23 @@ class DbopsConfig:
         path = Path(self.staging_dir)
         return path if path.is_absolute() else PROJECT_ROOT / path
 
+    def pools(self) -> dict[str, dict[str, Any]]:
+        """One single-slot Airflow pool per target: its heavy tasks (dump, restore, export) never overlap.
+
+        The same mapping is committed as include/config/pools.json for ``airflow pools import``.
+        """
+        return {pool_name(t): {"slots": 1, "description": f"dbops: heavy work on target {t}, one at a time",
+                               "include_deferred": False} for t in self.targets}
+
     def store_for(self, target: str) -> StorageConfig | None:
         """The storage a target's backups go to, or None when it has no backup policy."""
         backup = self.targets[target].backup
         return self.storage[backup.storage] if backup else None
+
+
+def pool_name(target: str) -> str:
+    """The Airflow pool that serializes a target's heavy tasks."""
+    return f"dbops__{target}"
 
 
 class _Invalid(Exception):

@@ -68,3 +68,26 @@ def test_bad_config_is_one_import_error_and_no_dags(tmp_path, monkeypatch):
     assert bag.dags == {}
     errors = "\n".join(bag.import_errors.values())
     assert f"{bad}: target 'appdb': key 'colour': unknown key" in errors
+
+
+HEAVY_TASKS = {"dump_and_store", "verify_restore", "restore", "export"}
+
+
+def test_heavy_tasks_share_their_targets_pool(dagbag):
+    from dbops.config import pool_name
+
+    heavy = [(dag, task) for dag in dagbag.dags.values() for task in dag.tasks if task.task_id in HEAVY_TASKS]
+    assert heavy
+    for dag, task in heavy:
+        target = dag.dag_id.split("__", 1)[1]
+        assert task.pool == pool_name(target), f"{dag.dag_id}.{task.task_id} is in pool {task.pool}"
+
+
+def test_committed_pools_file_matches_the_config():
+    import json
+
+    from dbops.config import load_config
+    from scripts.devstack import POOLS_FILE
+
+    assert json.loads(POOLS_FILE.read_text()) == load_config().pools(), (
+        "include/config/pools.json is stale: run `python scripts/devstack.py pools` and commit it")
