@@ -335,15 +335,37 @@ def _message(path: Path, key: str, message: str) -> str:
     return f"{path}: {where}: {message}"
 
 
-def parse_config(text: str, path: Path) -> DbopsConfig:
-    """Validate the YAML ``text`` (read from ``path``, named in errors)."""
+def build_section(cls: type, data: Any, path: Path, where: str) -> Any:
+    """Validate ``data`` into the dataclass ``cls``; errors name ``path`` and ``where`` (e.g. "rule 'x'")."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return _build(cls, data, "")
+    except _Invalid as err:
+        key = f": key '{err.key}'" if err.key else ""
+        raise ConfigError(f"{path}: {where}{key}: {err.message}") from None
+
+
+def load_yaml(path: Path) -> Any:
+    """YAML from ``path`` with duplicate keys rejected; a syntax error names the file and line."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    return _parse_yaml(text, path)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+
+
+def parse_config(text: str, path: Path) -> DbopsConfig:
+    """Validate the YAML ``text`` (read from ``path``, named in errors)."""
+    data = _parse_yaml(text, path)
     try:
         config = _build(DbopsConfig, data, "")
         _check_references(config)
