@@ -32,7 +32,7 @@ def test_builtin_pack_loads_with_its_queries():
     assert "connection_utilization_critical" in names and len(names) == len(set(names))
     critical = next(r for r in rules if r.name == "connection_utilization_critical")
     assert critical.breached(80) and not critical.breached(79.9)
-    assert critical.for_ == 300 and "max_connections" in critical.sql
+    assert critical.for_ == 300 and "max_connections" in critical.sql()
 
 
 def test_good_rule(tmp_path):

@@ -36,9 +36,8 @@ class Rule:
     def breached(self, value: float) -> bool:
         return OPERATORS[self.op](value, self.threshold)
 
-    @property
-    def sql(self) -> str:
-        return (QUERIES_DIR / f"{self.query}.sql").read_text()
+    def sql(self, queries_dir: Path = QUERIES_DIR) -> str:
+        return (queries_dir / f"{self.query}.sql").read_text()
 
 
 def load_pack(name: str, rules_dir: Path = RULES_DIR, queries_dir: Path = QUERIES_DIR) -> list[Rule]:
