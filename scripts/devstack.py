@@ -229,17 +229,33 @@ def airflow(*args: str, test: bool = False, **kwargs) -> subprocess.CompletedPro
                           env={**os.environ, **airflow_env(test)}, **kwargs)
 
 
-def migrate_airflow_database(test: bool = False) -> None:
-    """`airflow db migrate` once per database and Airflow version; later starts skip it."""
-    from airflow import __version__
-
+def _airflow_once(test: bool, version: str, what: str, *args: str) -> None:
+    """Run ``airflow *args`` against the (test) metadata database once per ``version``; later calls skip it."""
     database = TEST_DATABASES["airflow"] if test else "airflow"
-    stamp = AIRFLOW_HOME / f".db-migrated-{database}-{__version__}"
+    stamp = AIRFLOW_HOME / f".{args[0]}-{database}-{version}"
     if stamp.exists():
         return
-    log(f"migrating the Airflow metadata database {database} (first start only)")
-    airflow("db", "migrate", test=test, check=True, stdout=subprocess.DEVNULL)
+    log(f"{what} ({database})")
+    airflow(*args, test=test, check=True, stdout=subprocess.DEVNULL)
     stamp.touch()
+
+
+def migrate_airflow_database(test: bool = False) -> None:
+    """`airflow db migrate` once per database and Airflow version."""
+    from airflow import __version__
+
+    _airflow_once(test, __version__, "migrating the Airflow metadata database (first start only)", "db", "migrate")
+
+
+POOLS_FILE = ROOT / "include" / "config" / "pools.json"
+
+
+def ensure_pools(test: bool = False) -> None:
+    """Import include/config/pools.json (one pool per target) whenever it changed since the last import."""
+    import hashlib
+
+    version = hashlib.sha256(POOLS_FILE.read_bytes()).hexdigest()[:12]
+    _airflow_once(test, version, "importing Airflow pools", "pools", "import", str(POOLS_FILE))
 
 
 def up_test_databases() -> None:
@@ -248,22 +264,6 @@ def up_test_databases() -> None:
     migrate_ops_database(TEST_DATABASES["dbops"])
     migrate_airflow_database(test=True)
     ensure_pools(test=True)
-
-
-POOLS_FILE = ROOT / "include" / "config" / "pools.json"
-
-
-def ensure_pools(test: bool = False) -> None:
-    """Import include/config/pools.json (one pool per target) when it changed since the last import."""
-    import hashlib
-
-    database = TEST_DATABASES["airflow"] if test else "airflow"
-    stamp = AIRFLOW_HOME / f".pools-{database}-{hashlib.sha256(POOLS_FILE.read_bytes()).hexdigest()[:12]}"
-    if stamp.exists():
-        return
-    log(f"importing Airflow pools into {database}")
-    airflow("pools", "import", str(POOLS_FILE), test=test, check=True, stdout=subprocess.DEVNULL)
-    stamp.touch()
 
 
 def up() -> bool:
