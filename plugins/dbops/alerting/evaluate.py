@@ -1,9 +1,11 @@
-"""Run alert rules against a target: read-only, time-boxed, one rule's failure never stops the others."""
+"""Run alert rules against one database: read-only, time-boxed, one rule's failure never stops the others."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -28,41 +30,77 @@ class EvaluationError:
     message: str
 
 
-def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: int = 5000,
-             lock_timeout_ms: int = 1000, queries_dir: Path = QUERIES_DIR
-             ) -> tuple[list[Sample], list[EvaluationError]]:
-    """Evaluate every rule in its own READ ONLY transaction with statement and lock timeouts.
+@dataclass
+class Evaluation:
+    """What one pass over a set of rules found; ``db_seconds`` is the time spent waiting on queries."""
 
-    A query returns a ``value`` column; its other columns are labels (one alert per row).
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[EvaluationError] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # rule -> why
+    db_seconds: float = 0.0
+
+
+def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: int = 5000,
+             lock_timeout_ms: int = 1000, queries_dir: Path = QUERIES_DIR,
+             params: dict[str, Any] | None = None) -> Evaluation:
+    """Evaluate ``rules`` on ``conn``, each query once in its own READ ONLY transaction with timeouts.
+
+    A query returns a ``value`` column; its other columns are labels (one alert per row). Rules that
+    share a query (e.g. a warning and a critical threshold) share one execution. ``params`` are bound
+    to the query (the ops-database rules get ``%(target)s``).
     """
     conn.autocommit = False
     conn.read_only = True
-    samples: list[Sample] = []
-    errors: list[EvaluationError] = []
+    result = Evaluation()
+    extensions = _extensions(conn) if any(r.requires_extension for r in rules) else set()
+    by_query: dict[str, list[Rule]] = {}
     for rule in rules:
+        if rule.requires_extension and rule.requires_extension not in extensions:
+            result.skipped[rule.name] = f"extension {rule.requires_extension} is not installed"
+        else:
+            by_query.setdefault(rule.query, []).append(rule)
+    for query, query_rules in by_query.items():
+        started = time.perf_counter()
         try:
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(statement_timeout_ms)))
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout_ms)))
-                cursor = conn.execute(rule.sql(queries_dir))
-                columns = [c.name for c in cursor.description or []]
-                rows = cursor.fetchall()
-            if "value" not in columns:
-                raise ValueError(f"query {rule.query} returns no 'value' column (columns: {', '.join(columns)})")
-            for row in rows:
-                values = dict(zip(columns, row))
-                if values["value"] is not None:  # no value: nothing to compare, e.g. an idle statistic
-                    samples.append(_sample(rule, values))
+            rows = _run(conn, query_rules[0].sql(queries_dir), params, statement_timeout_ms, lock_timeout_ms)
         except psycopg.errors.QueryCanceled as err:
-            errors.append(EvaluationError(rule.name, "timeout", " ".join(str(err).split())))
+            result.errors += [EvaluationError(r.name, "timeout", _one_line(err)) for r in query_rules]
         except (psycopg.Error, ValueError) as err:
             if conn.closed or conn.broken:
                 raise
-            errors.append(EvaluationError(rule.name, "error", " ".join(str(err).split())))
-    return samples, errors
+            result.errors += [EvaluationError(r.name, "error", f"query {query}: {_one_line(err)}")
+                              for r in query_rules]
+        else:
+            result.samples += [_sample(rule, row) for rule in query_rules for row in rows
+                               if row["value"] is not None]  # no value: nothing to compare
+        finally:
+            result.db_seconds += time.perf_counter() - started
+    return result
 
 
-def _sample(rule: Rule, row: dict) -> Sample:
-    value = float(row.pop("value"))
-    labels = {**rule.labels, **{k: str(v) for k, v in row.items()}}
+def _run(conn: psycopg.Connection, query: str, params: dict[str, Any] | None, statement_timeout_ms: int,
+         lock_timeout_ms: int) -> list[dict[str, Any]]:
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(statement_timeout_ms)))
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout_ms)))
+        cursor = conn.execute(query, params)
+        columns = [c.name for c in cursor.description or []]
+        rows = cursor.fetchall()
+    if "value" not in columns:
+        raise ValueError(f"returns no 'value' column (columns: {', '.join(columns)})")
+    return [dict(zip(columns, row)) for row in rows]
+
+
+def _extensions(conn: psycopg.Connection) -> set[str]:
+    with conn.transaction():
+        return {name for (name,) in conn.execute("SELECT extname FROM pg_extension")}
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _sample(rule: Rule, row: dict[str, Any]) -> Sample:
+    value = float(row["value"])
+    labels = {**rule.labels, **{k: str(v) for k, v in row.items() if k != "value"}}
     return Sample(rule.name, labels, value, rule.breached(value))

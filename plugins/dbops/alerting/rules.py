@@ -1,13 +1,17 @@
 """Alert rules: reviewed YAML packs in include/config/rules/, each rule running a named SQL query.
 
 A rule compares the value its query returns (or the ``value`` column of each row, the other columns
-being labels: one alert per row) with a threshold, using one operator of a fixed set. Every problem
-is a :class:`ConfigError` naming the pack file and the rule.
+being labels: one alert per row) with a threshold, using one operator of a fixed set. A rule's query
+runs on the target (``database: target``) or on the ops database (``database: ops``, with the
+target's name as the ``%(target)s`` parameter). ``requires_extension`` skips a rule where the target
+lacks the extension; ``requires_policy`` skips it for targets without that policy in dbops.yaml.
+Every problem is a :class:`ConfigError` naming the pack file and the rule.
 """
 
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,9 @@ QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
              "!=": operator.ne}
 SEVERITIES = ("info", "warning", "critical")
+DATABASES = ("target", "ops")
+POLICIES = ("backup", "maintenance")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,20 @@ class Rule:
     for_: Seconds = 0.0  # written `for` in YAML
     repeat: Seconds = 4 * 3600.0
     labels: dict[str, str] = field(default_factory=dict)
+    database: str = "target"
+    requires_extension: str | None = None
+    requires_policy: str | None = None
 
     def breached(self, value: float) -> bool:
         return OPERATORS[self.op](value, self.threshold)
 
     def sql(self, queries_dir: Path = QUERIES_DIR) -> str:
         return (queries_dir / f"{self.query}.sql").read_text()
+
+    def render(self, value: float, labels: dict[str, str]) -> str:
+        """The summary with ``{value}`` and ``{<label>}`` filled in (unknown names are left as written)."""
+        fields = {**labels, "value": f"{value:g}", "threshold": f"{self.threshold:g}"}
+        return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), self.summary)
 
 
 def load_pack(name: str, rules_dir: Path = RULES_DIR, queries_dir: Path = QUERIES_DIR) -> list[Rule]:
@@ -67,6 +82,10 @@ def _problem(rule: Rule, seen: set[str], queries_dir: Path) -> str | None:
         return f"unknown operator {rule.op!r} (expected one of: {' '.join(OPERATORS)})"
     if rule.severity not in SEVERITIES:
         return f"unknown severity {rule.severity!r} (expected one of: {', '.join(SEVERITIES)})"
+    if rule.database not in DATABASES:
+        return f"unknown database {rule.database!r} (expected one of: {', '.join(DATABASES)})"
+    if rule.requires_policy is not None and rule.requires_policy not in POLICIES:
+        return f"unknown requires_policy {rule.requires_policy!r} (expected one of: {', '.join(POLICIES)})"
     if not (queries_dir / f"{rule.query}.sql").is_file():
         return f"query {rule.query!r} not found: no {queries_dir / (rule.query + '.sql')}"
     if rule.for_ < 0 or rule.repeat <= 0:
