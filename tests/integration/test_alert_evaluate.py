@@ -10,8 +10,9 @@ from dbops.alerting.rules import Rule
 from scripts import devstack
 
 
-def rule(name: str, op: str = ">", threshold: float = 0) -> Rule:
-    return Rule(name=name, severity="warning", query=name, op=op, threshold=threshold, summary="s", runbook="r")
+def rule(queries, name: str, op: str = ">", threshold: float = 0) -> Rule:
+    return Rule(name=name, severity="warning", query=name, op=op, threshold=threshold, summary="s", runbook="r",
+                queries_dir=str(queries))
 
 
 @pytest.fixture
@@ -36,9 +37,9 @@ def queries(tmp_path):
 
 
 def test_errors_and_timeouts_are_isolated_and_writes_are_refused(database, queries):
-    rules = [rule("writes"), rule("broken"), rule("sleeps"), rule("good", ">", 5), rule("no_value")]
+    rules = [rule(queries, name) for name in ("writes", "broken", "sleeps", "no_value")] + [rule(queries, "good", ">", 5)]
     with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
-        result = evaluate(conn, rules, statement_timeout_ms=300, queries_dir=queries)
+        result = evaluate(conn, rules, statement_timeout_ms=300)
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 10
     by_rule = {e.rule: e for e in result.errors}
     assert by_rule["writes"].kind == "error" and "read-only transaction" in by_rule["writes"].message
@@ -50,7 +51,7 @@ def test_errors_and_timeouts_are_isolated_and_writes_are_refused(database, queri
 
 def test_each_row_is_an_alert_with_its_labels(database, queries):
     with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
-        result = evaluate(conn, [rule("per_row", ">=", 10)], queries_dir=queries)
+        result = evaluate(conn, [rule(queries, "per_row", ">=", 10)])
     assert result.errors == []
     assert [(s.labels, s.value, s.breaching) for s in result.samples] == [
         ({"user_name": "u9"}, 9.0, False), ({"user_name": "u10"}, 10.0, True)]

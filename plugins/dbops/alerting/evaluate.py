@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from dbops.alerting.rules import QUERIES_DIR, Rule
+from dbops.alerting.rules import Rule
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One evaluated value: a rule, the labels of its row, the value and whether it breaches."""
+    """One evaluated value: a rule, the labels of its row, the value and whether it breaches.
+
+    ``detail`` (e.g. an error message) is shown in the alert's summary as ``{error}``.
+    """
 
     rule: str
     labels: dict[str, str]
     value: float
     breaching: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row a query returned: the query's name, the row's labels and its raw value (kept as history)."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return metric_key(self.name, self.labels)
+
+
+def metric_key(name: str, labels: dict[str, str]) -> tuple[str, str]:
+    return name, json.dumps(labels, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -35,20 +56,23 @@ class Evaluation:
     """What one pass over a set of rules found; ``db_seconds`` is the time spent waiting on queries."""
 
     samples: list[Sample] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
     errors: list[EvaluationError] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # rule -> why
     db_seconds: float = 0.0
 
 
 def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: int = 5000,
-             lock_timeout_ms: int = 1000, queries_dir: Path = QUERIES_DIR,
-             params: dict[str, Any] | None = None) -> Evaluation:
+             lock_timeout_ms: int = 1000, params: dict[str, Any] | None = None,
+             previous: dict[tuple[str, str], float] | None = None) -> Evaluation:
     """Evaluate ``rules`` on ``conn``, each query once in its own READ ONLY transaction with timeouts.
 
     A query returns a ``value`` column; its other columns are labels (one alert per row). Rules that
     share a query (e.g. a warning and a critical threshold) share one execution. ``params`` are bound
-    to the query (the ops-database rules get ``%(target)s``).
+    to the query (the ops-database rules get ``%(target)s``). A counter rule compares the increase
+    over ``previous`` (the last raw value per :func:`metric_key`); without one the increase is 0.
     """
+    previous = previous or {}
     conn.autocommit = False
     conn.read_only = True
     result = Evaluation()
@@ -62,7 +86,7 @@ def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: 
     for query, query_rules in by_query.items():
         started = time.perf_counter()
         try:
-            rows = _run(conn, query_rules[0].sql(queries_dir), params, statement_timeout_ms, lock_timeout_ms)
+            rows = _run(conn, query_rules[0].sql(), params, statement_timeout_ms, lock_timeout_ms)
         except psycopg.errors.QueryCanceled as err:
             result.errors += [EvaluationError(r.name, "timeout", _one_line(err)) for r in query_rules]
         except (psycopg.Error, ValueError) as err:
@@ -71,8 +95,12 @@ def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: 
             result.errors += [EvaluationError(r.name, "error", f"query {query}: {_one_line(err)}")
                               for r in query_rules]
         else:
-            result.samples += [_sample(rule, row) for rule in query_rules for row in rows
-                               if row["value"] is not None]  # no value: nothing to compare
+            for row in rows:
+                if row["value"] is None:  # no value: nothing to compare, e.g. an idle statistic
+                    continue
+                metric = Metric(query, {k: str(v) for k, v in row.items() if k != "value"}, float(row["value"]))
+                result.metrics.append(metric)
+                result.samples += [_sample(rule, metric, previous.get(metric.key)) for rule in query_rules]
         finally:
             result.db_seconds += time.perf_counter() - started
     return result
@@ -100,7 +128,8 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
-def _sample(rule: Rule, row: dict[str, Any]) -> Sample:
-    value = float(row["value"])
-    labels = {**rule.labels, **{k: str(v) for k, v in row.items() if k != "value"}}
-    return Sample(rule.name, labels, value, rule.breached(value))
+def _sample(rule: Rule, metric: Metric, previous: float | None) -> Sample:
+    value = metric.value
+    if rule.counter:  # a counter that went down was reset: all of its value is new
+        value = 0.0 if previous is None else value - previous if value >= previous else value
+    return Sample(rule.name, {**rule.labels, **metric.labels}, value, rule.breached(value))

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dbops.config import PROJECT_ROOT, ConfigError, Seconds, build_section, load_yaml
+from dbops.config import PROJECT_ROOT, ConfigError, DbopsConfig, Seconds, build_section, load_yaml
 
 RULES_DIR = PROJECT_ROOT / "include" / "config" / "rules"
 QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"
@@ -42,12 +42,18 @@ class Rule:
     database: str = "target"
     requires_extension: str | None = None
     requires_policy: str | None = None
+    counter: bool = False  # the query returns a cumulative counter: compare its increase since the last run
+    queries_dir: str = str(QUERIES_DIR)  # set from the pack's ``queries`` key
 
     def breached(self, value: float) -> bool:
         return OPERATORS[self.op](value, self.threshold)
 
-    def sql(self, queries_dir: Path = QUERIES_DIR) -> str:
-        return (queries_dir / f"{self.query}.sql").read_text()
+    @property
+    def query_path(self) -> Path:
+        return Path(self.queries_dir) / f"{self.query}.sql"
+
+    def sql(self) -> str:
+        return self.query_path.read_text()
 
     def render(self, value: float, labels: dict[str, str]) -> str:
         """The summary with ``{value}`` and ``{<label>}`` filled in (unknown names are left as written)."""
@@ -55,19 +61,58 @@ class Rule:
         return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), self.summary)
 
 
-def load_pack(name: str, rules_dir: Path = RULES_DIR, queries_dir: Path = QUERIES_DIR) -> list[Rule]:
-    """The rules of pack ``name`` (``<rules_dir>/<name>.yaml``), validated."""
-    path = rules_dir / f"{name}.yaml"
+# Built in, evaluated without a query: the target did not answer; a rule's query failed or timed out.
+TARGET_DOWN = Rule(name="TargetDown", severity="critical", query="", op="==", threshold=0,
+                   summary="target does not answer: {error}", repeat=3600.0,
+                   runbook="Check the server and the network from the Airflow workers; alerts on the target's "
+                           "own metrics are held (not resolved) until it answers again.")
+RULE_FAILED = Rule(name="RuleEvaluationFailed", severity="warning", query="", op="==", threshold=1,
+                   summary="rule {failed_rule} could not be evaluated: {error}", for_=600.0, repeat=12 * 3600.0,
+                   runbook="Run the rule's query by hand on the target; a timeout means the query needs an index "
+                           "or a higher alerts.statement_timeout.")
+
+
+def rules_for(config: DbopsConfig, target: str) -> list[Rule]:
+    """The rules a target's alert policy applies: its packs, its threshold overrides, its policies."""
+    policy = config.targets[target].alerts
+    if policy is None:
+        return []
+    rules = [rule for pack in policy.rules for rule in load_pack(pack)]
+    by_name = {rule.name: rule for rule in rules}
+    if len(by_name) < len(rules):
+        twice = sorted({r.name for r in rules if sum(o.name == r.name for o in rules) > 1})
+        raise ConfigError(f"{config.path}: targets.{target}.alerts.rules: rule {twice[0]!r} is in more than one pack")
+    unknown = sorted(set(policy.thresholds) - set(by_name))
+    if unknown:
+        raise ConfigError(f"{config.path}: targets.{target}.alerts.thresholds.{unknown[0]}: no rule of that name "
+                          f"in the packs {', '.join(policy.rules)}")
+    policies = {"backup": config.targets[target].backup, "maintenance": config.targets[target].maintenance}
+    return [replace(rule, threshold=policy.thresholds.get(rule.name, rule.threshold)) for rule in rules
+            if rule.requires_policy is None or policies[rule.requires_policy] is not None]
+
+
+def load_pack(name: str, rules_dir: Path = RULES_DIR) -> list[Rule]:
+    """The rules of pack ``name``, validated.
+
+    ``name`` is a built-in pack (``<rules_dir>/<name>.yaml``) or the path of a pack file (``*.yaml``,
+    relative to the project root). A pack's optional ``queries`` key is its own query directory,
+    relative to the pack file; the default is include/sql/queries/.
+    """
+    path = Path(name) if name.endswith(".yaml") else rules_dir / f"{name}.yaml"
+    path = path if path.is_absolute() else PROJECT_ROOT / path
     data = load_yaml(path)
-    if not isinstance(data, dict) or not isinstance(data.get("rules"), list) or set(data) != {"rules"}:
-        raise ConfigError(f"{path}: expected a mapping with one key, rules: a list of rules")
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list) or not set(data) <= {"rules", "queries"}:
+        raise ConfigError(f"{path}: expected a mapping with the keys rules (a list of rules) and optionally queries")
+    queries_dir = path.parent / data["queries"] if "queries" in data else QUERIES_DIR
     rules, seen = [], set()
     for i, raw in enumerate(data["rules"]):
         where = f"rule {raw.get('name', f'#{i + 1}')!r}" if isinstance(raw, dict) else f"rule #{i + 1}"
-        if isinstance(raw, dict) and "for" in raw:
+        if isinstance(raw, dict):
+            if "queries_dir" in raw:
+                raise ConfigError(f"{path}: {where}: unknown key queries_dir (set queries at the top of the pack)")
             raw = {("for_" if k == "for" else k): v for k, v in raw.items()}
-        rule = build_section(Rule, raw, path, where)
-        problem = _problem(rule, seen, queries_dir)
+        rule = replace(build_section(Rule, raw, path, where), queries_dir=str(queries_dir))
+        problem = _problem(rule, seen)
         if problem:
             raise ConfigError(f"{path}: {where}: {problem}")
         seen.add(rule.name)
@@ -75,7 +120,7 @@ def load_pack(name: str, rules_dir: Path = RULES_DIR, queries_dir: Path = QUERIE
     return rules
 
 
-def _problem(rule: Rule, seen: set[str], queries_dir: Path) -> str | None:
+def _problem(rule: Rule, seen: set[str]) -> str | None:
     if rule.name in seen:
         return "duplicate rule name"
     if rule.op not in OPERATORS:
@@ -86,8 +131,8 @@ def _problem(rule: Rule, seen: set[str], queries_dir: Path) -> str | None:
         return f"unknown database {rule.database!r} (expected one of: {', '.join(DATABASES)})"
     if rule.requires_policy is not None and rule.requires_policy not in POLICIES:
         return f"unknown requires_policy {rule.requires_policy!r} (expected one of: {', '.join(POLICIES)})"
-    if not (queries_dir / f"{rule.query}.sql").is_file():
-        return f"query {rule.query!r} not found: no {queries_dir / (rule.query + '.sql')}"
+    if not rule.query_path.is_file():
+        return f"query {rule.query!r} not found: no {rule.query_path}"
     if rule.for_ < 0 or rule.repeat <= 0:
         return "for must be >= 0 and repeat > 0"
     return None

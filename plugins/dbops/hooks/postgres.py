@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
@@ -14,9 +15,19 @@ class DbopsPostgresHook(PostgresHook):
     """:class:`PostgresHook` with the server version and safe environments for pg_dump and friends.
 
     :param postgres_conn_id: the Airflow connection of the target.
+    :param connect_timeout: seconds to wait for the server to answer (overrides the connection's extra).
     """
 
     hook_name = "dbops Postgres"
+
+    def __init__(self, *args: Any, connect_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connect_timeout = connect_timeout
+
+    def _create_connection(self, conn_args: dict[str, Any]) -> Any:
+        if self.connect_timeout is not None:  # libpq takes whole seconds, at least 2
+            conn_args = {**conn_args, "connect_timeout": max(2, round(self.connect_timeout))}
+        return super()._create_connection(conn_args)
 
     def server_version_num(self) -> int:
         """``server_version_num`` of the target, e.g. 180006."""

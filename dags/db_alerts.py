@@ -1,0 +1,52 @@
+"""
+### Alert evaluation every five minutes
+
+`db_alerts__<target>`, one DAG per target with an `alerts` policy in `include/config/dbops.yaml`:
+
+1. **evaluate** — every rule of the target's packs (`include/config/rules/`, queries in
+   `include/sql/queries/`) runs in a READ ONLY transaction with `statement_timeout` and
+   `lock_timeout`. A rule that fails or times out fires `RuleEvaluationFailed` and the others still
+   run; an unreachable target fires `TargetDown` and holds its other alerts as they were. Alert state
+   (pending → firing → resolved, with `for`, repeat interval and silences), the transitions, every
+   evaluated value (`dbops.metric_samples`) and the grouped notification are committed together in
+   the ops database; a `pg_notify` message goes out on commit.
+2. **deliver** — email and Slack notifications queued by this or earlier runs, oldest first, each
+   once. A channel that is down keeps its messages for the next run; the task fails (and the failure
+   notifier speaks) once one has waited longer than `alerts.undelivered_alarm`.
+
+Alerts are data, not task failures: the DAG fails only when it cannot evaluate or record at all.
+Runs never overlap (`max_active_runs=1`) and each task has a short timeout, so a stuck run shows up
+as a failure instead of silently stopping alerting.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG
+
+from dbops.alerting.rules import rules_for
+from dbops.config import load_config
+from dbops.dag_defaults import dag_kwargs
+from dbops.notifiers.channels import DbopsFailureNotifier
+from dbops.operators.alerts import AlertDeliveryOperator, AlertEvaluationOperator
+
+config = load_config()
+
+for target, settings in config.targets.items():
+    if settings.alerts is None:
+        continue
+    rules_for(config, target)  # a bad pack or threshold override is an import error naming the file and rule
+    with DAG(
+        dag_id=f"db_alerts__{target}",
+        schedule=settings.alerts.schedule,
+        doc_md=__doc__,
+        dagrun_timeout=timedelta(minutes=4),
+        **dag_kwargs(tags=["alerts", target],
+                     on_failure=DbopsFailureNotifier(target=target, channels=settings.alerts.notify)),
+    ):
+        evaluate = AlertEvaluationOperator(task_id="evaluate", target=target, retries=1,
+                                           retry_delay=timedelta(seconds=15), execution_timeout=timedelta(minutes=2))
+        deliver = AlertDeliveryOperator(task_id="deliver", target=target, retries=0, trigger_rule="all_done",
+                                        execution_timeout=timedelta(minutes=1))
+        evaluate >> deliver
