@@ -37,13 +37,15 @@ for target, settings in config.targets.items():
     if settings.alerts is None:
         continue
     rules_for(config, target)  # a bad pack or threshold override is an import error naming the file and rule
+    # pg_notify carries alert transitions only; a failure of the DAG itself goes to the people channels
+    people = [channel for channel in settings.alerts.notify if channel != "pg_notify"]
     with DAG(
         dag_id=f"db_alerts__{target}",
         schedule=settings.alerts.schedule,
         doc_md=__doc__,
         dagrun_timeout=timedelta(minutes=4),
         **dag_kwargs(tags=["alerts", target],
-                     on_failure=DbopsFailureNotifier(target=target, channels=settings.alerts.notify)),
+                     on_failure=DbopsFailureNotifier(target=target, channels=people)),
     ):
         evaluate = AlertEvaluationOperator(task_id="evaluate", target=target, retries=1,
                                            retry_delay=timedelta(seconds=15), execution_timeout=timedelta(minutes=2))

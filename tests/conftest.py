@@ -13,10 +13,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -146,3 +148,44 @@ def smtp_connection(monkeypatch, conn_id: str, port: int, password: str = SMTP_P
         "conn_type": "smtp", "host": "127.0.0.1", "port": port, "login": SMTP_LOGIN, "password": password,
         "extra": {"disable_tls": True, "disable_ssl": True, "timeout": 10, "retry_limit": 0},
     }))
+
+
+class WebhookReceiver(ThreadingHTTPServer):
+    """Stand-in for Slack's incoming webhook: records (path, JSON body) of each POST, answers 200 ``ok``."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _WebhookHandler)
+        self.posts: list[tuple[str, dict]] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _WebhookHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format, *args) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook_server():
+    server = WebhookReceiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def webhook(webhook_server) -> WebhookReceiver:
+    webhook_server.posts.clear()
+    return webhook_server

@@ -12,10 +12,8 @@ import email.policy
 import html
 import json
 import logging
-import threading
 import uuid
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,50 +21,9 @@ import yaml
 
 from dbops.config import DEFAULT_CONFIG_PATH, NotificationsConfig, load_config
 from dbops.notifiers.channels import DbopsFailureNotifier, Notification, send
-from tests.conftest import SMTP_LOGIN, SMTP_PASSWORD, free_port, smtp_connection
+from tests.conftest import SMTP_LOGIN, SMTP_PASSWORD, WebhookReceiver, free_port, smtp_connection
 
 WEBHOOK_TOKEN = "T0DBOPS/B0DBOPS/hook-5ecret-77aa"
-
-class WebhookReceiver(ThreadingHTTPServer):
-    """Stand-in for Slack's incoming webhook: records (path, JSON body) of each POST, answers 200 ``ok``."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _WebhookHandler)
-        self.posts: list[tuple[str, dict]] = []
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _WebhookHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.posts.append((self.path, json.loads(body)))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, format, *args) -> None:  # keep pytest output clean
-        pass
-
-
-@pytest.fixture(scope="module")
-def webhook_server():
-    server = WebhookReceiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def webhook(webhook_server) -> WebhookReceiver:
-    webhook_server.posts.clear()
-    return webhook_server
-
 
 @pytest.fixture
 def connections(monkeypatch, smtp_server, webhook_server) -> None:

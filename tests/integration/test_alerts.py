@@ -1,0 +1,263 @@
+"""db_alerts end to end on real parts: a target database, the ops database, aiosmtpd and a webhook receiver.
+
+Each test gets its own target and its own rule pack, whose queries read a ``knobs`` table the test
+sets, so a breach is a real value from a real query. The operators run as the task runner runs them,
+``execute(context)``; the context is a FAKE minimal stand-in holding only ``run_id``. Slack cannot run
+here: the local HTTP receiver of conftest stands in for its incoming webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from itertools import count
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+from airflow.sdk.exceptions import AirflowException
+from psycopg import sql
+
+from dbops.operators.alerts import AlertDeliveryOperator, AlertEvaluationOperator
+from scripts import devstack
+from tests.conftest import free_port, smtp_connection
+
+QUERIES = {
+    "knob": "SELECT name AS knob, value FROM knobs",
+    "counter": "SELECT value FROM counters",
+    "writes": "DELETE FROM knobs RETURNING value",
+    "broken": "SELECT value FROM no_such_table",
+    "sleeps": "SELECT 1 AS value FROM pg_sleep(5)",
+}
+KNOB_RULE = """
+  - name: knob_high
+    severity: critical
+    query: knob
+    op: ">"
+    threshold: 10
+    for: {for_}
+    repeat: {repeat}
+    summary: "knob {{knob}} at {{value}}"
+    runbook: "turn the knob down"
+"""
+OPS_TABLES = ("alert_state", "alert_events", "metric_samples", "alert_notifications", "alert_silences")
+
+
+@pytest.fixture
+def alerting(scratch_db, tmp_path, monkeypatch, pg_server, smtp_server, webhook_server, mailbox):
+    """``configure(rules_yaml, **alerts)`` makes a target with that pack; returns the target's handle."""
+    database = scratch_db()
+    name = f"al_{database[-12:]}"
+    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+        conn.execute("CREATE TABLE knobs (name text PRIMARY KEY, value float); INSERT INTO knobs VALUES ('load', 0);"
+                     "CREATE TABLE counters (value bigint); INSERT INTO counters VALUES (0)")
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{name.upper()}", devstack.conn_uri(database))
+    smtp_connection(monkeypatch, "smtp_alerts", smtp_server.port)
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
+        {"conn_type": "slackwebhook", "password": f"{webhook_server.base_url}/services/T0/B0/alerts"}))
+    webhook_server.posts.clear()
+    (tmp_path / "queries").mkdir()
+    for query, text in QUERIES.items():
+        (tmp_path / "queries" / f"{query}.sql").write_text(text)
+    runs = count(1)
+
+    def configure(rules: str, **alerts) -> SimpleNamespace:
+        (tmp_path / "pack.yaml").write_text(f"queries: queries\nrules:{rules}")
+        policy = {"rules": [str(tmp_path / "pack.yaml")], "notify": ["log", "email", "slack", "pg_notify"],
+                  "statement_timeout": "500ms", **alerts}
+        (tmp_path / "dbops.yaml").write_text(json.dumps({
+            "ops_conn_id": "dbops_state",
+            "storage": {"local": {"url": str(tmp_path / "store")}},
+            "notifications": {"email": {"to": ["oncall@example.com"], "from_email": "dbops@example.com",
+                                        "smtp_conn_id": "smtp_alerts"},
+                              "slack": {"slack_webhook_conn_id": "slack_alerts"}, "pg_notify_channel": name},
+            "targets": {name: {"conn_id": f"pg_{name}", "alerts": policy}},
+        }))
+        monkeypatch.setenv("DBOPS_CONFIG", str(tmp_path / "dbops.yaml"))
+        return handle
+
+    def cycle() -> dict:
+        ctx = {"run_id": f"test_run_{next(runs)}"}
+        result = AlertEvaluationOperator(task_id="evaluate", target=name).execute(ctx)
+        result["delivery"] = AlertDeliveryOperator(task_id="deliver", target=name).execute(ctx)
+        return result
+
+    def target_sql(statement: str) -> list:
+        with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+            cur = conn.execute(statement)
+            return cur.fetchall() if cur.description else []
+
+    handle = SimpleNamespace(name=name, database=database, configure=configure, cycle=cycle, target_sql=target_sql,
+                             mails=mailbox.messages, posts=webhook_server.posts)
+    yield handle
+    with ops() as conn:
+        for table in OPS_TABLES:
+            conn.execute(sql.SQL("DELETE FROM dbops.{} WHERE target = %s").format(sql.Identifier(table)), (name,))
+
+
+def ops() -> psycopg.Connection:
+    return psycopg.connect(devstack.libpq_conninfo(devstack.TEST_DATABASES["dbops"]), autocommit=True)
+
+
+def set_knob(handle, value: float) -> None:
+    handle.target_sql(f"UPDATE knobs SET value = {float(value)}")
+
+
+def state(handle) -> dict[tuple[str, str], str]:
+    """{(rule, labels as JSON): status} of the target's stored alerts."""
+    with ops() as conn:
+        rows = conn.execute("SELECT rule, labels::text, status FROM dbops.alert_state WHERE target = %s",
+                            (handle.name,)).fetchall()
+    return {(rule, labels): status for rule, labels, status in rows}
+
+
+def events(handle) -> list[tuple[str, str]]:
+    with ops() as conn:
+        return conn.execute("SELECT kind, rule FROM dbops.alert_events WHERE target = %s ORDER BY id",
+                            (handle.name,)).fetchall()
+
+
+def subjects(handle) -> list[str]:
+    return [message["Subject"] for message in handle.mails]
+
+
+def test_write_refused_and_failing_rules_isolated(alerting):
+    handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h") + "".join(
+        f"\n  - {{name: {q}, severity: warning, query: {q}, op: '>', threshold: 0, summary: s, runbook: r}}"
+        for q in ("writes", "broken", "sleeps")))
+    set_knob(handle, 20)
+    result = handle.cycle()
+    assert result["errors"] == 3 and result["target_up"] is True
+    assert handle.target_sql("SELECT count(*) FROM knobs") == [(1,)], "the DELETE was refused"
+    alerts = state(handle)
+    assert alerts[("knob_high", '{"knob": "load"}')] == "firing", "the good rule was evaluated and fired"
+    assert {labels for rule, labels in alerts if rule == "RuleEvaluationFailed"} == {
+        f'{{"failed_rule": "{q}"}}' for q in ("writes", "broken", "sleeps")}
+    assert set(alerts.values()) == {"firing", "pending"}, "evaluation errors wait 10 minutes before they notify"
+    with ops() as conn:
+        summaries = dict(conn.execute(
+            "SELECT labels->>'failed_rule', summary FROM dbops.alert_state WHERE target = %s AND "
+            "rule = 'RuleEvaluationFailed'", (handle.name,)).fetchall())
+    assert "read-only transaction" in summaries["writes"]
+    assert "no_such_table" in summaries["broken"]
+    assert summaries["sleeps"].startswith("rule sleeps could not be evaluated: timeout")
+    assert subjects(handle) == [f"[dbops] {handle.name}: 1 firing"]
+
+
+def test_flapping_firing_repeat_and_resolved_notify_once_each(alerting):
+    handle = alerting.configure(KNOB_RULE.format(for_="1s", repeat="3s"))
+    with ops() as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(handle.name)))
+        set_knob(handle, 20)
+        assert handle.cycle()["pending"] == 1
+        set_knob(handle, 0)
+        handle.cycle()  # breached for less than `for`: back to inactive, nobody told
+        assert handle.mails == [] and state(handle) == {}
+        set_knob(handle, 20)
+        handle.cycle()
+        time.sleep(1.2)
+        assert handle.cycle()["notified"] == ["firing"]
+        assert handle.cycle()["notified"] == [], "still firing inside the repeat interval"
+        time.sleep(3.2)
+        assert handle.cycle()["notified"] == ["repeat"]
+        set_knob(handle, 0)
+        assert handle.cycle()["notified"] == ["resolved"]
+        assert handle.cycle()["notified"] == []
+        notices = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=3)]
+    assert [kind for kind, _ in events(handle)] == ["firing", "repeat", "resolved"]
+    assert subjects(handle) == [f"[dbops] {handle.name}: {what}" for what in ("1 firing", "1 firing", "1 resolved")]
+    assert "knob load at 20" in handle.mails[0].get_body(preferencelist=("html",)).get_content()
+    assert "turn the knob down" in handle.mails[0].get_body(preferencelist=("html",)).get_content()
+    assert len(handle.posts) == 3 and "knob_high" in handle.posts[0][1]["text"]
+    assert [[a["kind"] for a in n["alerts"]] for n in notices] == [["firing"], ["repeat"], ["resolved"]]
+    with ops() as conn:
+        samples = conn.execute("SELECT count(*), min(value), max(value) FROM dbops.metric_samples "
+                               "WHERE target = %s AND metric = 'knob'", (handle.name,)).fetchone()
+    assert samples == (8, 0.0, 20.0), "every evaluated value is kept as a sample"
+
+
+def test_smtp_down_then_delivered_on_a_later_run_exactly_once(alerting, monkeypatch, smtp_server):
+    handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"), undelivered_alarm="1s")
+    smtp_connection(monkeypatch, "smtp_alerts", free_port())  # nothing listens: the mail server is down
+    set_knob(handle, 20)
+    result = handle.cycle()
+    assert result["notified"] == ["firing"] and result["delivery"] == {"delivered": 1, "failed": 1}
+    assert handle.mails == [] and len(handle.posts) == 1, "Slack still got it"
+    time.sleep(1.2)
+    with pytest.raises(AirflowException, match="undelivered via email since"):
+        handle.cycle()  # waited past undelivered_alarm: the task fails so someone is told
+    smtp_connection(monkeypatch, "smtp_alerts", smtp_server.port)
+    assert handle.cycle()["delivery"] == {"delivered": 1, "failed": 0}
+    assert handle.cycle()["delivery"] == {"delivered": 0, "failed": 0}
+    assert subjects(handle) == [f"[dbops] {handle.name}: 1 firing"] and len(handle.posts) == 1
+    with ops() as conn:
+        attempts = conn.execute("SELECT channel, attempts, delivered_at IS NOT NULL FROM dbops.alert_notifications "
+                                "WHERE target = %s ORDER BY channel", (handle.name,)).fetchall()
+    assert attempts == [("email", 3, True), ("slack", 1, True)]
+
+
+def test_target_down_fires_holds_other_alerts_and_resolves(alerting, monkeypatch):
+    """The target's server is "stopped" by pointing its connection at a port nothing listens on."""
+    handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
+    set_knob(handle, 20)
+    assert handle.cycle()["notified"] == ["firing"]
+    running = devstack.conn_uri(handle.database)
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{handle.name.upper()}", running.replace(f":{devstack.PG_PORT}/",
+                                                                                  f":{free_port()}/"))
+    down = handle.cycle()
+    assert down["target_up"] is False and down["notified"] == ["firing"]
+    assert state(handle) == {("TargetDown", "{}"): "firing", ("knob_high", '{"knob": "load"}'): "firing"}, \
+        "the knob alert is unknown while the target is down, not resolved"
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{handle.name.upper()}", running)
+    back = handle.cycle()
+    assert back["target_up"] is True and back["notified"] == ["resolved"]
+    assert events(handle) == [("firing", "knob_high"), ("firing", "TargetDown"), ("resolved", "TargetDown")]
+    assert "does not answer" in handle.mails[1].get_body(preferencelist=("html",)).get_content()
+
+
+def test_silenced_alert_fires_without_notifying_until_the_silence_ends(alerting):
+    handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
+    with ops() as conn:
+        silence = conn.execute(
+            "INSERT INTO dbops.alert_silences (target, matchers, starts_at, expires_at, created_by, comment) "
+            "VALUES (%s, %s, now() - interval '1 minute', now() + interval '1 hour', 'test', 'planned work') "
+            "RETURNING id", (handle.name, json.dumps({"alertname": "knob_.*", "knob": "load"}))).fetchone()[0]
+    set_knob(handle, 20)
+    assert handle.cycle()["notified"] == [] and handle.mails == []
+    assert state(handle) == {("knob_high", '{"knob": "load"}'): "firing"}
+    with ops() as conn:
+        conn.execute("UPDATE dbops.alert_silences SET expires_at = now() WHERE id = %s", (silence,))
+    assert handle.cycle()["notified"] == ["firing"] and len(handle.mails) == 1
+
+
+def test_counter_rule_compares_the_increase(alerting):
+    handle = alerting.configure("""
+  - {name: counter_grew, severity: warning, query: counter, op: ">", threshold: 0, counter: true,
+     summary: "{value} new", runbook: r}""")
+    assert handle.cycle()["firing"] == 0, "first sample: no baseline, no increase"
+    handle.target_sql("UPDATE counters SET value = value + 2")
+    assert handle.cycle()["notified"] == ["firing"]
+    assert handle.cycle()["notified"] == ["resolved"], "no increase since the last run"
+
+
+def test_dag_runs_both_tasks(alerting):
+    from airflow.dag_processing.dagbag import DagBag
+
+    handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
+    set_knob(handle, 20)
+    run = DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[f"db_alerts__{handle.name}"].test()
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {"evaluate": "success",
+                                                                        "deliver": "success"}
+    assert subjects(handle) == [f"[dbops] {handle.name}: 1 firing"]
+
+
+def test_retried_evaluation_does_not_notify_twice(alerting):
+    """A retried evaluate task (same run id) advances from the committed state: nothing is notified twice."""
+    handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
+    set_knob(handle, 20)
+    ctx = {"run_id": f"retried_{uuid.uuid4().hex[:6]}"}
+    first = AlertEvaluationOperator(task_id="evaluate", target=handle.name).execute(ctx)
+    again = AlertEvaluationOperator(task_id="evaluate", target=handle.name).execute(ctx)
+    assert first["notified"] == ["firing"] and again["notified"] == []
+    assert AlertDeliveryOperator(task_id="deliver", target=handle.name).execute(ctx) == {"delivered": 2, "failed": 0}
