@@ -21,7 +21,6 @@ sides alike. Medians over rounds; one JSON object per metric on stdout, progress
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
 from scripts import devstack  # noqa: E402
+from scripts.bench_output import emit, json_stdout  # noqa: E402
 
 CONN_ID = "bench_backup"
 from dbops.config import BackupPolicy  # noqa: E402
@@ -204,17 +204,6 @@ class Round:
         return self.figures
 
 
-def emit(out, size_mb: int, metric: str, value: float, unit: str, baseline: str | None,
-         baseline_value: float | None) -> None:
-    digits = 0 if unit == "bytes" else 3
-    ratio = round(value / baseline_value, 3) if baseline_value else None
-    print(json.dumps({"bench": "backup", "metric": metric, "value": round(value, digits) if digits else int(value),
-                      "unit": unit, "baseline": baseline,
-                      "baseline_value": (round(baseline_value, digits) if digits else int(baseline_value))
-                      if baseline_value is not None else None,
-                      "ratio": ratio, "size_mb": size_mb}), file=out, flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=50)
@@ -223,9 +212,7 @@ def main() -> None:
 
     # stdout carries the JSON lines only: everything else writing to fd 1 (Airflow's logging, tools) goes
     # to stderr.
-    sys.stdout.flush()
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
+    out = json_stdout()
     for key, value in devstack.airflow_env().items():
         os.environ.setdefault(key, value)
     started_pg = devstack.start_postgres()
@@ -253,11 +240,11 @@ def main() -> None:
     med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     progress("medians: " + ", ".join(f"{k}={v:.3f}" for k, v in med.items()))
     n = args.size_mb
-    emit(out, n, "dump_seconds", med["ours_dump"], "s", "pg_dump -Fc", med["plain_dump"])
-    emit(out, n, "dump_limit_seconds", med["ours_dump"], "s", "pg_dump -Fc -Z0 > /dev/null", med["limit_dump"])
-    emit(out, n, "dump_bytes", med["ours_bytes"], "bytes", "pg_dump -Fc", med["plain_bytes"])
-    emit(out, n, "verify_seconds", med["ours_verify"], "s", "pg_restore", med["plain_verify"])
-    emit(out, n, "amcheck_seconds", med["amcheck"], "s", None, None)
+    emit(out, "backup", n, "dump_seconds", med["ours_dump"], "s", "pg_dump -Fc", med["plain_dump"])
+    emit(out, "backup", n, "dump_limit_seconds", med["ours_dump"], "s", "pg_dump -Fc -Z0 > /dev/null", med["limit_dump"])
+    emit(out, "backup", n, "dump_bytes", med["ours_bytes"], "bytes", "pg_dump -Fc", med["plain_bytes"])
+    emit(out, "backup", n, "verify_seconds", med["ours_verify"], "s", "pg_restore", med["plain_verify"])
+    emit(out, "backup", n, "amcheck_seconds", med["amcheck"], "s", None, None)
 
 
 if __name__ == "__main__":

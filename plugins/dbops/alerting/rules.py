@@ -10,6 +10,7 @@ Every problem is a :class:`ConfigError` naming the pack file and the rule.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from dataclasses import dataclass, field, replace
@@ -100,6 +101,16 @@ def load_pack(name: str, rules_dir: Path = RULES_DIR) -> list[Rule]:
     """
     path = Path(name) if name.endswith(".yaml") else rules_dir / f"{name}.yaml"
     path = path if path.is_absolute() else PROJECT_ROOT / path
+    try:
+        modified = path.stat().st_mtime_ns
+    except OSError:
+        modified = None  # load_yaml says what is wrong
+    return list(_load_pack_file(path, modified))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_pack_file(path: Path, modified: int | None) -> tuple[Rule, ...]:
+    """Parsed once per file version: a DAG file with many targets shares one parse."""
     data = load_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list) or not set(data) <= {"rules", "queries"}:
         raise ConfigError(f"{path}: expected a mapping with the keys rules (a list of rules) and optionally queries")
@@ -117,7 +128,7 @@ def load_pack(name: str, rules_dir: Path = RULES_DIR) -> list[Rule]:
             raise ConfigError(f"{path}: {where}: {problem}")
         seen.add(rule.name)
         rules.append(rule)
-    return rules
+    return tuple(rules)
 
 
 def _problem(rule: Rule, seen: set[str]) -> str | None:

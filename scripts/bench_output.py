@@ -1,0 +1,30 @@
+"""What every bench/*.py shares: JSON lines on the real stdout, everything else on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TextIO
+
+
+def json_stdout() -> TextIO:
+    """The real stdout for the JSON lines; fd 1 then points at stderr, so Airflow's and the tools' chatter stays off it."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return out
+
+
+def emit(out: TextIO, bench: str, size_mb: int, metric: str, value: float, unit: str,
+         baseline: str | None = None, baseline_value: float | None = None) -> None:
+    """One result line: ``{"bench", "metric", "value", "unit", "baseline", "baseline_value", "ratio", "size_mb"}``."""
+    digits = 0 if unit == "bytes" else 3
+
+    def rounded(number: float) -> float | int:
+        return round(number, digits) if digits else int(number)
+
+    print(json.dumps({"bench": bench, "metric": metric, "value": rounded(value), "unit": unit, "baseline": baseline,
+                      "baseline_value": rounded(baseline_value) if baseline_value is not None else None,
+                      "ratio": round(value / baseline_value, 3) if baseline_value else None, "size_mb": size_mb}),
+          file=out, flush=True)
