@@ -47,8 +47,9 @@ for target, settings in config.targets.items():
         **dag_kwargs(tags=["alerts", target],
                      on_failure=DbopsFailureNotifier(target=target, channels=people)),
     ):
-        evaluate = AlertEvaluationOperator(task_id="evaluate", target=target, retries=1,
-                                           retry_delay=timedelta(seconds=15), execution_timeout=timedelta(minutes=2))
-        deliver = AlertDeliveryOperator(task_id="deliver", target=target, retries=0, trigger_rule="all_done",
-                                        execution_timeout=timedelta(minutes=1))
+        quick = {"retries": 1, "retry_delay": timedelta(seconds=15)}  # the next run comes in 5 minutes anyway
+        evaluate = AlertEvaluationOperator(task_id="evaluate", target=target, execution_timeout=timedelta(minutes=2),
+                                           **quick)
+        deliver = AlertDeliveryOperator(task_id="deliver", target=target, trigger_rule="all_done",
+                                        execution_timeout=timedelta(minutes=1), **quick)
         evaluate >> deliver

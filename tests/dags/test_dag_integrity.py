@@ -91,3 +91,13 @@ def test_committed_pools_file_matches_the_config():
 
     assert json.loads(POOLS_FILE.read_text()) == load_config().pools(), (
         "include/config/pools.json is stale: run `python scripts/devstack.py pools` and commit it")
+
+
+def test_alert_runs_never_overlap_and_time_out_before_the_next(dagbag):
+    from dbops.config import load_config
+
+    for name, target in load_config().targets.items():
+        if target.alerts:
+            dag = dagbag.dags[f"db_alerts__{name}"]
+            assert dag.max_active_runs == 1 and dag.dagrun_timeout.total_seconds() < 300
+            assert dag.schedule == target.alerts.schedule
