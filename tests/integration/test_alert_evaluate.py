@@ -55,13 +55,3 @@ def test_each_row_is_an_alert_with_its_labels(database, queries):
     assert result.errors == []
     assert [(s.labels, s.value, s.breaching) for s in result.samples] == [
         ({"user_name": "u9"}, 9.0, False), ({"user_name": "u10"}, 10.0, True)]
-
-
-def test_builtin_queries_run_on_a_real_server(database):
-    from dbops.alerting.rules import load_pack
-
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
-        result = evaluate(conn, [r for r in load_pack("postgres_default") if r.database == "target"])
-    assert result.errors == []
-    assert {s.rule for s in result.samples} | set(result.skipped) == {
-        r.name for r in load_pack("postgres_default") if r.database == "target"}
