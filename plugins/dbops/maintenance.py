@@ -176,8 +176,8 @@ def light_action(table: TableStats, policy: MaintenancePolicy, now: datetime) ->
     mod_limit = max(policy.analyze_min_mod, policy.analyze_mod_pct / 100 * live)
     if table.n_mod_since_analyze > 0 and table.n_mod_since_analyze >= mod_limit:
         return ANALYZE, f"{table.n_mod_since_analyze} rows modified since the last analyze >= {mod_limit:.0f}"
-    if table.last_analyze is None and (live > 0 or table.heap_bytes > 0):
-        return ANALYZE, "never analyzed: the planner and the bloat estimate have no statistics"
+    if table.stats_missing and table.heap_bytes > 0:
+        return ANALYZE, "no column statistics: the planner and the bloat estimate have none to go by"
     age = timedelta(seconds=policy.stats_max_age)
     if table.last_analyze is not None and now - table.last_analyze > age and table.n_mod_since_analyze > 0:
         days = (now - table.last_analyze).total_seconds() / 86400

@@ -124,7 +124,7 @@ def _qualified(action: Action) -> sql.Composed:
 
 
 STATEMENTS = {
-    VACUUM_FULL: "VACUUM (FULL) {}",
+    VACUUM_FULL: "VACUUM (FULL, ANALYZE) {}",  # the ANALYZE runs after the exclusive lock is released
     VACUUM_ANALYZE: "VACUUM (ANALYZE) {}",
     ANALYZE: "ANALYZE {}",
     REINDEX: "REINDEX INDEX CONCURRENTLY {}",
@@ -160,7 +160,9 @@ def execute_action(conn: psycopg.Connection, action: Action, policy: Maintenance
     else:
         conn.execute(statement)
     seconds = time.monotonic() - started
-    after = 0 if action.action == DROP_LEFTOVER else _size(conn, oid, action.object_kind)
+    # REINDEX CONCURRENTLY swaps in a new index under the same name: measure by name, not by the old OID.
+    now = None if action.action == DROP_LEFTOVER else _relation(conn, action.schema_name, action.name)
+    after = 0 if now is None else _size(conn, now, action.object_kind)
     return Outcome("done", before, after, seconds)
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from dbops.hooks.maintenance_log import MaintenanceLogHook
 
 KINDS = ("weekly", "daily")
+REPORT_LINES = 10  # unused indexes logged one per line; the rest are in the result
 
 
 class _MaintenanceOperator(TargetOperator):
@@ -270,13 +271,18 @@ class MaintenanceReportOperator(_MaintenanceOperator):
         for note in result["plan"]["notes"]:
             self.log.info("not executed: %s %s.%s: %s", note["action"], note["schema_name"], note["name"],
                           note["reason"])
-        for row in report["unused_indexes"]:
+        unused = report["unused_indexes"]
+        for row in unused[:REPORT_LINES]:
             self.log.info("unused index (report only): %s.%s on %s, %s, %d scans since %s", row["schema"],
                           row["index"], row["table"], mib(row["bytes"]), row["scans"],
                           result["scan"]["stats_reset"] or "the statistics were created")
+        if len(unused) > REPORT_LINES:
+            self.log.info("... and %d smaller unused indexes (%s): all in this task's result and in "
+                          "dbops.maintenance_runs.report", len(unused) - REPORT_LINES,
+                          mib(sum(r["bytes"] for r in unused[REPORT_LINES:])))
         for row in report["duplicate_indexes"]:
-            self.log.info("duplicate indexes (report only) on %s.%s: %s", row["schema_name"], row["table_name"],
-                          ", ".join(row["indexes"]))
+            self.log.info("duplicate indexes (report only) on %s.%s: %s (%s each)", row["schema_name"],
+                          row["table_name"], ", ".join(row["indexes"]), "/".join(mib(b) for b in row["bytes"]))
         totals = report["totals"]
         self.log.info(
             "%s maintenance %s %s%s: %d done, reclaimed %s, %.1f s; %d skipped (%s); %d failed; %d reported only; "
