@@ -356,3 +356,25 @@ def test_daily_dag_run(target):
     states = {(ti.task_id, ti.rendered_map_index or ti.map_index): ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
     assert states[("maintain", "vacuum_analyze public.bloated")] == "success"
+
+
+def test_maintenance_dags_map_one_task_per_object_in_the_targets_pool():
+    """For every target with a maintenance policy: both DAGs; the mapped task in the target's pool."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from dbops.config import load_config, pool_name
+
+    bag = DagBag(dag_folder=str(devstack.ROOT / "dags" / "pg_maintenance.py"))
+    assert bag.import_errors == {}
+    for name, settings in load_config().targets.items():
+        if settings.maintenance is None:
+            continue
+        for kind in ("weekly", "daily"):
+            maintenance_dag = bag.dags[f"pg_maintenance_{kind}__{name}"]
+            maintain_task = maintenance_dag.task_dict["maintain"]
+            assert maintain_task.pool == pool_name(name)
+            assert maintain_task.partial_kwargs["retries"] == max(1, settings.maintenance.lock_retries)
+            assert maintenance_dag.task_dict["report"].trigger_rule == "all_done"
+            assert "dry_run" in maintenance_dag.params
+            assert maintenance_dag.schedule == getattr(settings.maintenance, kind) or \
+                str(maintenance_dag.timetable.summary) == getattr(settings.maintenance, kind)
