@@ -148,8 +148,10 @@ class Plan:
 
 
 def mib(n: int | float | None) -> str:
-    """``12.3 MiB`` (or ``-``)."""
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+    """``12.3 MiB``, ``2.0 GiB`` from 1 GiB up (or ``-``)."""
+    if n is None:
+        return "-"
+    return f"{n / 2**30:.1f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def statement_timeout_for(size_bytes: int, policy: MaintenancePolicy) -> float:

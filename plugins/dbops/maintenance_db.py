@@ -218,10 +218,10 @@ class LeftoverError(Exception):
 
 def lock_holders(conn: psycopg.Connection, schema: str, name: str) -> str:
     """Who holds a lock on the object now (for the skip reason), or an explanation when nobody does."""
-    try:
+    try:  # no query text: it may hold personal data or secrets; pid, user and application identify the session
         rows = conn.execute(
             "SELECT a.pid, a.state, round(extract(epoch FROM now() - a.xact_start)), "
-            "left(regexp_replace(a.query, '\\s+', ' ', 'g'), 60) "
+            "format('user %I, application %L', a.usename, a.application_name) "
             "FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.pid IN ("
             "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE l.granted AND n.nspname = %s "
@@ -232,4 +232,4 @@ def lock_holders(conn: psycopg.Connection, schema: str, name: str) -> str:
         return "lock holders unknown (the target did not answer)"
     if not rows:
         return "no session holds a lock on it now (it waited for older transactions to finish)"
-    return "; ".join(f"pid {pid} ({state}, in transaction {secs} s): {query}" for pid, state, secs, query in rows[:3])
+    return "; ".join(f"pid {pid} ({who}, {state}, in transaction {secs} s)" for pid, state, secs, who in rows[:3])

@@ -4,8 +4,8 @@
 -- for them), old prepared transactions, replication slots holding xmin back, replicas lagging more than
 -- lag_seconds (a rewrite writes the whole table to WAL).
 SELECT 'long transaction' AS kind,
-       format('pid %%s (%%s, %%s) in transaction for %%s s: %%s', pid, usename, state,
-              round(extract(epoch FROM now() - xact_start)), left(regexp_replace(query, '\s+', ' ', 'g'), 80)) AS detail,
+       format('pid %%s (user %%I, application %%L, %%s) in transaction for %%s s', pid, usename, application_name,
+              state, round(extract(epoch FROM now() - xact_start))) AS detail,  -- no query text: it may hold secrets
        extract(epoch FROM now() - xact_start)::float8 AS seconds
   FROM pg_stat_activity
  WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'

@@ -159,12 +159,13 @@ class MaintenanceActionOperator(_MaintenanceOperator):
         self.log.info("%s (try %d of %d): %s; lock_timeout %.1f s, statement_timeout %.0f s", action.label,
                       try_number, (self.retries or 0) + 1, action.reason, policy.lock_timeout,
                       action.statement_timeout)
-        return self._run(config, policy, ops, entry, action, last_try, classify)
+        return self._run(config, policy, ops, entry, action, last_try)
 
     def _run(self, config: DbopsConfig, policy: MaintenancePolicy, ops: MaintenanceLogHook, entry: int,
-             action: Action, last_try: bool, classify: Any) -> dict[str, Any]:
+             action: Action, last_try: bool) -> dict[str, Any]:
         import psycopg
 
+        from dbops.errors import classify
         from dbops.hooks.postgres import DbopsPostgresHook
         from dbops.maintenance_db import (
             LOCK_NOT_AVAILABLE,
