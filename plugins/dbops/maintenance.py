@@ -48,6 +48,8 @@ class TableStats:
     last_vacuum: datetime | None
     last_analyze: datetime | None
     stats_missing: bool
+    fillfactor: int = 100
+    bloat_source: str = "estimate"  # or "pgstattuple_approx" (measured on the candidates when installed)
 
     @property
     def bloat_bytes(self) -> int | None:
@@ -208,8 +210,16 @@ def _over(bloat: int | None, pct: float | None, policy: MaintenancePolicy) -> bo
 
 
 def _bloat_text(obj: TableStats | IndexStats, policy: MaintenancePolicy) -> str:
-    return (f"bloat {obj.bloat_pct:.0f}% ({mib(obj.bloat_bytes)}) >= {policy.bloat_pct:g}% and "
+    source = getattr(obj, "bloat_source", "estimate")
+    return (f"bloat {obj.bloat_pct:.0f}% ({mib(obj.bloat_bytes)}, {source}) >= {policy.bloat_pct:g}% and "
             f">= {mib(policy.min_bytes)}")
+
+
+def is_candidate(table: TableStats, policy: MaintenancePolicy) -> bool:
+    """Worth an exact measurement: the estimate is at least half-way to both thresholds, under the size cap."""
+    pct, bloat = table.bloat_pct, table.bloat_bytes
+    return (bloat is not None and pct is not None and pct >= policy.bloat_pct / 2 and bloat >= policy.min_bytes / 2
+            and table.total_bytes <= policy.size_cap)
 
 
 def plan_weekly(scan: Scan, policy: MaintenancePolicy, done: set[tuple[str, str, str]] = frozenset()) -> Plan:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from dbops.maintenance import (
     IndexStats,
     Scan,
     TableStats,
+    is_candidate,
 )
 
 QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"
@@ -61,6 +62,7 @@ def scan(conn: psycopg.Connection, policy: MaintenancePolicy, host: str | None =
         if cur.execute("SELECT pg_is_in_recovery() AS standby").fetchone()["standby"]:
             raise StandbyError("the target is a standby (in recovery): maintenance runs on the primary only")
         tables = [TableStats(**row) for row in cur.execute(query("maintenance_tables")).fetchall()]
+        tables = measure_candidates(conn, tables, policy)
         indexes = [IndexStats(**row) for row in cur.execute(query("maintenance_indexes")).fetchall()]
         blockers = [row["kind"] + ": " + row["detail"] for row in cur.execute(
             query("maintenance_blockers"),
@@ -73,6 +75,34 @@ def scan(conn: psycopg.Connection, policy: MaintenancePolicy, host: str | None =
     return Scan(tables=tables, indexes=indexes, scanned_at=facts["now"], blockers=blockers, free_bytes=free,
                 disk_bytes=total, duplicate_indexes=[_plain(d) for d in duplicates],
                 stats_reset=facts["stats_reset"], seconds=time.monotonic() - started)
+
+
+MAX_EXACT = 50  # pgstattuple_approx reads the pages not all-visible: only this many candidates per scan
+
+
+def measure_candidates(conn: psycopg.Connection, tables: list[TableStats],
+                       policy: MaintenancePolicy) -> list[TableStats]:
+    """Replace the estimate by ``pgstattuple_approx`` (free space + dead tuples beyond the fillfactor's
+    reserve, TOAST taken as not bloated) for the candidates, when the extension is installed and allowed."""
+    row = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                       "WHERE e.extname = 'pgstattuple'").fetchone()
+    if row is None:
+        return tables
+    function = sql.SQL("SELECT table_len, approx_free_space, dead_tuple_len FROM {}.pgstattuple_approx(%s::oid)"
+                       ).format(sql.Identifier(row[0]))
+    candidates = sorted((t for t in tables if is_candidate(t, policy)), key=lambda t: -(t.bloat_bytes or 0))
+    exact = {}
+    for table in candidates[:MAX_EXACT]:
+        try:
+            with conn.transaction():  # a savepoint: one refused table does not end the scan
+                length, free, dead = conn.execute(function, (table.oid,)).fetchone()
+        except psycopg.Error:
+            continue
+        bloat = max(0, int(free + dead - length * (100 - table.fillfactor) / 100))
+        exact[table.oid] = replace(table, heap_bytes=int(length),
+                                   expected_bytes=int(length) + table.toast_bytes - bloat,
+                                   bloat_source="pgstattuple_approx")
+    return [exact.get(t.oid, t) for t in tables]
 
 
 class StandbyError(Exception):
@@ -221,7 +251,7 @@ def lock_holders(conn: psycopg.Connection, schema: str, name: str) -> str:
     try:  # no query text: it may hold personal data or secrets; pid, user and application identify the session
         rows = conn.execute(
             "SELECT a.pid, a.state, round(extract(epoch FROM now() - a.xact_start)), "
-            "format('user %I, application %L', a.usename, a.application_name) "
+            "format('user %%I, application %%L', a.usename, a.application_name) "
             "FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.pid IN ("
             "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE l.granted AND n.nspname = %s "

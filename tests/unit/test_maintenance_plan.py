@@ -64,7 +64,7 @@ def only(plan) -> Action:
 def test_bloated_table_under_the_cap_gets_vacuum_full_with_its_reason():
     action = only(plan_weekly(scan([table(heap=100 * MB, expected=40 * MB)]), POLICY))
     assert action.action == VACUUM_FULL and action.bloat_bytes == 60 * MB
-    assert "bloat 60% (60.0 MiB) >= 30%" in action.reason and "under size_cap" in action.reason
+    assert "bloat 60% (60.0 MiB, estimate) >= 30%" in action.reason and "under size_cap" in action.reason
     assert "free disk not measurable" in action.reason
 
 
@@ -182,3 +182,13 @@ def test_plan_survives_a_round_trip_through_xcom():
     plan = plan_weekly(scan([table(heap=100 * MB, expected=40 * MB)]), POLICY)
     data = plan.to_dict()
     assert [Action.from_dict(a) for a in data["actions"]] == plan.actions
+
+
+def test_exact_measurement_candidates_are_half_way_to_both_thresholds_and_under_the_cap():
+    from dbops.maintenance import is_candidate
+
+    assert is_candidate(table(heap=100 * MB, expected=80 * MB), POLICY)       # 20 %, 20 MB
+    assert not is_candidate(table(heap=100 * MB, expected=90 * MB), POLICY)   # 10 %: under 15 %
+    assert not is_candidate(table(heap=6 * MB, expected=2 * MB), POLICY)      # 67 % but 4 MB: under 5 MB
+    assert not is_candidate(table(heap=2000 * MB, expected=100 * MB), POLICY)  # over the cap
+    assert not is_candidate(table(expected=None, stats_missing=True), POLICY)

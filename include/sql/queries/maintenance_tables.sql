@@ -36,7 +36,7 @@ est AS (
            coalesce(w.stats_missing, true) OR tbl.reltuples < 0 AS stats_missing
       FROM tbl LEFT JOIN width w ON w.oid = tbl.oid
 )
-SELECT tbl.oid::bigint AS oid, tbl.schema_name, tbl.table_name, tbl.relkind::text AS relkind,
+SELECT tbl.oid::bigint AS oid, tbl.schema_name, tbl.table_name, tbl.relkind::text AS relkind, tbl.fillfactor,
        tbl.heap_bytes, tbl.toast_bytes, tbl.index_bytes,
        tbl.heap_bytes + tbl.toast_bytes + tbl.index_bytes AS total_bytes,
        greatest(tbl.reltuples, 0)::bigint AS live_tuples_estimate,
