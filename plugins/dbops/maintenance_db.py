@@ -170,6 +170,10 @@ def execute_action(conn: psycopg.Connection, action: Action, policy: Maintenance
     """
     conn.autocommit = True
     set_timeouts(conn, policy.lock_timeout, action.statement_timeout)
+    try:  # a worker killed mid-statement (execution_timeout) must not leave VACUUM FULL running and locking
+        conn.execute("SET client_connection_check_interval = '5s'")
+    except psycopg.Error:
+        pass  # not supported on the server's platform: statement_timeout still bounds the statement
     oid = _relation(conn, action.schema_name, action.name)
     if oid is None:
         return Outcome("skipped", reason=f"{action.schema_name}.{action.name} no longer exists")

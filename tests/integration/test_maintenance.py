@@ -376,8 +376,7 @@ def test_maintenance_dags_map_one_task_per_object_in_the_targets_pool():
             assert maintain_task.partial_kwargs["retries"] == max(1, settings.maintenance.lock_retries)
             assert maintenance_dag.task_dict["report"].trigger_rule == "all_done"
             assert "dry_run" in maintenance_dag.params
-            assert maintenance_dag.schedule == getattr(settings.maintenance, kind) or \
-                str(maintenance_dag.timetable.summary) == getattr(settings.maintenance, kind)
+            assert maintenance_dag.timetable.expression == getattr(settings.maintenance, kind)
 
 
 def test_pgstattuple_measures_the_candidates_when_installed(target):
