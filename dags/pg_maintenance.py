@@ -24,6 +24,8 @@ policy in `include/config/dbops.yaml`:
 
 `pg_maintenance_daily__<target>` (schedule `maintenance.daily`): the same three steps for VACUUM (ANALYZE)
 of tables over the dead-tuple thresholds and ANALYZE of tables with stale statistics.
+
+Failures notify the target's `maintenance.notify` channels.
 """
 
 from __future__ import annotations
@@ -48,8 +50,7 @@ for target, settings in config.targets.items():
     policy = settings.maintenance
     if policy is None:
         continue
-    notify = settings.backup.notify if settings.backup else ["log"]
-    notifier = DbopsFailureNotifier(target=target, channels=notify)
+    notifier = DbopsFailureNotifier(target=target, channels=policy.notify)
     for kind, schedule in (("weekly", policy.weekly), ("daily", policy.daily)):
         with DAG(
             dag_id=f"pg_maintenance_{kind}__{target}",

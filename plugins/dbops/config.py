@@ -121,6 +121,7 @@ class MaintenancePolicy:
     max_replication_lag: Seconds = 300.0
     # An index with fewer scans than this since the statistics reset is in the unused-index report.
     unused_index_scans: int = 1
+    notify: list[str] = field(default_factory=lambda: ["log"])  # channels told when a maintenance task fails
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ def _check_references(config: DbopsConfig) -> None:
         if target.backup and target.backup.storage not in config.storage:
             raise _Invalid(f"targets.{name}.backup.storage",
                            f"unknown storage {target.backup.storage!r} (defined: {', '.join(config.storage) or 'none'})")
-        for policy in ("backup", "alerts"):
+        for policy in ("backup", "alerts", "maintenance"):
             notify = getattr(getattr(target, policy), "notify", [])
             for i, channel in enumerate(notify):
                 _check_channel(config.notifications, channel, f"targets.{name}.{policy}.notify[{i}]")

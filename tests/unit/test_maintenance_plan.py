@@ -192,3 +192,18 @@ def test_exact_measurement_candidates_are_half_way_to_both_thresholds_and_under_
     assert not is_candidate(table(heap=6 * MB, expected=2 * MB), POLICY)      # 67 % but 4 MB: under 5 MB
     assert not is_candidate(table(heap=2000 * MB, expected=100 * MB), POLICY)  # over the cap
     assert not is_candidate(table(expected=None, stats_missing=True), POLICY)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("bloat_pct: 0", "key 'maintenance.bloat_pct': must be between 0 and 100"),
+    ("lock_timeout: 2h", "key 'maintenance.lock_timeout': must be shorter than statement_timeout"),
+    ("rewrite_rate: 0MB", "key 'maintenance.rewrite_rate': must be greater than 0"),
+    ("lock_retries: -1", "key 'maintenance.lock_retries': must not be negative"),
+    ("notify: [pager]", "key 'maintenance.notify[0]': unknown notifier 'pager'"),
+])
+def test_bad_maintenance_settings_name_target_and_key(tmp_path, setting, message):
+    from dbops.config import ConfigError, parse_config
+
+    text = f"ops_conn_id: ops\nstorage: {{}}\ntargets:\n  db1:\n    conn_id: pg\n    maintenance: {{{setting}}}\n"
+    with pytest.raises(ConfigError, match="target 'db1': " + message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(text, tmp_path / "dbops.yaml")
