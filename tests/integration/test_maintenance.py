@@ -140,10 +140,10 @@ def wait_until_our_lock_is_queued(dsn: str, timeout: float = 10) -> int:
 
 
 def hold(dsn: str, statement: str, isolation: str = "READ COMMITTED") -> psycopg.Connection:
-    """Another session that keeps a transaction open (released by the caller, or after 20 s at most)."""
+    """Another session that keeps a transaction open (released by the caller, or after 60 s idle at most)."""
     blocker = psycopg.connect(dsn)
     blocker.execute(sql.SQL("SET TRANSACTION ISOLATION LEVEL " + isolation))  # noqa: S608 - a constant
-    blocker.execute("SET idle_in_transaction_session_timeout = '20s'")  # a broken test never hangs the suite
+    blocker.execute("SET idle_in_transaction_session_timeout = '60s'")  # a broken test never hangs the suite
     blocker.execute(statement)
     return blocker
 
@@ -388,3 +388,20 @@ def test_pgstattuple_measures_the_candidates_when_installed(target):
         free, dead, length = conn.execute("SELECT approx_free_space, dead_tuple_len, table_len "
                                           "FROM pgstattuple_approx('bloated'::regclass)").fetchone()
     assert actions["bloated"]["bloat_bytes"] == free + dead and (free + dead) / length > 0.7
+
+
+def test_weekly_dag_run_with_a_held_lock_skips_that_table_and_succeeds(target):
+    """The whole run under a lock held throughout: retried with backoff, skipped with the reason, run green."""
+    blocker = hold(target.dsn, "SELECT count(*) FROM bloated")
+    try:
+        run = dag(f"pg_maintenance_weekly__{NAME}").test(logical_date=DAY, run_conf={"dry_run": False})
+    finally:
+        blocker.rollback()
+        blocker.close()
+    states = {(ti.task_id, ti.rendered_map_index or ti.map_index): (ti.state, ti.try_number)
+              for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    assert states[("maintain", "vacuum_full public.bloated")] == ("skipped", RETRIES + 1)
+    assert states[("maintain", f"vacuum_full {HOSTILE_SCHEMA}.{HOSTILE_TABLE}")] == ("success", 1)
+    assert [(r["status"], r["try_number"]) for r in log_rows() if r["object_name"] == "bloated"] == [
+        ("retry", 1), ("retry", 2), ("skipped", 3)]
