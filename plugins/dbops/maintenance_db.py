@@ -1,0 +1,269 @@
+"""Maintenance against a target: the scan and the execution of one planned action, with bounded locks.
+
+Every statement runs with ``lock_timeout`` from the policy and a ``statement_timeout`` fit to the
+object's size; identifiers go through :class:`psycopg.sql.Identifier`, values as parameters.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from dbops.config import PROJECT_ROOT, MaintenancePolicy
+from dbops.maintenance import (
+    ANALYZE,
+    DROP_LEFTOVER,
+    REINDEX,
+    VACUUM_ANALYZE,
+    VACUUM_FULL,
+    Action,
+    IndexStats,
+    Scan,
+    TableStats,
+    is_candidate,
+)
+
+QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
+
+
+def query(name: str) -> str:
+    """The text of include/sql/queries/<name>.sql."""
+    return (QUERIES_DIR / f"{name}.sql").read_text()
+
+
+APPLICATION_NAME = "dbops maintenance"
+
+
+def set_timeouts(conn: psycopg.Connection, lock_timeout: float, statement_timeout: float) -> None:
+    """Session settings of every maintenance connection (seen in pg_stat_activity as dbops maintenance)."""
+    conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false), "
+                 "set_config('application_name', %s, false)",
+                 (f"{int(lock_timeout * 1000)}ms", f"{int(statement_timeout * 1000)}ms", APPLICATION_NAME))
+
+
+def scan(conn: psycopg.Connection, policy: MaintenancePolicy, host: str | None = None) -> Scan:
+    """Measure every table and index of the connected database (read only, bounded by lock_timeout).
+
+    :param host: the connection's host; free disk is measured only when the server runs on this machine.
+    """
+    started = time.monotonic()
+    set_timeouts(conn, policy.lock_timeout, max(60.0, policy.lock_timeout * 4))
+    with conn.cursor(row_factory=dict_row) as cur:
+        if cur.execute("SELECT pg_is_in_recovery() AS standby").fetchone()["standby"]:
+            raise StandbyError("the target is a standby (in recovery): maintenance runs on the primary only")
+        tables = [TableStats(**row) for row in cur.execute(query("maintenance_tables")).fetchall()]
+        tables = measure_candidates(conn, tables, policy)
+        indexes = [IndexStats(**row) for row in cur.execute(query("maintenance_indexes")).fetchall()]
+        blockers = [row["kind"] + ": " + row["detail"] for row in cur.execute(
+            query("maintenance_blockers"),
+            {"long_seconds": policy.long_transaction, "lag_seconds": policy.max_replication_lag}).fetchall()]
+        duplicates = cur.execute(query("maintenance_duplicate_indexes")).fetchall()
+        facts = cur.execute("SELECT now() AS now, (SELECT stats_reset FROM pg_stat_database "
+                            "WHERE datname = current_database()) AS stats_reset").fetchone()
+    conn.commit()
+    free, total = _disk(conn, host)
+    return Scan(tables=tables, indexes=indexes, scanned_at=facts["now"], blockers=blockers, free_bytes=free,
+                disk_bytes=total, duplicate_indexes=[_plain(d) for d in duplicates],
+                stats_reset=facts["stats_reset"], seconds=time.monotonic() - started)
+
+
+MAX_EXACT = 50  # pgstattuple_approx reads the pages not all-visible: only this many candidates per scan
+
+
+def measure_candidates(conn: psycopg.Connection, tables: list[TableStats],
+                       policy: MaintenancePolicy) -> list[TableStats]:
+    """Replace the estimate by ``pgstattuple_approx`` (free space + dead tuples beyond the fillfactor's
+    reserve, TOAST taken as not bloated) for the candidates, when the extension is installed and allowed."""
+    row = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                       "WHERE e.extname = 'pgstattuple'").fetchone()
+    if row is None:
+        return tables
+    function = sql.SQL("SELECT table_len, approx_free_space, dead_tuple_len FROM {}.pgstattuple_approx(%s::oid)"
+                       ).format(sql.Identifier(row[0]))
+    candidates = sorted((t for t in tables if is_candidate(t, policy)), key=lambda t: -(t.bloat_bytes or 0))
+    exact = {}
+    for table in candidates[:MAX_EXACT]:
+        try:
+            with conn.transaction():  # a savepoint: one refused table does not end the scan
+                length, free, dead = conn.execute(function, (table.oid,)).fetchone()
+        except psycopg.Error:
+            continue
+        bloat = max(0, int(free + dead - length * (100 - table.fillfactor) / 100))
+        exact[table.oid] = replace(table, heap_bytes=int(length),
+                                   expected_bytes=int(length) + table.toast_bytes - bloat,
+                                   bloat_source="pgstattuple_approx")
+    return [exact.get(t.oid, t) for t in tables]
+
+
+class StandbyError(Exception):
+    """The target is a standby: nothing to maintain there."""
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in row.items()}
+
+
+def _disk(conn: psycopg.Connection, host: str | None) -> tuple[int | None, int | None]:
+    """Free and total bytes of the data directory's volume, when the server is local and tells its path."""
+    if host is None or not (host in LOCAL_HOSTS or host.startswith("/")):
+        return None, None
+    try:
+        path = conn.execute("SHOW data_directory").fetchone()[0]
+        conn.commit()
+        usage = shutil.disk_usage(Path(path))
+    except (psycopg.Error, OSError):
+        conn.rollback()
+        return None, None
+    return usage.free, usage.total
+
+
+@dataclass
+class Outcome:
+    """What one executed action did. ``status``: done or skipped (``reason`` says why)."""
+
+    status: str
+    bytes_before: int | None = None
+    bytes_after: int | None = None
+    seconds: float = 0.0
+    reason: str = ""
+
+
+def _relation(conn: psycopg.Connection, schema: str, name: str) -> int | None:
+    row = conn.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _size(conn: psycopg.Connection, oid: int, object_kind: str) -> int:
+    function = "pg_total_relation_size" if object_kind == "table" else "pg_relation_size"
+    return int(conn.execute(sql.SQL("SELECT {}(%s::oid)").format(sql.Identifier(function)), (oid,)).fetchone()[0])
+
+
+def _qualified(action: Action) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(action.schema_name), sql.Identifier(action.name))
+
+
+STATEMENTS = {
+    VACUUM_FULL: "VACUUM (FULL, ANALYZE) {}",  # the ANALYZE runs after the exclusive lock is released
+    VACUUM_ANALYZE: "VACUUM (ANALYZE) {}",
+    ANALYZE: "ANALYZE {}",
+    REINDEX: "REINDEX INDEX CONCURRENTLY {}",
+    DROP_LEFTOVER: "DROP INDEX CONCURRENTLY IF EXISTS {}",
+}
+
+
+def execute_action(conn: psycopg.Connection, action: Action, policy: MaintenancePolicy) -> Outcome:
+    """Run one planned action on an autocommit connection; measure the object before and after.
+
+    Raises :class:`psycopg.Error` as the server reported it (the caller classifies); a failed REINDEX
+    CONCURRENTLY has its invalid ``_ccnew`` / ``_ccold`` leftovers dropped before the error propagates.
+    """
+    conn.autocommit = True
+    set_timeouts(conn, policy.lock_timeout, action.statement_timeout)
+    try:  # a worker killed mid-statement (execution_timeout) must not leave VACUUM FULL running and locking
+        conn.execute("SET client_connection_check_interval = '5s'")
+    except psycopg.Error:
+        pass  # not supported on the server's platform: statement_timeout still bounds the statement
+    oid = _relation(conn, action.schema_name, action.name)
+    if oid is None:
+        return Outcome("skipped", reason=f"{action.schema_name}.{action.name} no longer exists")
+    if action.action == DROP_LEFTOVER and _is_valid_index(conn, oid):
+        return Outcome("skipped", reason="the index is valid now (its REINDEX finished): left alone")
+    before = _size(conn, oid, action.object_kind)
+    started = time.monotonic()
+    statement = sql.SQL(STATEMENTS[action.action]).format(_qualified(action))
+    if action.action == REINDEX:
+        table_oid = _index_table(conn, oid)
+        drop_reindex_leftovers(conn, table_oid, action.name, policy)
+        try:
+            conn.execute(statement)
+        except psycopg.Error:
+            if not conn.closed and not conn.broken:
+                drop_reindex_leftovers(conn, table_oid, action.name, policy)
+            raise
+    else:
+        conn.execute(statement)
+    seconds = time.monotonic() - started
+    # REINDEX CONCURRENTLY swaps in a new index under the same name: measure by name, not by the old OID.
+    now = None if action.action == DROP_LEFTOVER else _relation(conn, action.schema_name, action.name)
+    after = 0 if now is None else _size(conn, now, action.object_kind)
+    return Outcome("done", before, after, seconds)
+
+
+def _is_valid_index(conn: psycopg.Connection, oid: int) -> bool:
+    row = conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = %s", (oid,)).fetchone()
+    return bool(row and row[0])
+
+
+def _index_table(conn: psycopg.Connection, oid: int) -> int:
+    return int(conn.execute("SELECT indrelid FROM pg_index WHERE indexrelid = %s", (oid,)).fetchone()[0])
+
+
+def drop_reindex_leftovers(conn: psycopg.Connection, table_oid: int, index_name: str,
+                           policy: MaintenancePolicy, attempts: int = 3) -> list[str]:
+    """Drop the invalid ``<index>_ccnew[N]`` / ``<index>_ccold[N]`` an interrupted REINDEX CONCURRENTLY left.
+
+    Each DROP INDEX CONCURRENTLY waits at most lock_timeout; tried ``attempts`` times. Returns the names
+    dropped; raises :class:`LeftoverError` if one is still there.
+    """
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE i.indrelid = %s AND NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$' "
+        "AND starts_with(%s, regexp_replace(c.relname, '_cc(new|old)[0-9]*$', ''))",
+        (table_oid, index_name)).fetchall()
+    dropped = []
+    for schema, name in rows:
+        statement = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(sql.Identifier(schema),
+                                                                              sql.Identifier(name))
+        for attempt in range(attempts):
+            try:
+                set_timeouts(conn, policy.lock_timeout, max(MIN_DROP_TIMEOUT, policy.lock_timeout * 2))
+                conn.execute(statement)
+                dropped.append(name)
+                break
+            except psycopg.Error as err:
+                if err.sqlstate != LOCK_NOT_AVAILABLE or attempt == attempts - 1:
+                    raise LeftoverError(f"the invalid index {schema}.{name} left by an interrupted REINDEX "
+                                        f"CONCURRENTLY could not be dropped ({err.sqlstate}: "
+                                        f"{' '.join(str(err).split())}); the next attempt drops it") from err
+                time.sleep(policy.lock_timeout)
+    return dropped
+
+
+MIN_DROP_TIMEOUT = 60.0
+
+
+class LeftoverError(Exception):
+    """An invalid index of an interrupted REINDEX CONCURRENTLY is still there (transient: retried)."""
+
+    transient = True
+
+
+def lock_holders(conn: psycopg.Connection, schema: str, name: str) -> str:
+    """Who holds a lock on the object now (for the skip reason), or an explanation when nobody does."""
+    try:  # no query text: it may hold personal data or secrets; pid, user and application identify the session
+        rows = conn.execute(
+            "SELECT a.pid, a.state, round(extract(epoch FROM now() - a.xact_start)), "
+            "format('user %%I, application %%L', a.usename, a.application_name) "
+            "FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND a.pid IN ("
+            "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE l.granted AND n.nspname = %s "
+            "AND (c.relname = %s OR c.oid = (SELECT i.indrelid FROM pg_index i JOIN pg_class x "
+            "ON x.oid = i.indexrelid WHERE x.relnamespace = n.oid AND x.relname = %s))) ORDER BY a.xact_start",
+            (schema, name, name)).fetchall()
+    except psycopg.Error:
+        return "lock holders unknown (the target did not answer)"
+    if not rows:
+        return "no session holds a lock on it now (it waited for older transactions to finish)"
+    return "; ".join(f"pid {pid} ({who}, {state}, in transaction {secs} s)" for pid, state, secs, who in rows[:3])
