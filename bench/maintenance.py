@@ -25,7 +25,6 @@ The policy is the config's default but ``min_bytes`` 1MB (the bloated tables are
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -42,6 +41,7 @@ from dbops.config import MaintenancePolicy  # noqa: E402
 from dbops.maintenance import Action, plan_weekly  # noqa: E402
 from dbops.maintenance_db import execute_action, scan  # noqa: E402
 from scripts import devstack  # noqa: E402
+from scripts.bench_output import emit, json_stdout  # noqa: E402
 
 POLICY = MaintenancePolicy(min_bytes=2**20)
 BLOATED = 5
@@ -215,24 +215,13 @@ def scan_seconds(name: str, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def emit(size_mb: int, metric: str, value: float, unit: str, baseline_value: float | None,
-         baseline: str | None = BASELINE) -> None:
-    def rounded(x: float) -> float | int:
-        return int(x) if unit == "bytes" else round(x, 3)
-
-    print(json.dumps({"bench": "maintenance", "metric": metric, "value": rounded(value), "unit": unit,
-                      "baseline": baseline if baseline_value is not None else None,
-                      "baseline_value": rounded(baseline_value) if baseline_value is not None else None,
-                      "ratio": round(value / baseline_value, 3) if baseline_value else None,
-                      "size_mb": size_mb}), flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tables", type=int, default=200)
     args = parser.parse_args(argv)
+    out = json_stdout()
     devstack.start_postgres()
     source = prepare_database(args.size_mb, args.tables)
     work = f"{source}_work"
@@ -249,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     with admin() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(work)))
     med = {side: [statistics.median(r[i] for r in rows) for i in range(3)] for side, rows in results.items()}
-    emit(args.size_mb, "maintenance_seconds", med["ours"][0], "s", med["blanket"][0])
-    emit(args.size_mb, "reclaimed_bytes", med["ours"][1], "bytes", med["blanket"][1])
-    emit(args.size_mb, "max_app_wait_seconds", med["ours"][2], "s", med["blanket"][2])
-    emit(args.size_mb, "scan_seconds_1000_tables", scan_seconds(prepare_scan_database()), "s", None)
+    for index, (metric, unit) in enumerate((("maintenance_seconds", "s"), ("reclaimed_bytes", "bytes"),
+                                            ("max_app_wait_seconds", "s"))):
+        emit(out, "maintenance", args.size_mb, metric, med["ours"][index], unit, BASELINE, med["blanket"][index])
+    emit(out, "maintenance", args.size_mb, "scan_seconds_1000_tables", scan_seconds(prepare_scan_database()), "s")
     return 0
 
 
