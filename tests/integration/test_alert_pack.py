@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dbops.alerting.evaluate import Evaluation, evaluate
 from dbops.alerting.rules import Rule, load_pack
@@ -284,8 +285,8 @@ def ops_target(pg_server):
     target = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(devstack.libpq_conninfo("dbops_test"), autocommit=True) as writer:
         yield target, writer
-        writer.execute("DELETE FROM dbops.recovery_tests WHERE target = %s", (target,))
-        writer.execute("DELETE FROM dbops.backups WHERE target = %s", (target,))
+        for table in ("recovery_tests", "backups", "maintenance_log"):
+            writer.execute(sql.SQL("DELETE FROM dbops.{} WHERE target = %s").format(sql.Identifier(table)), (target,))
 
 
 def add_backup(writer: psycopg.Connection, target: str, hours_ago: float, verified: bool | None,
@@ -340,3 +341,22 @@ def test_ops_rules_on_backups_and_recovery_tests(ops_target):
 
     add_recovery_test(writer, target, newest, hours_ago=0.5, ok=False)
     assert outcome(run_ops(target), "recovery_test_failed") == [({}, 1.0, True)]
+
+
+def add_maintenance(writer: psycopg.Connection, target: str, kind: str, days_ago: int, table: str, status: str) -> None:
+    writer.execute(
+        "INSERT INTO dbops.maintenance_log (target, kind, logical_date, run_id, try_number, object_kind, schema_name, "
+        "object_name, action, reason, status) VALUES (%s, %s, date_trunc('day', now()) - %s * interval '1 day', "
+        "'run', 1, 'table', 'public', %s, 'vacuum_full', 'bloated', %s)", (target, kind, days_ago, table, status))
+
+
+def test_maintenance_failed_counts_the_newest_run_of_each_kind(ops_target):
+    target, writer = ops_target
+    assert outcome(run_ops(target), "maintenance_failed") == [], "never maintained: nothing to say"
+    add_maintenance(writer, target, "weekly", 7, "orders", "failed")  # an older run: not counted
+    add_maintenance(writer, target, "weekly", 0, "orders", "failed")  # try 1 failed, try 2 finished it
+    add_maintenance(writer, target, "weekly", 0, "orders", "done")
+    add_maintenance(writer, target, "weekly", 0, "users", "failed")
+    add_maintenance(writer, target, "daily", 0, "users", "skipped")  # skipped with a reason is not a failure
+    assert sorted(outcome(run_ops(target), "maintenance_failed"), key=lambda o: o[0]["kind"]) == [
+        ({"kind": "daily"}, 0.0, False), ({"kind": "weekly"}, 1.0, True)]

@@ -37,9 +37,11 @@ EXPECTED = {
     "verified_backup_missing_warning": ("warning", "backup_age", ">", 26, "ops"),  # issue 4: 26 hours
     "verified_backup_missing_critical": ("critical", "backup_age", ">", 50, "ops"),
     "recovery_test_failed": ("critical", "recovery_test_failed", "==", 1, "ops"),
+    "maintenance_failed": ("warning", "maintenance_failed", ">", 0, "ops"),  # issue 4
 }
 # The labels (columns besides value) of the queries that return one row per thing.
-LABELS = {"replication_lag": {"application_name", "client_addr"}, "table_bloat": {"schema", "table"}}
+LABELS = {"replication_lag": {"application_name", "client_addr"}, "table_bloat": {"schema", "table"},
+          "maintenance_failed": {"kind"}}
 
 
 def test_the_pack_has_exactly_the_expected_rules_with_their_thresholds():
@@ -56,8 +58,9 @@ def test_seed_levels_breach_on_the_right_side():
 def test_policies_and_extensions():
     assert {n for n, r in PACK.items() if r.requires_extension == "pg_stat_statements"} == {
         "slow_statements_warning", "slow_statements_critical"}
+    assert {n for n, r in PACK.items() if r.requires_policy == "maintenance"} == {"maintenance_failed"}
     assert {n for n, r in PACK.items() if r.requires_policy == "backup"} == {
-        n for n, r in PACK.items() if r.database == "ops"}
+        n for n, r in PACK.items() if r.database == "ops"} - {"maintenance_failed"}
     assert all(r.requires_policy is None for r in PACK.values() if r.database == "target")
 
 
