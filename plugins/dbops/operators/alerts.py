@@ -62,7 +62,7 @@ class AlertEvaluationOperator(TargetOperator):
             self.log.warning("rule %s: evaluation %s: %s", error.rule, error.kind, error.message)
         for rule, why in {**on_target.skipped, **on_ops.skipped}.items():
             self.log.info("rule %s skipped: %s", rule, why)
-        up = not any(s.rule == TARGET_DOWN.name and s.breaching for s in samples)
+        up = not _target_down(on_target)
         result = {
             "rules": len(rules), "samples": len(metrics), "errors": len(on_target.errors) + len(on_ops.errors),
             "skipped": len(on_target.skipped) + len(on_ops.skipped), "target_up": up,
@@ -100,13 +100,17 @@ def _limits(policy: AlertPolicy) -> dict[str, int]:
             "lock_timeout_ms": int(policy.lock_timeout * 1000)}
 
 
+def _target_down(on_target: Evaluation) -> bool:
+    return any(s.rule == TARGET_DOWN.name and s.breaching for s in on_target.samples)
+
+
 def _combine(on_target: Evaluation, on_ops: Evaluation, rules: list[Rule]
              ) -> tuple[list[Sample], list[Metric], set[str]]:
     """Samples and metrics of both databases plus one RuleEvaluationFailed per failed rule; what stays unknown."""
     errors = on_target.errors + on_ops.errors
     failed = [Sample(RULE_FAILED.name, {"failed_rule": e.rule}, 1.0, True, f"{e.kind}: {e.message}") for e in errors]
     unevaluated = {e.rule for e in errors}
-    if any(s.rule == TARGET_DOWN.name and s.breaching for s in on_target.samples):
+    if _target_down(on_target):
         unevaluated |= {r.name for r in rules if r.database == "target"} | {RULE_FAILED.name}
     return on_target.samples + on_ops.samples + failed, on_target.metrics + on_ops.metrics, unevaluated
 
