@@ -261,3 +261,14 @@ def test_retried_evaluation_does_not_notify_twice(alerting):
     again = AlertEvaluationOperator(task_id="evaluate", target=handle.name).execute(ctx)
     assert first["notified"] == ["firing"] and again["notified"] == []
     assert AlertDeliveryOperator(task_id="deliver", target=handle.name).execute(ctx) == {"delivered": 2, "failed": 0}
+
+
+def test_ops_database_down_fails_the_task_as_transient(alerting, monkeypatch):
+    """Alert state cannot be recorded: the task fails (and is retried), naming the ops database."""
+    handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
+    running = devstack.conn_uri(devstack.TEST_DATABASES["dbops"])
+    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_STATE", running.replace(f":{devstack.PG_PORT}/", f":{free_port()}/"))
+    with pytest.raises(AirflowException, match=r"ops database \(alert state\).*transient; will retry"):
+        AlertEvaluationOperator(task_id="evaluate", target=handle.name).execute({"run_id": "ops_down"})
+    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_STATE", running)
+    assert state(handle) == {}, "nothing was half-recorded"
