@@ -30,6 +30,7 @@ from dbops.config import load_config
 from dbops.dag_defaults import dag_kwargs
 from dbops.notifiers.channels import DbopsFailureNotifier
 from dbops.operators.alerts import AlertDeliveryOperator, AlertEvaluationOperator
+from dbops.operators.base import fail_run_on_any_failure
 
 config = load_config()
 
@@ -46,10 +47,11 @@ for target, settings in config.targets.items():
         dagrun_timeout=timedelta(minutes=4),
         **dag_kwargs(tags=["alerts", target],
                      on_failure=DbopsFailureNotifier(target=target, channels=people)),
-    ):
+    ) as alerts_dag:
         quick = {"retries": 1, "retry_delay": timedelta(seconds=15)}  # the next run comes in 5 minutes anyway
         evaluate = AlertEvaluationOperator(task_id="evaluate", target=target, execution_timeout=timedelta(minutes=2),
                                            **quick)
         deliver = AlertDeliveryOperator(task_id="deliver", target=target, trigger_rule="all_done",
                                         execution_timeout=timedelta(minutes=1), **quick)
         evaluate >> deliver
+        fail_run_on_any_failure(alerts_dag)  # deliver runs after a failed evaluation: the run must still fail

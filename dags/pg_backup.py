@@ -38,6 +38,7 @@ from airflow.sdk import DAG, Asset, Param
 from dbops.config import load_config, pool_name
 from dbops.dag_defaults import dag_kwargs
 from dbops.operators.backup import BackupReportOperator, PgBackupOperator
+from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.preflight import PreflightOperator
 from dbops.notifiers.channels import DbopsFailureNotifier
 from dbops.operators.restore import (
@@ -60,7 +61,7 @@ for target, settings in config.targets.items():
         schedule=settings.backup.schedule,
         doc_md=__doc__,
         **dag_kwargs(tags=["backup", target], on_failure=notifier),
-    ):
+    ) as backup_dag:
         preflight = PreflightOperator(task_id="preflight", target=target, execution_timeout=timedelta(minutes=5))
         dump = PgBackupOperator(task_id="dump_and_store", target=target, pool=pool_name(target),
                                 execution_timeout=timedelta(hours=4))
@@ -78,6 +79,7 @@ for target, settings in config.targets.items():
             execution_timeout=timedelta(minutes=5))
         preflight >> dump >> create >> verify >> drop.as_teardown(setups=create)
         verify >> retention >> report
+        fail_run_on_any_failure(backup_dag)  # report runs after failures: the run must still show failed
 
     with DAG(
         dag_id=f"pg_restore__{target}",

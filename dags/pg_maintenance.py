@@ -37,6 +37,7 @@ from airflow.sdk import DAG, Param
 from dbops.config import load_config, pool_name
 from dbops.dag_defaults import dag_kwargs
 from dbops.notifiers.channels import DbopsFailureNotifier
+from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.maintenance import (
     MaintenanceActionOperator,
     MaintenancePlanOperator,
@@ -58,7 +59,7 @@ for target, settings in config.targets.items():
             doc_md=__doc__,
             params={"dry_run": Param(False, type="boolean", description="plan and report only; change nothing")},
             **dag_kwargs(tags=["maintenance", kind, target], on_failure=notifier),
-        ):
+        ) as maintenance_dag:
             plan = MaintenancePlanOperator(task_id="scan_and_plan", target=target, kind=kind,
                                            execution_timeout=timedelta(minutes=15))
             maintain = MaintenanceActionOperator.partial(
@@ -71,3 +72,4 @@ for target, settings in config.targets.items():
                                                plan_task_id="scan_and_plan", trigger_rule="all_done",
                                                execution_timeout=timedelta(minutes=5))
             plan >> maintain >> report
+            fail_run_on_any_failure(maintenance_dag)  # report runs after failures: the run must still fail
