@@ -33,13 +33,14 @@ AIRFLOW_HOME = VAR / "airflow"
 SECRETS = VAR / "secrets"
 PG_HOST = "127.0.0.1"
 PG_PORT = int(os.environ.get("DBOPS_PG_PORT", "55432"))
+AIRFLOW_PORT = int(os.environ.get("DBOPS_AIRFLOW_PORT", "8080"))
 PG_SUPERUSER = "postgres"
 DATABASES = ("airflow", "dbops", "appdb")
 # The test suite gets its own Airflow metadata and ops databases, so it never touches what `make run` shows.
 TEST_DATABASES = {"airflow": "airflow_test", "dbops": "dbops_test"}
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 AIRFLOW_USER = "admin"
-UI_URL = "http://localhost:8080"
+UI_URL = f"http://localhost:{AIRFLOW_PORT}"
 
 sys.path.insert(0, str(ROOT / "plugins"))
 
@@ -130,16 +131,37 @@ def init_postgres() -> None:
         )
 
 
+def port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((PG_HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def require_free_port(port: int, what: str, knob: str) -> None:
+    """Stop at once, clearly, when another process listens on ``port``."""
+    if port_taken(port):
+        raise SystemExit(f"[devstack] {PG_HOST}:{port} ({what}) is taken by another process; "
+                         f"stop it or choose another port, e.g. {knob}={port + 1}")
+
+
 def start_postgres() -> bool:
     """Start the server unless it runs already. Return True when this call started it."""
-    if postgres_running():
+    if (PGDATA / "postmaster.pid").exists() and postgres_running():
         return False
+    require_free_port(PG_PORT, "PostgreSQL", "DBOPS_PG_PORT")
     if not (PGDATA / "PG_VERSION").exists():
         log(f"initialising PostgreSQL 18 in {PGDATA}")
         init_postgres()
     log(f"starting PostgreSQL on {PG_HOST}:{PG_PORT}")
     subprocess.run(
-        [_pg_bin("pg_ctl"), "-D", str(PGDATA), "-l", str(PGDATA / "server.log"), "-w", "-t", "60", "start"],
+        [_pg_bin("pg_ctl"), "-D", str(PGDATA), "-l", str(PGDATA / "server.log"), "-w", "-t", "60",
+         "-o", f"-p {PG_PORT}", "start"],
         check=True, stdout=subprocess.DEVNULL, **_as_pg_user(),
     )
     return True
@@ -210,7 +232,7 @@ def airflow_env(test: bool = False) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{AIRFLOW_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://localhost:8080/execution/",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{UI_URL}/execution/",
         "AIRFLOW__API__BASE_URL": UI_URL,
         "AIRFLOW__API__SECRET_KEY": _secret("api_secret_key"),
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret("jwt_secret"),
@@ -290,7 +312,7 @@ def stack() -> Iterator[None]:
 
 
 SERVICES = {  # every server listens on 127.0.0.1 only
-    "api-server": ["api-server", "--host", PG_HOST, "--port", "8080"],
+    "api-server": ["api-server", "--host", PG_HOST, "--port", str(AIRFLOW_PORT)],
     "scheduler": ["scheduler"],
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer"],
@@ -300,6 +322,7 @@ SERVICES = {  # every server listens on 127.0.0.1 only
 def run() -> int:
     """Serve Airflow until Ctrl-C, then stop every process this started, PostgreSQL included."""
     t0 = time.monotonic()
+    require_free_port(AIRFLOW_PORT, "the Airflow UI", "DBOPS_AIRFLOW_PORT")
     with stack():
         logs = AIRFLOW_HOME / "logs"
         logs.mkdir(parents=True, exist_ok=True)
