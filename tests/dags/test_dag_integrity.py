@@ -23,8 +23,30 @@ def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
 
 
-def test_expected_dags_exist(dagbag):
-    assert "dbops_preflight" in dagbag.dag_ids
+def expected_schedules() -> dict[str, str | None]:
+    """Every DAG id the config implies, with the schedule the config gives it."""
+    from dbops.config import load_config
+
+    config = load_config()
+    expected = {"dbops_preflight": config.preflight.schedule}
+    for name, target in config.targets.items():
+        if target.backup:
+            expected |= {f"pg_backup__{name}": target.backup.schedule, f"pg_restore__{name}": None,
+                         f"pg_verify_backup__{name}": None}
+            if target.backup.tenant_tables:
+                expected[f"pg_tenant_export__{name}"] = None
+        if target.maintenance:
+            expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
+                         f"pg_maintenance_daily__{name}": target.maintenance.daily}
+        if target.alerts:
+            expected[f"db_alerts__{name}"] = target.alerts.schedule
+    return expected
+
+
+def test_every_dag_the_config_implies_exists_with_its_schedule(dagbag):
+    expected = expected_schedules()
+    assert set(dagbag.dag_ids) == set(expected)
+    assert {dag_id: dagbag.dags[dag_id].schedule for dag_id in expected} == expected
 
 
 def all_dags():
@@ -36,7 +58,7 @@ def test_dag_has_operational_defaults(dag_id, dag):
     assert dag.owner == "dbops"
     assert "dbops" in dag.tags and len(dag.tags) >= 2
     assert dag.doc_md and len(dag.doc_md) > 100
-    assert dag.max_active_runs >= 1
+    assert dag.max_active_runs == 1, "runs of one DAG never overlap"
     assert not dag.catchup
     for task in dag.tasks:
         if task.task_id == "any_task_failed":  # the watcher only reports what failed: nothing to retry
