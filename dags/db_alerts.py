@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 
 from dbops.alerting.rules import rules_for
 from dbops.config import load_config
@@ -31,6 +31,7 @@ from dbops.dag_defaults import dag_kwargs
 from dbops.notifiers.channels import DbopsFailureNotifier
 from dbops.operators.alerts import AlertDeliveryOperator, AlertEvaluationOperator
 from dbops.operators.base import fail_run_on_any_failure
+from dbops.operators.silence import AlertSilenceOperator
 
 config = load_config()
 
@@ -55,3 +56,33 @@ for target, settings in config.targets.items():
                                         execution_timeout=timedelta(minutes=1), **quick)
         evaluate >> deliver
         fail_run_on_any_failure(alerts_dag)  # deliver runs after a failed evaluation: the run must still fail
+
+alert_targets = [target for target, settings in config.targets.items() if settings.alerts]
+with DAG(
+    dag_id="db_alert_silence",
+    schedule=None,
+    description="Silence alerts for planned work (or end a silence early); lists the active silences",
+    doc_md="""
+### Silence alerts without SQL
+
+Trigger with Params: **target** (`all` or one target), **rule** (a regular expression on the alert
+name, e.g. `long_running_queries_.*`), **labels** (label name → regular expression, e.g.
+`{"datname": "appdb"}`), **duration** (`30min`, `2h`, at most `30d`) and **comment** (why: the
+on-call engineer reads it). Matchers are full-match regular expressions; at least one is needed.
+Silenced alerts still change state; they are not notified. To end a silence early, set
+**end_silence_id** to its id. The log lists every active silence, one line each.
+
+If the task fails: the log names the Param to fix (an invalid regular expression, an unknown target,
+a missing comment); nothing was changed.
+""",
+    params={
+        "target": Param("all", type="string", enum=["all", *alert_targets], description="the target, or all"),
+        "rule": Param("", type="string", description="regular expression on the alert name (empty: any rule)"),
+        "labels": Param({}, type="object", description='label -> regular expression, e.g. {"datname": "appdb"}'),
+        "duration": Param("2h", type="string", description="how long, e.g. 30min, 2h, 1d (at most 30d)"),
+        "comment": Param(type="string", minLength=3, description="why (who reads it: the on-call engineer)"),
+        "end_silence_id": Param(0, type="integer", minimum=0, description="end this silence now instead"),
+    },
+    **dag_kwargs(tags=["alerts", "silence"]),
+):
+    AlertSilenceOperator(task_id="silence", execution_timeout=timedelta(minutes=2))

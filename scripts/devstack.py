@@ -379,6 +379,8 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
 
 def demo_conf(family: str) -> dict | None:
     """Params for the demo run of an on-demand DAG family (the part of the DAG id before ``__``)."""
+    if family == "db_alert_silence":
+        return {"rule": "replication_lag_.*", "duration": "1h", "comment": "demo: replica rebuild tonight"}
     if family == "pg_restore":
         return {"database": "demo_restored", "overwrite": True}
     if family == "pg_tenant_export":

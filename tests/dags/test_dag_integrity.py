@@ -39,7 +39,7 @@ def expected_schedules() -> dict[str, str | None]:
             expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}
         if target.alerts:
-            expected[f"db_alerts__{name}"] = target.alerts.schedule
+            expected |= {f"db_alerts__{name}": target.alerts.schedule, "db_alert_silence": None}
     return expected
 
 
