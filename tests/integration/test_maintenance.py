@@ -55,7 +55,7 @@ def context(logical_date: datetime | None = DAY, run_id: str = "test_run", try_n
             params: dict | None = None, xcom: dict | None = None) -> dict:
     """FAKE minimal Airflow context: what the maintenance operators read from it."""
     store = xcom if xcom is not None else {}
-    ti = SimpleNamespace(try_number=try_number,
+    ti = SimpleNamespace(try_number=try_number, max_tries=RETRIES,
                          xcom_push=lambda key, value: store.__setitem__(key, value),
                          xcom_pull=lambda task_ids, key="return_value": store.get(key))
     return {"logical_date": logical_date, "run_id": run_id, "ti": ti, "params": params or {},
@@ -235,12 +235,19 @@ def test_target_dies_mid_run_the_task_retries_and_the_log_shows_it(target):
     assert "terminat" in rows[0]["error"]
 
 
-def test_unreachable_target_fails_the_scan_as_transient(target, monkeypatch):
+@pytest.mark.parametrize(("try_number", "note"), [(1, "(transient; will retry)"),
+                                                  (RETRIES + 1, "(transient, but no retry is left)")])
+def test_unreachable_target_fails_the_scan_as_transient(target, monkeypatch, try_number, note):
+    """The message says "will retry" only when the running task has a try left."""
+    from airflow.sdk.execution_time.context import set_current_context
+
     monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", f"postgresql://nobody:x@127.0.0.1:{free_port()}/db"
                                                           "?connect_timeout=2")
-    with pytest.raises(AirflowException, match="transient") as info:
-        plan()
+    ctx = context(try_number=try_number)
+    with set_current_context(ctx), pytest.raises(AirflowException) as info:
+        plan(ctx)
     assert not isinstance(info.value, AirflowFailException)
+    assert str(info.value).endswith(note)
 
 
 def free_port() -> int:

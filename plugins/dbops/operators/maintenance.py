@@ -136,14 +136,14 @@ class MaintenanceActionOperator(_MaintenanceOperator):
         self.item = item
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.errors import classify
+        from dbops.errors import classify, retries_left
         from dbops.runs import run_date
 
         config, policy, ops = self._setup()
         action = Action.from_dict(self.item)
         logical_date = run_date(context)
         try_number = int(getattr(context["ti"], "try_number", 1) or 1)
-        last_try = try_number > (self.retries or 0)
+        last_try = not retries_left(context)
         try:
             earlier = ops.done(self.target, self.kind, logical_date).get(
                 (action.schema_name, action.name, action.action))
