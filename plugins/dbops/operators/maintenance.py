@@ -167,10 +167,13 @@ class MaintenanceActionOperator(_MaintenanceOperator):
 
         from dbops.errors import classify
         from dbops.hooks.postgres import DbopsPostgresHook
+        from dbops.maintenance import DUPLICATES_ADVICE, REINDEX
         from dbops.maintenance_db import (
             LOCK_NOT_AVAILABLE,
             QUERY_CANCELED,
+            UNIQUE_VIOLATION,
             LeftoverError,
+            duplicates_found,
             execute_action,
             lock_holders,
         )
@@ -192,6 +195,10 @@ class MaintenanceActionOperator(_MaintenanceOperator):
                     raise AirflowSkipException(f"{action.label}: skipped: {why}") from err
                 ops.finish(entry, "retry", error=why)
                 raise AirflowException(f"{action.label}: {why} (transient; will retry)") from err
+            if err.sqlstate == UNIQUE_VIOLATION and action.action == REINDEX:
+                why = f"{message}; {duplicates_found(conn, action)}: {DUPLICATES_ADVICE}"
+                ops.finish(entry, "failed", error=why)
+                raise AirflowFailException(f"{action.label}: {why}") from err
             if err.sqlstate == QUERY_CANCELED:
                 why = (f"statement_timeout {action.statement_timeout:.0f} s (fit to {mib(action.bytes)}) was "
                        f"reached: {message}. Lower maintenance.rewrite_rate or raise statement_timeout")
