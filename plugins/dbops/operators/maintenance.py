@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from dbops.maintenance import Action, mib
+from dbops.maintenance import DUPLICATES_ADVICE, REINDEX, Action, mib
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
@@ -167,7 +167,6 @@ class MaintenanceActionOperator(_MaintenanceOperator):
 
         from dbops.errors import classify
         from dbops.hooks.postgres import DbopsPostgresHook
-        from dbops.maintenance import DUPLICATES_ADVICE, REINDEX
         from dbops.maintenance_db import (
             LOCK_NOT_AVAILABLE,
             QUERY_CANCELED,
