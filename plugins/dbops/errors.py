@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import psycopg
 
 # SQLSTATEs worth a retry: connection trouble, serialization/deadlock, lock timeout, shutdown, overload.
@@ -31,11 +34,48 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def retries_left(context: Mapping[str, Any] | None = None) -> bool | None:
+    """Whether Airflow runs the task again if this try fails (as its API server decides: the try number
+    is at most ``max_tries``). ``context`` defaults to the running task's; None when there is no task."""
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        try:
+            context = get_current_context()
+        except RuntimeError:  # not inside a running task
+            return None
+    ti = context.get("ti")
+    try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    if try_number is None or max_tries is None:
+        return None
+    return max_tries != 0 and try_number <= max_tries
+
+
+_RETRY_NOTES = {True: "transient; will retry", False: "transient, but no retry is left", None: "transient"}
+
+
 def classify(error: BaseException, what: str, fix: str = "") -> Exception:
-    """An Airflow exception for ``error``: retried if transient, failed at once (with ``fix``) otherwise."""
+    """An Airflow exception for ``error``: retried if transient, failed at once (with ``fix``) otherwise.
+
+    A transient error's message says whether the running task will be retried (see :func:`retries_left`).
+    """
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     message = f"{what}: {' '.join(str(error).split()) or type(error).__name__}"
     if is_transient(error) or getattr(error, "transient", False):
-        return AirflowException(f"{message} (transient; will retry)")
+        return AirflowException(f"{message} ({_RETRY_NOTES[retries_left()]})")
     return AirflowFailException(f"{message}. {fix}".strip() if fix else message)
+
+
+def dump_permission_fix(message: str) -> str:
+    """What to grant when pg_dump's ``message`` is a permission error ('' when it is none).
+
+    ``pg_read_all_data`` covers tables, views, sequences and schemas, not large objects.
+    """
+    if "permission denied for large object" in message:
+        return ("Large objects need their own grant (pg_read_all_data does not cover them): run "
+                "GRANT SELECT ON LARGE OBJECT <oid> TO <backup role> for each (the error names one), set "
+                "lo_compat_privileges = on, or back up as the role that owns them.")
+    if "permission denied" in message:
+        return "Grant the backup role read access to every table (e.g. pg_read_all_data)."
+    return ""

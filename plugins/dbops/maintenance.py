@@ -82,6 +82,8 @@ class IndexStats:
     expected_bytes: int | None
     idx_scan: int
     last_idx_scan: datetime | None
+    is_exclusion: bool = False  # backs an EXCLUDE constraint: PostgreSQL cannot REINDEX it CONCURRENTLY
+    duplicate_keys: str | None = None  # an invalid unique index's table breaks it: "2 keys ..." (see scan)
 
     @property
     def bloat_bytes(self) -> int | None:
@@ -201,6 +203,21 @@ def _disk_problem(needed: int, scan: Scan, policy: MaintenancePolicy) -> str | N
     return None
 
 
+DUPLICATES_ADVICE = ("remove or merge the duplicate rows (the next weekly run then rebuilds the index), or drop "
+                     "the index if nothing needs it")
+
+
+def _not_concurrently(index: IndexStats) -> str | None:
+    """Why REINDEX CONCURRENTLY cannot rebuild the index, with what to do instead, or None."""
+    if index.is_exclusion:
+        return ("it backs an exclusion constraint, which PostgreSQL cannot REINDEX CONCURRENTLY, and a plain "
+                "REINDEX blocks writes to the table while it runs: run REINDEX INDEX in a maintenance window")
+    if index.duplicate_keys:
+        return (f"its table has {index.duplicate_keys}, so REINDEX fails until they are gone and is not "
+                f"planned: {DUPLICATES_ADVICE}")
+    return None
+
+
 def _disk_note(scan: Scan) -> str:
     return "free disk not measurable from here" if scan.free_bytes is None else f"{mib(scan.free_bytes)} free"
 
@@ -264,7 +281,7 @@ def plan_weekly(scan: Scan, policy: MaintenancePolicy, done: set[tuple[str, str,
         elif not index.is_valid or _over(index.bloat_bytes, index.bloat_pct, policy):
             reason = ("invalid (an interrupted CREATE INDEX CONCURRENTLY?): not used by queries, still written"
                       if not index.is_valid else _bloat_text(index, policy))
-            problem = _disk_problem(index.index_bytes, scan, policy)
+            problem = _not_concurrently(index) or _disk_problem(index.index_bytes, scan, policy)
             if problem:
                 plan.notes.append(_action(index, RECOMMEND, f"{reason}; {problem}", policy))
             elif blocked:

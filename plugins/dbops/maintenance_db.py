@@ -20,6 +20,7 @@ from dbops.config import PROJECT_ROOT, MaintenancePolicy
 from dbops.maintenance import (
     ANALYZE,
     DROP_LEFTOVER,
+    LEFTOVER_NAME,
     REINDEX,
     VACUUM_ANALYZE,
     VACUUM_FULL,
@@ -34,6 +35,7 @@ QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
+UNIQUE_VIOLATION = "23505"
 
 
 def query(name: str) -> str:
@@ -64,6 +66,7 @@ def scan(conn: psycopg.Connection, policy: MaintenancePolicy, host: str | None =
         tables = [TableStats(**row) for row in cur.execute(query("maintenance_tables")).fetchall()]
         tables = measure_candidates(conn, tables, policy)
         indexes = [IndexStats(**row) for row in cur.execute(query("maintenance_indexes")).fetchall()]
+        indexes = check_duplicate_keys(conn, indexes)
         blockers = [row["kind"] + ": " + row["detail"] for row in cur.execute(
             query("maintenance_blockers"),
             {"long_seconds": policy.long_transaction, "lag_seconds": policy.max_replication_lag}).fetchall()]
@@ -103,6 +106,52 @@ def measure_candidates(conn: psycopg.Connection, tables: list[TableStats],
                                    expected_bytes=int(length) + table.toast_bytes - bloat,
                                    bloat_source="pgstattuple_approx")
     return [exact.get(t.oid, t) for t in tables]
+
+
+def check_duplicate_keys(conn: psycopg.Connection, indexes: list[IndexStats]) -> list[IndexStats]:
+    """Fill ``duplicate_keys`` of the invalid unique indexes (REINDEX cannot rebuild them while rows share a
+    key). A check the scan's statement_timeout cancels leaves the index as it was: REINDEX reports them then."""
+    checked = []
+    for index in indexes:
+        if index.is_unique and not index.is_valid and not LEFTOVER_NAME.search(index.index_name):
+            try:
+                with conn.transaction():  # a savepoint: a cancelled check does not end the scan
+                    index = replace(index, duplicate_keys=duplicate_keys(conn, index.oid))
+            except psycopg.Error:
+                pass
+        checked.append(index)
+    return checked
+
+
+MAX_KEYS_SHOWN = 3  # key values may be personal data: the count and only the first few, cut short
+KEY_CHARS = 40
+
+
+def duplicate_keys(conn: psycopg.Connection, index_oid: int) -> str | None:
+    """The keys of a unique index that rows of its table share, e.g. ``2 duplicated keys: (a@x.com) 3 rows,
+    (b@y.com) 2 rows``, or None when there are none. One aggregate over the table (ONLY: the index does not
+    cover inheritance children), honouring the index's predicate and NULLS [NOT] DISTINCT."""
+    schema, table, nulls_not_distinct, predicate, columns = conn.execute(
+        "SELECT n.nspname, t.relname, i.indnullsnotdistinct, pg_get_expr(i.indpred, i.indrelid), "
+        "array(SELECT pg_get_indexdef(i.indexrelid, k, false) FROM generate_series(1, i.indnkeyatts) k ORDER BY k) "
+        "FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "WHERE i.indexrelid = %s", (index_oid,)).fetchone()
+    # Key columns and the predicate as the server deparses them from its catalog (identifiers quoted).
+    keys = [sql.SQL(column) for column in columns]
+    conditions = [] if nulls_not_distinct else [sql.SQL("({}) IS NOT NULL").format(key) for key in keys]
+    if predicate:
+        conditions.append(sql.SQL("({})").format(sql.SQL(predicate)))
+    rows = conn.execute(sql.SQL(
+        "SELECT count(*) OVER (), key, n FROM (SELECT left(ROW({keys})::text, {chars}) AS key, count(*) AS n "
+        "FROM ONLY {table} WHERE {where} GROUP BY {keys} HAVING count(*) > 1) d ORDER BY n DESC, key LIMIT {limit}"
+    ).format(keys=sql.SQL(", ").join(keys), table=sql.Identifier(schema, table), chars=sql.Literal(KEY_CHARS),
+             where=sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true"),
+             limit=sql.Literal(MAX_KEYS_SHOWN))).fetchall()  # no parameters: a '%' in the predicate stays as is
+    if not rows:
+        return None
+    shown = ", ".join(f"{key} {n} rows" for _, key, n in rows)
+    return f"{rows[0][0]} duplicated key{'s' if rows[0][0] != 1 else ''}: {shown}" + (
+        ", ..." if rows[0][0] > len(rows) else "")
 
 
 class StandbyError(Exception):
@@ -248,6 +297,16 @@ class LeftoverError(Exception):
     """An invalid index of an interrupted REINDEX CONCURRENTLY is still there (transient: retried)."""
 
     transient = True
+
+
+def duplicates_found(conn: psycopg.Connection, action: Action) -> str:
+    """The duplicated keys that made REINDEX of a unique index fail (see :func:`duplicate_keys`)."""
+    try:
+        oid = _relation(conn, action.schema_name, action.name)
+        found = duplicate_keys(conn, oid) if oid is not None else None
+    except psycopg.Error:
+        found = None
+    return f"the table has {found}" if found else "rows of the table share a key the unique index forbids"
 
 
 def lock_holders(conn: psycopg.Connection, schema: str, name: str) -> str:

@@ -55,7 +55,7 @@ def context(logical_date: datetime | None = DAY, run_id: str = "test_run", try_n
             params: dict | None = None, xcom: dict | None = None) -> dict:
     """FAKE minimal Airflow context: what the maintenance operators read from it."""
     store = xcom if xcom is not None else {}
-    ti = SimpleNamespace(try_number=try_number,
+    ti = SimpleNamespace(try_number=try_number, max_tries=RETRIES,
                          xcom_push=lambda key, value: store.__setitem__(key, value),
                          xcom_pull=lambda task_ids, key="return_value": store.get(key))
     return {"logical_date": logical_date, "run_id": run_id, "ti": ti, "params": params or {},
@@ -235,12 +235,19 @@ def test_target_dies_mid_run_the_task_retries_and_the_log_shows_it(target):
     assert "terminat" in rows[0]["error"]
 
 
-def test_unreachable_target_fails_the_scan_as_transient(target, monkeypatch):
+@pytest.mark.parametrize(("try_number", "note"), [(1, "(transient; will retry)"),
+                                                  (RETRIES + 1, "(transient, but no retry is left)")])
+def test_unreachable_target_fails_the_scan_as_transient(target, monkeypatch, try_number, note):
+    """The message says "will retry" only when the running task has a try left."""
+    from airflow.sdk.execution_time.context import set_current_context
+
     monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", f"postgresql://nobody:x@127.0.0.1:{free_port()}/db"
                                                           "?connect_timeout=2")
-    with pytest.raises(AirflowException, match="transient") as info:
-        plan()
+    ctx = context(try_number=try_number)
+    with set_current_context(ctx), pytest.raises(AirflowException) as info:
+        plan(ctx)
     assert not isinstance(info.value, AirflowFailException)
+    assert str(info.value).endswith(note)
 
 
 def free_port() -> int:
@@ -288,6 +295,86 @@ def test_failed_reindex_concurrently_leaves_no_invalid_index(target):
         names = [r[0] for r in conn.execute("SELECT indexrelid::regclass::text FROM pg_index i "
                                             "WHERE indrelid = 'bloated'::regclass").fetchall()]
     assert names == ["bloated_pkey"] and invalid_indexes(target.dsn) == []
+
+
+def notes(xcom: dict) -> dict[str, dict]:
+    return {n["name"]: n for n in xcom["plan"]["plan"]["notes"]}
+
+
+def test_exclusion_constraint_index_is_reported_not_reindexed_concurrently(target):
+    """PostgreSQL refuses REINDEX CONCURRENTLY on an exclusion constraint's index (0A000)."""
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE slots (id int, during tstzrange, CONSTRAINT slots_id_excl EXCLUDE USING btree "
+                     "(id WITH =), CONSTRAINT slots_during_excl EXCLUDE USING gist (during WITH &&))")
+        conn.execute("INSERT INTO slots SELECT g, tstzrange(now() + g * interval '1 h', now() + (g + 1) * interval "
+                     "'1 h') FROM generate_series(1, 40000) g")
+        conn.execute("DELETE FROM slots WHERE id > 10000")  # the btree keeps its size; the heap is truncated
+        conn.execute("VACUUM ANALYZE slots")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("REINDEX INDEX CONCURRENTLY slots_id_excl")
+    xcom: dict = {}
+    actions = plan(context(xcom=xcom))
+    assert [a["name"] for a in actions if a["action"] == REINDEX] == []
+    note = notes(xcom)["slots_id_excl"]
+    assert note["action"] == "recommend" and note["reason"].startswith("bloat ")
+    assert "cannot REINDEX CONCURRENTLY" in note["reason"]
+
+
+DUPLICATES = sql.SQL("""
+CREATE TABLE {table} (id int, {column} text);
+INSERT INTO {table} VALUES (1, 'ann@example.com'), (2, 'ann@example.com'), (3, 'ann@example.com'),
+    (4, 'bob@example.com'), (5, 'bob@example.com'), (6, 'eve@example.com'), (7, NULL), (8, NULL),
+    (9, 'no-at-sign'), (10, 'no-at-sign');
+""")
+
+
+@pytest.fixture
+def duplicated(target):
+    """An invalid unique index on a table with hostile names: its CREATE UNIQUE INDEX CONCURRENTLY hit duplicates.
+    NULLs and rows outside the index's predicate are not duplicates."""
+    table, column = 'Dup "People"; x', 'e%mail'
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        conn.execute(DUPLICATES.format(table=sql.Identifier(table), column=sql.Identifier(column)))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY people_email ON {} ({}) WHERE {} LIKE '%@%'")
+                         .format(sql.Identifier(table), sql.Identifier(column), sql.Identifier(column)))
+        conn.execute("ANALYZE")
+    assert invalid_indexes(target.dsn) == ["people_email"]
+    return SimpleNamespace(table=table, column=column)
+
+
+def test_invalid_unique_index_with_duplicates_is_reported_with_the_keys_not_planned(target, duplicated):
+    xcom: dict = {}
+    actions = plan(context(xcom=xcom))
+    assert "people_email" not in {a["name"] for a in actions}
+    reason = notes(xcom)["people_email"]["reason"]
+    assert "2 duplicated keys: (ann@example.com) 3 rows, (bob@example.com) 2 rows" in reason
+    assert "remove or merge the duplicate rows" in reason
+    with psycopg.connect(target.dsn, autocommit=True) as conn:  # the DBA removes the duplicates
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id IN (2, 3, 5)").format(sql.Identifier(duplicated.table)))
+    again = plan(context(logical_date=DAY + timedelta(days=7)))
+    item = by_name(again, "people_email")
+    assert item["action"] == REINDEX
+    assert maintain(item, ctx=context(logical_date=DAY + timedelta(days=7)))["status"] == "done"
+    assert invalid_indexes(target.dsn) == []
+
+
+def test_reindex_failing_on_duplicates_says_which_keys_and_what_to_do(target, duplicated):
+    with psycopg.connect(target.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id IN (2, 3, 5)").format(sql.Identifier(duplicated.table)))
+    item = by_name(plan(), "people_email")
+    with psycopg.connect(target.dsn, autocommit=True) as conn:  # written between the plan and the REINDEX
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (11, 'eve@example.com')").format(
+            sql.Identifier(duplicated.table)))
+    with pytest.raises(AirflowFailException) as info:
+        maintain(item, try_number=1)
+    message = str(info.value)
+    assert "could not create unique index" in message
+    assert "the table has 1 duplicated key: (eve@example.com) 2 rows" in message
+    assert "remove or merge the duplicate rows" in message
+    [row] = log_rows()
+    assert row["status"] == "failed" and "(eve@example.com) 2 rows" in row["error"]
+    assert invalid_indexes(target.dsn) == ["people_email"], "no _ccnew leftover"
 
 
 def test_leftover_of_an_interrupted_reindex_is_planned_and_dropped(target):

@@ -12,6 +12,7 @@ import email.policy
 import html
 import json
 import logging
+import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 from dbops.config import DEFAULT_CONFIG_PATH, NotificationsConfig, load_config
 from dbops.notifiers.channels import DbopsFailureNotifier, Notification, send
-from tests.conftest import SMTP_LOGIN, SMTP_PASSWORD, WebhookReceiver, free_port, smtp_connection
+from tests.conftest import SMTP_LOGIN, SMTP_PASSWORD, WebhookReceiver, _WebhookHandler, free_port, smtp_connection
 
 WEBHOOK_TOKEN = "T0DBOPS/B0DBOPS/hook-5ecret-77aa"
 
@@ -151,6 +152,64 @@ def test_webhook_token_never_logged(notifications, webhook, monkeypatch, caplog,
     assert secret not in caplog.text
     assert secret not in "".join(capfd.readouterr())
     assert secret not in result["slack"]
+
+
+class _FailingFirstHandler(_WebhookHandler):
+    def do_POST(self) -> None:
+        if not self.server.errors:
+            return super().do_POST()
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.failed.append(self.server.errors.pop(0))
+        self.send_response(self.server.failed[-1])
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"internal_error")
+
+
+@pytest.fixture
+def failing_first(request):
+    """A webhook receiver that answers its first POST with the HTTP status ``request.param``, then 200."""
+    server = WebhookReceiver()
+    server.RequestHandlerClass = _FailingFirstHandler
+    server.errors, server.failed = [request.param], []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("failing_first", [500, 503], indirect=True)
+def test_slack_server_error_is_retried_and_the_url_never_logged(notifications, failing_first, monkeypatch, caplog,
+                                                                capfd):
+    from airflow.sdk.log import redact
+
+    url = f"{failing_first.base_url}/services/{WEBHOOK_TOKEN}"
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    caplog.set_level(logging.DEBUG)
+
+    result = send(NOTE, ["slack"], notifications)
+
+    assert result == {"slack": "sent"}
+    assert failing_first.failed and len(failing_first.posts) == 1
+    secret = WEBHOOK_TOKEN.split("/")[-1]
+    assert secret not in caplog.text
+    assert secret not in "".join(capfd.readouterr())
+    assert secret not in redact(f"posting to {url}"), "Airflow's task log masks the token"
+
+
+def test_malformed_webhook_url_is_reported_without_the_url(notifications, webhook, monkeypatch, caplog, capfd):
+    """slack_sdk puts the whole URL in its error (and logs it at ERROR) when the scheme is not http(s)."""
+    url = f"htps://127.0.0.1:{free_port()}/services/{WEBHOOK_TOKEN}"
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    caplog.set_level(logging.DEBUG)
+
+    result = send(NOTE, ["slack"], notifications)
+
+    secret = WEBHOOK_TOKEN.split("/")[-1]
+    assert secret not in caplog.text
+    assert secret not in "".join(capfd.readouterr())
+    assert result == {"slack": "failed: SlackRequestError: Invalid URL detected: <webhook URL>"}
+    assert webhook.posts == []
 
 
 def test_unknown_channel_and_missing_section_fail_cleanly(notifications, caplog):

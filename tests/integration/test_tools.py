@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import signal
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.postgres import DbopsPostgresHook
 from dbops.hooks.tools import ToolVersionError, candidates, embedded_bin_dir, find_tool, tool_version
 from scripts import devstack
@@ -53,6 +59,11 @@ def test_missing_tool_is_a_clear_error():
         find_tool("pg_frobnicate", 180000)
 
 
+def process_text(pid: int) -> str:
+    """argv and environment of a running process, as one string."""
+    return (Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()).decode()
+
+
 def test_cli_environment_keeps_the_password_out_of_argv_and_env(hook):
     password = devstack.pg_password()
     psql = find_tool("psql", hook.server_version_num()).path
@@ -63,8 +74,117 @@ def test_cli_environment_keeps_the_password_out_of_argv_and_env(hook):
         assert not any(k.startswith("AIRFLOW_CONN_") for k in env)
         proc = subprocess.Popen([psql, "-XAtc", "SELECT current_database(), pg_sleep(0.5)"], env=env,
                                 stdout=subprocess.PIPE, text=True)
-        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        seen = process_text(proc.pid)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and out.startswith("appdb|")
-    assert password not in argv
-    assert not os.path.exists(passfile)
+    assert password not in seen
+    assert not os.path.exists(passfile) or "dbops-pgpass" not in os.readlink(passfile)
+
+
+HOLDER = """
+import json, sys, time
+from dbops.hooks.postgres import DbopsPostgresHook
+with DbopsPostgresHook(postgres_conn_id="pg_appdb").cli_environment() as env:
+    print("ENV", json.dumps(env), flush=True)
+    time.sleep(600)
+"""
+
+
+def test_password_file_does_not_outlive_a_process_killed_by_sigkill(hook):
+    """A worker killed with kill -9 while a tool runs leaves no file with the password behind."""
+    password = devstack.pg_password()
+    psql = find_tool("psql", hook.server_version_num()).path
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dbops-pgpass-*")))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        line = holder.stdout.readline()
+        while line and not line.startswith("ENV "):  # Airflow may log to stdout first
+            line = holder.stdout.readline()
+        env = json.loads(line[4:])
+        tool = subprocess.Popen([psql, "-XAtc", "SELECT current_user, pg_sleep(0.5)"], env=env,
+                                stdout=subprocess.PIPE, text=True)
+        seen = process_text(tool.pid)
+        out, _ = tool.communicate(timeout=30)
+        assert tool.returncode == 0 and out.startswith("postgres|"), "the tool read the password"
+        assert password not in seen
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    passfile = env["PGPASSFILE"]
+    assert not os.path.exists(passfile), f"{passfile} outlived the process"
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "dbops-pgpass-*"))) == before
+
+
+def ssl_connection(monkeypatch, **extra) -> DbopsPostgresHook:
+    monkeypatch.setenv("AIRFLOW_CONN_PG_SSL_TEST", json.dumps({
+        "conn_type": "postgres", "host": devstack.PG_HOST, "port": devstack.PG_PORT, "login": "postgres",
+        "password": devstack.pg_password(), "schema": "appdb", "extra": extra}))
+    return DbopsPostgresHook(postgres_conn_id="pg_ssl_test")
+
+
+def run_tool(hook: DbopsPostgresHook, name: str) -> subprocess.CompletedProcess:
+    tool = find_tool(name, 180000).path
+    argv = [tool, "-XAtc", "SELECT 1"] if name == "psql" else [tool, "--schema-only", "--table=users"]
+    with hook.cli_environment() as env:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["psql", "pg_dump"])
+def test_ssl_extras_reach_the_cli_tools(monkeypatch, pg_server, name):
+    """The embedded server and tools have no SSL: sslmode=require must fail, sslmode=disable must work."""
+    required = run_tool(ssl_connection(monkeypatch, sslmode="require"), name)
+    assert required.returncode != 0
+    assert 'sslmode value "require" invalid' in required.stderr
+
+    disabled = run_tool(ssl_connection(monkeypatch, sslmode="disable"), name)
+    assert disabled.returncode == 0, disabled.stderr
+
+
+def test_ssl_extras_become_pgssl_variables(monkeypatch, pg_server):
+    hook = ssl_connection(monkeypatch, sslmode="verify-full", sslrootcert="/etc/ssl/ca.pem", sslcert="/c.pem",
+                          sslkey="/k.pem", sslcrl="/crl.pem", sslnegotiation="postgres")
+    with hook.cli_environment() as env:
+        assert {k: v for k, v in env.items() if k.startswith("PGSSL")} == {
+            "PGSSLMODE": "verify-full", "PGSSLROOTCERT": "/etc/ssl/ca.pem", "PGSSLCERT": "/c.pem",
+            "PGSSLKEY": "/k.pem", "PGSSLCRL": "/crl.pem", "PGSSLNEGOTIATION": "postgres"}
+
+
+def test_sslpassword_reaches_the_tool_through_a_private_service_file(monkeypatch, pg_server):
+    """libpq has no variable for sslpassword: it goes into an in-memory service file the tool reads."""
+    secret = "key-pa55:#phrase"
+    hook = ssl_connection(monkeypatch, sslmode="disable", sslpassword=secret)
+    psql = find_tool("psql", 180000).path
+    with hook.cli_environment() as env:
+        assert env["PGSERVICE"] == "dbops"
+        assert Path(env["PGSERVICEFILE"]).read_text() == f"[dbops]\nsslpassword={secret}\n"
+        proc = subprocess.Popen([psql, "-XAtc", "SELECT pg_sleep(0.5), 1"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        seen = process_text(proc.pid)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err  # a service file libpq cannot read fails: service "dbops" not found
+    assert secret not in seen
+
+
+def test_sslpassword_with_a_line_break_is_refused(monkeypatch, pg_server):
+    hook = ssl_connection(monkeypatch, sslpassword="first\nsecond")
+    with pytest.raises(ValueError, match="sslpassword extra contains a line break"):
+        with hook.cli_environment():
+            pass
+
+
+@pytest.mark.parametrize("hook_class", [DbopsPostgresHook, OpsDatabaseHook])
+def test_connections_get_a_default_connect_timeout(monkeypatch, pg_server, hook_class):
+    hook = ssl_connection(monkeypatch)
+    with hook_class(postgres_conn_id="pg_ssl_test").get_conn() as conn:
+        assert conn.info.get_parameters()["connect_timeout"] == "10"
+    with hook.cli_environment() as env:
+        assert env["PGCONNECT_TIMEOUT"] == "10"
+
+
+def test_the_connections_connect_timeout_is_kept(monkeypatch, pg_server):
+    hook = ssl_connection(monkeypatch, connect_timeout=3)
+    with OpsDatabaseHook(postgres_conn_id="pg_ssl_test").get_conn() as conn:
+        assert conn.info.get_parameters()["connect_timeout"] == "3"
+    with hook.cli_environment() as env:
+        assert env["PGCONNECT_TIMEOUT"] == "3"

@@ -44,11 +44,11 @@ def table(name: str = "t", heap: int = 100 * MB, expected: int | None = 100 * MB
 
 def index(name: str = "t_idx", table_name: str = "t", size: int = 50 * MB, expected: int | None = 50 * MB,
           valid: bool = True, scans: int = 10, unique: bool = False, primary: bool = False,
-          constraint: bool = False) -> IndexStats:
+          constraint: bool = False, exclusion: bool = False, duplicates: str | None = None) -> IndexStats:
     return IndexStats(oid=2, table_oid=1, schema_name="public", table_name=table_name, index_name=name,
                       amname="btree", is_valid=valid, is_unique=unique, is_primary=primary,
                       backs_constraint=constraint, index_bytes=size, expected_bytes=expected, idx_scan=scans,
-                      last_idx_scan=None)
+                      last_idx_scan=None, is_exclusion=exclusion, duplicate_keys=duplicates)
 
 
 def scan(tables=(), indexes=(), blockers=(), free: int | None = None, disk: int | None = None) -> Scan:
@@ -129,6 +129,28 @@ def test_bloated_or_invalid_index_gets_reindex_concurrently_and_leftovers_are_dr
         (DROP_LEFTOVER, "t_idx_ccnew"), (DROP_LEFTOVER, "t_idx_ccold1"),
         (REINDEX, "bloated_idx"), (REINDEX, "broken_idx")]
     assert "invalid" in plan.actions[3].reason and plan.nothing == 2
+
+
+def test_exclusion_constraint_index_is_reported_not_reindexed_concurrently():
+    plan = plan_weekly(scan([table()], [
+        index("booking_excl", size=100 * MB, expected=20 * MB, constraint=True, exclusion=True),
+        index("broken_excl", valid=False, constraint=True, exclusion=True),
+    ]), POLICY)
+    assert plan.actions == []
+    assert [(n.action, n.name) for n in plan.notes] == [(RECOMMEND, "booking_excl"), (RECOMMEND, "broken_excl")]
+    assert all("cannot REINDEX CONCURRENTLY" in n.reason and "REINDEX INDEX in a maintenance window" in n.reason
+               for n in plan.notes)
+
+
+def test_invalid_unique_index_with_duplicates_is_not_planned_until_they_are_gone():
+    duplicated = index("users_email", valid=False, unique=True, duplicates="1 duplicated key: (a@x) 2 rows")
+    plan = plan_weekly(scan([table()], [duplicated]), POLICY)
+    assert plan.actions == []
+    [note] = plan.notes
+    assert note.action == RECOMMEND
+    assert "1 duplicated key: (a@x) 2 rows" in note.reason and "remove or merge the duplicate rows" in note.reason
+    cleaned = plan_weekly(scan([table()], [index("users_email", valid=False, unique=True)]), POLICY)
+    assert [(a.action, a.name) for a in cleaned.actions] == [(REINDEX, "users_email")]
 
 
 def test_rewrites_run_leftovers_first_then_biggest_bloat_first():

@@ -2,13 +2,16 @@
 -- size estimate (the ioguix btree-bloat query, adapted: real size measured now; 16-byte special space,
 -- 8-byte index tuple header plus null bitmap, columns' average widths from pg_stats, fillfactor 90
 -- unless set). Expression columns take the index's own statistics. expected_bytes NULL: no estimate.
+-- is_exclusion: the index backs an EXCLUDE constraint (REINDEX CONCURRENTLY refuses those).
 WITH idx AS (
     SELECT i.indexrelid AS oid, i.indrelid, n.nspname AS schema_name, t.relname AS table_name,
            c.relname AS index_name, am.amname, i.indisvalid, i.indisready, i.indisunique, i.indisprimary,
            i.indnatts, i.indkey, greatest(coalesce(nullif(c.reltuples, -1), t.reltuples), 0) AS reltuples,
            coalesce(substring(array_to_string(c.reloptions, ' ') FROM 'fillfactor=([0-9]+)')::int, 90) AS fillfactor,
            pg_relation_size(c.oid) AS index_bytes,
-           EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AS backs_constraint
+           EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AS backs_constraint,
+           EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype = 'x'
+                                                   AND k.conrelid = i.indrelid) AS is_exclusion
       FROM pg_index i
       JOIN pg_class c ON c.oid = i.indexrelid
       JOIN pg_class t ON t.oid = i.indrelid
@@ -40,7 +43,7 @@ usage AS (
 )
 SELECT idx.oid::bigint AS oid, idx.indrelid::bigint AS table_oid, idx.schema_name, idx.table_name,
        idx.index_name, idx.amname, idx.indisvalid AS is_valid, idx.indisunique AS is_unique,
-       idx.indisprimary AS is_primary, idx.backs_constraint, idx.index_bytes,
+       idx.indisprimary AS is_primary, idx.backs_constraint, idx.is_exclusion, idx.index_bytes,
        CASE WHEN w.oid IS NULL OR w.stats_missing THEN NULL ELSE
            (current_setting('block_size')::bigint * (1 + ceil(idx.reltuples / floor(
                (current_setting('block_size')::int - 24 - 16) * idx.fillfactor / 100.0

@@ -6,14 +6,13 @@ import json
 from datetime import datetime
 from typing import Any
 
-from airflow.providers.postgres.hooks.postgres import PostgresHook
-
+from dbops.hooks.postgres import DbopsPostgresHook
 from dbops.manifest import Manifest
 from dbops.retention import BackupRecord
 
 
-class OpsDatabaseHook(PostgresHook):
-    """:class:`PostgresHook` on the ops database (connection ``ops_conn_id`` in dbops.yaml).
+class OpsDatabaseHook(DbopsPostgresHook):
+    """:class:`DbopsPostgresHook` (bounded connect) on the ops database (connection ``ops_conn_id`` in dbops.yaml).
 
     :param postgres_conn_id: the ops database connection.
     """

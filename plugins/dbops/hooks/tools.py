@@ -12,11 +12,11 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _INHERITED = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -97,15 +97,56 @@ def _passfile_field(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace(":", "\\:")
 
 
+# Connection extras (libpq parameter names) that CLI tools take from the environment. ``sslpassword``
+# has no environment variable: it goes into a private service file instead.
+SSL_ENVIRONMENT = {
+    "sslmode": "PGSSLMODE",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcertmode": "PGSSLCERTMODE",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+}
+_SERVICE = "dbops"
+
+
+@contextmanager
+def private_file(name: str, content: str) -> Iterator[str]:
+    """A path a child process can read ``content`` from, which is never on disk.
+
+    The content lives in an anonymous in-memory file (Linux ``memfd``, mode 0600) of this process; a
+    child opens it as ``/proc/<this pid>/fd/<fd>``. It is gone when the context ends and when this
+    process dies, also by ``kill -9``: nothing is left behind for anyone to read.
+    """
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)  # libpq ignores a passfile that others could read
+        os.write(fd, content.encode())
+        yield f"/proc/{os.getpid()}/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def libpq_environment(
-    host: str, port: int | None, user: str, database: str, password: str | None, connect_timeout: int = 10
+    host: str, port: int | None, user: str, database: str, password: str | None, connect_timeout: int = 10,
+    settings: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, str]]:
-    """Environment for a libpq CLI tool. The password goes into a private passfile, never argv or env.
+    """Environment for a libpq CLI tool. Secrets go into private in-memory files, never argv or env.
+
+    :param settings: the connection's extras; its ``ssl*`` parameters (:data:`SSL_ENVIRONMENT`) are
+        passed on as ``PGSSL*`` variables, ``sslpassword`` through a service file.
 
     Only a few harmless variables are inherited: the worker's environment holds other secrets
     (``AIRFLOW_CONN_*``) that a child process has no business seeing.
     """
+    settings = settings or {}
     env = {
         **{k: v for k, v in os.environ.items() if k in _INHERITED},
         "PGHOST": host,
@@ -114,15 +155,17 @@ def libpq_environment(
         "PGDATABASE": database,
         "PGCONNECT_TIMEOUT": str(connect_timeout),
         "PGAPPNAME": "dbops",
+        **{variable: str(settings[key]) for key, variable in SSL_ENVIRONMENT.items() if settings.get(key) is not None},
     }
-    if not password:
+    with ExitStack() as files:
+        if password:
+            line = ":".join(_passfile_field(v) for v in ("*", "*", "*", user, password))
+            env["PGPASSFILE"] = files.enter_context(private_file("dbops-pgpass", line + "\n"))
+        if settings.get("sslpassword"):
+            if "\n" in str(settings["sslpassword"]):
+                raise ValueError("the connection's sslpassword extra contains a line break: libpq cannot read it "
+                                 "from a service file; change the key's passphrase")
+            service = f"[{_SERVICE}]\nsslpassword={settings['sslpassword']}\n"
+            env["PGSERVICEFILE"] = files.enter_context(private_file("dbops-pgservice", service))
+            env["PGSERVICE"] = _SERVICE
         yield env
-        return
-    fd, passfile = tempfile.mkstemp(prefix="dbops-pgpass-")
-    try:
-        with os.fdopen(fd, "w") as fh:  # mkstemp creates the file with mode 0600
-            fh.write(":".join(_passfile_field(v) for v in ("*", "*", "*", user, password)) + "\n")
-        env["PGPASSFILE"] = passfile
-        yield env
-    finally:
-        os.unlink(passfile)

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
     from dbops.config import NotificationsConfig
 
 log = logging.getLogger("dbops.notify")
-# slack_sdk's client logs the whole webhook URL, token included, at INFO on a retry and at DEBUG on
-# every request; its WARNING and ERROR lines name no URL. It gets this logger instead of the hook's.
+# slack_sdk's client logs the whole webhook URL, token included: at DEBUG on every request, at INFO on a
+# retry, at ERROR when the URL is malformed. It gets this silent logger instead of the hook's: whatever
+# fails is raised, and send() reports it with the URL taken out.
 _slack_client_log = logging.getLogger("dbops.notify.slack_client")
-_slack_client_log.setLevel(logging.WARNING)
+_slack_client_log.setLevel(logging.CRITICAL)
 
 SEVERITY_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.ERROR}
 
@@ -56,6 +57,10 @@ class ChannelNotConfigured(Exception):
     """The channel is unknown or its ``notifications`` section is missing."""
 
 
+class DeliveryFailed(Exception):
+    """A channel's delivery failed; the message is the cause, with secrets taken out."""
+
+
 def send(notification: Notification, channels: Sequence[str], config: NotificationsConfig) -> dict[str, str]:
     """Deliver ``notification`` to every channel; return ``{channel: "sent" | "failed: <reason>"}``.
 
@@ -81,7 +86,7 @@ def send(notification: Notification, channels: Sequence[str], config: Notificati
 
 
 def _describe(err: Exception) -> str:
-    if isinstance(err, ChannelNotConfigured):
+    if isinstance(err, (ChannelNotConfigured, DeliveryFailed)):
         return str(err)
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
@@ -109,8 +114,21 @@ def _to_slack(notification: Notification, config: NotificationsConfig) -> None:
 
     if config.slack is None:
         raise ChannelNotConfigured("channel 'slack' needs a notifications.slack section in the config")
-    hook = SlackWebhookHook(slack_webhook_conn_id=config.slack.slack_webhook_conn_id, logger=_slack_client_log)
-    hook.send(text=f"*{_slack_escape(notification.title)}*\n{_slack_escape(notification.body)}")
+    hook = SlackWebhookHook(slack_webhook_conn_id=config.slack.slack_webhook_conn_id, logger=_slack_client_log,
+                            retry_handlers=_slack_retry_handlers())
+    url = hook.client.url  # holds the token (which Airflow's log masking already hides)
+    try:
+        hook.send(text=f"*{_slack_escape(notification.title)}*\n{_slack_escape(notification.body)}")
+    except Exception as err:  # slack_sdk names the whole URL in some errors ("Invalid URL detected: ...")
+        raise DeliveryFailed(_describe(err).replace(url, "<webhook URL>")) from None
+
+
+def _slack_retry_handlers() -> list:
+    """Retry once, after a short backoff, on a connection error and on HTTP 500 / 503. Not HTTP 429: slack_sdk
+    would sleep for whatever Retry-After says, holding the task or callback."""
+    from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, ServerErrorRetryHandler
+
+    return [ConnectionErrorRetryHandler(), ServerErrorRetryHandler()]
 
 
 def _slack_escape(text: str) -> str:

@@ -110,7 +110,7 @@ class PgBackupOperator(_BackupTargetOperator):
 
     def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, staging: Path) -> DumpResult:
         from dbops.dump import DumpResult, dump_database
-        from dbops.errors import classify
+        from dbops.errors import classify, dump_permission_fix
         from dbops.hooks.postgres import DbopsPostgresHook
         from dbops.hooks.tools import ToolVersionError, find_tool
         from dbops.streams import file_sha256
@@ -137,9 +137,7 @@ class PgBackupOperator(_BackupTargetOperator):
             raise
         except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
-            fix = ("Grant the backup role read access to every table (e.g. pg_read_all_data)."
-                   if "permission denied" in str(err) else "")
-            raise classify(err, f"dumping {self.target} failed", fix) from err
+            raise classify(err, f"dumping {self.target} failed", dump_permission_fix(str(err))) from err
         record.write_text(json.dumps({**asdict(dump), "path": str(dump.path)}))
         return dump
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from dbops.maintenance import Action, mib
+from dbops.maintenance import DUPLICATES_ADVICE, REINDEX, Action, mib
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
@@ -136,14 +136,14 @@ class MaintenanceActionOperator(_MaintenanceOperator):
         self.item = item
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.errors import classify
+        from dbops.errors import classify, retries_left
         from dbops.runs import run_date
 
         config, policy, ops = self._setup()
         action = Action.from_dict(self.item)
         logical_date = run_date(context)
         try_number = int(getattr(context["ti"], "try_number", 1) or 1)
-        last_try = try_number > (self.retries or 0)
+        last_try = not retries_left(context)
         try:
             earlier = ops.done(self.target, self.kind, logical_date).get(
                 (action.schema_name, action.name, action.action))
@@ -170,7 +170,9 @@ class MaintenanceActionOperator(_MaintenanceOperator):
         from dbops.maintenance_db import (
             LOCK_NOT_AVAILABLE,
             QUERY_CANCELED,
+            UNIQUE_VIOLATION,
             LeftoverError,
+            duplicates_found,
             execute_action,
             lock_holders,
         )
@@ -192,6 +194,10 @@ class MaintenanceActionOperator(_MaintenanceOperator):
                     raise AirflowSkipException(f"{action.label}: skipped: {why}") from err
                 ops.finish(entry, "retry", error=why)
                 raise AirflowException(f"{action.label}: {why} (transient; will retry)") from err
+            if err.sqlstate == UNIQUE_VIOLATION and action.action == REINDEX:
+                why = f"{message}; {duplicates_found(conn, action)}: {DUPLICATES_ADVICE}"
+                ops.finish(entry, "failed", error=why)
+                raise AirflowFailException(f"{action.label}: {why}") from err
             if err.sqlstate == QUERY_CANCELED:
                 why = (f"statement_timeout {action.statement_timeout:.0f} s (fit to {mib(action.bytes)}) was "
                        f"reached: {message}. Lower maintenance.rewrite_rate or raise statement_timeout")
