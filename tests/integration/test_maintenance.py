@@ -492,3 +492,16 @@ def test_weekly_dag_run_with_a_held_lock_skips_that_table_and_succeeds(target):
     assert states[("maintain", f"vacuum_full {HOSTILE_SCHEMA}.{HOSTILE_TABLE}")] == ("success", 1)
     assert [(r["status"], r["try_number"]) for r in log_rows() if r["object_name"] == "bloated"] == [
         ("retry", 1), ("retry", 2), ("skipped", 3)]
+
+
+def test_action_of_an_overlapping_run_waits_then_skips_and_logs_nothing(target, monkeypatch):
+    """A backfill's run beside the scheduled one: the second rewrite of the target skips, naming the holder."""
+    from dbops.locks import JobBusy, job_lock
+
+    monkeypatch.setattr("dbops.operators.maintenance.LOCK_WAIT_SECONDS", 1)  # FAKE: a short wait for the test
+    item = by_name(plan(), "bloated")
+    with job_lock("dbops_state", NAME, "maintenance"):
+        with pytest.raises(JobBusy, match=f"maintenance of {NAME} is already running in another run"):
+            maintain(item)
+    assert log_rows() == [], "a skipped action writes nothing to the maintenance log"
+    assert maintain(item)["status"] == "done"

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 KINDS = ("weekly", "daily")
 REPORT_LINES = 10  # unused indexes logged one per line; the rest are in the result
+LOCK_WAIT_SECONDS = 60  # an action of an overlapping run waits this long for the other, then skips
 
 
 class _MaintenanceOperator(TargetOperator):
@@ -136,10 +137,18 @@ class MaintenanceActionOperator(_MaintenanceOperator):
         self.item = item
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.locks import job_lock
+
+        config, policy, ops = self._setup()
+        # the target's pool serializes these already; the lock holds even if someone widens the pool
+        with job_lock(config.ops_conn_id, self.target, "maintenance", wait_seconds=LOCK_WAIT_SECONDS):
+            return self._execute(context, config, policy, ops)
+
+    def _execute(self, context: Context, config: DbopsConfig, policy: MaintenancePolicy,
+                 ops: MaintenanceLogHook) -> dict[str, Any]:
         from dbops.errors import classify, retries_left
         from dbops.runs import run_date
 
-        config, policy, ops = self._setup()
         action = Action.from_dict(self.item)
         logical_date = run_date(context)
         try_number = int(getattr(context["ti"], "try_number", 1) or 1)
