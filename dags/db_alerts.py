@@ -14,19 +14,25 @@
    once. A channel that is down keeps its messages for the next run; the task fails (and the failure
    notifier speaks) once one has waited longer than `alerts.undelivered_alarm`.
 
-Alerts are data, not task failures: the DAG fails only when it cannot evaluate or record at all.
-Runs never overlap (`max_active_runs=1`) and each task has a short timeout, so a stuck run shows up
-as a failure instead of silently stopping alerting.
+Alerts are data, not task failures: the DAG fails only when it cannot evaluate or record at all,
+or when the target's rule packs are invalid (then **evaluate** fails at once with the error, every
+run, and the failure notifier speaks; the error is also logged when this file is parsed and shown at
+the top of this description). Alerts describe the present: a backfill run, or a run for a time more
+than 15 minutes ago, skips **evaluate** and leaves alert state alone. Runs never overlap
+(`max_active_runs=1`, and a lock per target in the ops database that a backfill cannot bypass: a
+second run waits 20 s, then skips) and each task has a short timeout, so a stuck run shows up as a
+failure instead of silently stopping alerting.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
 from dbops.alerting.rules import rules_for
-from dbops.config import load_config
+from dbops.config import ConfigError, load_config
 from dbops.dag_defaults import dag_kwargs
 from dbops.notifiers.channels import DbopsFailureNotifier
 from dbops.operators.alerts import AlertDeliveryOperator, AlertEvaluationOperator
@@ -38,13 +44,19 @@ config = load_config()
 for target, settings in config.targets.items():
     if settings.alerts is None:
         continue
-    rules_for(config, target)  # a bad pack or threshold override is an import error naming the file and rule
+    try:
+        rules_for(config, target)
+        problem = None
+    except ConfigError as err:  # the DAG is still built: its evaluate task fails loudly with this error
+        problem = f"Alert rules of {target} are invalid, no rule is evaluated: {err}"
+        logging.error("db_alerts__%s: %s", target, problem)
     # pg_notify carries alert transitions only; a failure of the DAG itself goes to the people channels
     people = [channel for channel in settings.alerts.notify if channel != "pg_notify"]
     with DAG(
         dag_id=f"db_alerts__{target}",
         schedule=settings.alerts.schedule,
-        doc_md=__doc__,
+        description=f"BROKEN: {problem}" if problem else None,
+        doc_md=f"**BROKEN:** {problem}\n\n{__doc__}" if problem else __doc__,
         dagrun_timeout=timedelta(minutes=4),
         **dag_kwargs(tags=["alerts", target],
                      on_failure=DbopsFailureNotifier(target=target, channels=people)),

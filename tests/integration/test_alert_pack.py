@@ -28,7 +28,8 @@ OPS_RULES = [r for r in PACK if r.database == "ops"]
 SLOW_STATEMENT_RULES = {"slow_statements_warning", "slow_statements_critical"}
 REPLICATION_RULES = {"replication_lag_warning", "replication_lag_critical"}  # no row: no replica, no recovery
 NO_ROW_WHEN_FRESH = {"table_bloat_high",  # no table of 8 MB or more
-                     "rollback_rate_high"}  # fewer than 1000 transactions: NULL
+                     "rollback_rate_high",  # fewer than 1000 transactions: NULL
+                     "unused_indexes_warning", "unused_indexes_critical"}  # statistics younger than 7 days: NULL
 T = TypeVar("T")
 
 
@@ -107,8 +108,9 @@ def walsenders() -> int:
         return conn.execute("SELECT count(*) FROM pg_stat_replication WHERE state <> 'backup'").fetchone()[0]
 
 
-def test_every_target_rule_runs_on_a_fresh_database_without_pg_stat_statements(database):
+def test_every_target_rule_runs_on_a_fresh_database_without_pg_stat_statements(database, connect):
     """Without the extension in the database the slow-statement rules are skipped, never an error."""
+    connect().execute("SELECT pg_stat_reset()")  # statistics as young as the database, whatever the server's age
     result = run(database, TARGET_RULES)
     assert set(result.skipped) == SLOW_STATEMENT_RULES
     sampled = {s.rule for s in result.samples}
@@ -117,7 +119,7 @@ def test_every_target_rule_runs_on_a_fresh_database_without_pg_stat_statements(d
     if walsenders() == 0:  # else another test may be taking a base backup with WAL streaming
         assert not sampled & REPLICATION_RULES
     quiet = ["long_running_query_warning", "idle_in_transaction_warning", "deadlocks_detected",
-             "unused_indexes_warning", "transaction_id_age_warning", "database_size_warning"]
+             "transaction_id_age_warning", "database_size_warning"]
     assert [name for name in quiet if outcome(result, name)[0][2]] == []
     assert result.db_seconds < 1
 
@@ -235,7 +237,37 @@ def test_a_large_table_with_most_rows_deleted_is_bloated(database, connect):
     assert 80 < estimate <= 90 and breaching  # 90 % of the rows are gone, their pages are still there
 
 
+def min_stats_age(database: str, age: str | None) -> None:
+    """Set (None: reset to the default) the unused-index rules' minimum statistics age of ``database``."""
+    setting = sql.Identifier("dbops", "unused_indexes_min_stats_age")
+    with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+        if age is None:
+            conn.execute(sql.SQL("ALTER DATABASE {} RESET {}").format(sql.Identifier(database), setting))
+        else:
+            conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(sql.Identifier(database), setting,
+                                                                         sql.Literal(age)))
+
+
+def test_unused_indexes_say_nothing_while_statistics_are_young(database, connect):
+    """25 never-scanned indexes: "never" means nothing until the statistics are old enough (7 days)."""
+    client = connect()
+    client.execute("CREATE TABLE wide (" + ", ".join(f"c{i} int" for i in range(25)) + ")")
+    for i in range(25):
+        client.execute(f"CREATE INDEX wide_c{i} ON wide (c{i})")
+    # never reset: the statistics are as old as the server's uptime, here shorter than 100 years
+    min_stats_age(database, "100 years")
+    assert run(database, rules_of("unused_indexes")).samples == []
+    min_stats_age(database, "0")
+    assert outcome(run(database, rules_of("unused_indexes")), "unused_indexes_critical") == [({}, 25.0, True)]
+
+    min_stats_age(database, None)
+    client.execute("SELECT pg_stat_reset()")
+    young = run(database, rules_of("unused_indexes"))
+    assert young.metrics == [] and young.samples == [], "no value: the rules can neither fire nor resolve wrongly"
+
+
 def test_unused_indexes_count_only_plain_valid_indexes_never_scanned(database, connect):
+    min_stats_age(database, "0")  # statistics old enough for the rules whatever their real age
     client = connect()
     columns = ", ".join(f"c{i} int" for i in range(12))
     client.execute(f"CREATE TABLE wide (id int PRIMARY KEY, code text UNIQUE, {columns})")

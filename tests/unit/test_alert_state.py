@@ -78,3 +78,8 @@ def test_resolution_of_a_pending_alert_is_silent():
 def test_bad_durations_are_rejected(for_, repeat):
     with pytest.raises(ValueError):
         step(None, True, T0, for_, repeat)
+
+
+def test_a_silence_with_an_invalid_pattern_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"matcher 'alertname': 'disk_\(full' is not a valid regular expression"):
+        Silence({"severity": "critical", "alertname": "disk_(full"}, expires_at=T0)

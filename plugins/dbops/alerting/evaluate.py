@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import Column, sql
 
 from dbops.alerting.rules import Rule
 
@@ -67,10 +69,12 @@ def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: 
              previous: dict[tuple[str, str], float] | None = None) -> Evaluation:
     """Evaluate ``rules`` on ``conn``, each query once in its own READ ONLY transaction with timeouts.
 
-    A query returns a ``value`` column; its other columns are labels (one alert per row). Rules that
-    share a query (e.g. a warning and a critical threshold) share one execution. ``params`` are bound
-    to the query (the ops-database rules get ``%(target)s``). A counter rule compares the increase
-    over ``previous`` (the last raw value per :func:`metric_key`); without one the increase is 0.
+    A query returns a ``value`` column (a number, a boolean as 0/1, or an interval in seconds); its
+    other columns are labels (one alert per row). A query that fails, or whose result is not that, is
+    an :class:`EvaluationError` of each of its rules; the other queries still run. Rules that share a
+    query (e.g. a warning and a critical threshold) share one execution. ``params`` are bound to the
+    query (the ops-database rules get ``%(target)s``). A counter rule compares the increase over
+    ``previous`` (the last raw value per :func:`metric_key`); without one the increase is 0.
     """
     previous = previous or {}
     conn.autocommit = False
@@ -86,7 +90,8 @@ def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: 
     for query, query_rules in by_query.items():
         started = time.perf_counter()
         try:
-            rows = _run(conn, query_rules[0].sql(), params, statement_timeout_ms, lock_timeout_ms)
+            metrics = _metrics(query, *_run(conn, query_rules[0].sql(), params, statement_timeout_ms,
+                                            lock_timeout_ms))
         except psycopg.errors.QueryCanceled as err:
             result.errors += [EvaluationError(r.name, "timeout", _one_line(err)) for r in query_rules]
         except (psycopg.Error, ValueError) as err:
@@ -95,10 +100,7 @@ def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: 
             result.errors += [EvaluationError(r.name, "error", f"query {query}: {_one_line(err)}")
                               for r in query_rules]
         else:
-            for row in rows:
-                if row["value"] is None:  # no value: nothing to compare, e.g. an idle statistic
-                    continue
-                metric = Metric(query, {k: str(v) for k, v in row.items() if k != "value"}, float(row["value"]))
+            for metric in metrics:
                 result.metrics.append(metric)
                 result.samples += [_sample(rule, metric, previous.get(metric.key)) for rule in query_rules]
         finally:
@@ -107,16 +109,41 @@ def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: 
 
 
 def _run(conn: psycopg.Connection, query: str, params: dict[str, Any] | None, statement_timeout_ms: int,
-         lock_timeout_ms: int) -> list[dict[str, Any]]:
+         lock_timeout_ms: int) -> tuple[list[Column], list[tuple[Any, ...]]]:
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(statement_timeout_ms)))
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout_ms)))
         cursor = conn.execute(query, params)
-        columns = [c.name for c in cursor.description or []]
-        rows = cursor.fetchall()
-    if "value" not in columns:
-        raise ValueError(f"returns no 'value' column (columns: {', '.join(columns)})")
-    return [dict(zip(columns, row)) for row in rows]
+        return list(cursor.description or []), cursor.fetchall()
+
+
+def _metrics(query: str, columns: list[Column], rows: list[tuple[Any, ...]]) -> list[Metric]:
+    """The rows as metrics of ``query``: ``value`` as a number, every other column a label.
+
+    Raises ``ValueError`` (an evaluation error of the query's rules) when a column name repeats or
+    ``value`` is missing or not a number; a NULL ``value`` is no sample (nothing to compare).
+    """
+    names = [c.name for c in columns]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"returns more than one column named {twice[0]!r} (columns: {', '.join(names)}); "
+                         "give each column its own name")
+    if "value" not in names:
+        raise ValueError(f"returns no 'value' column (columns: {', '.join(names)})")
+    at = names.index("value")
+    return [Metric(query, {name: str(v) for name, v in zip(names, row) if name != "value"},
+                   _number(row[at], columns[at].type_display))
+            for row in rows if row[at] is not None]
+
+
+def _number(value: Any, type_name: str) -> float:
+    """A number, boolean (0/1) or interval (in seconds) as a float."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float, Decimal)):  # bool is an int
+        return float(value)
+    raise ValueError(f"column 'value' is of type {type_name}: return a number, a boolean or an interval "
+                     "(e.g. cast it: value::numeric)")
 
 
 def _extensions(conn: psycopg.Connection) -> set[str]:

@@ -30,10 +30,20 @@ class Transition:
 
 @dataclass(frozen=True)
 class Silence:
-    """Matches alerts whose labels match every matcher (a full-match regular expression) until ``expires_at``."""
+    """Matches alerts whose labels match every matcher (a full-match regular expression) until ``expires_at``.
+
+    :raises ValueError: a matcher is not a valid regular expression (named with its pattern).
+    """
 
     matchers: dict[str, str]
     expires_at: datetime
+
+    def __post_init__(self) -> None:
+        for name, pattern in self.matchers.items():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"matcher {name!r}: {pattern!r} is not a valid regular expression ({err})") from err
 
     def silences(self, labels: dict[str, str], now: datetime) -> bool:
         if now >= self.expires_at:

@@ -3,7 +3,9 @@
 :func:`record_cycle` is one transaction, serialized per target by an advisory lock: the new alert
 states, the events, the samples and the outbox rows of a cycle are committed together or not at all,
 and a pg_notify message is sent on commit only. So a notification can never be lost between
-"state changed" and "someone will be told".
+"state changed" and "someone will be told". :func:`deliver_outbox` then sends each queued
+notification once, except in the one window it names (sent, but the ops database lost before the
+send was recorded), where it is sent again after its claim expires: at least once, never lost.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ OUTBOX_CHANNELS = ("email", "slack")  # delivered by deliver_outbox; log now, pg
 
 @dataclass(frozen=True)
 class Cycle:
-    """What :func:`record_cycle` committed."""
+    """What :func:`record_cycle` committed; ``ignored_silences`` says which silences could not be used and why."""
 
     now: datetime
     alerts: list[Alert]
     changes: list[Change]
+    ignored_silences: list[str]
 
 
 def latest_values(conn: psycopg.Connection, target: str, metrics: set[str]) -> dict[tuple[str, str], float]:
@@ -53,8 +56,8 @@ def record_cycle(conn: psycopg.Connection, *, target: str, run_id: str, rules: d
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('dbops.alerts'), hashtext(%s))", (target,))
         now = conn.execute("SELECT now()").fetchone()[0]
-        alerts, changes = advance(rules, samples, _stored_alerts(conn, target), unevaluated,
-                                  _silences(conn, target), now)
+        silences, ignored = _silences(conn, target)
+        alerts, changes = advance(rules, samples, _stored_alerts(conn, target), unevaluated, silences, now)
         conn.execute("DELETE FROM dbops.alert_state WHERE target = %s", (target,))
         with conn.cursor() as cur:
             cur.executemany(
@@ -78,7 +81,7 @@ def record_cycle(conn: psycopg.Connection, *, target: str, run_id: str, rules: d
             if pg_notify_channel:
                 conn.execute("SELECT pg_notify(%s, %s)",
                              (pg_notify_channel, pg_notify_payload(target, run_id, changes)))
-    return Cycle(now, alerts, changes)
+    return Cycle(now, alerts, changes, ignored)
 
 
 def _stored_alerts(conn: psycopg.Connection, target: str) -> list[Alert]:
@@ -89,11 +92,18 @@ def _stored_alerts(conn: psycopg.Connection, target: str) -> list[Alert]:
             for rule, labels, severity, status, active_since, last_notified, value, summary in rows]
 
 
-def _silences(conn: psycopg.Connection, target: str) -> list[Silence]:
+def _silences(conn: psycopg.Connection, target: str) -> tuple[list[Silence], list[str]]:
+    """The target's active silences, and why each one that cannot be used (an invalid pattern) is left out."""
     rows = conn.execute(
-        "SELECT matchers, expires_at FROM dbops.alert_silences WHERE (target IS NULL OR target = %s) "
-        "AND starts_at <= now() AND expires_at > now()", (target,)).fetchall()
-    return [Silence({str(k): str(v) for k, v in matchers.items()}, expires_at) for matchers, expires_at in rows]
+        "SELECT id, matchers, expires_at FROM dbops.alert_silences WHERE (target IS NULL OR target = %s) "
+        "AND starts_at <= now() AND expires_at > now() ORDER BY id", (target,)).fetchall()
+    silences, ignored = [], []
+    for silence_id, matchers, expires_at in rows:
+        try:
+            silences.append(Silence({str(k): str(v) for k, v in matchers.items()}, expires_at))
+        except ValueError as err:
+            ignored.append(f"silence {silence_id} of dbops.alert_silences is ignored: {err}; fix its matchers")
+    return silences, ignored
 
 
 def _enqueue(conn: psycopg.Connection, target: str, run_id: str, now: datetime, message: Notification,
@@ -118,34 +128,69 @@ class Pending:
     created_at: datetime
 
 
-def deliver_outbox(conn: psycopg.Connection, target: str, deliver: Callable[[Pending], str | None]
-                   ) -> tuple[int, list[tuple[Pending, str]]]:
+@dataclass(frozen=True)
+class Delivery:
+    """What one :func:`deliver_outbox` pass did: sent, failed (with the error), and left in flight."""
+
+    delivered: int
+    failures: list[tuple[Pending, str]]
+    in_flight: list[Pending]  # claimed by another run, or by one that died before recording the outcome
+
+
+def deliver_outbox(conn: psycopg.Connection, target: str, deliver: Callable[[Pending], str | None],
+                   claim_expiry: float) -> Delivery:
     """Deliver the target's pending notifications oldest first; ``deliver`` returns an error or None.
 
-    Each row is locked while it is delivered and marked delivered in the same transaction, so two
-    runs never send it twice. A channel stops at its first failure (keeping the order); the row stays
-    pending for the next run. Returns the number delivered and the failures.
+    Each notification is claimed (``claimed_at``, ``attempts + 1``) and committed before it is sent,
+    and its outcome is committed in a second short transaction after. So two runs never send the same
+    notification at once, a failed send stays pending for the next run, and a failed commit never
+    re-sends by itself. The one window left is between the send and the outcome's commit (the ops
+    database lost, the worker killed): the notification stays claimed and is sent again once the claim
+    is ``claim_expiry`` seconds old (choose it longer than a delivery can take) — at least once there,
+    exactly once everywhere else. A channel stops at its first failure or live claim, keeping its order.
     """
-    delivered, failures, failed_channels = 0, [], set()
+    delivered, failures, in_flight, held = 0, [], [], set()
     while True:
+        claim = _claim_next(conn, target, held, claim_expiry)
+        if claim is None:
+            return Delivery(delivered, failures, in_flight)
+        pending, claimed = claim
+        if not claimed:
+            in_flight.append(pending)
+            held.add(pending.channel)
+            continue
+        error = deliver(pending)
         with conn.transaction():
-            row = conn.execute(
-                "SELECT id, channel, severity, title, body, created_at FROM dbops.alert_notifications "
-                "WHERE target = %s AND delivered_at IS NULL AND NOT (channel = ANY(%s)) "
-                "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", (target, list(failed_channels))).fetchone()
-            if row is None:
-                return delivered, failures
-            pending = Pending(*row)
-            error = deliver(pending)
             conn.execute(
-                "UPDATE dbops.alert_notifications SET attempts = attempts + 1, last_error = %s, "
+                "UPDATE dbops.alert_notifications SET claimed_at = NULL, last_error = %s, "
                 "delivered_at = CASE WHEN %s::text IS NULL THEN now() END WHERE id = %s",
                 (error, error, pending.id))
         if error is None:
             delivered += 1
         else:
             failures.append((pending, error))
-            failed_channels.add(pending.channel)
+            held.add(pending.channel)
+
+
+def _claim_next(conn: psycopg.Connection, target: str, held: set[str], claim_expiry: float
+                ) -> tuple[Pending, bool] | None:
+    """The oldest undelivered notification of a channel not in ``held``, and whether this run claimed it.
+
+    It is not claimed while another claim on it is younger than ``claim_expiry`` seconds.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT id, channel, severity, title, body, created_at, "
+            "coalesce(claimed_at > now() - make_interval(secs => %s), false) FROM dbops.alert_notifications "
+            "WHERE target = %s AND delivered_at IS NULL AND NOT (channel = ANY(%s)) ORDER BY id LIMIT 1 FOR UPDATE",
+            (claim_expiry, target, list(held))).fetchone()
+        if row is None:
+            return None
+        *fields, claimed_elsewhere = row
+        if not claimed_elsewhere:
+            conn.execute("UPDATE dbops.alert_notifications SET claimed_at = now(), attempts = attempts + 1 "
+                         "WHERE id = %s", (fields[0],))
+        return Pending(*fields), not claimed_elsewhere
 
 
 def oldest_undelivered(conn: psycopg.Connection, target: str) -> tuple[datetime, str, str | None] | None:

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import logging
 from contextlib import closing
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from airflow.sdk.api.datamodels._generated import DagRunType
 
 from dbops.alerting.evaluate import Evaluation, Metric, Sample, evaluate
 from dbops.alerting.notify import change_line
 from dbops.alerting.rules import RULE_FAILED, TARGET_DOWN, Rule, rules_for
 from dbops.alerting.store import Pending, deliver_outbox, latest_values, oldest_undelivered, record_cycle
+from dbops.config import ConfigError
 from dbops.errors import classify
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.postgres import DbopsPostgresHook
+from dbops.locks import job_lock
 from dbops.notifiers.channels import Notification, send
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.sdk.types import DagRunProtocol
 
     from dbops.config import AlertPolicy
+
+# A run whose time is older than this is a catch-up (a cleared old run, a late backfill): alerts
+# describe the present, so it does not evaluate. Scheduled runs start within seconds of their time
+# and a run times out after 4 minutes (dagrun_timeout), so a current run is never this old.
+MAX_RUN_AGE = timedelta(minutes=15)
 
 
 class AlertEvaluationOperator(TargetOperator):
@@ -30,18 +39,37 @@ class AlertEvaluationOperator(TargetOperator):
 
     Target rules run read-only with the policy's timeouts; a rule that fails is an evaluation error
     (alert ``RuleEvaluationFailed``), never a task failure. An unreachable target fires ``TargetDown``
-    and holds the state of its other alerts. The task fails only when the ops database cannot be used.
+    and holds the state of its other alerts. The task fails when the ops database cannot be used, and
+    at once when the target's rule packs are invalid. Alerts describe the present, so a backfill run or
+    a run for a time older than ``MAX_RUN_AGE`` is skipped and leaves alert state alone; one run at a
+    time per target evaluates (``job_lock``), another waits ``lock_wait`` seconds, then is skipped.
 
     :param target: the target's key in dbops.yaml.
+    :param lock_wait: seconds to wait for another run of this target's evaluation to finish.
     """
 
+    def __init__(self, *, lock_wait: float = 20.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lock_wait = lock_wait
+
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        past = _past_run(context["dag_run"])
+        if past:
+            raise AirflowSkipException(f"alerts of {self.target} not evaluated: {past}; alerts describe the present, "
+                                       "only a current run evaluates them (alert state left as it is)")
         config = self.load_config()
         policy = config.targets[self.target].alerts
-        rules = rules_for(config, self.target)
+        try:
+            rules = rules_for(config, self.target)
+        except ConfigError as err:
+            raise AirflowFailException(f"alert rules of {self.target} are invalid, no rule is evaluated: {err}. "
+                                       "Fix the rule pack or the target's alerts.thresholds in dbops.yaml") from err
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
         try:
-            with closing(ops.get_conn()) as state_conn, closing(ops.get_conn()) as read_conn:
+            with job_lock(config.ops_conn_id, self.target, "alerts", wait_seconds=self.lock_wait), \
+                    closing(ops.get_conn()) as state_conn, closing(ops.get_conn()) as read_conn:
                 previous = latest_values(state_conn, self.target, {r.query for r in rules if r.counter})
                 on_target = self._evaluate_target(config.targets[self.target].conn_id, policy,
                                                   [r for r in rules if r.database == "target"], previous)
@@ -62,6 +90,8 @@ class AlertEvaluationOperator(TargetOperator):
             self.log.warning("rule %s: evaluation %s: %s", error.rule, error.kind, error.message)
         for rule, why in {**on_target.skipped, **on_ops.skipped}.items():
             self.log.info("rule %s skipped: %s", rule, why)
+        for ignored in cycle.ignored_silences:
+            self.log.warning("%s", ignored)
         up = not _target_down(on_target)
         result = {
             "rules": len(rules), "samples": len(metrics), "errors": len(on_target.errors) + len(on_ops.errors),
@@ -69,12 +99,13 @@ class AlertEvaluationOperator(TargetOperator):
             "firing": sum(a.state.status == "firing" for a in cycle.alerts),
             "pending": sum(a.state.status == "pending" for a in cycle.alerts),
             "notified": [c.kind for c in cycle.changes],
+            "ignored_silences": cycle.ignored_silences,
             "db_seconds": round(on_target.db_seconds + on_ops.db_seconds, 3),
         }
         self.log.info("target %s: %d rules, %d samples, %d evaluation errors, %d skipped; %d firing, %d pending; "
-                      "%d changes to notify; %.3f s in queries", self.target, result["rules"], result["samples"],
-                      result["errors"], result["skipped"], result["firing"], result["pending"],
-                      len(cycle.changes), result["db_seconds"])
+                      "%d changes to notify; %d silences ignored; %.3f s in queries", self.target, result["rules"],
+                      result["samples"], result["errors"], result["skipped"], result["firing"], result["pending"],
+                      len(cycle.changes), len(cycle.ignored_silences), result["db_seconds"])
         return result
 
     def _evaluate_target(self, conn_id: str, policy: AlertPolicy, rules: list[Rule],
@@ -93,6 +124,17 @@ class AlertEvaluationOperator(TargetOperator):
         result.samples.append(Sample(TARGET_DOWN.name, {}, 1.0, False))
         result.metrics.append(Metric("target_up", {}, 1.0))
         return result
+
+
+def _past_run(dag_run: DagRunProtocol) -> str | None:
+    """Why a run must not evaluate: a backfill, or a run whose time is more than MAX_RUN_AGE ago."""
+    if dag_run.run_type == DagRunType.BACKFILL:
+        return "a backfill run"
+    as_of = dag_run.data_interval_end or dag_run.run_after
+    age = timedelta(seconds=round((datetime.now(timezone.utc) - as_of).total_seconds()))
+    if age > MAX_RUN_AGE:
+        return f"the run is for {as_of.isoformat(timespec='minutes')}, {age} ago"
+    return None
 
 
 def _limits(policy: AlertPolicy) -> dict[str, int]:
@@ -116,14 +158,25 @@ def _combine(on_target: Evaluation, on_ops: Evaluation, rules: list[Rule]
 
 
 class AlertDeliveryOperator(TargetOperator):
-    """Deliver the target's queued alert notifications (email, Slack), oldest first, each exactly once.
+    """Deliver the target's queued alert notifications (email, Slack), oldest first, each once.
 
-    A channel that fails keeps its notifications for the next run and the task succeeds; it fails
-    (so the DAG's failure notifier speaks up) once a notification has waited longer than the policy's
-    ``undelivered_alarm``.
+    Each notification is claimed before it is sent and marked after (see :func:`deliver_outbox`): a
+    notification whose send outlived its run's record (ops database lost, worker killed) is sent again
+    once its claim is ``claim_expiry`` seconds old, never sooner. A channel that fails keeps its
+    notifications for the next run and the task succeeds; it fails (so the DAG's failure notifier
+    speaks up) once a notification has waited longer than the policy's ``undelivered_alarm``.
 
     :param target: the target's key in dbops.yaml.
+    :param claim_expiry: seconds after which a claimed, unrecorded notification is sent again; longer
+        than the task's ``execution_timeout``.
     """
+
+    def __init__(self, *, claim_expiry: float = 600.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.execution_timeout and claim_expiry <= self.execution_timeout.total_seconds():
+            raise ValueError(f"{self.task_id}: claim_expiry ({claim_expiry:g} s) must be longer than the "
+                             f"execution_timeout ({self.execution_timeout}), or a slow send is repeated")
+        self.claim_expiry = claim_expiry
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException
@@ -139,18 +192,24 @@ class AlertDeliveryOperator(TargetOperator):
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
         try:
             with closing(ops.get_conn()) as conn:
-                delivered, failures = deliver_outbox(conn, self.target, deliver)
+                done = deliver_outbox(conn, self.target, deliver, self.claim_expiry)
                 oldest = oldest_undelivered(conn, self.target)
                 now = conn.execute("SELECT now()").fetchone()[0]
         except psycopg.Error as err:
             raise classify(err, "ops database (notification outbox)", "check the ops_conn_id connection") from err
-        for pending, error in failures:
+        for pending, error in done.failures:
             self.log.warning("notification %d (%s, created %s) not delivered via %s, kept for the next run: %s",
                              pending.id, pending.title, pending.created_at.isoformat(), pending.channel, error)
-        self.log.info("target %s: %d notifications delivered, %d channels failing", self.target, delivered,
-                      len(failures))
+        for pending in done.in_flight:
+            self.log.warning("notification %d (%s, created %s) via %s is claimed by another run, or by one that "
+                             "ended before recording whether it was sent: sent again once the claim is %g s old",
+                             pending.id, pending.title, pending.created_at.isoformat(), pending.channel,
+                             self.claim_expiry)
+        self.log.info("target %s: %d notifications delivered, %d channels failing, %d in flight", self.target,
+                      done.delivered, len(done.failures), len(done.in_flight))
         if oldest and now - oldest[0] > timedelta(seconds=policy.undelivered_alarm):
             raise AirflowException(
                 f"alert notifications for {self.target} undelivered via {oldest[1]} since {oldest[0].isoformat()}: "
-                f"{oldest[2]}. Fix the channel (its Airflow connection, the server); they are sent on the next run.")
-        return {"delivered": delivered, "failed": len(failures)}
+                f"{oldest[2] or 'no error recorded'}. Fix the channel (its Airflow connection, the server); "
+                "they are sent on the next run.")
+        return {"delivered": done.delivered, "failed": len(done.failures), "in_flight": len(done.in_flight)}
