@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 from psycopg.types.json import Jsonb
+
+from dbops.alerting.state import Silence
 
 ALL_TARGETS = "all"
 
@@ -29,14 +30,10 @@ class SilenceRow:
 
 
 def check_matchers(matchers: dict[str, str]) -> None:
-    """Raise ValueError naming the label of the first matcher that is not a valid regular expression."""
+    """Raise ValueError when there is no matcher or one is not a valid regular expression (naming it)."""
     if not matchers:
         raise ValueError("a silence needs at least one matcher (rule or labels); an empty one would silence all")
-    for name, pattern in matchers.items():
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise ValueError(f"matcher {name}={pattern!r} is not a valid regular expression: {err}") from None
+    Silence(matchers, datetime.max)  # validates every pattern
 
 
 def add_silence(conn: psycopg.Connection, *, target: str | None, matchers: dict[str, str], seconds: float,
