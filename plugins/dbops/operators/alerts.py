@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from airflow.sdk.api.datamodels._generated import DagRunType
 
+from dbops.alerting.cycle import Alert
 from dbops.alerting.evaluate import Evaluation, Metric, Sample, evaluate
 from dbops.alerting.notify import change_line
 from dbops.alerting.rules import RULE_FAILED, TARGET_DOWN, Rule, rules_for
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 # describe the present, so it does not evaluate. Scheduled runs start within seconds of their time
 # and a run times out after 4 minutes (dagrun_timeout), so a current run is never this old.
 MAX_RUN_AGE = timedelta(minutes=15)
+SKIPPED_METRIC = "rule_skipped"  # a sample per rule skipped for a lasting reason (logged once)
+TARGET_IS_DOWN = "target down"
 
 
 class AlertEvaluationOperator(TargetOperator):
@@ -70,12 +72,15 @@ class AlertEvaluationOperator(TargetOperator):
         try:
             with job_lock(config.ops_conn_id, self.target, "alerts", wait_seconds=self.lock_wait), \
                     closing(ops.get_conn()) as state_conn, closing(ops.get_conn()) as read_conn:
-                previous = latest_values(state_conn, self.target, {r.query for r in rules if r.counter})
+                previous = latest_values(state_conn, self.target,
+                                         {r.query for r in rules if r.counter} | {SKIPPED_METRIC})
                 on_target = self._evaluate_target(config.targets[self.target].conn_id, policy,
                                                   [r for r in rules if r.database == "target"], previous)
                 on_ops = evaluate(read_conn, [r for r in rules if r.database == "ops"], **_limits(policy),
                                   params={"target": self.target}, previous=previous)
                 samples, metrics, unevaluated = _combine(on_target, on_ops, rules)
+                skips = _lasting_skips({**on_target.skipped, **on_ops.skipped})
+                metrics += skips
                 cycle = record_cycle(
                     state_conn, target=self.target, run_id=context["run_id"],
                     rules={r.name: r for r in [*rules, TARGET_DOWN, RULE_FAILED]}, samples=samples, metrics=metrics,
@@ -88,8 +93,10 @@ class AlertEvaluationOperator(TargetOperator):
             self.log.log(logging.INFO if change.kind == "resolved" else logging.WARNING, "%s", change_line(change))
         for error in on_target.errors + on_ops.errors:
             self.log.warning("rule %s: evaluation %s: %s", error.rule, error.kind, error.message)
-        for rule, why in {**on_target.skipped, **on_ops.skipped}.items():
-            self.log.info("rule %s skipped: %s", rule, why)
+        for skip in skips:  # logged the first time only: it is the same every five minutes
+            if skip.key not in previous:
+                self.log.info("rule %s skipped: %s (said once; skipped in every run while this holds)",
+                              skip.labels["rule"], skip.labels["why"])
         for ignored in cycle.ignored_silences:
             self.log.warning("%s", ignored)
         up = not _target_down(on_target)
@@ -102,10 +109,13 @@ class AlertEvaluationOperator(TargetOperator):
             "ignored_silences": cycle.ignored_silences,
             "db_seconds": round(on_target.db_seconds + on_ops.db_seconds, 3),
         }
-        self.log.info("target %s: %d rules, %d samples, %d evaluation errors, %d skipped; %d firing, %d pending; "
-                      "%d changes to notify; %d silences ignored; %.3f s in queries", self.target, result["rules"],
-                      result["samples"], result["errors"], result["skipped"], result["firing"], result["pending"],
-                      len(cycle.changes), len(cycle.ignored_silences), result["db_seconds"])
+        firing = sorted(_alert_name(a) for a in cycle.alerts if a.state.status == "firing")
+        self.log.info("alerts %s: %s; %d pending; %d rules, %d samples, %d evaluation errors, %d skipped; "
+                      "%d changes notified; %d silences ignored; %.3f s in queries", self.target,
+                      f"{len(firing)} firing ({', '.join(firing)})" if firing else "nothing firing",
+                      result["pending"], result["rules"], result["samples"], result["errors"], result["skipped"],
+                      len(cycle.changes), len(cycle.ignored_silences), result["db_seconds"],
+                      firing=firing, rules=result["rules"], errors=result["errors"])
         return result
 
     def _evaluate_target(self, conn_id: str, policy: AlertPolicy, rules: list[Rule],
@@ -119,7 +129,7 @@ class AlertEvaluationOperator(TargetOperator):
             self.log.error("target %s does not answer: %s", self.target, message)
             down = Evaluation(samples=[Sample(TARGET_DOWN.name, {}, 0.0, True, message)],
                               metrics=[Metric("target_up", {}, 0.0)])
-            down.skipped.update({r.name: "target down" for r in rules})
+            down.skipped.update({r.name: TARGET_IS_DOWN for r in rules})
             return down
         result.samples.append(Sample(TARGET_DOWN.name, {}, 1.0, False))
         result.metrics.append(Metric("target_up", {}, 1.0))
@@ -128,13 +138,24 @@ class AlertEvaluationOperator(TargetOperator):
 
 def _past_run(dag_run: DagRunProtocol) -> str | None:
     """Why a run must not evaluate: a backfill, or a run whose time is more than MAX_RUN_AGE ago."""
-    if dag_run.run_type == DagRunType.BACKFILL:
+    if dag_run.run_type == "backfill":  # DagRunType.BACKFILL_JOB, a str enum
         return "a backfill run"
     as_of = dag_run.data_interval_end or dag_run.run_after
     age = timedelta(seconds=round((datetime.now(timezone.utc) - as_of).total_seconds()))
     if age > MAX_RUN_AGE:
         return f"the run is for {as_of.isoformat(timespec='minutes')}, {age} ago"
     return None
+
+
+def _lasting_skips(skipped: dict[str, str]) -> list[Metric]:
+    """Rules skipped for a reason that lasts (a missing extension), as samples: the log says each once."""
+    return [Metric(SKIPPED_METRIC, {"rule": rule, "why": why}, 1.0) for rule, why in sorted(skipped.items())
+            if why != TARGET_IS_DOWN]
+
+
+def _alert_name(alert: Alert) -> str:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+    return f"{alert.rule}{{{labels}}}" if labels else alert.rule
 
 
 def _limits(policy: AlertPolicy) -> dict[str, int]:
