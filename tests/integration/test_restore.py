@@ -28,8 +28,9 @@ from tests.integration.test_backup import backup, catalog_row, context, ops, sto
 
 def restore(database: str, backup_id: str = "latest-verified", overwrite: bool = False,
             confirm_database: str | None = None) -> dict:
+    confirm = {"confirm_database": confirm_database} if confirm_database is not None else {}
     return RestoreBackupOperator(task_id="restore", target=bk.NAME, backup_id=backup_id, database=database,
-                                 overwrite=overwrite, confirm_database=confirm_database).execute(context())
+                                 overwrite=overwrite, **confirm).execute(context())
 
 
 def run_sql(database: str, statements: str) -> None:
@@ -96,10 +97,10 @@ def test_not_valid_check_constraint_in_the_source_verifies(target):
         ALTER TABLE orders ADD CONSTRAINT orders_total_fk_free CHECK (total >= 0) NOT VALID;
     """)
     made = backup()
+    assert verify(made["backup_id"])["verified"] is True
     manifest = stored_manifest(made["backup_id"])
     assert manifest.not_validated == ["public.customers c c", "public.orders c orders_total_fk_free"]
-    assert verify(made["backup_id"])["verified"] is True
-    checks = stored_manifest(made["backup_id"]).verification["checks"]["constraints"]
+    checks = manifest.verification["checks"]["constraints"]
     assert checks["missing"] == [] and checks["not_validated"] == []
 
 
@@ -111,10 +112,10 @@ def test_database_level_search_path_does_not_change_constraint_names(target):
         ALTER DATABASE "{target.database}" SET search_path = app, public;
     """)
     made = backup()
+    assert verify(made["backup_id"])["verified"] is True
     manifest = stored_manifest(made["backup_id"])
     assert "app.accounts p accounts_pkey" in manifest.constraints
     assert "public.customers p customers_pkey" in manifest.constraints
-    assert verify(made["backup_id"])["verified"] is True
 
 
 def test_a_constraint_valid_in_the_source_but_missing_after_restore_fails(target):
@@ -369,8 +370,10 @@ def test_with_a_verification_server_the_targets_own_database_is_still_refused(tw
     made = backup()
     verify(made["backup_id"])
     run_sql(two_targets.database, "INSERT INTO customers VALUES (999999, 'written after the backup', NULL)")
-    with pytest.raises(AirflowFailException, match=f"refusing to restore over '{two_targets.database}': it is the "
-                                                   "target's own database"):
+    refusal = f"refusing to restore over '{two_targets.database}': it is the target's own database"
+    with pytest.raises(AirflowFailException, match=refusal):
+        restore(two_targets.database, overwrite=True)
+    with pytest.raises(AirflowFailException, match=refusal):
         restore(two_targets.database, overwrite=True, confirm_database=two_targets.database)
     assert query(two_targets.database, "SELECT count(*) FROM customers") == [(2001,)]
 
