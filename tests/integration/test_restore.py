@@ -331,6 +331,24 @@ def test_a_database_no_restore_created_needs_confirm_database(target, scratch_db
     assert query(theirs, "SELECT count(*) FROM pg_tables WHERE tablename = 'precious'") == [(0,)]
 
 
+def test_temporary_database_of_an_interrupted_restore_is_dropped_a_foreign_one_refused(target):
+    made = backup()
+    verify(made["backup_id"])
+    fresh = f"{target.database}_again"
+    temporary = f"{fresh}__dbops_restoring"
+    try:
+        run_sql("postgres", f'CREATE DATABASE "{temporary}"')
+        with pytest.raises(AirflowFailException, match=f"database '{temporary}', this restore's temporary name, "
+                                                       "exists and no dbops restore created it; rename or drop it"):
+            restore(fresh)
+        assert databases_like(temporary) == [temporary]
+        run_sql("postgres", f"COMMENT ON DATABASE \"{temporary}\" IS 'dbops restore of {made['backup_id']} by crashed'")
+        restore(fresh)
+        assert databases_like(f"{fresh}%") == [fresh]
+    finally:
+        drop_databases(fresh, temporary)
+
+
 @pytest.fixture
 def two_targets(target, monkeypatch):
     """The test target with a verification server (the `postgres` database) and the demo `appdb` as a second
