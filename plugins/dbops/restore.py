@@ -101,22 +101,25 @@ def swap_databases(admin: DbopsPostgresHook, new: str, database: str, retired: s
 
     The old database's sessions are terminated only here, just before its rename (renaming needs a
     database nobody is connected to); connections to it are refused from that moment. Return whether
-    there was an old database. If renaming ``new`` fails, the old database gets its name back.
+    there was an old database. If a step fails, the old database gets its name and connections back.
     """
     with admin.get_conn() as conn:
         conn.autocommit = True
         old = sql.Identifier(database)
         replaced = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
-        if replaced:
-            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(old))
-            conn.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
-                         "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(old, sql.Identifier(retired)))
+        renamed = False
         try:
+            if replaced:
+                conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(old))
+                conn.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                             "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(old, sql.Identifier(retired)))
+                renamed = True
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(new), old))
         except BaseException:
-            if replaced:
+            if renamed:
                 conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(retired), old))
+            if replaced:
                 conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(old))
             raise
     return replaced
@@ -161,7 +164,7 @@ def _roles_in(line: str) -> list[str]:
     elif line.startswith("ALTER ") and plain[-3:-1] == ["OWNER", "TO"]:
         named = words[-1:]
     elif line.startswith(("GRANT ", "REVOKE ", "ALTER DEFAULT PRIVILEGES ")):
-        last = max(i for i, word in enumerate(plain) if word in ("TO", "FROM"))
+        last = max((i for i, word in enumerate(plain) if word in ("TO", "FROM")), default=len(words))
         named = [word for word, upper in zip(words[last + 1:], plain[last + 1:]) if upper not in _NOT_ROLES]
         if plain[3:5] == ["FOR", "ROLE"]:
             named.append(words[5])

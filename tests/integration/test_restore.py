@@ -355,7 +355,8 @@ def two_targets(target, monkeypatch):
     configured target."""
     monkeypatch.setenv("AIRFLOW_CONN_PG_VERIFY", devstack.conn_uri("postgres"))
     target.config_path.write_text(target.config_path.read_text().replace(
-        "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, verify_conn_id: pg_verify}") + "  demo:\n    conn_id: pg_appdb\n")
+        "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, verify_conn_id: pg_verify}")
+        + "  demo:\n    conn_id: pg_appdb\n")
     return target
 
 
@@ -430,8 +431,9 @@ def test_restore_keeps_owners_and_grants_verification_skips_them(target, roles):
     try:
         restore(fresh)
         assert query(fresh, "SELECT tableowner FROM pg_tables WHERE tablename = 'ledger'") == [(owner,)]
-        assert query(fresh, "SELECT has_table_privilege(%s, 'public.ledger', 'SELECT'), "
-                            "has_table_privilege(%s, 'public.customers', 'SELECT')", (reader, reader)) == [(True, False)]
+        privileges = query(fresh, "SELECT has_table_privilege(%s, 'public.ledger', 'SELECT'), "
+                                  "has_table_privilege(%s, 'public.customers', 'SELECT')", (reader, reader))
+        assert privileges == [(True, False)]
     finally:
         drop_databases(fresh)
 
