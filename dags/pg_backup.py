@@ -42,6 +42,7 @@ from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.preflight import PreflightOperator
 from dbops.notifiers.channels import DbopsFailureNotifier
 from dbops.operators.restore import (
+    BACKUP_ID_HELP,
     LATEST_VERIFIED,
     RestoreBackupOperator,
     ScratchDatabaseOperator,
@@ -56,6 +57,7 @@ for target, settings in config.targets.items():
     if settings.backup is None:
         continue
     notifier = DbopsFailureNotifier(target=target, channels=settings.backup.notify)
+    backup_ids = BACKUP_ID_HELP.replace("<target>", target)
     with DAG(
         dag_id=f"pg_backup__{target}",
         schedule=settings.backup.schedule,
@@ -86,21 +88,27 @@ for target, settings in config.targets.items():
         schedule=None,
         doc_md=__doc__,
         params={
-            "backup_id": Param(LATEST_VERIFIED, type="string", description="backup id, latest or latest-verified"),
+            "backup_id": Param(LATEST_VERIFIED, type="string", description=f"backup to restore: {backup_ids}"),
             "database": Param(type="string", minLength=1, maxLength=63, description="new database to restore into"),
-            "overwrite": Param(False, type="boolean", description="replace the database if it exists"),
+            "overwrite": Param(False, type="boolean",
+                               description="replace the database if it exists and an earlier pg_restore__ run "
+                                           "created it (it is swapped only after the restore is checked)"),
+            "confirm_database": Param("", type="string", maxLength=63,
+                                      description="with overwrite: the database name again, to replace a database "
+                                                  "that no pg_restore__ run created"),
         },
         **dag_kwargs(tags=["backup", "restore", target], on_failure=notifier),
     ):
         RestoreBackupOperator(
             task_id="restore", target=target, backup_id="{{ params.backup_id }}", database="{{ params.database }}",
-            overwrite="{{ params.overwrite }}", pool=pool_name(target), execution_timeout=timedelta(hours=6))
+            overwrite="{{ params.overwrite }}", confirm_database="{{ params.confirm_database }}",
+            pool=pool_name(target), execution_timeout=timedelta(hours=6))
 
     with DAG(
         dag_id=f"pg_verify_backup__{target}",
         schedule=None,
         doc_md=__doc__,
-        params={"backup_id": Param("latest", type="string", description="backup id, latest or latest-verified")},
+        params={"backup_id": Param("latest", type="string", description=f"backup to verify: {backup_ids}")},
         **dag_kwargs(tags=["backup", "verify", target], on_failure=notifier),
     ):
         create = ScratchDatabaseOperator(task_id="create_scratch", target=target,

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from psycopg import sql
 
 from dbops.hooks.postgres import DbopsPostgresHook
 from dbops.hooks.tools import PgTool
+from dbops.processes import DEFAULT_TIMEOUT, supervised, tool_failed
 from dbops.streams import CHUNK, write_compressed
 
 # Leaf tables whose data pg_dump writes (partitioned parents hold none; extension tables are skipped).
@@ -32,27 +35,16 @@ WHERE c.relkind = 'r'
                   AND d.deptype = 'e')
 ORDER BY 1, 2
 """
-# Primary keys, unique and foreign-key constraints: a restore that rebuilt them all proves they hold.
+# Primary-key, unique, foreign-key and check constraints, schema-qualified whatever the search_path (and
+# with the bare table name, as manifests of older versions may have them), and whether each is validated.
 _CONSTRAINTS = """
-SELECT format('%s %s %I', c.conrelid::regclass, c.contype, c.conname)
-FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-WHERE c.contype IN ('p', 'u', 'f') AND c.conislocal
+SELECT format('%I.%I %s %I', n.nspname, t.relname, c.contype, c.conname),
+       format('%I %s %I', t.relname, c.contype, c.conname), c.convalidated
+FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE c.contype IN ('p', 'u', 'f', 'c') AND c.conislocal
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
 ORDER BY 1
 """
-# pg_dump messages that mean "try again later" rather than "someone must fix something".
-TRANSIENT_DUMP_ERRORS = ("server closed the connection", "terminating connection", "could not connect",
-                         "connection to server", "Connection refused", "SSL SYSCALL", "canceling statement due to conflict",
-                         "could not obtain lock", "Query was: LOCK TABLE")  # the last: --lock-wait-timeout expired
-
-
-class DumpError(Exception):
-    """pg_dump failed; ``transient`` says whether a retry may succeed."""
-
-    def __init__(self, message: str, transient: bool):
-        super().__init__(message)
-        self.transient = transient
-
 
 @dataclass(frozen=True)
 class DumpResult:
@@ -66,15 +58,18 @@ class DumpResult:
     tables: dict[str, int]
     constraints: list[str]
     seconds: float
+    not_validated: list[str] | None = None  # None: names from before they were schema-qualified
 
 
 def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int, key: bytes | None = None,
-                  lock_wait_seconds: float = 300, fmt: str = "custom", jobs: int = 1) -> DumpResult:
+                  lock_wait_seconds: float = 300, fmt: str = "custom", jobs: int = 1,
+                  timeout: float = DEFAULT_TIMEOUT) -> DumpResult:
     """Dump the hook's database in one snapshot into ``dest`` (zstd, optionally encrypted).
 
     ``fmt`` ``custom`` streams pg_dump's archive straight into the compressor; ``directory`` lets
     ``jobs`` pg_dump workers dump tables in parallel into a staging directory, then stores it as one
-    tar stream. Neither pg_dump nor the row counts wait longer than ``lock_wait_seconds`` for a lock.
+    tar stream. Neither pg_dump nor the row counts wait longer than ``lock_wait_seconds`` for a lock;
+    pg_dump (and tar) are killed after ``timeout`` seconds, and at once when compressing fails.
     """
     started = time.monotonic()
     lock_wait_ms = int(lock_wait_seconds * 1000)
@@ -82,76 +77,80 @@ def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int,
     args = [tool.path, f"--format={fmt}", "--compress=0", "--no-password", f"--lock-wait-timeout={lock_wait_ms}"]
     if fmt == "directory":
         args += [f"--jobs={max(jobs, 1)}", f"--file={workdir}"]
-    stored = raw = sha = None
-    with hook.get_conn() as conn:
-        conn.autocommit = False
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_ms)))
-        snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        server_version = conn.execute("SHOW server_version").fetchone()[0]
-        with hook.cli_environment() as env:
-            proc = subprocess.Popen([*args, f"--snapshot={snapshot_id}"], env=env, stderr=subprocess.PIPE,
-                                    stdout=subprocess.PIPE if fmt == "custom" else subprocess.DEVNULL)
-            stderr: list[bytes] = []
-            reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
-            reader.start()
-            counts: dict = {}
+    stored = raw = sha = returncode = None
+    stderr: list[bytes] = []
+    counts: dict = {}
+    try:
+        with hook.get_conn() as conn:
+            conn.autocommit = False
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_ms)))
+            snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            server_version = conn.execute("SHOW server_version").fetchone()[0]
             counter = threading.Thread(target=_count_into, args=(conn, counts), daemon=True)
             counter.start()
             try:
-                if fmt == "custom":
-                    stored, raw, sha = write_compressed(iter(lambda: proc.stdout.read(CHUNK), b""), dest, level, key)
+                with hook.cli_environment() as env, supervised(
+                        [*args, f"--snapshot={snapshot_id}"], timeout, env=env, stderr=subprocess.PIPE,
+                        stdout=subprocess.PIPE if fmt == "custom" else subprocess.DEVNULL) as proc:
+                    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+                    reader.start()
+                    if fmt == "custom":  # a failure here kills pg_dump, which would block on the full pipe
+                        stored, raw, sha = write_compressed(iter(lambda: proc.stdout.read(CHUNK), b""), dest,
+                                                            level, key)
+                    returncode = proc.wait()  # the snapshot's transaction stays open until every worker is done
+                    reader.join()
             finally:
-                returncode = proc.wait()  # the snapshot's transaction stays open until every worker is done
-                reader.join()
                 if returncode != 0:
                     conn.cancel_safe()  # the counts are worthless now; do not wait for them
                 counter.join()
-        conn.rollback()
-    try:
+            conn.rollback()
         if "error" in counts and not isinstance(counts["error"], psycopg.errors.QueryCanceled):
             raise counts["error"]  # the first cause: pg_dump fails too once the snapshot's transaction aborts
         if returncode != 0:
-            message = b"".join(stderr).decode(errors="replace").strip()
-            raise DumpError(f"pg_dump exited with {returncode}: {message}",
-                            transient=any(text in message for text in TRANSIENT_DUMP_ERRORS))
+            raise tool_failed("pg_dump", returncode, b"".join(stderr).decode(errors="replace"))
         if fmt == "directory":
-            stored, raw, sha = write_compressed(_tar_stream(workdir), dest, level, key)
+            with closing(_tar_stream(workdir, timeout)) as chunks:
+                stored, raw, sha = write_compressed(chunks, dest, level, key)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return DumpResult(dest, stored, raw, sha, snapshot_id, server_version, f"{tool.name} {tool.version}",
-                      counts["tables"], counts["constraints"], time.monotonic() - started)
+                      counts["tables"], counts["constraints"], time.monotonic() - started, counts["not_validated"])
 
 
-def _tar_stream(directory: Path):
+def _tar_stream(directory: Path, timeout: float) -> Iterator[bytes]:
     """The files of a pg_dump directory archive as one uncompressed tar stream, in chunks."""
-    proc = subprocess.Popen(["tar", "-C", str(directory), "-cf", "-", "."], stdout=subprocess.PIPE)
-    yield from iter(lambda: proc.stdout.read(CHUNK), b"")
-    if proc.wait() != 0:
-        raise OSError(f"tar of {directory} exited with {proc.returncode}")
+    with supervised(["tar", "-C", str(directory), "-cf", "-", "."], timeout, stdout=subprocess.PIPE) as proc:
+        yield from iter(lambda: proc.stdout.read(CHUNK), b"")
+        if proc.wait() != 0:
+            raise OSError(f"tar of {directory} exited with {proc.returncode}")
 
 
 def count_rows(conn) -> dict[str, int]:
-    """Rows of every table whose data pg_dump writes, keyed by quoted ``schema.table``."""
+    """Rows of every table whose data pg_dump writes (``ONLY`` the table, not its inheritance children),
+    keyed by quoted ``schema.table``."""
     tables = {}
     for schema, table, name in conn.execute(_TABLES).fetchall():
-        count = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        count = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         tables[name] = conn.execute(count).fetchone()[0]
     return tables
 
 
-def constraint_names(conn) -> list[str]:
-    """Primary-key, unique and foreign-key constraints, as ``table type name``."""
-    return [row[0] for row in conn.execute(_CONSTRAINTS).fetchall()]
+def constraints(conn) -> list[tuple[str, str, bool]]:
+    """Primary-key, unique, foreign-key and check constraints: (``schema.table type name``, the same with
+    the bare table name, validated)."""
+    return conn.execute(_CONSTRAINTS).fetchall()
 
 
 def _count_into(conn, out: dict) -> None:
     """Count rows and list constraints in the exporting transaction (the dump's snapshot)."""
     try:
         out["tables"] = count_rows(conn)
-        out["constraints"] = constraint_names(conn)
+        listed = constraints(conn)
+        out["constraints"] = [name for name, _, _ in listed]
+        out["not_validated"] = [name for name, _, valid in listed if not valid]
     except Exception as err:  # re-raised in the caller's thread
         out["error"] = err

@@ -50,6 +50,9 @@ class Manifest:
     tenant_id: str | None = None
     verification: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
+    # Constraints of ``constraints`` that were NOT VALID in the snapshot. None in manifests written before
+    # the names were schema-qualified (``schema.table type name``, independent of the search_path).
+    not_validated: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

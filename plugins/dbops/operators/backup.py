@@ -159,7 +159,7 @@ class PgBackupOperator(_BackupTargetOperator):
             run_id=context["run_id"], location=f"{store.describe()}/{prefix}", server_version=dump.server_version,
             tool=dump.tool, snapshot_id=dump.snapshot_id,
             files=[FileEntry(dump.path.name, dump.bytes, dump.sha256, dump.raw_bytes)],
-            tables=dump.tables, constraints=dump.constraints,
+            tables=dump.tables, constraints=dump.constraints, not_validated=dump.not_validated,
             timings={"dump_seconds": round(dump.seconds, 3), "upload_seconds": round(upload_seconds, 3)},
             compression={"codec": "zstd", "level": policy.compression_level, "archive": ARCHIVES[policy.format],
                          "dump_jobs": policy.dump_jobs if policy.format == "directory" else 1},
