@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 _NAMESPACE = "dbops.job"
 _POLL_SECONDS = 0.5
+DEFAULT_WAIT_SECONDS = 30.0
 
 
 class JobBusy(AirflowSkipException):
@@ -24,18 +25,19 @@ class JobBusy(AirflowSkipException):
 
 
 @contextmanager
-def job_lock(ops_conn_id: str, target: str, job: str, wait_seconds: float = 30.0) -> Iterator[None]:
+def job_lock(ops_conn_id: str, target: str, job: str, wait_seconds: float | None = None) -> Iterator[None]:
     """Hold the (``target``, ``job``) lock of the ops database while the block runs.
 
     :param ops_conn_id: the ops database connection.
     :param target: the target's key in dbops.yaml.
     :param job: what is serialized, e.g. ``alerts``, ``retention``, ``restore``.
-    :param wait_seconds: how long to wait for another run to finish before skipping.
+    :param wait_seconds: how long to wait for another run to finish before skipping (default 30 s).
     :raises JobBusy: the lock stayed taken for ``wait_seconds`` (the task ends skipped).
     """
     from dbops.hooks.ops import OpsDatabaseHook
 
     key = f"{target}/{job}"
+    wait_seconds = DEFAULT_WAIT_SECONDS if wait_seconds is None else wait_seconds
     with closing(OpsDatabaseHook(postgres_conn_id=ops_conn_id).get_conn()) as conn:
         conn.autocommit = True
         deadline = time.monotonic() + wait_seconds

@@ -455,3 +455,20 @@ def test_restore_with_a_missing_role_fails_naming_it_and_creates_nothing(target,
                                                    "in it but do not exist on the server; create them"):
         restore(fresh)
     assert databases_like(f"{fresh}%") == []
+
+
+def test_restore_while_another_restore_of_the_target_runs_skips_and_changes_nothing(target, monkeypatch):
+    """A second restore (a backfill's, or a widened pool) waits, then skips naming the holder."""
+    from dbops.locks import JobBusy, job_lock
+
+    monkeypatch.setattr("dbops.locks.DEFAULT_WAIT_SECONDS", 1)  # FAKE: a short wait for the test
+    verify(backup()["backup_id"])
+    fresh = f"{target.database}_lock"
+    with job_lock("dbops_state", bk.NAME, "restore"):
+        with pytest.raises(JobBusy, match=f"restore of {bk.NAME} is already running in another run"):
+            restore(fresh)
+    assert databases_like(f"{fresh}%") == []
+    try:
+        assert restore(fresh)["database"] == fresh
+    finally:
+        drop_databases(fresh)

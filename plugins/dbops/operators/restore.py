@@ -304,10 +304,17 @@ class RestoreBackupOperator(_BackupTargetOperator):
         self.confirm_database = confirm_database
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.locks import job_lock
+
+        config, policy, store = self._setup()
+        with job_lock(config.ops_conn_id, self.target, "restore"):  # holds even if someone widens the pool
+            return self._restore(context, config, policy, store)
+
+    def _restore(self, context: Context, config: DbopsConfig, policy: BackupPolicy,
+                 store: BackupStore) -> dict[str, Any]:
         from dbops.errors import classify
         from dbops.restore import create_database, derived_name, drop_database, swap_databases
 
-        config, policy, store = self._setup()
         admin = _admin_hook(config, self.target)
         self._check_replaceable(config, admin)
         backup_id = resolve_backup_id(config, self.target, self.backup_id)
