@@ -182,6 +182,18 @@ def test_folders_of_incomplete_attempts_are_removed(target):
     assert verify(result["backup_id"])["verified"] is True
 
 
+def test_two_backups_in_one_second_get_two_names(target):
+    first = backup(on_time("first"))
+    manifest = store().read_bytes(f"{first['backup_id']}/{MANIFEST_NAME}")
+    now = datetime.now(timezone.utc)
+    taken = [backup_prefix(NAME, "full", now + timedelta(seconds=n)) for n in range(4)]
+    for prefix in taken:  # the next seconds already name a complete backup
+        store().put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest)
+    second = backup(on_time("second"))
+    assert second["backup_id"] not in [first["backup_id"], *taken]
+    assert store().exists(f"{second['backup_id']}/{DUMP_FILE}")
+
+
 def test_backup_is_named_by_its_snapshot_time_and_catalogs_its_provenance(target):
     before = datetime.now(timezone.utc).replace(microsecond=0)
     result = backup(context(logical_date=None, run_id="manual__now", run_type="manual"))

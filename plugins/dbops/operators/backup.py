@@ -128,7 +128,7 @@ class PgBackupOperator(_BackupTargetOperator):
             raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
 
         staging = staging_dir(config, self.target, context["run_id"])
-        dump, taken_at = self._staged_or_new_dump(config, policy, staging)
+        dump, taken_at = self._staged_or_new_dump(config, policy, store, staging)
         prefix = backup_prefix(self.target, "full", taken_at)
         started = time.monotonic()
         try:
@@ -187,7 +187,7 @@ class PgBackupOperator(_BackupTargetOperator):
                 for name in names:
                     store.delete(f"{folder}/{name}")
 
-    def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy,
+    def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
                             staging: Path) -> tuple[DumpResult, datetime]:
         """The dump and its snapshot time: staged by an earlier attempt of this run, or taken now."""
         from dbops.dump import DumpResult, dump_database
@@ -206,8 +206,7 @@ class PgBackupOperator(_BackupTargetOperator):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
-        # The snapshot is exported right after this: the dump's data is at least this new.
-        taken_at = datetime.now(timezone.utc).replace(microsecond=0)
+        taken_at = self._snapshot_time(store)
         try:
             tool = find_tool("pg_dump", hook.server_version_num(), config.tools.bin_dir)
             self._check_staging_space(hook, staging)
@@ -224,6 +223,17 @@ class PgBackupOperator(_BackupTargetOperator):
         record.write_text(json.dumps({"dump": {**asdict(dump), "path": str(dump.path)},
                                       "taken_at": taken_at.isoformat()}))
         return dump, taken_at
+
+    def _snapshot_time(self, store: BackupStore) -> datetime:
+        """Now, to the second, that no backup of the target is named by yet (the next second otherwise).
+
+        The snapshot is exported right after: the dump's data is at least this new.
+        """
+        while True:
+            now = datetime.now(timezone.utc)
+            if not store.list_keys(backup_prefix(self.target, "full", now)):
+                return now.replace(microsecond=0)
+            time.sleep(1 - now.microsecond / 1_000_000)
 
     def _check_staging_space(self, hook, staging: Path) -> None:
         """Fail before dumping when staging cannot hold the dump (at most the database's size)."""
