@@ -108,7 +108,7 @@ class Round:
         dump = dump_database(self.hook, self.tools["pg_dump"], staging / DUMP_FILE, LEVEL)
         t_dump = time.perf_counter() - started
         t_put, _ = timed(self.store.put_file, dump.path, key)
-        t_check, _ = timed(_verify_stored, self.store, key, dump)
+        t_check, _ = timed(_verify_stored, self.store, key, dump.bytes, dump.sha256)
         total = time.perf_counter() - started
         dump.path.unlink()  # the operator removes staging after the manifest
         self.dump = dump

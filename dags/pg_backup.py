@@ -6,16 +6,27 @@
 1. **preflight** — target reachable, client tools at least as new as the server, store writable.
 2. **dump_and_store** — one exported snapshot: per-table row counts and `pg_dump --snapshot` read
    the same data; the uncompressed archive is compressed with zstd in Python (optionally AES-256-GCM
-   encrypted), stored, read back (size and sha256), and only then is the **manifest** written. A run
-   for a date whose backup is complete does nothing; an incomplete attempt is replaced.
+   encrypted), stored, read back (size and sha256), and only then is the **manifest** written. The
+   backup is named by its snapshot time, `<target>/full/<snapshot time, UTC>/`, and the catalog
+   records the run's logical date (`covers`), run type and storage. A retried task finds its run's
+   backup and does nothing; folders of incomplete attempts are removed.
 3. **verify_restore** — downloads what was *stored*, checks sha256, restores it into a scratch
    database with parallel `pg_restore`, compares every table's rows with the snapshot's, checks
    every PK/unique/FK constraint, runs `pg_amcheck`; the recovery test is recorded in
-   `dbops.recovery_tests` and in the manifest. **drop_scratch** (teardown) always drops the scratch
-   database.
-4. **retention** — grandfather-father-son; never deletes the newest verified backup, deletes nothing
-   while the newest backup failed verification.
+   `dbops.recovery_tests` and in the manifest (never for a backup retention is deleting, never
+   without all its files). **drop_scratch** (teardown) always drops the scratch database.
+4. **retention** — grandfather-father-son by snapshot time, in the target's pool and one at a time:
+   a period's slot goes to its scheduled backup (a manual one never evicts it); never deletes the
+   newest verified backup or anything newer, deletes nothing while the newest backup failed
+   verification; deletes tenant exports older than `backup.tenant_retention` (30 days).
 5. **report** — one summary line; emits the `dbops://<target>/backup` Asset for a verified backup.
+
+**Backfills and late runs.** A dump reads the database as it is now; it cannot make a past night's
+backup. A run for a past period (a backfill, or a run starting after the schedule's next slot) does
+nothing when a backup was taken at or after its scheduled time (not one that failed verification):
+its log and summary name that backup, which the run then verifies and reports. Otherwise it takes one
+now, named by its snapshot time, recording the period in `covers`. A backfill over three missed
+nights makes one backup, not three copies of today.
 
 On demand (trigger with Params in the UI):
 
@@ -23,10 +34,10 @@ On demand (trigger with Params in the UI):
   the target's server; an existing database is refused unless `overwrite` is set; checksums first.
 - `pg_verify_backup__<target>` — re-run the verification restore on any stored backup.
 - `pg_tenant_export__<target>` — one tenant's rows of `backup.tenant_tables`, in one snapshot, stored
-  with its own manifest under `<target>/tenant/<tenant id>/<date>/` (targets with tenant tables).
+  (read back: size and sha256) with its own manifest under `<target>/tenant/<tenant id>/<date>/`
+  (targets with tenant tables); deleted by the backup DAG's retention after `backup.tenant_retention`.
 
-Failures notify the target's `backup.notify` channels. Backups live under `<target>/full/<logical date>/`
-in the store; backfilling a date makes that date's backup.
+Failures notify the target's `backup.notify` channels.
 """
 
 from __future__ import annotations
@@ -73,7 +84,7 @@ for target, settings in config.targets.items():
             backup_id="{{ ti.xcom_pull(task_ids='dump_and_store')['backup_id'] }}", retries=1)
         drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
                                        execution_timeout=timedelta(minutes=10))
-        retention = BackupRetentionOperator(task_id="retention", target=target,
+        retention = BackupRetentionOperator(task_id="retention", target=target, pool=pool_name(target),
                                             execution_timeout=timedelta(minutes=30))
         report = BackupReportOperator(
             task_id="report", target=target, backup_task_id="dump_and_store", verify_task_id="verify_restore",

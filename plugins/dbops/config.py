@@ -87,6 +87,8 @@ class BackupPolicy:
     encryption_conn_id: str | None = None
     notify: list[str] = field(default_factory=lambda: ["log"])
     tenant_tables: list[str] = field(default_factory=list)
+    # Tenant exports hold personal data: the retention task deletes them once older than this.
+    tenant_retention: Seconds = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,8 @@ def _check_references(config: DbopsConfig) -> None:
         if target.backup and target.backup.format not in DUMP_FORMATS:
             raise _Invalid(f"targets.{name}.backup.format",
                            f"unknown format {target.backup.format!r} (expected one of: {', '.join(DUMP_FORMATS)})")
+        if target.backup and target.backup.tenant_retention <= 0:
+            raise _Invalid(f"targets.{name}.backup.tenant_retention", "must be greater than 0 (e.g. 30d)")
         if target.maintenance:
             _check_maintenance(target.maintenance, f"targets.{name}.maintenance")
 

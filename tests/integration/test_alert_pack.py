@@ -344,8 +344,8 @@ def run_ops(target: str) -> Evaluation:
 def test_ops_rules_on_backups_and_recovery_tests(ops_target):
     target, writer = ops_target
     never = run_ops(target)
-    assert outcome(never, "verified_backup_missing_warning") == [({}, 1_000_000.0, True)]
-    assert outcome(never, "verified_backup_missing_critical") == [({}, 1_000_000.0, True)]
+    assert outcome(never, "verified_backup_missing_warning") == [({"newest": "never"}, 1_000_000.0, True)]
+    assert outcome(never, "verified_backup_missing_critical") == [({"newest": "never"}, 1_000_000.0, True)]
     assert outcome(never, "recovery_test_failed") == []  # never tested: nothing to say
 
     old = add_backup(writer, target, hours_ago=30, verified=True)

@@ -1,4 +1,4 @@
-"""The nightly backup on the real stack: consistency, idempotence and every failure path of issue 3.
+"""The nightly backup on the real stack: consistency, idempotence, retention, backfills and every failure path.
 
 The operators are run the way the task runner runs them, `execute(context)`; the context is a
 FAKE minimal stand-in for Airflow's (logical_date, run_id, dag_run, ti), which only a scheduler makes.
@@ -21,7 +21,7 @@ from dbops.config import load_config
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.store import get_store
 from dbops.manifest import MANIFEST_NAME, Manifest, backup_prefix
-from dbops.operators.backup import DUMP_FILE, PgBackupOperator
+from dbops.operators.backup import DUMP_FILE, PgBackupOperator, staging_dir
 from dbops.operators.restore import RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
 from dbops.operators.retention import BackupRetentionOperator
 from scripts import devstack
@@ -44,11 +44,17 @@ DELETE FROM orders WHERE id % 7 = 0;
 """
 
 
-def context(logical_date: datetime | None = DAY, run_id: str = "test_run", xcom: dict | None = None) -> dict:
+def context(logical_date: datetime | None = DAY, run_id: str = "test_run", xcom: dict | None = None,
+            run_type: str = "scheduled") -> dict:
     """FAKE minimal Airflow context: what the operators read from it."""
     ti = SimpleNamespace(xcom_pull=lambda task_ids: (xcom or {}).get(task_ids))
     return {"logical_date": logical_date, "run_id": run_id, "ti": ti,
-            "dag_run": SimpleNamespace(run_after=DAY + timedelta(hours=1))}
+            "dag_run": SimpleNamespace(run_after=DAY + timedelta(hours=1), run_type=run_type)}
+
+
+def on_time(run_id: str, run_type: str = "scheduled") -> dict:
+    """The context of a run that starts on time: its logical date is a minute ago."""
+    return context(datetime.now(timezone.utc) - timedelta(minutes=1), run_id=run_id, run_type=run_type)
 
 
 @pytest.fixture
@@ -102,6 +108,22 @@ def catalog_row(backup_id: str):
                            parameters=(backup_id,))
 
 
+def full_backups() -> list[tuple]:
+    """(backup_id, status, taken_at, covers, run_type, storage) of every full backup of the target, oldest first."""
+    return ops().get_records("SELECT backup_id, status, taken_at, covers, run_type, storage FROM dbops.backups "
+                             "WHERE target = %s AND kind = 'full' ORDER BY taken_at", parameters=(NAME,))
+
+
+def age_backup(backup_id: str, days: float) -> None:
+    """Make a backup's catalog row say its snapshot is ``days`` older (a test cannot wait for days to pass)."""
+    ops().run("UPDATE dbops.backups SET taken_at = taken_at - %s * interval '1 day' WHERE backup_id = %s",
+              parameters=(days, backup_id))
+
+
+def retention(ctx=None) -> dict:
+    return BackupRetentionOperator(task_id="retention", target=NAME).execute(ctx or context())
+
+
 def test_counts_in_the_manifest_match_the_snapshot_and_the_restore(target):
     result = backup()
     manifest = Manifest.from_json(store().read_bytes(f"{result['backup_id']}/{MANIFEST_NAME}"))
@@ -141,7 +163,7 @@ def test_writes_during_the_dump_do_not_change_what_is_counted(target):
     assert verify(result["backup_id"])["verified"] is True
 
 
-def test_same_logical_date_never_duplicates_or_overwrites(target):
+def test_retried_task_finds_its_runs_backup_and_never_overwrites_it(target):
     first = backup()
     dump_file = target.tmp / "store" / first["backup_id"] / DUMP_FILE
     before = (dump_file.stat().st_mtime_ns, dump_file.read_bytes())
@@ -151,18 +173,41 @@ def test_same_logical_date_never_duplicates_or_overwrites(target):
     assert [p.name for p in (target.tmp / "store" / NAME / "full").iterdir()] == [first["backup_id"].split("/")[-1]]
 
 
-def test_incomplete_attempt_is_replaced(target):
-    prefix = backup_prefix(NAME, "full", DAY)
-    store().put_bytes(f"{prefix}/{DUMP_FILE}", b"half a dump from a crashed attempt")
-    store().put_bytes(f"{prefix}/stray.tmp", b"junk")
+def test_folders_of_incomplete_attempts_are_removed(target):
+    crashed = backup_prefix(NAME, "full", DAY)
+    store().put_bytes(f"{crashed}/{DUMP_FILE}", b"half a dump from a crashed attempt")
+    store().put_bytes(f"{crashed}/stray.tmp", b"junk")
     result = backup()
-    assert store().list_keys(prefix) == [f"{prefix}/{DUMP_FILE}", f"{prefix}/{MANIFEST_NAME}"]
+    assert store().list_keys(NAME) == [f"{result['backup_id']}/{DUMP_FILE}", f"{result['backup_id']}/{MANIFEST_NAME}"]
     assert verify(result["backup_id"])["verified"] is True
 
 
-def test_manual_run_without_logical_date_uses_run_after(target):
-    result = backup(context(logical_date=None))
-    assert result["backup_id"] == backup_prefix(NAME, "full", DAY + timedelta(hours=1))
+def test_two_backups_in_one_second_get_two_names(target):
+    first = backup(on_time("first"))
+    manifest = store().read_bytes(f"{first['backup_id']}/{MANIFEST_NAME}")
+    now = datetime.now(timezone.utc)
+    taken = [backup_prefix(NAME, "full", now + timedelta(seconds=n)) for n in range(4)]
+    for prefix in taken:  # the next seconds already name a complete backup
+        store().put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest)
+    second = backup(on_time("second"))
+    assert second["backup_id"] not in [first["backup_id"], *taken]
+    assert store().exists(f"{second['backup_id']}/{DUMP_FILE}")
+
+
+def test_backup_is_named_by_its_snapshot_time_and_catalogs_its_provenance(target):
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    result = backup(context(logical_date=None, run_id="manual__now", run_type="manual"))
+    after = datetime.now(timezone.utc)
+    ((backup_id, status, taken_at, covers, run_type, storage),) = full_backups()
+    assert before <= taken_at <= after
+    assert result["backup_id"] == backup_id == backup_prefix(NAME, "full", taken_at)
+    assert (status, covers, run_type, storage) == ("complete", None, "manual", "local")
+    logical_date = ops().get_first("SELECT logical_date FROM dbops.backups WHERE backup_id = %s",
+                                   parameters=(backup_id,))[0]
+    assert logical_date == DAY + timedelta(hours=1)  # run_after, for a run without a logical date
+    manifest = Manifest.from_json(store().read_bytes(f"{backup_id}/{MANIFEST_NAME}"))
+    assert (manifest.taken_at, manifest.covers, manifest.run_type, manifest.storage) == (
+        taken_at.isoformat(), None, "manual", "local")
 
 
 def _terminate_pg_dump_when_it_waits(database: str, found: list) -> None:
@@ -195,8 +240,7 @@ def test_target_dies_mid_dump_then_the_retry_completes(target):
     assert found, "pg_dump was never seen waiting"
     assert not isinstance(info.value, AirflowFailException), info.value
     assert "transient" in str(info.value)
-    prefix = backup_prefix(NAME, "full", DAY)
-    assert not store().exists(f"{prefix}/{MANIFEST_NAME}")
+    assert not [key for key in store().list_keys(NAME) if key.endswith(MANIFEST_NAME)]
     retried = backup()
     assert verify(retried["backup_id"])["verified"] is True
 
@@ -248,8 +292,8 @@ def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch
     error = outcome[0]
     assert isinstance(error, AirflowException) and not isinstance(error, AirflowFailException), error
     assert "dump stays staged" in str(error)
-    staged = target.tmp / "staging" / backup_prefix(NAME, "full", DAY).replace("/", "__")
-    staged_sha = json.loads((staged / "staged.json").read_text())["sha256"]
+    staged = staging_dir(load_config(), NAME, "test_run")
+    staged_sha = json.loads((staged / "staged.json").read_text())["dump"]["sha256"]
     moto = s3_server()  # S3 is back, empty: nothing of the failed attempt is there
     try:
         result = backup()
@@ -283,9 +327,10 @@ def _wait_for_pg_dump_lock_wait(database: str) -> None:
 
 
 def test_corrupted_stored_file_fails_verification_and_blocks_retention(target):
-    older = backup(context(DAY - timedelta(days=3), run_id="older"))
+    older = backup(on_time("older"))
     verify(older["backup_id"], run_id="older")
-    newest = backup()
+    age_backup(older["backup_id"], 3)
+    newest = backup(on_time("newest"))
     stored = target.tmp / "store" / newest["backup_id"] / DUMP_FILE
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -296,8 +341,7 @@ def test_corrupted_stored_file_fails_verification_and_blocks_retention(target):
     tests = ops().get_records("SELECT ok, checks->'checksums'->>'error' FROM dbops.recovery_tests "
                               "WHERE backup_id = %s", parameters=(newest["backup_id"],))
     assert len(tests) == 1 and tests[0][0] is False and DUMP_FILE in tests[0][1]
-    result = BackupRetentionOperator(task_id="retention", target=NAME).execute(context())
-    assert result["deleted"] == []
+    assert retention()["deleted"] == []
     assert store().exists(f"{older['backup_id']}/{MANIFEST_NAME}")
     assert catalog_row(older["backup_id"])[1] == "complete" and catalog_row(newest["backup_id"])[1] == "complete"
 
@@ -306,16 +350,123 @@ def test_retention_deletes_manifest_first_and_records_last(target):
     ids = []
     for days_ago in (3, 2, 1, 0):
         run = f"r{days_ago}"
-        made = backup(context(DAY - timedelta(days=days_ago), run_id=run))
+        made = backup(on_time(run))
         verify(made["backup_id"], run_id=run)
+        age_backup(made["backup_id"], days_ago)
         ids.append(made["backup_id"])
-    result = BackupRetentionOperator(task_id="retention", target=NAME).execute(context())
+    result = retention()
     assert sorted(result["deleted"]) == sorted(ids[:2])
     for gone in ids[:2]:
         assert store().list_keys(gone) == []
         assert catalog_row(gone)[1] == "deleted"
     for kept in ids[2:]:
         assert store().exists(f"{kept}/{MANIFEST_NAME}") and catalog_row(kept)[1] == "complete"
+
+
+def test_manual_backup_never_deletes_the_days_scheduled_backup(target):
+    target.config_path.write_text(target.config_path.read_text().replace("daily: 2", "daily: 1"))
+    scheduled = backup(on_time("scheduled__tonight"))
+    verify(scheduled["backup_id"], run_id="scheduled__tonight")
+    manual = backup(on_time("manual__later", run_type="manual"))
+    verify(manual["backup_id"], run_id="manual__later")
+    assert retention()["deleted"] == []
+    assert catalog_row(scheduled["backup_id"])[1] == catalog_row(manual["backup_id"])[1] == "complete"
+    assert store().exists(f"{scheduled['backup_id']}/{MANIFEST_NAME}")
+
+
+def test_retention_runs_one_at_a_time_per_target(target):
+    from dbops.locks import JobBusy, job_lock
+
+    made = backup(on_time("r1"))
+    verify(made["backup_id"], run_id="r1")
+    age_backup(made["backup_id"], 5)
+    newer = backup(on_time("r2"))
+    verify(newer["backup_id"], run_id="r2")
+    target.config_path.write_text(target.config_path.read_text().replace("daily: 2", "daily: 0"))
+    with job_lock("dbops_state", NAME, "retention"), pytest.raises(JobBusy, match=f"retention of {NAME} is already"):
+        retention()
+    assert catalog_row(made["backup_id"])[1] == "complete", "a skipped retention deleted nothing"
+    assert retention()["deleted"] == [made["backup_id"]]
+
+
+def _wait_for_ops_lock_wait(statement: str) -> None:
+    """Until a backend of the test ops database waits for a lock in ``statement``."""
+    with psycopg.connect(devstack.libpq_conninfo("dbops_test"), autocommit=True) as conn:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = 'dbops_test' AND wait_event_type = 'Lock' "
+                            "AND query LIKE %s", (f"%{statement}%",)).fetchone():
+                return
+            time.sleep(0.05)
+    raise TimeoutError(f"no backend was seen waiting in {statement!r}")
+
+
+def test_verification_never_rewrites_the_manifest_of_a_backup_being_deleted(target):
+    """Retention deletes a backup while its verification runs: the verification must not re-complete it.
+
+    The race is made deterministic with the catalog row's lock: the test holds it FOR UPDATE, which
+    pauses the verification before it records its outcome; meanwhile the test does what retention
+    does, marks the row deleting and deletes the manifest and the files.
+    """
+    made = backup()
+    backup_id = made["backup_id"]
+    manifest = Manifest.from_json(store().read_bytes(f"{backup_id}/{MANIFEST_NAME}"))
+    with psycopg.connect(devstack.libpq_conninfo("dbops_test")) as deleter:
+        deleter.execute("SELECT 1 FROM dbops.backups WHERE backup_id = %s FOR UPDATE", (backup_id,))
+        outcome: list = []
+        verifying = threading.Thread(target=lambda: outcome.append(_raised(lambda: verify(backup_id))))
+        verifying.start()
+        _wait_for_ops_lock_wait("INSERT INTO dbops.recovery_tests")  # its foreign key waits for the row
+        deleter.execute("UPDATE dbops.backups SET status = 'deleting' WHERE backup_id = %s", (backup_id,))
+        store().delete(f"{backup_id}/{MANIFEST_NAME}")
+        for key in store().list_keys(backup_id):
+            store().delete(key)
+        deleter.commit()
+        verifying.join(timeout=120)
+    assert isinstance(outcome[0], AirflowFailException), outcome
+    assert f"backup {backup_id} is deleting in the catalog; its manifest is not rewritten" in str(outcome[0])
+    assert store().list_keys(backup_id) == [], "no manifest without data behind it"
+    with pytest.raises(AirflowFailException, match="is not recorded as complete again"):
+        ops().record_backup(manifest)  # nor re-recorded by a late backup task
+    assert catalog_row(backup_id)[1] == "deleting"
+    later = backup(context(DAY, run_id="backfill__again", run_type="backfill"))
+    assert later["backup_id"] != backup_id, "a later run for its period does not take it for complete"
+
+
+def test_retention_waits_for_a_manifest_being_rewritten(target):
+    """A verification rewriting a manifest holds a share lock on the row; retention's deletion waits for it."""
+    older = backup(on_time("older"))
+    verify(older["backup_id"], run_id="older")
+    age_backup(older["backup_id"], 3)
+    newer = backup(on_time("newer"))
+    verify(newer["backup_id"], run_id="newer")
+    target.config_path.write_text(target.config_path.read_text().replace("daily: 2", "daily: 0"))
+    with psycopg.connect(devstack.libpq_conninfo("dbops_test")) as verifier:
+        verifier.execute("SELECT 1 FROM dbops.backups WHERE backup_id = %s FOR SHARE", (older["backup_id"],))
+        outcome: list = []
+        deleting = threading.Thread(target=lambda: outcome.append(retention()))
+        deleting.start()
+        _wait_for_ops_lock_wait("UPDATE dbops.backups SET status = 'deleting'")
+        assert store().exists(f"{older['backup_id']}/{MANIFEST_NAME}"), "nothing deleted while the lock is held"
+        verifier.commit()
+        deleting.join(timeout=60)
+    assert outcome == [{"kept": [newer["backup_id"]], "deleted": [older["backup_id"]]}]
+    assert store().list_keys(older["backup_id"]) == []
+
+
+def test_manifest_is_never_written_when_a_file_is_missing_or_short(target):
+    made = backup()
+    manifest = Manifest.from_json(store().read_bytes(f"{made['backup_id']}/{MANIFEST_NAME}"))
+    dump_file = target.tmp / "store" / made["backup_id"] / DUMP_FILE
+    dump_file.write_bytes(dump_file.read_bytes()[:-1])
+    with pytest.raises(AirflowFailException, match=f"{DUMP_FILE} is {manifest.files[0].bytes - 1} bytes in the "
+                                                   "store, the manifest says"):
+        ops().rewrite_manifest(store(), manifest)
+    dump_file.unlink()
+    store().delete(f"{made['backup_id']}/{MANIFEST_NAME}")
+    with pytest.raises(AirflowFailException, match=f"{DUMP_FILE} is missing in the store"):
+        ops().rewrite_manifest(store(), manifest)
+    assert store().list_keys(made["backup_id"]) == []
 
 
 def test_permission_denied_fails_at_once_with_what_to_fix(target, monkeypatch):
@@ -393,17 +544,34 @@ def dag(dag_id: str):
     return DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[dag_id]
 
 
-def test_backfilling_three_dates_makes_three_backups_named_by_date(target):
+def test_backfilling_three_missed_nights_makes_one_backup_of_today(target):
     backup_dag = dag(f"pg_backup__{NAME}")
     dates = [DAY - timedelta(days=n) for n in (12, 11, 10)]
+    before = datetime.now(timezone.utc).replace(microsecond=0)
     for date in dates:
         run = backup_dag.test(logical_date=date)
         assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
-    ids = [f"{NAME}/full/{d.strftime('%Y%m%dT%H%M%SZ')}" for d in dates]
-    assert [catalog_row(i)[0] for i in ids] == [True, True, True], "each date got its own verified backup"
-    # retention (daily: 2) then removed the oldest of the three, files and manifest
-    assert [catalog_row(i)[1] for i in ids] == ["deleted", "complete", "complete"]
-    assert sorted(p.name for p in (target.tmp / "store" / NAME / "full").iterdir()) == [i[-16:] for i in ids[1:]]
+    ((backup_id, status, taken_at, covers, run_type, storage),) = full_backups()
+    assert taken_at >= before, "named and catalogued by its snapshot time, today"
+    assert (status, covers, run_type, storage) == ("complete", dates[0], "manual", "local")
+    assert catalog_row(backup_id)[0] is True
+    assert [p.name for p in (target.tmp / "store" / NAME / "full").iterdir()] == [backup_id.split("/")[-1]]
+
+
+def test_run_for_a_past_period_reuses_a_newer_backup_or_takes_one_now(target):
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    first = backup(context(DAY - timedelta(days=2), run_id="scheduled__missed", run_type="scheduled"))
+    assert "covered_period" not in first
+    ((backup_id, _, taken_at, covers, run_type, _),) = full_backups()
+    assert first["backup_id"] == backup_id == backup_prefix(NAME, "full", taken_at) and taken_at >= before
+    assert (covers, run_type) == (DAY - timedelta(days=2), "scheduled")
+    again = backup(context(DAY - timedelta(days=1), run_id="backfill__next", run_type="backfill"))
+    assert again["backup_id"] == backup_id and again["covered_period"] == (DAY - timedelta(days=1)).isoformat()
+    assert len(full_backups()) == 1
+    ops().run("UPDATE dbops.backups SET verified = false WHERE backup_id = %s", parameters=(backup_id,))
+    fresh = backup(context(DAY, run_id="backfill__last", run_type="backfill"))
+    assert fresh["backup_id"] != backup_id, "a backup that failed verification covers no period"
+    assert len(full_backups()) == 2
 
 
 def test_failed_verification_notifies_by_email(target, monkeypatch, mailbox, smtp_server):
@@ -512,6 +680,35 @@ def test_tenant_export_holds_exactly_that_tenants_rows(tenant_target, tmp_path):
         assert len(rows) == manifest.tables[entry.name.removesuffix(".csv.zst")]
         assert {row["tenant_id"] for row in rows} == {"7"}
     assert export("7")["backup_id"] == result["backup_id"]  # same date again: kept, not rewritten
+
+
+def test_tenant_export_is_catalogued_and_deleted_after_tenant_retention(tenant_target):
+    old = export("7")
+    kept = export("8")
+    age_backup(old["backup_id"], 60)
+    result = retention()  # run date DAY: exports taken before DAY - 30 days go
+    assert result["deleted"] == [old["backup_id"]] and kept["backup_id"] in result["kept"]
+    assert store().list_keys(old["backup_id"]) == [] and catalog_row(old["backup_id"])[1] == "deleted"
+    assert store().exists(f"{kept['backup_id']}/{MANIFEST_NAME}") and catalog_row(kept["backup_id"])[1] == "complete"
+
+
+def test_tenant_export_reads_back_what_was_stored(tenant_target, monkeypatch):
+    """FAKE: the store flips one byte of what it is given (bit rot, a faulty proxy); no real disk does it on cue."""
+    from dbops.hooks.store import LocalStore
+
+    real_put_file = LocalStore.put_file
+
+    def corrupting_put_file(self, path, key):
+        real_put_file(self, path, key)
+        stored = self._path(key)
+        data = bytearray(stored.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        stored.write_bytes(data)
+
+    monkeypatch.setattr(LocalStore, "put_file", corrupting_put_file)
+    with pytest.raises(AirflowFailException, match="stored sha256 differs from the staged file's"):
+        export("7")
+    assert not [key for key in store().list_keys(NAME) if key.endswith(MANIFEST_NAME)]
 
 
 @pytest.mark.parametrize(("tenant_id", "message"), [

@@ -89,3 +89,31 @@ def test_bad_file_names_and_duplicate_versions_are_rejected(migrations_dir):
     (migrations_dir / "001_again.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="version 1 is already used"):
         discover(migrations_dir)
+
+
+def test_backup_provenance_is_filled_in_for_backups_catalogued_before(ops_db, migrations_dir, tmp_path):
+    later = tmp_path / "later"
+    later.mkdir()
+    for path in migrations_dir.glob("*.sql"):
+        if int(path.name[:3]) >= 5:
+            path.rename(later / path.name)
+    apply_migrations(ops_db, migrations_dir)
+    ops_db.execute("""
+        INSERT INTO dbops.backups (backup_id, target, kind, logical_date, run_id, location, bytes, tables, total_rows,
+                                   manifest, created_at)
+        VALUES ('a/full/1', 'a', 'full', '2026-11-10 02:00Z', 'backfill__2026-11-10T02:00:00+00:00', 'file:///x', 1, 1,
+                1, '{"extra": {"created_at": "2026-11-30T12:10:00+00:00"},
+                     "timings": {"dump_seconds": 540, "upload_seconds": 60}}', '2026-11-30 12:11Z'),
+               ('a/full/2', 'a', 'full', '2026-11-11 02:00Z', 'by hand', 'file:///x', 1, 1, 1, '{}',
+                '2026-11-11 02:30Z')""")
+    for path in later.iterdir():
+        path.rename(migrations_dir / path.name)
+    apply_migrations(ops_db, migrations_dir)
+    rows = ops_db.execute("SELECT backup_id, taken_at, covers, run_type, storage FROM dbops.backups "
+                          "ORDER BY backup_id").fetchall()
+    assert [(r[0], r[1].isoformat(), r[2].isoformat(), r[3], r[4]) for r in rows] == [
+        ("a/full/1", "2026-11-30T12:00:00+00:00", "2026-11-10T02:00:00+00:00", "backfill", None),
+        ("a/full/2", "2026-11-11T02:30:00+00:00", "2026-11-11T02:00:00+00:00", None, None)]
+    indexes = ops_db.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'dbops' "
+                             "AND tablename = 'recovery_tests'").fetchall()
+    assert any("(target, started_at DESC)" in row[0] for row in indexes)

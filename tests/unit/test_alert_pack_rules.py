@@ -41,7 +41,7 @@ EXPECTED = {
 }
 # The labels (columns besides value) of the queries that return one row per thing.
 LABELS = {"replication_lag": {"application_name", "client_addr"}, "table_bloat": {"schema", "table"},
-          "maintenance_failed": {"kind"}}
+          "maintenance_failed": {"kind"}, "backup_age": {"newest"}}
 
 
 def test_the_pack_has_exactly_the_expected_rules_with_their_thresholds():

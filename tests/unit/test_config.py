@@ -36,6 +36,7 @@ def test_good_config_is_typed():
     assert type(appdb.backup.schedule) is str
     assert appdb.maintenance.lock_timeout == 5.0
     assert appdb.backup.retention.monthly == 12
+    assert appdb.backup.tenant_retention == 30 * 86400.0  # tenant exports are deleted after 30 days by default
     assert config.store_for("appdb").local_path.name == "backups"
     assert config.path == PATH
 
@@ -61,6 +62,10 @@ def test_repository_config_is_valid():
         ("    conn_id: pg_appdb\n", "    conn_id: ''\n", "target 'appdb': key 'conn_id': must name an Airflow connection"),
         ("storage: local,", "storage: nowhere,", "target 'appdb': key 'backup.storage': unknown storage 'nowhere'"),
         ("storage: local,", "storage: local, format: zip,", "target 'appdb': key 'backup.format': unknown format 'zip'"),
+        ("storage: local,", "storage: local, tenant_retention: 0d,",
+         "target 'appdb': key 'backup.tenant_retention': must be greater than 0 (e.g. 30d)"),
+        ("storage: local,", "storage: local, tenant_retention: forever,",
+         "target 'appdb': key 'backup.tenant_retention': expected a duration"),
         ("min_bytes: 10MB", "min_bytes: ten", "target 'appdb': key 'maintenance.min_bytes': expected a size"),
         ("lock_timeout: 5s", "lock_timeout: 5 parsecs", "key 'maintenance.lock_timeout': expected a duration"),
         ("  appdb:\n", "  App-DB:\n", "target 'App-DB': target names are lowercase"),

@@ -1,4 +1,4 @@
-"""GFS retention planning: which backups are kept, which deleted, and why."""
+"""Retention planning: GFS for full backups, expiry for tenant exports; what is kept, deleted, and why."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from dbops.config import Retention
-from dbops.retention import BackupRecord, RetentionPlan, plan_retention
+from dbops.retention import BackupRecord, RetentionPlan, plan_expiry, plan_retention
 
 LAST_DAY = date(2026, 11, 20)  # a Friday in ISO week 2026-W47
 DEFAULT = Retention(daily=7, weekly=4, monthly=12)
@@ -19,9 +19,10 @@ def at(day: date, hour: int = 2) -> datetime:
     return datetime(day.year, day.month, day.day, hour, tzinfo=timezone.utc)
 
 
-def record(day: date, verified: bool | None = True, hour: int = 2, backup_id: str | None = None) -> BackupRecord:
+def record(day: date, verified: bool | None = True, hour: int = 2, backup_id: str | None = None,
+           run_type: str | None = "scheduled") -> BackupRecord:
     """A backup whose id defaults to its date and hour, e.g. ``2026-11-20T02``."""
-    return BackupRecord(backup_id or f"{day.isoformat()}T{hour:02d}", at(day, hour), verified)
+    return BackupRecord(backup_id or f"{day.isoformat()}T{hour:02d}", at(day, hour), verified, run_type)
 
 
 def daily_backups(last: date = LAST_DAY, count: int = 400) -> list[BackupRecord]:
@@ -34,7 +35,7 @@ def ids(records: list[BackupRecord]) -> list[str]:
 
 
 def days(records: list[BackupRecord]) -> list[str]:
-    return [r.logical_date.date().isoformat() for r in records]
+    return [r.taken_at.date().isoformat() for r in records]
 
 
 def test_gfs_7_4_12_over_400_daily_backups_keeps_exactly_the_slots() -> None:
@@ -70,8 +71,8 @@ def test_gfs_reasons_name_every_slot_a_backup_fills() -> None:
 def test_keep_and_delete_are_newest_first() -> None:
     plan = plan_retention(daily_backups(count=60), DEFAULT)
 
-    assert plan.keep == sorted(plan.keep, key=lambda r: r.logical_date, reverse=True)
-    assert plan.delete == sorted(plan.delete, key=lambda r: r.logical_date, reverse=True)
+    assert plan.keep == sorted(plan.keep, key=lambda r: r.taken_at, reverse=True)
+    assert plan.delete == sorted(plan.delete, key=lambda r: r.taken_at, reverse=True)
     assert ids(plan.keep)[0] == "2026-11-20T02"
     assert ids(plan.delete)[0] == "2026-11-13T02"
 
@@ -141,7 +142,7 @@ def test_failed_newest_backup_blocks_all_deletion() -> None:
     assert "2026-11-21T02" in plan.blocked
     assert "failed verification" in plan.blocked
     assert "deletes nothing" in plan.blocked
-    assert plan.reasons["2026-11-21T02"] == "verification failed; deletion blocked"
+    assert plan.reasons["2026-11-21T02"] == "verification failed; kept while no newer backup is verified"
     assert plan.reasons["2026-11-19T02"] == "outside retention; deletion blocked"
     assert plan.reasons["2026-11-20T02"] == "newest verified"
 
@@ -194,18 +195,78 @@ def test_unverified_backups_older_than_the_newest_verified_are_deleted() -> None
     assert days(plan.keep) == ["2026-06-03", "2026-06-01"]
 
 
-def test_without_any_verified_backup_unverified_are_kept_and_failed_deleted() -> None:
+def test_without_any_verified_backup_nothing_is_deleted() -> None:
     failed = record(date(2026, 6, 1), verified=False)
     pending = [record(date(2026, 6, 2), verified=None), record(date(2026, 6, 3), verified=None)]
 
     plan = plan_retention([failed, *pending], DEFAULT)
 
-    assert ids(plan.keep) == ["2026-06-03T02", "2026-06-02T02"]
-    assert plan.delete == [failed]
+    assert ids(plan.keep) == ["2026-06-03T02", "2026-06-02T02", "2026-06-01T02"]
+    assert plan.delete == []
+    assert plan.reasons[failed.backup_id] == "verification failed; kept while no newer backup is verified"
     assert plan.blocked is None
 
 
-def test_same_logical_date_is_ordered_by_backup_id() -> None:
+def test_failed_backup_newer_than_the_newest_verified_is_kept() -> None:
+    failed = record(date(2026, 6, 3), verified=False)
+    backups = [record(date(2026, 6, 1)), record(date(2026, 6, 2)), failed, record(date(2026, 6, 4), verified=None)]
+
+    plan = plan_retention(backups, NOTHING)
+
+    assert ids(plan.keep) == ["2026-06-04T02", "2026-06-03T02", "2026-06-02T02"]
+    assert plan.reasons[failed.backup_id] == "verification failed; kept while no newer backup is verified"
+    assert ids(plan.delete) == ["2026-06-01T02"]
+
+
+def test_manual_backup_never_evicts_the_days_scheduled_backup() -> None:
+    scheduled = record(LAST_DAY, hour=2)
+    manual = record(LAST_DAY, hour=10, run_type="manual")
+    backups = [record(LAST_DAY - timedelta(days=1)), scheduled, manual]
+
+    plan = plan_retention(backups, Retention(daily=2, weekly=0, monthly=0))
+
+    assert ids(plan.keep) == ["2026-11-20T10", "2026-11-20T02", "2026-11-19T02"]
+    assert plan.reasons[manual.backup_id] == "newest verified"
+    assert plan.reasons[scheduled.backup_id] == "daily 2026-11-20"
+    assert plan.delete == []
+
+
+def test_the_next_scheduled_backup_makes_the_manual_one_go() -> None:
+    manual = record(LAST_DAY, hour=10, run_type="manual")
+    backups = [record(LAST_DAY, hour=2), manual, record(LAST_DAY + timedelta(days=1))]
+
+    plan = plan_retention(backups, Retention(daily=2, weekly=1, monthly=1))
+
+    assert ids(plan.keep) == ["2026-11-21T02", "2026-11-20T02"]
+    assert ids(plan.delete) == [manual.backup_id]
+    assert plan.reasons[manual.backup_id] == "outside retention"
+
+
+def test_backfill_runs_count_as_scheduled_and_extra_backups_fill_empty_periods() -> None:
+    backfilled = record(date(2026, 6, 2), hour=9, run_type="backfill")
+    backups = [record(date(2026, 6, 2), hour=15, run_type="manual"), backfilled,
+               record(date(2026, 6, 1), hour=12, run_type="asset_triggered"), record(date(2026, 5, 31), hour=8,
+                                                                                       run_type=None)]
+
+    plan = plan_retention(backups, Retention(daily=3, weekly=0, monthly=0))
+
+    assert plan.reasons[backfilled.backup_id] == "daily 2026-06-02"
+    assert plan.reasons["2026-06-01T12"] == "daily 2026-06-01"
+    assert plan.reasons["2026-05-31T08"] == "daily 2026-05-31"
+    assert plan.reasons["2026-06-02T15"] == "newest verified"
+
+
+def test_scheduled_backups_fill_weekly_and_monthly_slots_before_manual_ones() -> None:
+    scheduled = record(date(2026, 6, 10), hour=2)
+    backups = [scheduled, record(date(2026, 6, 12), hour=11, run_type="manual"), record(date(2026, 6, 16))]
+
+    plan = plan_retention(backups, Retention(daily=0, weekly=2, monthly=0))
+
+    assert plan.reasons[scheduled.backup_id] == "weekly 2026-W24"
+    assert ids(plan.delete) == ["2026-06-12T11"]
+
+
+def test_same_snapshot_time_is_ordered_by_backup_id() -> None:
     moment = at(date(2026, 6, 1))
     backups = [BackupRecord("b", moment, True), BackupRecord("a", moment, True), BackupRecord("c", moment, None)]
 
@@ -262,8 +323,42 @@ def test_negative_policy_raises(policy: Retention, message: str) -> None:
         plan_retention(daily_backups(count=3), policy)
 
 
-def test_naive_logical_date_raises() -> None:
+def test_naive_snapshot_time_raises() -> None:
     naive = BackupRecord("naive", datetime(2026, 6, 1, 2), True)
 
     with pytest.raises(ValueError, match="'naive'.*timezone-aware"):
         plan_retention([naive], DEFAULT)
+
+
+# --- tenant exports: personal data, deleted once older than backup.tenant_retention ---
+
+THIRTY_DAYS = 30 * 86400.0
+
+
+def test_tenant_exports_older_than_the_retention_are_deleted() -> None:
+    exports = [record(LAST_DAY - timedelta(days=n), verified=None, run_type="manual") for n in (0, 29, 30, 31, 90)]
+
+    plan = plan_expiry(exports, THIRTY_DAYS, at(LAST_DAY, hour=3))
+
+    assert days(plan.keep) == ["2026-11-20", "2026-10-22"]
+    assert days(plan.delete) == ["2026-10-21", "2026-10-20", "2026-08-22"]  # 30 days and 1 hour old is past 30d
+    assert plan.reasons["2026-10-21T02"] == "taken before 2026-10-21T03:00:00+00:00: older than tenant_retention"
+    assert plan.reasons["2026-11-20T02"] == "within tenant_retention"
+    assert plan.blocked is None
+
+
+def test_tenant_expiry_depends_on_the_run_date_not_on_now() -> None:
+    exports = [record(date(1999, 12, 1), verified=None), record(date(1999, 12, 30), verified=None)]
+
+    assert days(plan_expiry(exports, 7 * 86400.0, at(date(1999, 12, 31))).delete) == ["1999-12-01"]
+    assert plan_expiry(exports, 7 * 86400.0, at(date(1999, 12, 5))).delete == []
+
+
+@pytest.mark.parametrize(("max_age", "now", "message"), [
+    (0.0, at(LAST_DAY), "tenant_retention must be more than 0 seconds, got 0"),
+    (-5.0, at(LAST_DAY), "tenant_retention must be more than 0 seconds, got -5"),
+    (THIRTY_DAYS, datetime(2026, 11, 20, 2), "now must be timezone-aware"),
+])
+def test_tenant_expiry_rejects_bad_input(max_age: float, now: datetime, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_expiry([record(LAST_DAY)], max_age, now)

@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 
     from dbops.config import BackupPolicy, DbopsConfig
     from dbops.dump import DumpResult
+    from dbops.hooks.ops import OpsDatabaseHook
     from dbops.hooks.store import BackupStore
 
 DUMP_FILE = "dump.pgc.zst"  # custom format
 DUMP_FILES = {"custom": DUMP_FILE, "directory": "dump.dir.tar.zst"}
 ARCHIVES = {"custom": "pg_dump custom, -Z0", "directory": "pg_dump directory (tar), -Z0"}
+_CRON_PRESETS = {"@quarterly": "0 0 1 */3 *"}  # croniter knows Airflow's other presets
 
 
 def encryption_key(conn_id: str | None) -> bytes | None:
@@ -58,57 +60,136 @@ class _BackupTargetOperator(TargetOperator):
         return config, policy, get_store(config.storage[policy.storage])
 
 
+def run_type_of(context: Context) -> str:
+    """The run's type as a string: ``scheduled``, ``backfill``, ``manual``, ``asset_triggered``, ..."""
+    run_type = context["dag_run"].run_type
+    return getattr(run_type, "value", str(run_type))
+
+
+def provenance(context: Context, storage: str, taken_at: datetime) -> dict[str, str | None]:
+    """Manifest fields: when the data was read, the logical date and type of the run, the storage key."""
+    logical_date = context.get("logical_date")
+    return {"taken_at": taken_at.isoformat(), "covers": logical_date.isoformat() if logical_date else None,
+            "run_type": run_type_of(context), "storage": storage}
+
+
+def is_past_period(schedule: str | None, period: datetime, run_type: str, now: datetime) -> bool:
+    """Whether a run is for a past period: a backfill, or a run starting once its schedule's next slot came.
+
+    A dump reads the database as it is now, so such a run cannot make that period's backup.
+
+    :param schedule: the backup schedule (cron or preset); None for manual-only DAGs.
+    :param period: the run's logical date (its scheduled time).
+    """
+    from croniter import croniter
+
+    if run_type == "backfill":
+        return True
+    if not schedule or schedule == "@once":
+        return False
+    return now >= croniter(_CRON_PRESETS.get(schedule, schedule), period).get_next(datetime)
+
+
+def staging_dir(config: DbopsConfig, target: str, run_id: str) -> Path:
+    """Where a run's dump waits until it is stored (one per run, so a retry finds it)."""
+    import hashlib
+
+    return config.staging_path / f"{target}__full__{hashlib.sha1(run_id.encode()).hexdigest()[:12]}"
+
+
 class PgBackupOperator(_BackupTargetOperator):
     """Dump the target in one snapshot, store the archive, verify what was stored, write the manifest last.
 
-    A run for a logical date whose backup is complete does nothing (a complete backup is never
-    overwritten); leftovers of an incomplete attempt are removed first. A dump that finished but could
-    not be stored is kept in staging and reused by the retry.
+    A backup is named by its snapshot time, ``<target>/full/<UTC snapshot time>/``, and records the
+    logical date of the run it was taken for (``covers``), the run type and the storage. A retried task
+    finds the backup its run already made. A run for a past period (:func:`is_past_period`) does
+    nothing when a backup (not failed verification) was taken at or after the period's scheduled time,
+    and says which; otherwise it takes one now. So a backfill over three missed nights makes one backup,
+    not three copies of today. Folders of incomplete attempts are removed first; a dump that finished
+    but could not be stored is kept in staging and reused by the retry.
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.errors import classify
         from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.manifest import write_manifest
         from dbops.restore import read_manifest
-        from dbops.runs import run_date
 
         config, policy, store = self._setup()
-        logical_date = run_date(context)
-        prefix = backup_prefix(self.target, "full", logical_date)
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
         try:
-            existing = read_manifest(store, prefix)
-            leftovers = [] if existing else store.list_keys(prefix)
+            existing = self._existing_backup(context, policy, ops, store)
+            if existing is not None:
+                return existing
+            self._remove_incomplete(store)
+        except AirflowFailException:
+            raise
         except Exception as err:
-            raise classify(err, f"reading {store.describe()} failed before dumping") from err
-        if existing is not None:
-            self.log.info("backup %s is already complete in %s; not overwriting it", prefix, store.describe())
-            ops.record_backup(existing)
-            return _result(existing)
-        for leftover in leftovers:
-            self.log.info("removing %s left by an incomplete attempt", leftover)
-            store.delete(leftover)
+            raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
 
-        staging = config.staging_path / prefix.replace("/", "__")
-        dump = self._staged_or_new_dump(config, policy, staging)
+        staging = staging_dir(config, self.target, context["run_id"])
+        dump, taken_at = self._staged_or_new_dump(config, policy, store, staging)
+        prefix = backup_prefix(self.target, "full", taken_at)
         started = time.monotonic()
         try:
-            store.put_file(dump.path, f"{prefix}/{dump.path.name}")
-            _verify_stored(store, f"{prefix}/{dump.path.name}", dump)
+            manifest = read_manifest(store, prefix)  # an earlier attempt stored it but could not record it
+            if manifest is None:
+                store.put_file(dump.path, f"{prefix}/{dump.path.name}")
+                _verify_stored(store, f"{prefix}/{dump.path.name}", dump.bytes, dump.sha256)
+                manifest = self._manifest(context, policy, store, prefix, dump, taken_at, time.monotonic() - started)
+                write_manifest(store, manifest)
         except Exception as err:
             raise classify(err, f"storing {prefix} in {store.describe()} failed; the dump stays staged in "
                                 f"{staging}") from err
-        upload_seconds = time.monotonic() - started
-        manifest = self._manifest(context, policy, store, prefix, dump, upload_seconds)
-        store.put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest.to_json())
         ops.record_backup(manifest)
         shutil.rmtree(staging, ignore_errors=True)
-        self.log.info("backup %s complete: %d bytes (%d raw), %d tables, %d rows, dump %.1f s, upload %.1f s",
-                      prefix, dump.bytes, dump.raw_bytes, len(dump.tables), sum(dump.tables.values()),
-                      dump.seconds, upload_seconds)
+        self.log.info("backup %s complete (snapshot %s, for the run of %s): %d bytes (%d raw), %d tables, %d rows, "
+                      "dump %.1f s, upload %.1f s", prefix, manifest.taken_at, manifest.covers or "-", dump.bytes,
+                      dump.raw_bytes, len(dump.tables), sum(dump.tables.values()), dump.seconds,
+                      manifest.timings["upload_seconds"])
         return _result(manifest)
 
-    def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, staging: Path) -> DumpResult:
+    def _existing_backup(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
+                         store: BackupStore) -> dict[str, Any] | None:
+        """This run's own complete backup (a retry), or for a past period one taken since its scheduled time."""
+        from dbops.restore import read_manifest
+        from dbops.runs import run_date
+
+        own = ops.backup_of_run(self.target, context["run_id"])
+        if own is not None and read_manifest(store, own.backup_id) is not None:
+            self.log.info("backup %s of this run is already complete in %s; not dumping again", own.backup_id,
+                          store.describe())
+            return _result(own)
+        period = run_date(context)
+        if not is_past_period(policy.schedule, period, run_type_of(context), datetime.now(timezone.utc)):
+            return None
+        newer = ops.backup_taken_since(self.target, period)
+        if newer is not None and read_manifest(store, newer.backup_id) is not None:
+            self.log.info("run for the past period %s: backup %s (snapshot %s) already holds data at least that new; "
+                          "nothing dumped", period.isoformat(), newer.backup_id, newer.taken_at)
+            return {**_result(newer), "covered_period": period.isoformat()}
+        self.log.info("run for the past period %s: no backup was taken since; dumping now, named by its snapshot "
+                      "time (a dump cannot read the past)", period.isoformat())
+        return None
+
+    def _remove_incomplete(self, store: BackupStore) -> None:
+        """Delete the folders under ``<target>/full/`` that have no manifest: leftovers of failed attempts.
+
+        The target's pool runs one backup at a time, so no other attempt is writing there.
+        """
+        folders: dict[str, list[str]] = {}
+        for key in store.list_keys(f"{self.target}/full/"):
+            folder, _, name = key.rpartition("/")
+            folders.setdefault(folder, []).append(name)
+        for folder, names in folders.items():
+            if MANIFEST_NAME not in names:
+                self.log.info("removing %s, left incomplete by an earlier attempt (%d files)", folder, len(names))
+                for name in names:
+                    store.delete(f"{folder}/{name}")
+
+    def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
+                            staging: Path) -> tuple[DumpResult, datetime]:
+        """The dump and its snapshot time: staged by an earlier attempt of this run, or taken now."""
         from dbops.dump import DumpResult, dump_database
         from dbops.errors import classify, dump_permission_fix
         from dbops.hooks.postgres import DbopsPostgresHook
@@ -118,13 +199,14 @@ class PgBackupOperator(_BackupTargetOperator):
         record = staging / "staged.json"
         if record.exists():
             staged = json.loads(record.read_text())
-            staged = DumpResult(**{**staged, "path": Path(staged["path"])})
-            if staged.path.exists() and file_sha256(staged.path) == staged.sha256:
-                self.log.info("reusing the dump staged by an earlier attempt: %s", staged.path)
-                return staged
+            dump = DumpResult(**{**staged["dump"], "path": Path(staged["dump"]["path"])})
+            if dump.path.exists() and file_sha256(dump.path) == dump.sha256:
+                self.log.info("reusing the dump staged by an earlier attempt: %s", dump.path)
+                return dump, datetime.fromisoformat(staged["taken_at"])
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
+        taken_at = self._snapshot_time(store)
         try:
             tool = find_tool("pg_dump", hook.server_version_num(), config.tools.bin_dir)
             self._check_staging_space(hook, staging)
@@ -138,8 +220,20 @@ class PgBackupOperator(_BackupTargetOperator):
         except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
             raise classify(err, f"dumping {self.target} failed", dump_permission_fix(str(err))) from err
-        record.write_text(json.dumps({**asdict(dump), "path": str(dump.path)}))
-        return dump
+        record.write_text(json.dumps({"dump": {**asdict(dump), "path": str(dump.path)},
+                                      "taken_at": taken_at.isoformat()}))
+        return dump, taken_at
+
+    def _snapshot_time(self, store: BackupStore) -> datetime:
+        """Now, to the second, that no backup of the target is named by yet (the next second otherwise).
+
+        The snapshot is exported right after: the dump's data is at least this new.
+        """
+        while True:
+            now = datetime.now(timezone.utc)
+            if not store.list_keys(backup_prefix(self.target, "full", now)):
+                return now.replace(microsecond=0)
+            time.sleep(1 - now.microsecond / 1_000_000)
 
     def _check_staging_space(self, hook, staging: Path) -> None:
         """Fail before dumping when staging cannot hold the dump (at most the database's size)."""
@@ -151,7 +245,7 @@ class PgBackupOperator(_BackupTargetOperator):
                 f"{needed / 2**20:.0f} MiB (its database size). Free space or set staging_dir in dbops.yaml.")
 
     def _manifest(self, context: Context, policy: BackupPolicy, store: BackupStore, prefix: str,
-                  dump: DumpResult, upload_seconds: float) -> Manifest:
+                  dump: DumpResult, taken_at: datetime, upload_seconds: float) -> Manifest:
         from dbops.runs import run_date
 
         return Manifest(
@@ -166,18 +260,19 @@ class PgBackupOperator(_BackupTargetOperator):
             encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
             if policy.encryption_conn_id else None,
             extra={"created_at": datetime.now(timezone.utc).isoformat()},
+            **provenance(context, policy.storage, taken_at),
         )
 
 
-def _verify_stored(store: BackupStore, key: str, dump: DumpResult) -> None:
+def _verify_stored(store: BackupStore, key: str, size: int, sha256: str) -> None:
     """Read back what was stored: its size and its sha256 must be the staged file's."""
     from dbops.streams import ChecksumMismatch
 
-    size = store.size(key)
-    if size != dump.bytes:
-        raise ChecksumMismatch(f"{key}: stored {size} bytes, staged {dump.bytes}")
-    if store.sha256(key) != dump.sha256:
-        raise ChecksumMismatch(f"{key}: stored sha256 differs from the staged dump's {dump.sha256}")
+    stored = store.size(key)
+    if stored != size:
+        raise ChecksumMismatch(f"{key}: stored {stored} bytes, staged {size}")
+    if store.sha256(key) != sha256:
+        raise ChecksumMismatch(f"{key}: stored sha256 differs from the staged file's {sha256}")
 
 
 def _result(manifest: Manifest) -> dict[str, Any]:
@@ -185,7 +280,7 @@ def _result(manifest: Manifest) -> dict[str, Any]:
     entry = manifest.files[0]
     return {"backup_id": manifest.backup_id, "location": manifest.location, "bytes": manifest.total_bytes,
             "raw_bytes": entry.raw_bytes, "tables": len(manifest.tables), "rows": manifest.total_rows,
-            **manifest.timings}
+            "taken_at": manifest.taken_at, **manifest.timings}
 
 
 class BackupReportOperator(_BackupTargetOperator):
@@ -209,11 +304,14 @@ class BackupReportOperator(_BackupTargetOperator):
             raise AirflowSkipException(f"backup of {self.target}: no backup was made in this run")
         verified = bool(verify.get("verified"))
         ratio = backup["raw_bytes"] / backup["bytes"] if backup["bytes"] else 0.0
+        made = (f"taken earlier; it covers this run's past period {backup['covered_period']}, nothing dumped"
+                if "covered_period" in backup else "made by this run")
         self.log.info(
-            "backup %s: %d bytes stored (%.1fx compression of %d), dump %.1f s, upload %.1f s, restore %s s, "
-            "%d tables, %d rows, verified %s", backup["backup_id"], backup["bytes"], ratio, backup["raw_bytes"],
-            backup.get("dump_seconds", 0.0), backup.get("upload_seconds", 0.0), verify.get("restore_seconds", "-"),
-            backup["tables"], backup["rows"], "yes" if verified else "no")
+            "backup %s (snapshot %s, %s): %d bytes stored (%.1fx compression of %d), dump %.1f s, upload %.1f s, "
+            "restore %s s, %d tables, %d rows, verified %s", backup["backup_id"], backup.get("taken_at") or "-", made,
+            backup["bytes"], ratio, backup["raw_bytes"], backup.get("dump_seconds", 0.0),
+            backup.get("upload_seconds", 0.0), verify.get("restore_seconds", "-"), backup["tables"], backup["rows"],
+            "yes" if verified else "no")
         if not verified:
             raise AirflowSkipException("the backup is not verified: no Asset event for it")
         for asset in self.outlets:

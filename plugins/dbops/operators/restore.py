@@ -147,7 +147,6 @@ class VerifyBackupOperator(_BackupTargetOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.errors import classify
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.manifest import MANIFEST_NAME
 
         config, policy, store = self._setup()
         self.database = self.database or scratch_database_name(self.target, context["run_id"])
@@ -164,7 +163,7 @@ class VerifyBackupOperator(_BackupTargetOperator):
         OpsDatabaseHook(postgres_conn_id=config.ops_conn_id).record_recovery_test(
             self.backup_id, self.target, context["run_id"], started_at, outcome["restore_seconds"], outcome["ok"],
             outcome["checks"], outcome["error"])
-        store.put_bytes(f"{self.backup_id}/{MANIFEST_NAME}", manifest.to_json())
+        OpsDatabaseHook(postgres_conn_id=config.ops_conn_id).rewrite_manifest(store, manifest)
         for name, check in outcome["checks"].items():
             self.log.info("%s %s: %s", "PASS" if check.get("ok") else "FAIL", name,
                           {k: v for k, v in check.items() if k != "ok"})

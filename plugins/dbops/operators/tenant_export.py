@@ -6,12 +6,13 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from dbops.manifest import MANIFEST_NAME, FileEntry, Manifest, backup_prefix
-from dbops.operators.backup import _BackupTargetOperator, _result, encryption_key
+from dbops.manifest import FileEntry, Manifest, backup_prefix, write_manifest
+from dbops.operators.backup import _BackupTargetOperator, _result, _verify_stored, encryption_key, provenance
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -23,8 +24,10 @@ class TenantExportOperator(_BackupTargetOperator):
     """Export the rows of ``backup.tenant_tables`` whose ``tenant_id`` is ``tenant_id``.
 
     All tables are read in one REPEATABLE READ transaction, so the export is consistent. Each table is
-    a zstd-compressed CSV (with header) ``<table>.csv.zst``; the manifest, written last, holds the row
-    counts and checksums. Stored under ``<target>/tenant/<tenant_id>/<run date>/``.
+    a zstd-compressed CSV (with header) ``<table>.csv.zst``, read back after storing (size and sha256);
+    the manifest, written last, holds the row counts and checksums. Stored under
+    ``<target>/tenant/<tenant_id>/<run date>/`` and catalogued (kind ``tenant``); the backup DAG's
+    retention task deletes exports older than ``backup.tenant_retention``.
 
     :param tenant_id: the tenant to export; compared as a value (never spliced into SQL).
     """
@@ -62,6 +65,7 @@ class TenantExportOperator(_BackupTargetOperator):
         staging.mkdir(parents=True)
         hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
         started = time.monotonic()
+        taken_at = datetime.now(timezone.utc).replace(microsecond=0)  # the export's snapshot is taken right after
         try:
             files, tables, snapshot_id, server_version = self._export(hook, policy, tenant, staging)
         except psycopg.errors.InvalidTextRepresentation as err:
@@ -74,8 +78,7 @@ class TenantExportOperator(_BackupTargetOperator):
         try:
             for entry in files:
                 store.put_file(staging / entry.name, f"{prefix}/{entry.name}")
-                if store.size(f"{prefix}/{entry.name}") != entry.bytes:
-                    raise OSError(f"{prefix}/{entry.name}: stored size differs from the staged file's")
+                _verify_stored(store, f"{prefix}/{entry.name}", entry.bytes, entry.sha256)
         except Exception as err:
             raise classify(err, f"storing {prefix} failed") from err
         manifest = Manifest(
@@ -87,8 +90,8 @@ class TenantExportOperator(_BackupTargetOperator):
             compression={"codec": "zstd", "level": policy.compression_level, "archive": "csv per table"},
             encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
             if policy.encryption_conn_id else None,
-            tenant_id=tenant)
-        store.put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest.to_json())
+            tenant_id=tenant, **provenance(context, policy.storage, taken_at))
+        write_manifest(store, manifest)
         OpsDatabaseHook(postgres_conn_id=config.ops_conn_id).record_backup(manifest)
         shutil.rmtree(staging, ignore_errors=True)
         self.log.info("tenant %s of %s exported: %d tables, %d rows, %d bytes, %.1f s", tenant, self.target,
