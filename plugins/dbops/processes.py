@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,8 @@ def run(args: list[str], timeout: float, env: dict[str, str]) -> subprocess.Comp
 
 def _timeout(args: list[str], timeout: float) -> ToolTimeout:
     return ToolTimeout(f"{Path(args[0]).name} ran longer than {timeout:.0f} s and was killed (with its workers)")
+
+
+def tool_timeout(execution_timeout: timedelta | None) -> float:
+    """Seconds a client tool may run: the task's ``execution_timeout``, else :data:`DEFAULT_TIMEOUT`."""
+    return execution_timeout.total_seconds() if execution_timeout else DEFAULT_TIMEOUT

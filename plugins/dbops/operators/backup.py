@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.manifest import MANIFEST_NAME, FileEntry, Manifest, backup_prefix
 from dbops.operators.base import TargetOperator
+from dbops.processes import tool_timeout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -212,7 +213,7 @@ class PgBackupOperator(_BackupTargetOperator):
             self._check_staging_space(hook, staging)
             dump = dump_database(hook, tool, staging / DUMP_FILES[policy.format], policy.compression_level,
                                  encryption_key(policy.encryption_conn_id), policy.lock_wait_timeout,
-                                 policy.format, policy.dump_jobs)
+                                 policy.format, policy.dump_jobs, timeout=tool_timeout(self.execution_timeout))
         except ToolVersionError as err:
             raise AirflowFailException(str(err)) from err
         except AirflowFailException:

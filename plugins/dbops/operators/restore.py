@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from dbops.operators.backup import _BackupTargetOperator, encryption_key
+from dbops.processes import tool_timeout
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseOperator, Context
+    from airflow.sdk import Context
 
     from dbops.config import BackupPolicy, DbopsConfig
     from dbops.hooks.postgres import DbopsPostgresHook
@@ -67,13 +68,6 @@ def load_manifest(config: DbopsConfig, target: str, store: BackupStore, backup_i
 
 
 _VERIFIED = {True: "verified", False: "verification failed", None: "not verified"}
-
-
-def tool_timeout(operator: BaseOperator) -> float:
-    """Seconds a client tool may run: the task's execution_timeout, else the default."""
-    from dbops.processes import DEFAULT_TIMEOUT
-
-    return operator.execution_timeout.total_seconds() if operator.execution_timeout else DEFAULT_TIMEOUT
 
 
 def scratch_database_name(target: str, run_id: str) -> str:
@@ -178,7 +172,7 @@ class VerifyBackupOperator(_BackupTargetOperator):
                 manifest: Manifest) -> dict[str, Any]:
         admin = _admin_hook(config, self.target)
         return restore_and_check(config, policy, store, manifest, admin, self.database, run_amcheck=True,
-                                 owners=False, timeout=tool_timeout(self))
+                                 owners=False, timeout=tool_timeout(self.execution_timeout))
 
 
 def restore_and_check(config: DbopsConfig, policy: BackupPolicy, store: BackupStore, manifest: Manifest,
@@ -323,7 +317,7 @@ class RestoreBackupOperator(_BackupTargetOperator):
         create_database(admin, temporary, comment=f"{RESTORED_BY}{backup_id} by {context['run_id']}")
         try:
             outcome = restore_and_check(config, policy, store, manifest, admin, temporary, run_amcheck=False,
-                                        owners=True, timeout=tool_timeout(self))
+                                        owners=True, timeout=tool_timeout(self.execution_timeout))
             if outcome["ok"]:
                 retired = derived_name(self.database,
                                        f"__dbops_replaced_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
