@@ -64,7 +64,7 @@ def main() -> None:
 def measure(rounds: int) -> dict[str, float]:
     from dbops.alerting.evaluate import evaluate
     from dbops.alerting.rules import rules_for
-    from dbops.config import load_config
+    from dbops.core.config import load_config
     from dbops.hooks.postgres import DbopsPostgresHook
     from dbops.hooks.tools import find_tool
 

@@ -37,7 +37,7 @@ from scripts import devstack  # noqa: E402
 from scripts.bench_output import emit, json_stdout  # noqa: E402
 
 CONN_ID = "bench_backup"
-from dbops.config import BackupPolicy  # noqa: E402
+from dbops.backup.policy import BackupPolicy  # noqa: E402
 
 LEVEL = BackupPolicy(storage="bench").compression_level  # the policy's defaults
 RESTORE_JOBS = BackupPolicy(storage="bench").jobs
@@ -95,7 +95,7 @@ class Round:
 
     # -- dumps -------------------------------------------------------------------------------------
     def ours_dump(self) -> None:
-        from dbops.dump import dump_database
+        from dbops.backup.dump import dump_database
         from dbops.hooks.store import LocalStore
         from dbops.operators.backup import DUMP_FILE, _verify_stored
 
@@ -136,9 +136,9 @@ class Round:
     # -- restores ----------------------------------------------------------------------------------
     def ours_verify(self) -> None:
         from dbops.hooks.postgres import DbopsPostgresHook
-        from dbops.manifest import FileEntry, Manifest
+        from dbops.core.manifest import FileEntry, Manifest
         from dbops.operators.backup import DUMP_FILE
-        from dbops.restore import check_restored, create_database, fetch, pg_restore
+        from dbops.backup.restore import check_restored, create_database, fetch, pg_restore
 
         dump = self.dump
         manifest = Manifest(
@@ -164,7 +164,7 @@ class Round:
                  f"{t_restore:.2f}, checks {t_check:.2f})")
 
     def ours_amcheck(self) -> None:
-        from dbops.restore import amcheck
+        from dbops.backup.restore import amcheck
 
         seconds, outcome = timed(amcheck, self.admin, self.scratch_ours, RESTORE_JOBS)
         if not outcome["ok"] or "skipped" in outcome:
@@ -173,7 +173,7 @@ class Round:
         progress(f"round {self.index}: pg_amcheck {seconds:.2f} s")
 
     def plain_verify(self) -> None:
-        from dbops.restore import create_database
+        from dbops.backup.restore import create_database
 
         create_database(self.admin, self.scratch_plain, replace=True)
         with self.admin.cli_environment(self.scratch_plain) as env:
@@ -183,7 +183,7 @@ class Round:
         progress(f"round {self.index}: pg_restore (1 job) {seconds:.2f} s")
 
     def cleanup(self) -> None:
-        from dbops.restore import drop_database
+        from dbops.backup.restore import drop_database
 
         for name in (self.scratch_ours, self.scratch_plain):
             drop_database(self.admin, name)

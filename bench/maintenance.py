@@ -8,7 +8,7 @@ complete) and cloned, file by file, before every measured run, so both sides sta
 Per round, in alternating order:
 
 - blanket: ``VACUUM FULL`` of the whole database (what seeds 000 and 004 run every week);
-- ours: the weekly scan + plan (``dbops.maintenance``) and the execution of every planned action the way
+- ours: the weekly scan + plan (``dbops.maintenance``: scan, plan, execute) and the execution of every planned action the way
   the mapped tasks run it (one connection each, lock_timeout, statement_timeout fit to size), in turn.
 
 Meanwhile an application session runs a primary-key lookup on the large unbloated table every 20 ms;
@@ -37,9 +37,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from dbops.config import MaintenancePolicy  # noqa: E402
-from dbops.maintenance import Action, plan_weekly  # noqa: E402
-from dbops.maintenance_db import execute_action, scan  # noqa: E402
+from dbops.maintenance.policy import MaintenancePolicy  # noqa: E402
+from dbops.maintenance.plan import Action, plan_weekly  # noqa: E402
+from dbops.maintenance.execute import execute_action, scan  # noqa: E402
 from scripts import devstack  # noqa: E402
 from scripts.bench_output import emit, json_stdout  # noqa: E402
 

@@ -32,10 +32,11 @@ from datetime import timedelta
 from airflow.sdk import DAG, Param
 
 from dbops.alerting.rules import rules_for
-from dbops.config import ConfigError, load_config
-from dbops.dag_defaults import dag_kwargs
-from dbops.notifiers.channels import DbopsFailureNotifier
-from dbops.operators.alerts import AlertDeliveryOperator, AlertEvaluationOperator
+from dbops.core.config import load_config
+from dbops.core.schema import ConfigError
+from dbops.core.dag_defaults import dag_kwargs
+from dbops.notifications.channels import DbopsFailureNotifier
+from dbops.operators.alerting import AlertDeliveryOperator, AlertEvaluationOperator
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.silence import AlertSilenceOperator
 

@@ -18,8 +18,8 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
-from dbops.config import load_config
-from dbops.dag_defaults import dag_kwargs
+from dbops.core.config import load_config
+from dbops.core.dag_defaults import dag_kwargs
 from dbops.operators.preflight import PreflightOperator
 
 config = load_config()

@@ -46,12 +46,12 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, Param
 
-from dbops.config import load_config, pool_name
-from dbops.dag_defaults import dag_kwargs
+from dbops.core.config import load_config, pool_name
+from dbops.core.dag_defaults import dag_kwargs
 from dbops.operators.backup import BackupReportOperator, PgBackupOperator
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.preflight import PreflightOperator
-from dbops.notifiers.channels import DbopsFailureNotifier
+from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.restore import (
     BACKUP_ID_HELP,
     LATEST_VERIFIED,

@@ -34,9 +34,9 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
-from dbops.config import load_config, pool_name
-from dbops.dag_defaults import dag_kwargs
-from dbops.notifiers.channels import DbopsFailureNotifier
+from dbops.core.config import load_config, pool_name
+from dbops.core.dag_defaults import dag_kwargs
+from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.maintenance import (
     MaintenanceActionOperator,

@@ -189,7 +189,7 @@ def ensure_databases(names: tuple[str, ...] = DATABASES) -> None:
 def migrate_ops_database(database: str = "dbops") -> None:
     import psycopg
 
-    from dbops.migrations import MIGRATIONS_DIR, apply_migrations
+    from dbops.core.migrations import MIGRATIONS_DIR, apply_migrations
 
     with psycopg.connect(libpq_conninfo(database)) as conn:
         applied = apply_migrations(conn, MIGRATIONS_DIR)
@@ -476,7 +476,7 @@ def main(argv: list[str]) -> int:
         stop_postgres()
         return 0
     if command == "pools":  # after adding or removing a target in dbops.yaml
-        from dbops.config import load_config
+        from dbops.core.config import load_config
 
         POOLS_FILE.write_text(json.dumps(load_config().pools(), indent=2, sort_keys=True) + "\n")
         log(f"wrote {POOLS_FILE}")

@@ -25,7 +25,7 @@ def test_no_import_errors(dagbag):
 
 def expected_schedules() -> dict[str, str | None]:
     """Every DAG id the config implies, with the schedule the config gives it."""
-    from dbops.config import load_config
+    from dbops.core.config import load_config
 
     config = load_config()
     expected = {"dbops_preflight": config.preflight.schedule}
@@ -79,7 +79,7 @@ def test_dag_survives_the_dag_processors_encoding(dag_id, dag):
 
 
 def test_preflight_has_one_task_per_target(dagbag):
-    from dbops.config import load_config
+    from dbops.core.config import load_config
 
     tasks = {t.task_id for t in dagbag.dags["dbops_preflight"].tasks}
     assert tasks == {f"check__{name}" for name in load_config().targets}
@@ -99,7 +99,7 @@ HEAVY_TASKS = {"dump_and_store", "verify_restore", "restore", "export"}
 
 
 def test_heavy_tasks_share_their_targets_pool(dagbag):
-    from dbops.config import pool_name
+    from dbops.core.config import pool_name
 
     heavy = [(dag, task) for dag in dagbag.dags.values() for task in dag.tasks if task.task_id in HEAVY_TASKS]
     assert heavy
@@ -111,7 +111,7 @@ def test_heavy_tasks_share_their_targets_pool(dagbag):
 def test_committed_pools_file_matches_the_config():
     import json
 
-    from dbops.config import load_config
+    from dbops.core.config import load_config
     from scripts.devstack import POOLS_FILE
 
     assert json.loads(POOLS_FILE.read_text()) == load_config().pools(), (
@@ -119,7 +119,7 @@ def test_committed_pools_file_matches_the_config():
 
 
 def test_alert_runs_never_overlap_and_time_out_before_the_next(dagbag):
-    from dbops.config import load_config
+    from dbops.core.config import load_config
 
     for name, target in load_config().targets.items():
         if target.alerts:

@@ -25,8 +25,8 @@ from airflow.sdk.api.datamodels._generated import DagRun
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from psycopg import sql
 
-from dbops.locks import job_lock
-from dbops.operators.alerts import AlertDeliveryOperator, AlertEvaluationOperator
+from dbops.core.locks import job_lock
+from dbops.operators.alerting import AlertDeliveryOperator, AlertEvaluationOperator
 from scripts import devstack
 from tests.conftest import WebhookReceiver, _WebhookHandler, free_port, smtp_connection
 

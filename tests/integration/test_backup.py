@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from dbops.config import load_config
+from dbops.core.config import load_config
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.store import get_store
-from dbops.manifest import MANIFEST_NAME, Manifest, backup_prefix
+from dbops.core.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from dbops.operators.backup import DUMP_FILE, PgBackupOperator, staging_dir
 from dbops.operators.restore import RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
 from dbops.operators.retention import BackupRetentionOperator
@@ -375,7 +375,7 @@ def test_manual_backup_never_deletes_the_days_scheduled_backup(target):
 
 
 def test_retention_runs_one_at_a_time_per_target(target):
-    from dbops.locks import JobBusy, job_lock
+    from dbops.core.locks import JobBusy, job_lock
 
     made = backup(on_time("r1"))
     verify(made["backup_id"], run_id="r1")
@@ -666,7 +666,7 @@ def export(tenant_id: str) -> dict:
 def test_tenant_export_holds_exactly_that_tenants_rows(tenant_target, tmp_path):
     import csv
 
-    from dbops.streams import read_decompressed
+    from dbops.core.streams import read_decompressed
 
     result = export("7")
     assert result["backup_id"] == f"{NAME}/tenant/7/20261120T020000Z"

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbops.errors import dump_permission_fix
+from dbops.core.errors import dump_permission_fix
 from dbops.hooks.tools import find_tool, libpq_environment
 from scripts import devstack
 

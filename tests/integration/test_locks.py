@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dbops.locks import JobBusy, job_lock
+from dbops.core.locks import JobBusy, job_lock
 
 OPS = "dbops_state"
 
@@ -58,7 +58,7 @@ def test_waiter_gets_the_lock_once_the_holder_finishes(pg_server):
 
 def test_killed_holder_releases_the_lock(pg_server):
     """kill -9 of the worker: the server ends its session and the next run gets the lock."""
-    code = ("import sys, time; from dbops.locks import job_lock\n"
+    code = ("import sys, time; from dbops.core.locks import job_lock\n"
             "with job_lock('dbops_state', 'lock_t5', 'restore'):\n"
             "    print('held', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

@@ -17,9 +17,9 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from psycopg import sql
 
-from dbops.hooks.maintenance_log import MaintenanceLogHook
-from dbops.maintenance import REINDEX, VACUUM_FULL, Action
-from dbops.maintenance_db import APPLICATION_NAME
+from dbops.maintenance.log import MaintenanceLogHook
+from dbops.maintenance.plan import REINDEX, VACUUM_FULL, Action
+from dbops.maintenance.execute import APPLICATION_NAME
 from dbops.operators.maintenance import (
     MaintenanceActionOperator,
     MaintenancePlanOperator,
@@ -449,7 +449,7 @@ def test_maintenance_dags_map_one_task_per_object_in_the_targets_pool():
     """For every target with a maintenance policy: both DAGs; the mapped task in the target's pool."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from dbops.config import load_config, pool_name
+    from dbops.core.config import load_config, pool_name
 
     bag = DagBag(dag_folder=str(devstack.ROOT / "dags" / "pg_maintenance.py"))
     assert bag.import_errors == {}
@@ -496,7 +496,7 @@ def test_weekly_dag_run_with_a_held_lock_skips_that_table_and_succeeds(target):
 
 def test_action_of_an_overlapping_run_waits_then_skips_and_logs_nothing(target, monkeypatch):
     """A backfill's run beside the scheduled one: the second rewrite of the target skips, naming the holder."""
-    from dbops.locks import JobBusy, job_lock
+    from dbops.core.locks import JobBusy, job_lock
 
     monkeypatch.setattr("dbops.operators.maintenance.LOCK_WAIT_SECONDS", 1)  # FAKE: a short wait for the test
     item = by_name(plan(), "bloated")

@@ -7,7 +7,7 @@ import shutil
 import psycopg
 import pytest
 
-from dbops.migrations import MIGRATIONS_DIR, MigrationError, apply_migrations, discover, pending
+from dbops.core.migrations import MIGRATIONS_DIR, MigrationError, apply_migrations, discover, pending
 from scripts import devstack
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dbops.config import DEFAULT_CONFIG_PATH, NotificationsConfig, load_config
-from dbops.notifiers.channels import DbopsFailureNotifier, Notification, send
+from dbops.core.config import DEFAULT_CONFIG_PATH, NotificationsConfig, load_config
+from dbops.notifications.channels import DbopsFailureNotifier, Notification, send
 from tests.conftest import SMTP_LOGIN, SMTP_PASSWORD, WebhookReceiver, _WebhookHandler, free_port, smtp_connection
 
 WEBHOOK_TOKEN = "T0DBOPS/B0DBOPS/hook-5ecret-77aa"

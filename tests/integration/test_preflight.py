@@ -10,7 +10,7 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from dbops.config import DEFAULT_CONFIG_PATH
+from dbops.core.config import DEFAULT_CONFIG_PATH
 from dbops.operators.preflight import PreflightOperator
 from scripts import devstack
 

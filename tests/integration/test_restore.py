@@ -19,7 +19,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from psycopg import sql
 
-from dbops.manifest import MANIFEST_NAME, Manifest
+from dbops.core.manifest import MANIFEST_NAME, Manifest
 from dbops.operators.backup import DUMP_FILE
 from dbops.operators.restore import RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
 from scripts import devstack
@@ -204,7 +204,7 @@ def test_pg_restore_past_its_timeout_is_killed_with_its_workers(target):
 def test_failing_compressor_kills_pg_dump_at_once(target):
     """The compressor fails (its destination directory is gone): pg_dump, blocked on the full pipe, is
     killed rather than waited for."""
-    from dbops.dump import dump_database
+    from dbops.backup.dump import dump_database
     from dbops.hooks.postgres import DbopsPostgresHook
     from dbops.hooks.tools import find_tool
 
@@ -461,9 +461,9 @@ def test_restore_with_a_missing_role_fails_naming_it_and_creates_nothing(target,
 
 def test_restore_while_another_restore_of_the_target_runs_skips_and_changes_nothing(target, monkeypatch):
     """A second restore (a backfill's, or a widened pool) waits, then skips naming the holder."""
-    from dbops.locks import JobBusy, job_lock
+    from dbops.core.locks import JobBusy, job_lock
 
-    monkeypatch.setattr("dbops.locks.DEFAULT_WAIT_SECONDS", 1)  # FAKE: a short wait for the test
+    monkeypatch.setattr("dbops.core.locks.DEFAULT_WAIT_SECONDS", 1)  # FAKE: a short wait for the test
     verify(backup()["backup_id"])
     fresh = f"{target.database}_lock"
     with job_lock("dbops_state", bk.NAME, "restore"):

@@ -7,8 +7,8 @@ import json
 import boto3
 import pytest
 
-from dbops.config import StorageConfig
-from dbops.errors import is_transient
+from dbops.core.config import StorageConfig
+from dbops.core.errors import is_transient
 from dbops.hooks.store import LocalStore, S3Store, get_store
 from tests.conftest import free_port
 

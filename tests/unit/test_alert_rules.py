@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dbops.alerting.rules import RULES_DIR, load_pack, rules_for
-from dbops.config import ConfigError, parse_config
+from dbops.core.config import parse_config
+from dbops.core.schema import ConfigError
 
 GOOD_RULE = """
 rules:

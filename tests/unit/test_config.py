@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dbops.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
+from dbops.core.config import DEFAULT_CONFIG_PATH, load_config, parse_config
+from dbops.core.schema import ConfigError
 
 PATH = Path("/etc/dbops/test.yaml")
 

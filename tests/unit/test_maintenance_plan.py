@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dbops.config import MaintenancePolicy
-from dbops.maintenance import (
+from dbops.maintenance.policy import MaintenancePolicy
+from dbops.maintenance.plan import (
     ANALYZE,
     DEFERRED,
     DROP_LEFTOVER,
@@ -207,7 +207,7 @@ def test_plan_survives_a_round_trip_through_xcom():
 
 
 def test_exact_measurement_candidates_are_half_way_to_both_thresholds_and_under_the_cap():
-    from dbops.maintenance import is_candidate
+    from dbops.maintenance.plan import is_candidate
 
     assert is_candidate(table(heap=100 * MB, expected=80 * MB), POLICY)       # 20 %, 20 MB
     assert not is_candidate(table(heap=100 * MB, expected=90 * MB), POLICY)   # 10 %: under 15 %
@@ -224,7 +224,8 @@ def test_exact_measurement_candidates_are_half_way_to_both_thresholds_and_under_
     ("notify: [pager]", "key 'maintenance.notify[0]': unknown notifier 'pager'"),
 ])
 def test_bad_maintenance_settings_name_target_and_key(tmp_path, setting, message):
-    from dbops.config import ConfigError, parse_config
+    from dbops.core.config import parse_config
+    from dbops.core.schema import ConfigError
 
     text = f"ops_conn_id: ops\nstorage: {{}}\ntargets:\n  db1:\n    conn_id: pg\n    maintenance: {{{setting}}}\n"
     with pytest.raises(ConfigError, match="target 'db1': " + message.replace("[", r"\[").replace("]", r"\]")):

@@ -7,8 +7,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from dbops.config import Retention
-from dbops.retention import BackupRecord, RetentionPlan, plan_expiry, plan_retention
+from dbops.backup.policy import Retention
+from dbops.backup.retention import BackupRecord, RetentionPlan, plan_expiry, plan_retention
 
 LAST_DAY = date(2026, 11, 20)  # a Friday in ISO week 2026-W47
 DEFAULT = Retention(daily=7, weekly=4, monthly=12)

@@ -6,7 +6,7 @@ import json
 
 from dbops.alerting.cycle import Change
 from dbops.alerting.rules import Rule
-from dbops.notifiers.channels import Notification
+from dbops.notifications.channels import Notification
 
 PG_NOTIFY_LIMIT = 7900  # bytes; PostgreSQL refuses payloads of 8000 bytes or more
 _RANK = {"info": 0, "warning": 1, "critical": 2}

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dbops.config import PROJECT_ROOT, ConfigError, DbopsConfig, Seconds, build_section, load_yaml
+from dbops.core.config import DbopsConfig, PROJECT_ROOT
+from dbops.core.schema import ConfigError, Seconds, build_section, load_yaml
 
 RULES_DIR = PROJECT_ROOT / "include" / "config" / "rules"
 QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.hooks.postgres import DbopsPostgresHook
-from dbops.manifest import IncompleteBackup, Manifest, write_manifest
-from dbops.retention import BackupRecord
+from dbops.core.manifest import IncompleteBackup, Manifest, write_manifest
+from dbops.backup.retention import BackupRecord
 
 if TYPE_CHECKING:
     from dbops.hooks.store import BackupStore

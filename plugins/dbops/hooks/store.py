@@ -8,7 +8,7 @@ import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from dbops.config import StorageConfig
+from dbops.core.config import StorageConfig
 
 
 class BackupStore(ABC):
@@ -110,7 +110,7 @@ class LocalStore(BackupStore):
             os.close(directory)
 
     def sha256(self, key: str) -> str:
-        from dbops.streams import file_sha256
+        from dbops.core.streams import file_sha256
 
         return file_sha256(self._path(key))
 

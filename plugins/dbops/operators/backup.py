@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from dbops.manifest import MANIFEST_NAME, FileEntry, Manifest, backup_prefix
+from dbops.core.manifest import MANIFEST_NAME, FileEntry, Manifest, backup_prefix
 from dbops.operators.base import TargetOperator
-from dbops.processes import tool_timeout
+from dbops.core.processes import tool_timeout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from dbops.config import BackupPolicy, DbopsConfig
-    from dbops.dump import DumpResult
+    from dbops.backup.policy import BackupPolicy
+    from dbops.core.config import DbopsConfig
+    from dbops.backup.dump import DumpResult
     from dbops.hooks.ops import OpsDatabaseHook
     from dbops.hooks.store import BackupStore
 
@@ -111,10 +112,10 @@ class PgBackupOperator(_BackupTargetOperator):
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.errors import classify
+        from dbops.core.errors import classify
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.manifest import write_manifest
-        from dbops.restore import read_manifest
+        from dbops.core.manifest import write_manifest
+        from dbops.backup.restore import read_manifest
 
         config, policy, store = self._setup()
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
@@ -153,8 +154,8 @@ class PgBackupOperator(_BackupTargetOperator):
     def _existing_backup(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
                          store: BackupStore) -> dict[str, Any] | None:
         """This run's own complete backup (a retry), or for a past period one taken since its scheduled time."""
-        from dbops.restore import read_manifest
-        from dbops.runs import run_date
+        from dbops.backup.restore import read_manifest
+        from dbops.core.runs import run_date
 
         own = ops.backup_of_run(self.target, context["run_id"])
         if own is not None and read_manifest(store, own.backup_id) is not None:
@@ -191,11 +192,11 @@ class PgBackupOperator(_BackupTargetOperator):
     def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
                             staging: Path) -> tuple[DumpResult, datetime]:
         """The dump and its snapshot time: staged by an earlier attempt of this run, or taken now."""
-        from dbops.dump import DumpResult, dump_database
-        from dbops.errors import classify, dump_permission_fix
+        from dbops.backup.dump import DumpResult, dump_database
+        from dbops.core.errors import classify, dump_permission_fix
         from dbops.hooks.postgres import DbopsPostgresHook
         from dbops.hooks.tools import ToolVersionError, find_tool
-        from dbops.streams import file_sha256
+        from dbops.core.streams import file_sha256
 
         record = staging / "staged.json"
         if record.exists():
@@ -247,7 +248,7 @@ class PgBackupOperator(_BackupTargetOperator):
 
     def _manifest(self, context: Context, policy: BackupPolicy, store: BackupStore, prefix: str,
                   dump: DumpResult, taken_at: datetime, upload_seconds: float) -> Manifest:
-        from dbops.runs import run_date
+        from dbops.core.runs import run_date
 
         return Manifest(
             backup_id=prefix, target=self.target, kind="full", logical_date=run_date(context).isoformat(),
@@ -267,7 +268,7 @@ class PgBackupOperator(_BackupTargetOperator):
 
 def _verify_stored(store: BackupStore, key: str, size: int, sha256: str) -> None:
     """Read back what was stored: its size and its sha256 must be the staged file's."""
-    from dbops.streams import ChecksumMismatch
+    from dbops.core.streams import ChecksumMismatch
 
     stored = store.size(key)
     if stored != size:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from dbops.config import DbopsConfig, load_config
+from dbops.core.config import DbopsConfig, load_config
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG, Context

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from dbops.maintenance import DUPLICATES_ADVICE, REINDEX, Action, mib
+from dbops.maintenance.plan import DUPLICATES_ADVICE, REINDEX, Action, mib
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from dbops.config import DbopsConfig, MaintenancePolicy
-    from dbops.hooks.maintenance_log import MaintenanceLogHook
+    from dbops.core.config import DbopsConfig
+    from dbops.maintenance.policy import MaintenancePolicy
+    from dbops.maintenance.log import MaintenanceLogHook
 
 KINDS = ("weekly", "daily")
 REPORT_LINES = 10  # unused indexes logged one per line; the rest are in the result
@@ -34,7 +35,7 @@ class _MaintenanceOperator(TargetOperator):
         self.kind = kind
 
     def _setup(self) -> tuple[DbopsConfig, MaintenancePolicy, MaintenanceLogHook]:
-        from dbops.hooks.maintenance_log import MaintenanceLogHook
+        from dbops.maintenance.log import MaintenanceLogHook
 
         config = self.load_config()
         if self.target not in config.targets:
@@ -63,11 +64,11 @@ class MaintenancePlanOperator(_MaintenanceOperator):
         self.dry_run = dry_run
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from dbops.errors import classify
+        from dbops.core.errors import classify
         from dbops.hooks.postgres import DbopsPostgresHook
-        from dbops.maintenance import format_plan, plan_daily, plan_weekly, unused_indexes
-        from dbops.maintenance_db import StandbyError, scan
-        from dbops.runs import run_date
+        from dbops.maintenance.plan import format_plan, plan_daily, plan_weekly, unused_indexes
+        from dbops.maintenance.execute import StandbyError, scan
+        from dbops.core.runs import run_date
 
         config, policy, ops = self._setup()
         logical_date = run_date(context)
@@ -127,7 +128,7 @@ class MaintenanceActionOperator(_MaintenanceOperator):
     connection lost mid-statement is retried and fails on the last try. An action this logical date
     already finished is not redone.
 
-    :param item: the planned :class:`~dbops.maintenance.Action` as a dict (from the plan's ``actions``).
+    :param item: the planned :class:`~dbops.maintenance.plan.Action` as a dict (from the plan's ``actions``).
     """
 
     template_fields: Sequence[str] = ("target", "item")
@@ -137,7 +138,7 @@ class MaintenanceActionOperator(_MaintenanceOperator):
         self.item = item
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.locks import job_lock
+        from dbops.core.locks import job_lock
 
         config, policy, ops = self._setup()
         # the target's pool serializes these already; the lock holds even if someone widens the pool
@@ -146,8 +147,8 @@ class MaintenanceActionOperator(_MaintenanceOperator):
 
     def _execute(self, context: Context, config: DbopsConfig, policy: MaintenancePolicy,
                  ops: MaintenanceLogHook) -> dict[str, Any]:
-        from dbops.errors import classify, retries_left
-        from dbops.runs import run_date
+        from dbops.core.errors import classify, retries_left
+        from dbops.core.runs import run_date
 
         action = Action.from_dict(self.item)
         logical_date = run_date(context)
@@ -174,9 +175,9 @@ class MaintenanceActionOperator(_MaintenanceOperator):
              action: Action, last_try: bool) -> dict[str, Any]:
         import psycopg
 
-        from dbops.errors import classify
+        from dbops.core.errors import classify
         from dbops.hooks.postgres import DbopsPostgresHook
-        from dbops.maintenance_db import (
+        from dbops.maintenance.execute import (
             LOCK_NOT_AVAILABLE,
             QUERY_CANCELED,
             UNIQUE_VIOLATION,
@@ -262,8 +263,8 @@ class MaintenanceReportOperator(_MaintenanceOperator):
         self.plan_task_id = plan_task_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.errors import classify
-        from dbops.runs import run_date
+        from dbops.core.errors import classify
+        from dbops.core.runs import run_date
 
         _, _, ops = self._setup()
         result = context["ti"].xcom_pull(task_ids=self.plan_task_id, key="plan")

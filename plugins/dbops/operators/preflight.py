@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from dbops.errors import is_transient
+from dbops.core.errors import is_transient
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from dbops.config import DbopsConfig
+    from dbops.core.config import DbopsConfig
     from dbops.hooks.postgres import DbopsPostgresHook
 
 MIN_SERVER_VERSION_NUM = 130000
@@ -140,7 +140,7 @@ def _store(config: DbopsConfig, target: str) -> str:
 def _ops_migrations(ops_conn_id: str) -> str:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    from dbops.migrations import discover, pending
+    from dbops.core.migrations import discover, pending
 
     with PostgresHook(postgres_conn_id=ops_conn_id).get_conn() as conn:
         todo = pending(conn)

@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from dbops.operators.backup import _BackupTargetOperator, encryption_key
-from dbops.processes import tool_timeout
+from dbops.core.processes import tool_timeout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from dbops.config import BackupPolicy, DbopsConfig
+    from dbops.backup.policy import BackupPolicy
+    from dbops.core.config import DbopsConfig
     from dbops.hooks.postgres import DbopsPostgresHook
     from dbops.hooks.store import BackupStore
-    from dbops.manifest import Manifest
+    from dbops.core.manifest import Manifest
 
 LATEST = "latest"
 LATEST_VERIFIED = "latest-verified"
@@ -51,9 +52,9 @@ def resolve_backup_id(config: DbopsConfig, target: str, backup_id: str) -> str:
 
 def load_manifest(config: DbopsConfig, target: str, store: BackupStore, backup_id: str) -> Manifest:
     """The manifest of ``backup_id``; a backup without one fails, listing the target's newest backups."""
-    from dbops.errors import classify
+    from dbops.core.errors import classify
     from dbops.hooks.ops import OpsDatabaseHook
-    from dbops.restore import read_manifest
+    from dbops.backup.restore import read_manifest
 
     try:
         manifest = read_manifest(store, backup_id)
@@ -101,7 +102,7 @@ class ScratchDatabaseOperator(_BackupTargetOperator):
         self.drop = drop
 
     def execute(self, context: Context) -> None:
-        from dbops.restore import create_database, drop_database
+        from dbops.backup.restore import create_database, drop_database
 
         config, _, _ = self._setup()
         admin = _admin_hook(config, self.target)
@@ -139,7 +140,7 @@ class VerifyBackupOperator(_BackupTargetOperator):
         self.database = database
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.errors import classify
+        from dbops.core.errors import classify
         from dbops.hooks.ops import OpsDatabaseHook
 
         config, policy, store = self._setup()
@@ -186,9 +187,9 @@ def restore_and_check(config: DbopsConfig, policy: BackupPolicy, store: BackupSt
     """
     from dbops.hooks.postgres import DbopsPostgresHook
     from dbops.hooks.tools import find_tool
-    from dbops.processes import ToolError
-    from dbops.restore import amcheck, archive_roles, check_restored, fetch, missing_roles, pg_restore
-    from dbops.streams import ChecksumMismatch
+    from dbops.core.processes import ToolError
+    from dbops.backup.restore import amcheck, archive_roles, check_restored, fetch, missing_roles, pg_restore
+    from dbops.core.streams import ChecksumMismatch
 
     staging = config.staging_path / f"restore__{database}"
     checks: dict[str, Any] = {}
@@ -297,7 +298,7 @@ class RestoreBackupOperator(_BackupTargetOperator):
         self.confirm_database = confirm_database
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.locks import job_lock
+        from dbops.core.locks import job_lock
 
         config, policy, store = self._setup()
         with job_lock(config.ops_conn_id, self.target, "restore"):  # holds even if someone widens the pool
@@ -305,8 +306,8 @@ class RestoreBackupOperator(_BackupTargetOperator):
 
     def _restore(self, context: Context, config: DbopsConfig, policy: BackupPolicy,
                  store: BackupStore) -> dict[str, Any]:
-        from dbops.errors import classify
-        from dbops.restore import create_database, derived_name, drop_database, swap_databases
+        from dbops.core.errors import classify
+        from dbops.backup.restore import create_database, derived_name, drop_database, swap_databases
 
         admin = _admin_hook(config, self.target)
         self._check_replaceable(config, admin)
@@ -343,7 +344,7 @@ class RestoreBackupOperator(_BackupTargetOperator):
 
     def _check_replaceable(self, config: DbopsConfig, admin: DbopsPostgresHook) -> None:
         """Refuse a bad or protected name, and an existing database unless this restore may replace it."""
-        from dbops.restore import database_comment, database_exists
+        from dbops.backup.restore import database_comment, database_exists
 
         database = self.database
         if not database or len(database.encode()) > 63:
@@ -367,7 +368,7 @@ class RestoreBackupOperator(_BackupTargetOperator):
 
     def _drop_leftover(self, admin: DbopsPostgresHook, temporary: str) -> None:
         """Drop the temporary database an interrupted restore left behind; refuse one no restore made."""
-        from dbops.restore import database_comment, database_exists, drop_database
+        from dbops.backup.restore import database_comment, database_exists, drop_database
 
         if not database_exists(admin, temporary):
             return

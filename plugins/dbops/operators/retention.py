@@ -9,18 +9,19 @@ from dbops.operators.backup import _BackupTargetOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from dbops.config import BackupPolicy, DbopsConfig
+    from dbops.backup.policy import BackupPolicy
+    from dbops.core.config import DbopsConfig
     from dbops.hooks.ops import OpsDatabaseHook
     from dbops.hooks.store import BackupStore
-    from dbops.retention import BackupRecord
+    from dbops.backup.retention import BackupRecord
 
 
 class BackupRetentionOperator(_BackupTargetOperator):
     """Delete the target's backups outside its retention, and its tenant exports past ``tenant_retention``.
 
-    Full backups follow :func:`dbops.retention.plan_retention` (never the newest verified backup, nothing
+    Full backups follow :func:`dbops.backup.retention.plan_retention` (never the newest verified backup, nothing
     newer than it, nothing while the newest backup failed verification); tenant exports follow
-    :func:`dbops.retention.plan_expiry`, measured from the run's date. One retention per target runs
+    :func:`dbops.backup.retention.plan_expiry`, measured from the run's date. One retention per target runs
     at a time (``job_lock``). Each deletion marks the catalog row ``deleting`` (waiting for a
     verification rewriting that backup's manifest), removes the manifest first (so the backup stops
     being complete), then its files, and only then records it ``deleted``: an interrupted deletion
@@ -28,7 +29,7 @@ class BackupRetentionOperator(_BackupTargetOperator):
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.locks import job_lock
+        from dbops.core.locks import job_lock
 
         config, policy, store = self._setup()
         with job_lock(config.ops_conn_id, self.target, "retention"):
@@ -37,8 +38,8 @@ class BackupRetentionOperator(_BackupTargetOperator):
     def _apply(self, context: Context, config: DbopsConfig, policy: BackupPolicy,
                store: BackupStore) -> dict[str, Any]:
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.retention import plan_expiry, plan_retention
-        from dbops.runs import run_date
+        from dbops.backup.retention import plan_expiry, plan_retention
+        from dbops.core.runs import run_date
 
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
         full = plan_retention(ops.backups(self.target), policy.retention)
@@ -60,7 +61,7 @@ class BackupRetentionOperator(_BackupTargetOperator):
 
     def _delete(self, ops: OpsDatabaseHook, store: BackupStore, backup: BackupRecord, reason: str) -> None:
         """Delete one backup or export: catalog ``deleting``, manifest, files, catalog ``deleted``."""
-        from dbops.manifest import MANIFEST_NAME
+        from dbops.core.manifest import MANIFEST_NAME
 
         if not ops.mark_deleting(backup.backup_id):
             self.log.info("backup %s is already deleted", backup.backup_id)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from dbops.config import ConfigError, DbopsConfig, Seconds, build_section, load_config
+from dbops.core.config import DbopsConfig, load_config
+from dbops.core.schema import ConfigError, Seconds, build_section
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from dbops.manifest import FileEntry, Manifest, backup_prefix, write_manifest
+from dbops.core.manifest import FileEntry, Manifest, backup_prefix, write_manifest
 from dbops.operators.backup import _BackupTargetOperator, _result, _verify_stored, encryption_key, provenance
 
 if TYPE_CHECKING:
@@ -41,11 +41,11 @@ class TenantExportOperator(_BackupTargetOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import psycopg
 
-        from dbops.errors import classify
+        from dbops.core.errors import classify
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.hooks.postgres import DbopsPostgresHook
-        from dbops.restore import read_manifest
-        from dbops.runs import run_date
+        from dbops.backup.restore import read_manifest
+        from dbops.core.runs import run_date
 
         config, policy, store = self._setup()
         if not policy.tenant_tables:
@@ -101,7 +101,7 @@ class TenantExportOperator(_BackupTargetOperator):
     def _export(self, hook, policy, tenant: str, staging) -> tuple[list[FileEntry], dict[str, int], str, str]:
         from psycopg import sql
 
-        from dbops.streams import write_compressed
+        from dbops.core.streams import write_compressed
 
         key = encryption_key(policy.encryption_conn_id)
         files, tables = [], {}

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseNotifier
 
-from dbops.config import load_config
+from dbops.core.config import load_config
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from dbops.config import NotificationsConfig
+    from dbops.core.config import NotificationsConfig
 
 log = logging.getLogger("dbops.notify")
 # slack_sdk's client logs the whole webhook URL, token included: at DEBUG on every request, at INFO on a

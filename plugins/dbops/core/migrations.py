@@ -16,7 +16,9 @@ from pathlib import Path
 
 import psycopg
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "include" / "sql" / "ops"
+from dbops.core.config import PROJECT_ROOT
+
+MIGRATIONS_DIR = PROJECT_ROOT / "include" / "sql" / "ops"
 _FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 # Serializes concurrent migrators (two schedulers starting at once); any constant will do.
 _ADVISORY_LOCK_KEY = 0x6462_6F70  # "dbop"

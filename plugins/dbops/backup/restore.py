@@ -12,13 +12,13 @@ from typing import Any
 
 from psycopg import sql
 
-from dbops.dump import constraints, count_rows
+from dbops.backup.dump import constraints, count_rows
 from dbops.hooks.postgres import DbopsPostgresHook
 from dbops.hooks.store import BackupStore
 from dbops.hooks.tools import PgTool, candidates, tool_version
-from dbops.manifest import MANIFEST_NAME, Manifest
-from dbops.processes import DEFAULT_TIMEOUT, run, tool_failed
-from dbops.streams import ChecksumMismatch, read_decompressed
+from dbops.core.manifest import MANIFEST_NAME, Manifest
+from dbops.core.processes import DEFAULT_TIMEOUT, run, tool_failed
+from dbops.core.streams import ChecksumMismatch, read_decompressed
 
 
 @dataclass

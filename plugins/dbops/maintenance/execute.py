@@ -16,8 +16,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from dbops.config import PROJECT_ROOT, MaintenancePolicy
-from dbops.maintenance import (
+from dbops.core.config import PROJECT_ROOT
+from dbops.maintenance.policy import MaintenancePolicy
+from dbops.maintenance.plan import (
     ANALYZE,
     DROP_LEFTOVER,
     LEFTOVER_NAME,

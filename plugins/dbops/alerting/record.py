@@ -22,7 +22,7 @@ from dbops.alerting.evaluate import Metric, Sample, metric_key
 from dbops.alerting.notify import group_message, pg_notify_payload
 from dbops.alerting.rules import Rule
 from dbops.alerting.state import AlertState, Silence
-from dbops.notifiers.channels import Notification
+from dbops.notifications.channels import Notification
 
 OUTBOX_CHANNELS = ("email", "slack")  # delivered by deliver_outbox; log now, pg_notify on commit
 

@@ -13,20 +13,20 @@ from dbops.alerting.cycle import Alert
 from dbops.alerting.evaluate import Evaluation, Metric, Sample, evaluate
 from dbops.alerting.notify import change_line
 from dbops.alerting.rules import RULE_FAILED, TARGET_DOWN, Rule, rules_for
-from dbops.alerting.store import Pending, deliver_outbox, latest_values, oldest_undelivered, record_cycle
-from dbops.config import ConfigError
-from dbops.errors import classify
+from dbops.alerting.record import Pending, deliver_outbox, latest_values, oldest_undelivered, record_cycle
+from dbops.core.schema import ConfigError
+from dbops.core.errors import classify
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.postgres import DbopsPostgresHook
-from dbops.locks import job_lock
-from dbops.notifiers.channels import Notification, send
+from dbops.core.locks import job_lock
+from dbops.notifications.channels import Notification, send
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import DagRunProtocol
 
-    from dbops.config import AlertPolicy
+    from dbops.alerting.policy import AlertPolicy
 
 # A run whose time is older than this is a catch-up (a cleared old run, a late backfill): alerts
 # describe the present, so it does not evaluate. Scheduled runs start within seconds of their time

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 
-from dbops.config import Retention
+from dbops.backup.policy import Retention
 
 SCHEDULED_RUN_TYPES = ("scheduled", "backfill")
 

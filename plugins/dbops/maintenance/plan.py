@@ -1,6 +1,6 @@
 """Maintenance planning: from measured table and index statistics to one action per object, with the reason.
 
-Pure functions and plain data, no database: the operators scan (``dbops.maintenance_db``), call
+Pure functions and plain data, no database: the operators scan (``dbops.maintenance.execute``), call
 :func:`plan_weekly` or :func:`plan_daily`, and map one task over each :class:`Action` of the plan.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from dbops.config import MaintenancePolicy
+from dbops.maintenance.policy import MaintenancePolicy
 
 NOTHING = "nothing"
 VACUUM_FULL = "vacuum_full"

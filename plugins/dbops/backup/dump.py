@@ -22,8 +22,8 @@ from psycopg import sql
 
 from dbops.hooks.postgres import DbopsPostgresHook
 from dbops.hooks.tools import PgTool
-from dbops.processes import DEFAULT_TIMEOUT, supervised, tool_failed
-from dbops.streams import CHUNK, write_compressed
+from dbops.core.processes import DEFAULT_TIMEOUT, supervised, tool_failed
+from dbops.core.streams import CHUNK, write_compressed
 
 # Leaf tables whose data pg_dump writes (partitioned parents hold none; extension tables are skipped).
 _TABLES = """

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from dbops.hooks.ops import OpsDatabaseHook
-from dbops.maintenance import Action
+from dbops.maintenance.plan import Action
 
 
 class MaintenanceLogHook(OpsDatabaseHook):

@@ -1,0 +1,189 @@
+"""Load and validate ``include/config/dbops.yaml`` into typed, frozen objects.
+
+Validation happens at DAG parse time and reads only the local file: no database, no network. Any
+problem raises one :class:`ConfigError` naming the file, the target and the key, so the DAG file
+fails to import as a whole and no half-built DAGs appear.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dbops.alerting.policy import AlertPolicy
+from dbops.backup.policy import BackupPolicy, check_backup
+from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
+from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "dbops.yaml"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where backups go: a local directory (path or ``file://``) or ``s3://bucket/prefix``."""
+
+    url: str
+    aws_conn_id: str = "aws_default"
+    sse: str | None = None
+    storage_class: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "s3" if self.url.startswith("s3://") else "file"
+
+    @property
+    def local_path(self) -> Path:
+        path = Path(self.url.removeprefix("file://"))
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+@dataclass(frozen=True)
+class TargetConfig:
+    conn_id: str
+    backup: BackupPolicy | None = None
+    maintenance: MaintenancePolicy | None = None
+    alerts: AlertPolicy | None = None
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    to: list[str]
+    smtp_conn_id: str = "smtp_default"
+    from_email: str | None = None
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    slack_webhook_conn_id: str = "slack_default"
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """How the notifier channels named in ``notify`` lists reach people (``log`` needs nothing)."""
+
+    email: EmailConfig | None = None
+    slack: SlackConfig | None = None
+    pg_notify_channel: str = "dbops_alerts"
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """Where to look first for pg_dump, pg_restore and psql (then PATH, then the embedded wheel)."""
+
+    bin_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class PreflightConfig:
+    schedule: Cron | None = "0 6 * * *"
+
+
+@dataclass(frozen=True)
+class DbopsConfig:
+    ops_conn_id: str
+    storage: dict[str, StorageConfig]
+    targets: dict[str, TargetConfig]
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    staging_dir: str = "var/staging"
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    path: Path = field(default=DEFAULT_CONFIG_PATH, compare=False)
+
+    @property
+    def staging_path(self) -> Path:
+        """Local scratch space for dumps and downloads (relative paths are below the project root)."""
+        path = Path(self.staging_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def pools(self) -> dict[str, dict[str, Any]]:
+        """One single-slot Airflow pool per target: its heavy tasks (dump, restore, export) never overlap.
+
+        The same mapping is committed as include/config/pools.json for ``airflow pools import``.
+        """
+        return {pool_name(t): {"slots": 1, "description": f"dbops: heavy work on target {t}, one at a time",
+                               "include_deferred": False} for t in self.targets}
+
+    def store_for(self, target: str) -> StorageConfig | None:
+        """The storage a target's backups go to, or None when it has no backup policy."""
+        backup = self.targets[target].backup
+        return self.storage[backup.storage] if backup else None
+
+
+def pool_name(target: str) -> str:
+    """The Airflow pool that serializes a target's heavy tasks."""
+    return f"dbops__{target}"
+
+
+def _check_references(config: DbopsConfig) -> None:
+    """What the types cannot say; each policy section is checked by its capability's ``check_*``."""
+    if not config.ops_conn_id:
+        raise Invalid("ops_conn_id", "must name an Airflow connection")
+    for name, store in config.storage.items():
+        if not store.url:
+            raise Invalid(f"storage.{name}.url", "must not be empty")
+    for name, target in config.targets.items():
+        key = f"targets.{name}"
+        if not _NAME.match(name):
+            raise Invalid(key, "target names are lowercase letters, digits and _ (used in DAG ids)")
+        if not target.conn_id:
+            raise Invalid(f"{key}.conn_id", "must name an Airflow connection")
+        for policy in ("backup", "alerts", "maintenance"):
+            notify = getattr(getattr(target, policy), "notify", [])
+            for i, channel in enumerate(notify):
+                _check_channel(config.notifications, channel, f"{key}.{policy}.notify[{i}]")
+        if target.backup:
+            check_backup(target.backup, f"{key}.backup", config.storage)
+        if target.maintenance:
+            check_maintenance(target.maintenance, f"{key}.maintenance")
+
+
+CHANNELS = ("log", "email", "slack", "pg_notify")
+
+
+def _check_channel(notifications: NotificationsConfig, channel: str, key: str) -> None:
+    if channel not in CHANNELS:
+        raise Invalid(key, f"unknown notifier {channel!r} (expected one of: {', '.join(CHANNELS)})")
+    if channel in ("email", "slack") and getattr(notifications, channel) is None:
+        raise Invalid(key, f"notifier {channel!r} needs a notifications.{channel} section")
+
+
+def _message(path: Path, key: str, message: str) -> str:
+    parts = key.split(".")
+    if parts[0] == "targets" and len(parts) > 1:
+        target = parts[1].split("[")[0]
+        rest = ".".join(parts[2:])
+        where = f"target '{target}'" + (f": key '{rest}'" if rest else "")
+    else:
+        where = f"key '{key}'" if key else "top level"
+    return f"{path}: {where}: {message}"
+
+
+def parse_config(text: str, path: Path) -> DbopsConfig:
+    """Validate the YAML ``text`` (read from ``path``, named in errors)."""
+    data = parse_yaml(text, path)
+    try:
+        config = build(DbopsConfig, data, "")
+        _check_references(config)
+    except Invalid as err:
+        raise ConfigError(_message(path, err.key, err.message)) from None
+    return dataclasses.replace(config, path=path)
+
+
+_cache: dict[tuple[Path, float], DbopsConfig] = {}
+
+
+def load_config(path: str | os.PathLike | None = None) -> DbopsConfig:
+    """Load the config from ``path``, ``$DBOPS_CONFIG`` or the default; cached per file version."""
+    path = Path(path or os.environ.get("DBOPS_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        stamp = (path, path.stat().st_mtime)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (set DBOPS_CONFIG or create it)") from None
+    if stamp not in _cache:
+        _cache.clear()
+        _cache[stamp] = parse_config(path.read_text(), path)
+    return _cache[stamp]

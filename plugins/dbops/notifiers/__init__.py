@@ -1,1 +1,0 @@
-"""Notification delivery: log, email (SMTP provider), Slack (incoming-webhook provider)."""
