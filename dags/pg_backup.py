@@ -1,43 +1,6 @@
-"""
-### Nightly PostgreSQL backup, proven by a restore
-
-`pg_backup__<target>`, one DAG per target with a `backup` policy in `include/config/dbops.yaml`:
-
-1. **preflight** — target reachable, client tools at least as new as the server, store writable.
-2. **dump_and_store** — one exported snapshot: per-table row counts and `pg_dump --snapshot` read
-   the same data; the uncompressed archive is compressed with zstd in Python (optionally AES-256-GCM
-   encrypted), stored, read back (size and sha256), and only then is the **manifest** written. The
-   backup is named by its snapshot time, `<target>/full/<snapshot time, UTC>/`, and the catalog
-   records the run's logical date (`covers`), run type and storage. A retried task finds its run's
-   backup and does nothing; folders of incomplete attempts are removed.
-3. **verify_restore** — downloads what was *stored*, checks sha256, restores it into a scratch
-   database with parallel `pg_restore`, compares every table's rows with the snapshot's, checks
-   every PK/unique/FK constraint, runs `pg_amcheck`; the recovery test is recorded in
-   `dbops.recovery_tests` and in the manifest (never for a backup retention is deleting, never
-   without all its files). **drop_scratch** (teardown) always drops the scratch database.
-4. **retention** — grandfather-father-son by snapshot time, in the target's pool and one at a time:
-   a period's slot goes to its scheduled backup (a manual one never evicts it); never deletes the
-   newest verified backup or anything newer, deletes nothing while the newest backup failed
-   verification; deletes tenant exports older than `backup.tenant_retention` (30 days).
-5. **report** — one summary line; emits the `dbops://<target>/backup` Asset for a verified backup.
-
-**Backfills and late runs.** A dump reads the database as it is now; it cannot make a past night's
-backup. A run for a past period (a backfill, or a run starting after the schedule's next slot) does
-nothing when a backup was taken at or after its scheduled time (not one that failed verification):
-its log and summary name that backup, which the run then verifies and reports. Otherwise it takes one
-now, named by its snapshot time, recording the period in `covers`. A backfill over three missed
-nights makes one backup, not three copies of today.
-
-On demand (trigger with Params in the UI):
-
-- `pg_restore__<target>` — restore a backup (default: newest verified) into a **new** database on
-  the target's server; an existing database is refused unless `overwrite` is set; checksums first.
-- `pg_verify_backup__<target>` — re-run the verification restore on any stored backup.
-- `pg_tenant_export__<target>` — one tenant's rows of `backup.tenant_tables`, in one snapshot, stored
-  (read back: size and sha256) with its own manifest under `<target>/tenant/<tenant id>/<date>/`
-  (targets with tenant tables); deleted by the backup DAG's retention after `backup.tenant_retention`.
-
-Failures notify the target's `backup.notify` channels.
+"""The backup DAG family, one set per target with a `backup` policy in include/config/dbops.yaml:
+pg_backup__<target> (nightly), pg_restore__, pg_verify_backup__ and pg_tenant_export__ (on demand).
+What each does and what to do when a task fails: include/runbooks/ (shown in the UI as the DAG's docs).
 """
 
 from __future__ import annotations
@@ -47,7 +10,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, Asset, Param
 
 from dbops.core.config import load_config, pool_name
-from dbops.core.dag_defaults import dag_kwargs
+from dbops.core.dag_defaults import dag_kwargs, runbook
 from dbops.operators.backup import BackupReportOperator, PgBackupOperator
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.preflight import PreflightOperator
@@ -72,7 +35,8 @@ for target, settings in config.targets.items():
     with DAG(
         dag_id=f"pg_backup__{target}",
         schedule=settings.backup.schedule,
-        doc_md=__doc__,
+        description=f"Nightly backup of {target}: consistent dump, stored, proven by a verification restore",
+        doc_md=runbook("pg_backup", target),
         **dag_kwargs(tags=["backup", target], on_failure=notifier),
     ) as backup_dag:
         preflight = PreflightOperator(task_id="preflight", target=target, execution_timeout=timedelta(minutes=5))
@@ -97,7 +61,8 @@ for target, settings in config.targets.items():
     with DAG(
         dag_id=f"pg_restore__{target}",
         schedule=None,
-        doc_md=__doc__,
+        description=f"Restore a backup of {target} into a database; what it replaces is swapped only once proven",
+        doc_md=runbook("pg_restore", target),
         params={
             "backup_id": Param(LATEST_VERIFIED, type="string", description=f"backup to restore: {backup_ids}"),
             "database": Param(type="string", minLength=1, maxLength=63, description="new database to restore into"),
@@ -118,7 +83,8 @@ for target, settings in config.targets.items():
     with DAG(
         dag_id=f"pg_verify_backup__{target}",
         schedule=None,
-        doc_md=__doc__,
+        description=f"Prove a stored backup of {target} restores: checksums, rows, constraints, amcheck",
+        doc_md=runbook("pg_verify_backup", target),
         params={"backup_id": Param("latest", type="string", description=f"backup to verify: {backup_ids}")},
         **dag_kwargs(tags=["backup", "verify", target], on_failure=notifier),
     ):
@@ -134,7 +100,8 @@ for target, settings in config.targets.items():
         with DAG(
             dag_id=f"pg_tenant_export__{target}",
             schedule=None,
-            doc_md=__doc__,
+            description=f"Export one tenant's rows of {target}, stored with a manifest, deleted after retention",
+            doc_md=runbook("pg_tenant_export", target),
             params={"tenant_id": Param(type="string", minLength=1, maxLength=128, description="tenant to export")},
             **dag_kwargs(tags=["backup", "tenant", target], on_failure=notifier),
         ):

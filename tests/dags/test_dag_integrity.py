@@ -57,7 +57,8 @@ def all_dags():
 def test_dag_has_operational_defaults(dag_id, dag):
     assert dag.owner == "dbops"
     assert "dbops" in dag.tags and len(dag.tags) >= 2
-    assert dag.doc_md and len(dag.doc_md) > 100
+    assert dag.description and len(dag.description) < 120, "a one-line description for the DAG list"
+    assert dag.doc_md and "When" in dag.doc_md and "fail" in dag.doc_md, "a runbook: what to do when a task fails"
     assert dag.max_active_runs == 1, "runs of one DAG never overlap"
     assert not dag.catchup
     for task in dag.tasks:
@@ -126,3 +127,10 @@ def test_alert_runs_never_overlap_and_time_out_before_the_next(dagbag):
             dag = dagbag.dags[f"db_alerts__{name}"]
             assert dag.max_active_runs == 1 and dag.dagrun_timeout.total_seconds() < 300
             assert dag.schedule == target.alerts.schedule
+
+
+def test_every_dag_has_its_own_runbook(dagbag):
+    """The on-demand DAGs do not show the nightly backup's text: each family has its own runbook."""
+    families = {dag_id.split("__")[0]: dag.doc_md for dag_id, dag in dagbag.dags.items()}
+    assert len(set(families.values())) == len(families), "two DAG families share one doc_md"
+    assert "confirm_database" in families["pg_restore"] and "backup_id" in families["pg_verify_backup"]

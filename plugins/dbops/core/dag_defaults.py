@@ -5,6 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from dbops.core.config import PROJECT_ROOT
+
+RUNBOOKS = PROJECT_ROOT / "include" / "runbooks"
+
 # A fixed past date: with catchup off the scheduler starts from the latest interval; backfills may go back here.
 START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -29,3 +33,8 @@ def dag_kwargs(*, tags: list[str], max_active_runs: int = 1, on_failure: Any = N
         "tags": ["dbops", *tags],
         **overrides,
     }
+
+
+def runbook(name: str, target: str = "<target>") -> str:
+    """A DAG's ``doc_md``: include/runbooks/<name>.md, with ``{target}`` filled in."""
+    return (RUNBOOKS / f"{name}.md").read_text().replace("{target}", target)
