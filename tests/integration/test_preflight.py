@@ -17,6 +17,9 @@ from scripts import devstack
 CHECKS = ["connectivity", "server_version", "pg_dump", "pg_restore", "psql", "backup_store", "ops_migrations"]
 
 
+DEBIAN_15_BIN = "/usr/lib/postgresql/15/bin"  # Debian's client tools on this machine kind
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,13 +74,16 @@ def test_log_ends_with_one_verdict_per_check(two_targets, capsys):
     assert "preflight downdb: 6 of 7 checks passed or skipped, 1 failed" in tail[-1]
 
 
-def test_too_old_tools_fail_without_retry(two_targets, monkeypatch, tmp_path):
-    """A server newer than every client tool is permanent: fail at once, say what to fix.
+def test_too_old_tools_fail_without_retry(two_targets):
+    """Client tools older than the server are permanent: fail at once, say what to fix.
 
-    FAKE: the server version is patched to 99.0, because no server newer than our tools runs here.
+    Real parts: the running PostgreSQL 18 server and Debian's PostgreSQL 15 client tools, pinned with
+    ``tools.exclusive`` so that no newer tool is found elsewhere.
     """
-    monkeypatch.setattr("dbops.operators.preflight.MIN_SERVER_VERSION_NUM", 0)
-    monkeypatch.setattr("dbops.hooks.postgres.DbopsPostgresHook.server_version_num", lambda self: 990000)
+    two_targets.write_text(two_targets.read_text().replace(
+        "tools:\n  bin_dir: null", f"tools:\n  bin_dir: {DEBIAN_15_BIN}\n  exclusive: true"))
     operator = PreflightOperator(task_id="check__appdb", target="appdb")
-    with pytest.raises(AirflowFailException, match="pg_dump must be version 99 or newer for server 99.0"):
+    with pytest.raises(AirflowFailException,
+                       match=rf"pg_dump must be version 18 or newer for server 18\.\d+: {DEBIAN_15_BIN}/pg_dump is 15"):
         operator.execute({"run_id": "old-tools"})
+    assert verdicts("old-tools")[("appdb", "pg_dump")] is False

@@ -44,14 +44,20 @@ def test_too_old_bin_dir_is_passed_over_for_a_newer_tool(hook):
     assert tool.major == 18 and not tool.path.startswith(DEBIAN_15_BIN)
 
 
-def test_no_tool_new_enough_names_both_versions():
+def test_no_tool_new_enough_names_both_versions(hook):
+    """The real server (18) and Debian's real 15 tools, pinned: nothing new enough is found."""
+    server = hook.server_version_num()
     with pytest.raises(ToolVersionError) as info:
-        find_tool("pg_restore", 990001, bin_dir=DEBIAN_15_BIN)
+        find_tool("pg_restore", server, bin_dir=DEBIAN_15_BIN, exclusive=True)
     message = str(info.value)
-    assert "pg_restore must be version 99 or newer for server 99.1" in message
+    assert f"pg_restore must be version {server // 10000} or newer for server {server // 10000}." in message
     assert f"{DEBIAN_15_BIN}/pg_restore is 15." in message
-    assert "is 18." in message
     assert "set tools.bin_dir" in message
+
+
+def test_exclusive_bin_dir_without_the_tool_searches_nowhere_else(tmp_path):
+    with pytest.raises(ToolVersionError, match=r"no pg_dump found \(bin_dir='.*' only\)"):
+        find_tool("pg_dump", 180000, bin_dir=str(tmp_path), exclusive=True)
 
 
 def test_missing_tool_is_a_clear_error():

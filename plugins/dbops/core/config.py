@@ -72,9 +72,13 @@ class NotificationsConfig:
 
 @dataclass(frozen=True)
 class ToolsConfig:
-    """Where to look first for pg_dump, pg_restore and psql (then PATH, then the embedded wheel)."""
+    """Where to look first for pg_dump, pg_restore and psql (then PATH, then the embedded wheel).
+
+    ``exclusive``: look only in ``bin_dir`` (pin the client tools a deployment was tested with).
+    """
 
     bin_dir: str | None = None
+    exclusive: bool = False
 
 
 @dataclass(frozen=True)

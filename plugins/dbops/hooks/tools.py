@@ -46,11 +46,13 @@ def embedded_bin_dir() -> Path | None:
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 
-def candidates(name: str, bin_dir: str | None = None) -> list[str]:
-    """Executable paths for ``name`` in search order, without duplicates."""
+def candidates(name: str, bin_dir: str | None = None, exclusive: bool = False) -> list[str]:
+    """Executable paths for ``name`` in search order, without duplicates; only ``bin_dir`` if ``exclusive``."""
     paths = []
     if bin_dir:
         paths.append(str(Path(bin_dir) / name))
+    if exclusive and bin_dir:
+        return [path for path in paths if os.access(path, os.X_OK)]
     on_path = shutil.which(name)
     if on_path:
         paths.append(on_path)
@@ -77,16 +79,18 @@ def format_server_version(server_version_num: int) -> str:
     return f"{server_version_num // 10000}.{server_version_num % 10000}"
 
 
-def find_tool(name: str, server_version_num: int, bin_dir: str | None = None) -> PgTool:
-    """The first ``name`` whose major version is at least the server's (``server_version_num``)."""
+def find_tool(name: str, server_version_num: int, bin_dir: str | None = None, exclusive: bool = False) -> PgTool:
+    """The first ``name`` whose major version is at least the server's (``server_version_num``), looking
+    in ``bin_dir`` (only there if ``exclusive``), then PATH, then the embedded wheel."""
     server_major = server_version_num // 10000
     rejected = []
-    for path in candidates(name, bin_dir):
+    for path in candidates(name, bin_dir, exclusive):
         major, minor = tool_version(path)
         if major >= server_major:
             return PgTool(name, path, major, minor)
         rejected.append(f"{path} is {major}.{minor}")
-    found = "; ".join(rejected) if rejected else f"no {name} found (bin_dir={bin_dir!r}, PATH, embedded wheel)"
+    searched = f"bin_dir={bin_dir!r} only" if exclusive and bin_dir else f"bin_dir={bin_dir!r}, PATH, embedded wheel"
+    found = "; ".join(rejected) if rejected else f"no {name} found ({searched})"
     raise ToolVersionError(
         f"{name} must be version {server_major} or newer for server {format_server_version(server_version_num)}: "
         f"{found}. Install PostgreSQL {server_major} client tools or set tools.bin_dir in dbops.yaml."

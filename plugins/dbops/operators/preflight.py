@@ -15,7 +15,7 @@ from dbops.operators.base import TargetOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from dbops.core.config import DbopsConfig
+    from dbops.core.config import DbopsConfig, ToolsConfig
     from dbops.hooks.postgres import DbopsPostgresHook
 
 MIN_SERVER_VERSION_NUM = 130000
@@ -73,7 +73,7 @@ class PreflightOperator(TargetOperator):
             version = hook.server_version_num()
             results.append(_check("server_version", lambda: _server_version(version)))
             for tool in CLIENT_TOOLS:
-                results.append(_check(tool, lambda tool=tool: _tool(tool, version, config.tools.bin_dir)))
+                results.append(_check(tool, lambda tool=tool: _tool(tool, version, config.tools)))
         else:
             skipped = ("server_version", *CLIENT_TOOLS)
             results += [CheckResult(name, "SKIP", "target unreachable") for name in skipped]
@@ -119,10 +119,10 @@ def _server_version(version: int) -> str:
     return f"PostgreSQL {format_server_version(version)}"
 
 
-def _tool(name: str, server_version_num: int, bin_dir: str | None) -> str:
+def _tool(name: str, server_version_num: int, tools: ToolsConfig) -> str:
     from dbops.hooks.tools import find_tool
 
-    tool = find_tool(name, server_version_num, bin_dir)
+    tool = find_tool(name, server_version_num, tools.bin_dir, tools.exclusive)
     return f"{tool.name} {tool.version} at {tool.path}"
 
 
