@@ -36,9 +36,8 @@ from dbops.core.config import load_config
 from dbops.core.schema import ConfigError
 from dbops.core.dag_defaults import dag_kwargs
 from dbops.notifications.channels import DbopsFailureNotifier
-from dbops.operators.alerting import AlertDeliveryOperator, AlertEvaluationOperator
+from dbops.operators.alerting import AlertDeliveryOperator, AlertEvaluationOperator, AlertSilenceOperator
 from dbops.operators.base import fail_run_on_any_failure
-from dbops.operators.silence import AlertSilenceOperator
 
 config = load_config()
 
