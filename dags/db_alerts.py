@@ -59,7 +59,8 @@ for target, settings in config.targets.items():
         doc_md=f"**BROKEN:** {problem}\n\n{__doc__}" if problem else __doc__,
         dagrun_timeout=timedelta(minutes=4),
         **dag_kwargs(tags=["alerts", target],
-                     on_failure=DbopsFailureNotifier(target=target, channels=people)),
+                     on_failure=DbopsFailureNotifier(target=target, channels=people,
+                                                     repeat=settings.alerts.failure_repeat)),
     ) as alerts_dag:
         quick = {"retries": 1, "retry_delay": timedelta(seconds=15)}  # the next run comes in 5 minutes anyway
         evaluate = AlertEvaluationOperator(task_id="evaluate", target=target, execution_timeout=timedelta(minutes=2),
