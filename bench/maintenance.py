@@ -39,7 +39,8 @@ from psycopg import sql  # noqa: E402
 
 from dbops.maintenance.policy import MaintenancePolicy  # noqa: E402
 from dbops.maintenance.plan import Action, plan_weekly  # noqa: E402
-from dbops.maintenance.execute import execute_action, scan  # noqa: E402
+from dbops.maintenance.execute import execute_action  # noqa: E402
+from dbops.maintenance.scan import scan  # noqa: E402
 from scripts import devstack  # noqa: E402
 from scripts.bench_output import emit, json_stdout  # noqa: E402
 

@@ -15,9 +15,8 @@ from dbops.core.config import load_config
 from dbops.core.schema import ConfigError
 from dbops.core.dag_defaults import dag_kwargs, runbook
 from dbops.notifications.channels import DbopsFailureNotifier
-from dbops.operators.alerting import AlertDeliveryOperator, AlertEvaluationOperator
+from dbops.operators.alerting import AlertDeliveryOperator, AlertEvaluationOperator, AlertSilenceOperator
 from dbops.operators.base import fail_run_on_any_failure
-from dbops.operators.silence import AlertSilenceOperator
 
 config = load_config()
 
@@ -39,7 +38,8 @@ for target, settings in config.targets.items():
         doc_md=f"**BROKEN:** {problem}\n\n{runbook('db_alerts', target)}" if problem else runbook("db_alerts", target),
         dagrun_timeout=timedelta(minutes=4),
         **dag_kwargs(tags=["alerts", target],
-                     on_failure=DbopsFailureNotifier(target=target, channels=people)),
+                     on_failure=DbopsFailureNotifier(target=target, channels=people,
+                                                     repeat=settings.alerts.failure_repeat)),
     ) as alerts_dag:
         quick = {"retries": 1, "retry_delay": timedelta(seconds=15)}  # the next run comes in 5 minutes anyway
         evaluate = AlertEvaluationOperator(task_id="evaluate", target=target, execution_timeout=timedelta(minutes=2),

@@ -1,1 +1,1 @@
-"""Alert evaluation (issue 4): rule state like Alertmanager's, notified once per transition."""
+"""Alerting: rule packs, evaluation, the alert state machine, silences, and delivery of notifications."""

@@ -20,3 +20,9 @@ class AlertPolicy:
     connect_timeout: Seconds = 10.0
     sample_retention: Seconds = 30 * 86400.0  # metric samples older than this are deleted
     undelivered_alarm: Seconds = 3600.0  # the DAG fails while a notification stays undelivered this long
+    failure_repeat: Seconds = 4 * 3600.0  # a task of the DAG failing again with the same error: notified this often
+
+    def query_limits(self) -> dict[str, int]:
+        """The per-query timeouts as :func:`dbops.alerting.evaluate.evaluate` takes them."""
+        return {"statement_timeout_ms": int(self.statement_timeout * 1000),
+                "lock_timeout_ms": int(self.lock_timeout * 1000)}

@@ -1,16 +1,55 @@
-"""Silences in the ops database: add one, end one, list the active ones (``db_alert_silence``)."""
+"""Silences in the ops database: the request of ``db_alert_silence`` validated, add one, end one, list the active ones."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from dbops.alerting.state import Silence
+from dbops.core.schema import ConfigError, Seconds, build_section
 
 ALL_TARGETS = "all"
+MAX_SILENCE_SECONDS = 30 * 86400.0  # a forgotten silence must not hide alerts for ever
+
+
+@dataclass(frozen=True)
+class SilenceRequest:
+    """The Params of ``db_alert_silence``, validated like dbops.yaml."""
+
+    target: str
+    duration: Seconds
+    comment: str
+    rule: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    end_silence_id: int = 0
+
+    @property
+    def matchers(self) -> dict[str, str]:
+        """The label matchers, the rule as ``alertname``."""
+        return {**self.labels, **({"alertname": self.rule} if self.rule else {})}
+
+
+def silence_request(params: dict[str, Any], targets: list[str]) -> SilenceRequest:
+    """The Params validated; :class:`ConfigError` names the Param to fix.
+
+    :param targets: the targets with alerts.
+    """
+    where = "db_alert_silence: Params"
+    request = build_section(SilenceRequest, params, Path("db_alert_silence"), "Params")
+    if request.target not in [ALL_TARGETS, *targets]:
+        raise ConfigError(f"{where}: target {request.target!r} has no alerts; choose one of "
+                          f"{', '.join([ALL_TARGETS, *targets])}")
+    if not request.end_silence_id:
+        if not 0 < request.duration <= MAX_SILENCE_SECONDS:
+            raise ConfigError(f"{where}: duration must be more than 0 and at most 30d")
+        if len(request.comment.strip()) < 3:
+            raise ConfigError(f"{where}: say why in comment (who will read it: the on-call engineer)")
+    return request
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Maintenance planning: from measured table and index statistics to one action per object, with the reason.
 
-Pure functions and plain data, no database: the operators scan (``dbops.maintenance.execute``), call
+Pure functions and plain data, no database: the operators scan (``dbops.maintenance.scan``), call
 :func:`plan_weekly` or :func:`plan_daily`, and map one task over each :class:`Action` of the plan.
 """
 
@@ -337,3 +337,36 @@ def format_plan(plan: Plan) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows]
     lines.append(f"({plan.nothing} other objects need nothing)")
     return "\n".join(lines)
+
+
+def reclaimable_bytes(plan: Plan) -> int:
+    """The bloat the plan's rewrites (VACUUM FULL, REINDEX) are expected to give back."""
+    return sum(a.bloat_bytes or 0 for a in plan.actions if a.action in (VACUUM_FULL, REINDEX))
+
+
+def plan_result(target: str, kind: str, logical_date: datetime, dry_run: bool, scan: Scan, plan: Plan,
+                policy: MaintenancePolicy) -> dict[str, Any]:
+    """What the plan task hands on (XCom ``plan``, ``dbops.maintenance_runs.plan``): the scan's figures, the
+    plan, and (weekly) the unused and duplicate index reports."""
+    return {
+        "target": target, "kind": kind, "logical_date": logical_date.isoformat(), "dry_run": dry_run,
+        "scan": {"tables": len(scan.tables), "indexes": len(scan.indexes), "seconds": round(scan.seconds, 3),
+                 "blockers": scan.blockers, "free_bytes": scan.free_bytes, "disk_bytes": scan.disk_bytes,
+                 "stats_reset": scan.stats_reset.isoformat() if scan.stats_reset else None},
+        "plan": plan.to_dict(),
+        "unused_indexes": unused_indexes(scan, policy) if kind == "weekly" else [],
+        "duplicate_indexes": scan.duplicate_indexes if kind == "weekly" else [],
+    }
+
+
+def summary_line(result: dict[str, Any], plan: Plan) -> str:
+    """The plan task's last line, verdict first: ``OK: weekly plan appdb: scanned ...``."""
+    counts: dict[str, int] = {}
+    for action in plan.actions:
+        counts[action.action] = counts.get(action.action, 0) + 1
+    scan = result["scan"]
+    return (f"OK: {result['kind']} plan {result['target']}: scanned {scan['tables']} tables and {scan['indexes']} "
+            f"indexes in {scan['seconds']:.2f} s; {len(plan.actions)} actions "
+            f"({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}), {len(plan.notes)} reported only, "
+            f"{plan.nothing} need nothing, {len(scan['blockers'])} blockers, estimated reclaimable "
+            f"{mib(reclaimable_bytes(plan))}" + ("; dry run: stopping here" if result["dry_run"] else ""))

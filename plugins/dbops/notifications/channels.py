@@ -2,8 +2,9 @@
 
 :func:`send` tries every channel and reports each outcome; a channel that fails is logged at ERROR
 and never stops the others. :class:`DbopsFailureNotifier` turns a failed task or DAG run into a
-notification (use it as ``on_failure_callback``). Email and Slack go through the providers' hooks,
-imported when a message is sent, never at DAG parse time.
+notification (use it as ``on_failure_callback``); with a repeat interval it speaks once per incident
+(:func:`first_of_incident`). Email and Slack go through the providers' hooks, imported when a message
+is sent, never at DAG parse time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from airflow.sdk import BaseNotifier
 from dbops.core.config import load_config
 
 if TYPE_CHECKING:
+    import psycopg
     from airflow.sdk import Context
 
     from dbops.core.config import NotificationsConfig
@@ -152,34 +154,84 @@ class DbopsFailureNotifier(BaseNotifier):
     :param target: the target's key in dbops.yaml.
     :param channels: where to deliver (``log``, ``email``, ``slack``), usually the target's ``notify``.
     :param config_path: the config file; default ``$DBOPS_CONFIG`` or include/config/dbops.yaml.
+    :param repeat: seconds; when set, a task failing again with the error last notified is not notified
+        again until ``repeat`` seconds have passed (once per incident; remembered in the ops database).
+        None: every failure is notified.
     """
 
     template_fields: Sequence[str] = ("target", "channels")
 
-    def __init__(self, *, target: str, channels: list[str], config_path: str | None = None) -> None:
+    def __init__(self, *, target: str, channels: list[str], config_path: str | None = None,
+                 repeat: float | None = None) -> None:
         super().__init__()
         self.target = target
         self.channels = channels
         self.config_path = config_path
+        self.repeat = repeat
 
     def notify(self, context: Context) -> None:
+        config = load_config(self.config_path)
         notification = failure_notification(context, target=self.target)
-        results = send(notification, self.channels, load_config(self.config_path).notifications)
+        if self.repeat is not None and not self._first_of_incident(context, config.ops_conn_id):
+            self.log.info("failure notification %r not sent: the same error was notified less than %g s ago "
+                          "(dbops.failure_notifications)", notification.title, self.repeat)
+            return
+        results = send(notification, self.channels, config.notifications)
         self.log.info("failure notification %r: %s", notification.title,
                       ", ".join(f"{channel} {outcome}" for channel, outcome in results.items()))
+
+    def _first_of_incident(self, context: Context, ops_conn_id: str) -> bool:
+        """Whether this failure starts an incident; True when the ops database cannot tell (never lose one)."""
+        from contextlib import closing
+
+        from dbops.hooks.ops import OpsDatabaseHook
+
+        dag_id, task_id = _failed(context)
+        try:
+            with closing(OpsDatabaseHook(postgres_conn_id=ops_conn_id).get_conn()) as conn:
+                return first_of_incident(conn, dag_id, task_id or "", self.target, error_text(context), self.repeat)
+        except Exception as err:
+            self.log.warning("the last failure notification of %s could not be read from the ops database (%s): "
+                             "notifying", dag_id, _describe(err))
+            return True
+
+
+def first_of_incident(conn: psycopg.Connection, dag_id: str, task_id: str, target: str, error: str,
+                      repeat: float) -> bool:
+    """Record a failure of ``dag_id``/``task_id``; True when it is to be notified: its error differs from
+    the one last notified, or that was ``repeat`` seconds ago or more (then it becomes the last notified)."""
+    with conn.transaction():
+        notified = conn.execute(
+            "INSERT INTO dbops.failure_notifications AS f (dag_id, task_id, target, error, notified_at) "
+            "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (dag_id, task_id) DO UPDATE SET target = EXCLUDED.target, "
+            "error = EXCLUDED.error, notified_at = now(), suppressed = 0 "
+            "WHERE f.error <> EXCLUDED.error OR f.notified_at <= now() - make_interval(secs => %s) RETURNING 1",
+            (dag_id, task_id, target, error, repeat)).fetchone()
+        if notified is None:
+            conn.execute("UPDATE dbops.failure_notifications SET suppressed = suppressed + 1 "
+                         "WHERE dag_id = %s AND task_id = %s", (dag_id, task_id))
+    return notified is not None
+
+
+def _failed(context: Context) -> tuple[str, str | None]:
+    """The DAG id and (for a task-level failure) the task id of a failure callback's context."""
+    ti = context.get("ti")
+    return getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "unknown DAG"), \
+        getattr(ti, "task_id", None)
+
+
+def error_text(context: Context) -> str:
+    """The error of a failure callback's context, in one line of text."""
+    error = context.get("exception")
+    if error is not None:
+        return _describe(error)
+    return context.get("reason") or "no exception in the callback context: see the task log"
 
 
 def failure_notification(context: Context, *, target: str) -> Notification:
     """Build the ``critical`` notification for a failure callback's context (task- or DAG-level)."""
     ti = context.get("ti")
-    dag = context.get("dag")
-    dag_id = getattr(ti, "dag_id", None) or getattr(dag, "dag_id", "unknown DAG")
-    task_id = getattr(ti, "task_id", None)
-    error = context.get("exception")
-    if error is not None:
-        error_text = _describe(error)
-    else:
-        error_text = context.get("reason") or "no exception in the callback context: see the task log"
+    dag_id, task_id = _failed(context)
     logical_date = context.get("logical_date")
     dag_run = context.get("dag_run")
     if logical_date is not None:
@@ -193,7 +245,7 @@ def failure_notification(context: Context, *, target: str) -> Notification:
     log_url = getattr(ti, "log_url", None)
     lines = [
         f"Target {target}: {what} failed" + (f" (try {try_number})." if try_number else "."),
-        f"Error: {error_text}",
+        f"Error: {error_text(context)}",
         f"Run: {context.get('run_id')} ({when})",
         f"Log: {log_url}" if log_url else "Log: open the run in the Airflow UI",
         "What to do: read the log, fix the cause the error names, then clear the failed task in the "

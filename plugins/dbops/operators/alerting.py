@@ -1,4 +1,4 @@
-"""Alert evaluation of one target, and delivery of its queued notifications."""
+"""Alerting operators: evaluate a target's rules, deliver its queued notifications, set or end a silence."""
 
 from __future__ import annotations
 
@@ -8,32 +8,28 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
-from dbops.alerting.cycle import Alert
-from dbops.alerting.evaluate import Evaluation, Metric, Sample, evaluate
+from dbops.alerting.cycle import SKIPPED_METRIC, combine, lasting_skips, reachable, target_down, unreachable, \
+    why_not_current
+from dbops.alerting.evaluate import Evaluation, evaluate
 from dbops.alerting.notify import change_line
-from dbops.alerting.rules import RULE_FAILED, TARGET_DOWN, Rule, rules_for
 from dbops.alerting.record import Pending, deliver_outbox, latest_values, oldest_undelivered, record_cycle
-from dbops.core.schema import ConfigError
+from dbops.alerting.rules import RULE_FAILED, TARGET_DOWN, Rule, rules_for
+from dbops.core.config import load_config
 from dbops.core.errors import classify
+from dbops.core.locks import job_lock
+from dbops.core.schema import ConfigError
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.postgres import DbopsPostgresHook
-from dbops.core.locks import job_lock
 from dbops.notifications.channels import Notification, send
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.sdk.types import DagRunProtocol
 
     from dbops.alerting.policy import AlertPolicy
-
-# A run whose time is older than this is a catch-up (a cleared old run, a late backfill): alerts
-# describe the present, so it does not evaluate. Scheduled runs start within seconds of their time
-# and a run times out after 4 minutes (dagrun_timeout), so a current run is never this old.
-MAX_RUN_AGE = timedelta(minutes=15)
-SKIPPED_METRIC = "rule_skipped"  # a sample per rule skipped for a lasting reason (logged once)
-TARGET_IS_DOWN = "target down"
 
 
 class AlertEvaluationOperator(TargetOperator):
@@ -43,8 +39,9 @@ class AlertEvaluationOperator(TargetOperator):
     (alert ``RuleEvaluationFailed``), never a task failure. An unreachable target fires ``TargetDown``
     and holds the state of its other alerts. The task fails when the ops database cannot be used, and
     at once when the target's rule packs are invalid. Alerts describe the present, so a backfill run or
-    a run for a time older than ``MAX_RUN_AGE`` is skipped and leaves alert state alone; one run at a
-    time per target evaluates (``job_lock``), another waits ``lock_wait`` seconds, then is skipped.
+    a run for a time more than 15 minutes ago (:func:`~dbops.alerting.cycle.why_not_current`) is skipped
+    and leaves alert state alone; one run at a time per target evaluates (``job_lock``), another waits
+    ``lock_wait`` seconds, then is skipped.
 
     :param target: the target's key in dbops.yaml.
     :param lock_wait: seconds to wait for another run of this target's evaluation to finish.
@@ -55,9 +52,11 @@ class AlertEvaluationOperator(TargetOperator):
         self.lock_wait = lock_wait
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
-        past = _past_run(context["dag_run"])
+        dag_run = context["dag_run"]
+        past = why_not_current(dag_run.run_type, dag_run.data_interval_end or dag_run.run_after,
+                               datetime.now(timezone.utc))
         if past:
             raise AirflowSkipException(f"alerts of {self.target} not evaluated: {past}; alerts describe the present, "
                                        "only a current run evaluates them (alert state left as it is)")
@@ -76,10 +75,10 @@ class AlertEvaluationOperator(TargetOperator):
                                          {r.query for r in rules if r.counter} | {SKIPPED_METRIC})
                 on_target = self._evaluate_target(config.targets[self.target].conn_id, policy,
                                                   [r for r in rules if r.database == "target"], previous)
-                on_ops = evaluate(read_conn, [r for r in rules if r.database == "ops"], **_limits(policy),
+                on_ops = evaluate(read_conn, [r for r in rules if r.database == "ops"], **policy.query_limits(),
                                   params={"target": self.target}, previous=previous)
-                samples, metrics, unevaluated = _combine(on_target, on_ops, rules)
-                skips = _lasting_skips({**on_target.skipped, **on_ops.skipped})
+                samples, metrics, unevaluated = combine(on_target, on_ops, rules)
+                skips = lasting_skips({**on_target.skipped, **on_ops.skipped})
                 metrics += skips
                 cycle = record_cycle(
                     state_conn, target=self.target, run_id=context["run_id"],
@@ -99,7 +98,7 @@ class AlertEvaluationOperator(TargetOperator):
                               skip.labels["rule"], skip.labels["why"])
         for ignored in cycle.ignored_silences:
             self.log.warning("%s", ignored)
-        up = not _target_down(on_target)
+        up = not target_down(on_target)
         result = {
             "rules": len(rules), "samples": len(metrics), "errors": len(on_target.errors) + len(on_ops.errors),
             "skipped": len(on_target.skipped) + len(on_ops.skipped), "target_up": up,
@@ -109,7 +108,7 @@ class AlertEvaluationOperator(TargetOperator):
             "ignored_silences": cycle.ignored_silences,
             "db_seconds": round(on_target.db_seconds + on_ops.db_seconds, 3),
         }
-        firing = sorted(_alert_name(a) for a in cycle.alerts if a.state.status == "firing")
+        firing = sorted(a.name for a in cycle.alerts if a.state.status == "firing")
         self.log.info("alerts %s: %s; %d pending; %d rules, %d samples, %d evaluation errors, %d skipped; "
                       "%d changes notified; %d silences ignored; %.3f s in queries", self.target,
                       f"{len(firing)} firing ({', '.join(firing)})" if firing else "nothing firing",
@@ -123,59 +122,12 @@ class AlertEvaluationOperator(TargetOperator):
         hook = DbopsPostgresHook(postgres_conn_id=conn_id, connect_timeout=policy.connect_timeout)
         try:
             with closing(hook.get_conn()) as conn:
-                result = evaluate(conn, rules, **_limits(policy), previous=previous)
+                result = evaluate(conn, rules, **policy.query_limits(), previous=previous)
         except psycopg.OperationalError as err:  # refused, timed out, or lost mid-evaluation
             message = " ".join(str(err).split()) or type(err).__name__
             self.log.error("target %s does not answer: %s", self.target, message)
-            down = Evaluation(samples=[Sample(TARGET_DOWN.name, {}, 0.0, True, message)],
-                              metrics=[Metric("target_up", {}, 0.0)])
-            down.skipped.update({r.name: TARGET_IS_DOWN for r in rules})
-            return down
-        result.samples.append(Sample(TARGET_DOWN.name, {}, 1.0, False))
-        result.metrics.append(Metric("target_up", {}, 1.0))
-        return result
-
-
-def _past_run(dag_run: DagRunProtocol) -> str | None:
-    """Why a run must not evaluate: a backfill, or a run whose time is more than MAX_RUN_AGE ago."""
-    if dag_run.run_type == "backfill":  # DagRunType.BACKFILL_JOB, a str enum
-        return "a backfill run"
-    as_of = dag_run.data_interval_end or dag_run.run_after
-    age = timedelta(seconds=round((datetime.now(timezone.utc) - as_of).total_seconds()))
-    if age > MAX_RUN_AGE:
-        return f"the run is for {as_of.isoformat(timespec='minutes')}, {age} ago"
-    return None
-
-
-def _lasting_skips(skipped: dict[str, str]) -> list[Metric]:
-    """Rules skipped for a reason that lasts (a missing extension), as samples: the log says each once."""
-    return [Metric(SKIPPED_METRIC, {"rule": rule, "why": why}, 1.0) for rule, why in sorted(skipped.items())
-            if why != TARGET_IS_DOWN]
-
-
-def _alert_name(alert: Alert) -> str:
-    labels = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
-    return f"{alert.rule}{{{labels}}}" if labels else alert.rule
-
-
-def _limits(policy: AlertPolicy) -> dict[str, int]:
-    return {"statement_timeout_ms": int(policy.statement_timeout * 1000),
-            "lock_timeout_ms": int(policy.lock_timeout * 1000)}
-
-
-def _target_down(on_target: Evaluation) -> bool:
-    return any(s.rule == TARGET_DOWN.name and s.breaching for s in on_target.samples)
-
-
-def _combine(on_target: Evaluation, on_ops: Evaluation, rules: list[Rule]
-             ) -> tuple[list[Sample], list[Metric], set[str]]:
-    """Samples and metrics of both databases plus one RuleEvaluationFailed per failed rule; what stays unknown."""
-    errors = on_target.errors + on_ops.errors
-    failed = [Sample(RULE_FAILED.name, {"failed_rule": e.rule}, 1.0, True, f"{e.kind}: {e.message}") for e in errors]
-    unevaluated = {e.rule for e in errors}
-    if _target_down(on_target):
-        unevaluated |= {r.name for r in rules if r.database == "target"} | {RULE_FAILED.name}
-    return on_target.samples + on_ops.samples + failed, on_target.metrics + on_ops.metrics, unevaluated
+            return unreachable(rules, message)
+        return reachable(result)
 
 
 class AlertDeliveryOperator(TargetOperator):
@@ -234,3 +186,52 @@ class AlertDeliveryOperator(TargetOperator):
                 f"{oldest[2] or 'no error recorded'}. Fix the channel (its Airflow connection, the server); "
                 "they are sent on the next run.")
         return {"delivered": done.delivered, "failed": len(done.failures), "in_flight": len(done.in_flight)}
+
+
+class AlertSilenceOperator(BaseOperator):
+    """Add a silence (or end one early) in the ops database, then log every active silence.
+
+    It reads the DAG run's Params: ``target`` (a target or ``all``), ``rule`` (a regular expression on
+    the alert name), ``labels`` (label name -> regular expression), ``duration`` (e.g. ``2h``, at most
+    30 days), ``comment`` (why), ``end_silence_id`` (end that silence instead). A retried task finds
+    the silence its first try added and adds no second one.
+
+    :param config_path: the config file; default ``$DBOPS_CONFIG`` or include/config/dbops.yaml.
+    """
+
+    def __init__(self, *, config_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.alerting.silences import ALL_TARGETS, active_silences, add_silence, end_silence, silence_request
+
+        config = load_config(self.config_path)
+        targets = sorted(name for name, target in config.targets.items() if target.alerts)
+        try:
+            request = silence_request(dict(context["params"]), targets)
+        except ConfigError as err:
+            raise AirflowFailException(str(err)) from None
+        who = getattr(context["dag_run"], "triggering_user_name", None) or "airflow"
+        with closing(OpsDatabaseHook(postgres_conn_id=config.ops_conn_id).get_conn()) as conn:
+            if request.end_silence_id:
+                ended = end_silence(conn, request.end_silence_id)
+                if ended is None:
+                    raise AirflowFailException(f"no active silence has id {request.end_silence_id}; the active "
+                                               "ones are listed in this DAG's last successful run")
+                self.log.info("ended %s", ended.line())
+                result = {"ended": ended.id}
+            else:
+                target = None if request.target == ALL_TARGETS else request.target
+                try:
+                    silence = add_silence(conn, target=target, matchers=request.matchers, seconds=request.duration,
+                                          created_by=who, comment=request.comment)
+                except ValueError as err:
+                    raise AirflowFailException(f"silence not added: {err}") from None
+                self.log.info("added %s", silence.line())
+                result = {"added": silence.id}
+            active = active_silences(conn)
+        for row in active:
+            self.log.info("active: %s", row.line())
+        self.log.info("%d active silences", len(active))
+        return {**result, "active": len(active)}

@@ -7,6 +7,7 @@ Operators run the way the task runner runs them, ``execute(context)`` with a FAK
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -17,9 +18,10 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from psycopg import sql
 
-from dbops.maintenance.log import MaintenanceLogHook
+from dbops.hooks.ops import OpsDatabaseHook
+from dbops.maintenance import log
 from dbops.maintenance.plan import REINDEX, VACUUM_FULL, Action
-from dbops.maintenance.execute import APPLICATION_NAME
+from dbops.maintenance.scan import APPLICATION_NAME
 from dbops.operators.maintenance import (
     MaintenanceActionOperator,
     MaintenancePlanOperator,
@@ -98,7 +100,8 @@ def maintain(item: dict, try_number: int = 1, kind: str = "weekly", ctx: dict | 
 
 
 def log_rows(kind: str = "weekly", logical_date: datetime = DAY) -> list[dict]:
-    return MaintenanceLogHook(postgres_conn_id="dbops_state").attempts(NAME, kind, logical_date)
+    with OpsDatabaseHook(postgres_conn_id="dbops_state").get_conn() as conn:
+        return log.attempts(conn, NAME, kind, logical_date)
 
 
 def by_name(actions: list[dict], name: str) -> dict:
@@ -167,6 +170,37 @@ def test_weekly_plan_rewrites_only_the_bloated_tables_hostile_names_included(tar
     rows = log_rows()
     assert [(r["object_name"], r["status"]) for r in rows] == [(a["name"], "done") for a in actions]
     assert all(r["bytes_before"] > r["bytes_after"] for r in rows)
+
+
+def test_plan_action_and_report_lines_put_the_verdict_first_and_log_no_statements(target, capfd):
+    """The on-call engineer reads "OK: ..." or "FAILED: ..." first, sizes in MiB, bytes as structured fields;
+    the ops-database writes of the maintenance log add no "Running statement" / "Rows affected" lines."""
+    xcom: dict = {}
+    actions = plan(context(xcom=xcom))
+    for action in actions:
+        maintain(action)
+    report = MaintenanceReportOperator(task_id="report", target=NAME, kind="weekly", plan_task_id="scan_and_plan")
+    report.execute(context(xcom=xcom))
+    out = "".join(capfd.readouterr())
+    assert re.search(r"OK: weekly plan mt_\w+: scanned \d+ tables .* estimated reclaimable [\d.]+ MiB", out)
+    assert re.search(r"OK: vacuum_full public\.bloated done: [\d.]+ MiB -> [\d.]+ MiB .*reclaimed_bytes=\d+", out)
+    assert re.search(rf"OK: weekly maintenance {NAME} 2026-11-22: {len(actions)} done, reclaimed [\d.]+ MiB.*"
+                     r"reclaimed_bytes=\d+", out)
+    assert "Rows affected" not in out and "Running statement" not in out
+
+
+def test_report_of_a_failed_action_says_failed_first(target, capfd):
+    xcom: dict = {}
+    actions = plan(context(xcom=xcom))
+    with OpsDatabaseHook(postgres_conn_id="dbops_state").get_conn() as conn:
+        entry = log.start(conn, NAME, "weekly", DAY, "test_run", 1, Action.from_dict(actions[0]))
+        log.finish(conn, entry, "failed", error="the server said no")
+    report = MaintenanceReportOperator(task_id="report", target=NAME, kind="weekly", plan_task_id="scan_and_plan")
+    with pytest.raises(AirflowFailException, match="the server said no"):
+        report.execute(context(xcom=xcom))
+    out = "".join(capfd.readouterr())
+    assert re.search(rf"FAILED: {len(actions)} of {len(actions)} actions did not finish: weekly maintenance {NAME} "
+                     r"2026-11-22: 0 done", out)
 
 
 def test_held_lock_bounds_application_waits_then_retries_then_skips_and_the_run_goes_on(target):

@@ -14,7 +14,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.hooks.ops import OpsDatabaseHook
-from dbops.operators.silence import AlertSilenceOperator
+from dbops.operators.alerting import AlertSilenceOperator
 from scripts import devstack
 
 

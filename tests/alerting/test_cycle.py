@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from dbops.alerting.cycle import Alert, Change, advance
+from dbops.alerting.cycle import MAX_RUN_AGE, Alert, Change, advance, why_not_current
 from dbops.alerting.evaluate import Sample
 from dbops.alerting.notify import PG_NOTIFY_LIMIT, group_message, pg_notify_payload
 from dbops.alerting.rules import Rule
@@ -57,3 +57,17 @@ def test_pg_notify_payload_stays_under_the_limit():
     payload = json.loads(pg_notify_payload("appdb", "run_1", changes))
     assert len(json.dumps(payload).encode()) <= PG_NOTIFY_LIMIT
     assert payload["omitted"] > 0 and len(payload["alerts"]) + payload["omitted"] == 100
+
+
+def test_only_a_current_run_evaluates():
+    assert why_not_current("scheduled", NOW - MAX_RUN_AGE, NOW) is None
+    assert why_not_current("manual", NOW - MAX_RUN_AGE - timedelta(seconds=1), NOW) == \
+        "the run is for 2026-11-22T11:44+00:00, 0:15:01 ago"
+    assert why_not_current("backfill", NOW, NOW) == "a backfill run"
+
+
+def test_alert_name_lists_its_labels_sorted():
+    state = AlertState(FIRING, NOW, NOW)
+    assert Alert("disk_full", {"mount": "/", "host": "a"}, "critical", state, 95, "").name == \
+        "disk_full{host=a,mount=/}"
+    assert Alert("slow", {}, "warning", state, 2, "").name == "slow"

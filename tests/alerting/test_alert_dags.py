@@ -290,6 +290,43 @@ def test_counter_rule_compares_the_increase(alerting):
     assert handle.cycle()["notified"] == ["resolved"], "no increase since the last run"
 
 
+def test_a_failing_alert_dag_notifies_once_per_incident(alerting, tmp_path, mailbox):
+    """A broken rule pack fails evaluate every five minutes: one mail for that error; another when the error
+    changes or once alerts.failure_repeat has passed."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
+    broken = f"{handle.name}_b"
+    pack = tmp_path / "broken.yaml"
+
+    def broken_dag(op: str):
+        pack.write_text("queries: queries\nrules:\n  - {name: knob_odd, severity: warning, query: knob, "
+                        f"op: '{op}', threshold: 1, summary: s, runbook: r}}\n")
+        config = json.loads((tmp_path / "dbops.yaml").read_text())
+        config["targets"][broken] = {"conn_id": f"pg_{handle.name}", "alerts": {"rules": [str(pack)],
+                                                                              "notify": ["log", "email"]}}
+        (tmp_path / "dbops.yaml").write_text(json.dumps(config))
+        return DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[f"db_alerts__{broken}"]
+
+    def failure_mails() -> list[str]:
+        return [html.unescape(m.get_body(preferencelist=("html",)).get_content()) for m in mailbox.messages
+                if m["Subject"] == f"db_alerts__{broken} failed: evaluate"]
+
+    dag = broken_dag("=>")
+    assert [dag.test().state for _ in range(3)] == ["failed"] * 3
+    (first,) = failure_mails()
+    assert "unknown operator '=>'" in first
+    with ops() as conn:
+        assert conn.execute("SELECT task_id, target, suppressed FROM dbops.failure_notifications WHERE dag_id = %s",
+                            (dag.dag_id,)).fetchall() == [("evaluate", broken, 2)]
+        conn.execute("UPDATE dbops.failure_notifications SET notified_at = notified_at - interval '4 hours' "
+                     "WHERE dag_id = %s", (dag.dag_id,))  # FAKE: the repeat interval (4 h) has passed
+    assert dag.test().state == "failed"
+    assert len(failure_mails()) == 2, "the same error, notified again after alerts.failure_repeat"
+    assert broken_dag("=<").test().state == "failed"
+    assert len(failure_mails()) == 3 and "unknown operator '=<'" in failure_mails()[-1], "another error: notified"
+
+
 def test_dag_runs_both_tasks(alerting):
     from airflow.dag_processing.dagbag import DagBag
 
