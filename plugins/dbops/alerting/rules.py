@@ -16,11 +16,10 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dbops.core.config import DbopsConfig, PROJECT_ROOT
+from dbops.core.config import PROJECT_ROOT, QUERIES_DIR, DbopsConfig
 from dbops.core.schema import ConfigError, Seconds, build_section, load_yaml
 
 RULES_DIR = PROJECT_ROOT / "include" / "config" / "rules"
-QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
              "!=": operator.ne}
 SEVERITIES = ("info", "warning", "critical")

@@ -20,6 +20,7 @@ from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "dbops.yaml"
+QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"  # named, reviewed SQL (rules, maintenance scans)
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 

@@ -18,11 +18,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from dbops.core.config import PROJECT_ROOT
+from dbops.core.config import QUERIES_DIR
 from dbops.maintenance.plan import LEFTOVER_NAME, IndexStats, Scan, TableStats, is_candidate
 from dbops.maintenance.policy import MaintenancePolicy
 
-QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
 
