@@ -169,6 +169,11 @@ class DbopsFailureNotifier(BaseNotifier):
                       ", ".join(f"{channel} {outcome}" for channel, outcome in results.items()))
 
 
+# What to do after a failure, unless the exception says otherwise (its ``what_to_do``).
+_RERUN = ("read the log, fix the cause the error names, then clear the failed task in the Airflow UI to run it "
+          "again (dbops tasks are safe to re-run).")
+
+
 def failure_notification(context: Context, *, target: str) -> Notification:
     """Build the ``critical`` notification for a failure callback's context (task- or DAG-level)."""
     ti = context.get("ti")
@@ -196,8 +201,7 @@ def failure_notification(context: Context, *, target: str) -> Notification:
         f"Error: {error_text}",
         f"Run: {context.get('run_id')} ({when})",
         f"Log: {log_url}" if log_url else "Log: open the run in the Airflow UI",
-        "What to do: read the log, fix the cause the error names, then clear the failed task in the "
-        "Airflow UI to run it again (dbops tasks are safe to re-run).",
+        f"What to do: {getattr(error, 'what_to_do', None) or _RERUN}",
     ]
     return Notification(
         title=f"{dag_id} failed: {task_id}" if task_id else f"{dag_id} failed",
