@@ -97,7 +97,8 @@ class Round:
     def ours_dump(self) -> None:
         from dbops.backup.dump import dump_database
         from dbops.hooks.store import LocalStore
-        from dbops.operators.backup import DUMP_FILE, _verify_stored
+        from dbops.backup.store_io import verify_stored
+        from dbops.operators.backup import DUMP_FILE
 
         staging, self.store_root = self.work / "staging", self.work / "store"
         staging.mkdir()
@@ -108,7 +109,7 @@ class Round:
         dump = dump_database(self.hook, self.tools["pg_dump"], staging / DUMP_FILE, LEVEL)
         t_dump = time.perf_counter() - started
         t_put, _ = timed(self.store.put_file, dump.path, key)
-        t_check, _ = timed(_verify_stored, self.store, key, dump.bytes, dump.sha256)
+        t_check, _ = timed(verify_stored, self.store, key, dump.bytes, dump.sha256)
         total = time.perf_counter() - started
         dump.path.unlink()  # the operator removes staging after the manifest
         self.dump = dump
@@ -138,7 +139,8 @@ class Round:
         from dbops.hooks.postgres import DbopsPostgresHook
         from dbops.core.manifest import FileEntry, Manifest
         from dbops.operators.backup import DUMP_FILE
-        from dbops.backup.restore import check_restored, create_database, fetch, pg_restore
+        from dbops.backup.restore import create_database, fetch, pg_restore
+        from dbops.backup.verify import check_restored
 
         dump = self.dump
         manifest = Manifest(
@@ -164,7 +166,7 @@ class Round:
                  f"{t_restore:.2f}, checks {t_check:.2f})")
 
     def ours_amcheck(self) -> None:
-        from dbops.backup.restore import amcheck
+        from dbops.backup.verify import amcheck
 
         seconds, outcome = timed(amcheck, self.admin, self.scratch_ours, RESTORE_JOBS)
         if not outcome["ok"] or "skipped" in outcome:

@@ -9,21 +9,21 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Asset, Param
 
+from dbops.backup.lookup import BACKUP_ID_HELP, LATEST_VERIFIED
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
-from dbops.operators.backup import BackupReportOperator, PgBackupOperator
-from dbops.operators.base import fail_run_on_any_failure
-from dbops.operators.preflight import PreflightOperator
 from dbops.notifications.channels import DbopsFailureNotifier
-from dbops.operators.restore import (
-    BACKUP_ID_HELP,
-    LATEST_VERIFIED,
+from dbops.operators.backup import (
+    BackupReportOperator,
+    BackupRetentionOperator,
+    PgBackupOperator,
     RestoreBackupOperator,
     ScratchDatabaseOperator,
+    TenantExportOperator,
     VerifyBackupOperator,
 )
-from dbops.operators.retention import BackupRetentionOperator
-from dbops.operators.tenant_export import TenantExportOperator
+from dbops.operators.base import fail_run_on_any_failure
+from dbops.operators.preflight import PreflightOperator
 
 config = load_config()
 

@@ -108,5 +108,5 @@ def test_scheduled_backup_keeps_the_password_out_of_logs_and_argv(airflow_servic
     assert not [cmd for kind, cmd in seen if kind == "LEAK"]
     logs = [p for p in (tmp / "logs").rglob("*") if p.is_file()]
     text = "\n".join(p.read_text(errors="replace") for p in logs)
-    assert "verified yes" in text and "dump_and_store" in str(logs), "the task logs were not found"
+    assert "verified OK" in text and "dump_and_store" in str(logs), "the task logs were not found"
     assert password not in text

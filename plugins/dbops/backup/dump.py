@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,31 @@ WHERE c.contype IN ('p', 'u', 'f', 'c') AND c.conislocal
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
 ORDER BY 1
 """
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An open transaction that exported its snapshot: other sessions (pg_dump) can read the same data."""
+
+    conn: psycopg.Connection
+    snapshot_id: str
+    server_version: str
+
+
+@contextmanager
+def exported_snapshot(hook: DbopsPostgresHook, lock_wait_ms: int | None = None) -> Iterator[Snapshot]:
+    """A REPEATABLE READ, READ ONLY transaction on the hook's database that exports its snapshot; rolled back
+    after the block. With ``lock_wait_ms`` its own statements wait at most that long for a lock."""
+    with hook.get_conn() as conn:
+        conn.autocommit = False
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if lock_wait_ms is not None:
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_ms)))
+        snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        server_version = conn.execute("SHOW server_version").fetchone()[0]
+        yield Snapshot(conn, snapshot_id, server_version)
+        conn.rollback()
+
 
 @dataclass(frozen=True)
 class DumpResult:
@@ -81,17 +106,13 @@ def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int,
     stderr: list[bytes] = []
     counts: dict = {}
     try:
-        with hook.get_conn() as conn:
-            conn.autocommit = False
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_wait_ms)))
-            snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-            server_version = conn.execute("SHOW server_version").fetchone()[0]
+        with exported_snapshot(hook, lock_wait_ms) as snapshot:
+            conn = snapshot.conn
             counter = threading.Thread(target=_count_into, args=(conn, counts), daemon=True)
             counter.start()
             try:
                 with hook.cli_environment() as env, supervised(
-                        [*args, f"--snapshot={snapshot_id}"], timeout, env=env, stderr=subprocess.PIPE,
+                        [*args, f"--snapshot={snapshot.snapshot_id}"], timeout, env=env, stderr=subprocess.PIPE,
                         stdout=subprocess.PIPE if fmt == "custom" else subprocess.DEVNULL) as proc:
                     reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
                     reader.start()
@@ -104,7 +125,6 @@ def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int,
                 if returncode != 0:
                     conn.cancel_safe()  # the counts are worthless now; do not wait for them
                 counter.join()
-            conn.rollback()
         if "error" in counts and not isinstance(counts["error"], psycopg.errors.QueryCanceled):
             raise counts["error"]  # the first cause: pg_dump fails too once the snapshot's transaction aborts
         if returncode != 0:
@@ -117,8 +137,9 @@ def dump_database(hook: DbopsPostgresHook, tool: PgTool, dest: Path, level: int,
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return DumpResult(dest, stored, raw, sha, snapshot_id, server_version, f"{tool.name} {tool.version}",
-                      counts["tables"], counts["constraints"], time.monotonic() - started, counts["not_validated"])
+    return DumpResult(dest, stored, raw, sha, snapshot.snapshot_id, snapshot.server_version,
+                      f"{tool.name} {tool.version}", counts["tables"], counts["constraints"],
+                      time.monotonic() - started, counts["not_validated"])
 
 
 def _tar_stream(directory: Path, timeout: float) -> Iterator[bytes]:

@@ -1,4 +1,4 @@
-"""Restore a stored backup and prove it: checksums, pg_restore, row counts, constraints, amcheck."""
+"""Restore a stored backup: fetch (checksums), databases to restore into, pg_restore, roles, what is never replaced."""
 
 from __future__ import annotations
 
@@ -6,33 +6,20 @@ import hashlib
 import re
 import tarfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from airflow.sdk.exceptions import AirflowFailException
 from psycopg import sql
 
-from dbops.backup.dump import constraints, count_rows
-from dbops.hooks.postgres import DbopsPostgresHook
-from dbops.hooks.store import BackupStore
-from dbops.hooks.tools import PgTool, candidates, tool_version
-from dbops.core.manifest import MANIFEST_NAME, Manifest
+from dbops.core.config import DbopsConfig
+from dbops.core.manifest import Manifest
 from dbops.core.processes import DEFAULT_TIMEOUT, run, tool_failed
+from dbops.core.store import BackupStore
 from dbops.core.streams import ChecksumMismatch, read_decompressed
+from dbops.hooks.postgres import DbopsPostgresHook
+from dbops.hooks.tools import PgTool
 
-
-@dataclass
-class Verification:
-    ok: bool
-    checks: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    restore_seconds: float | None = None
-
-
-def read_manifest(store: BackupStore, prefix: str) -> Manifest | None:
-    """The manifest of the backup at ``prefix``, or None when the backup is not complete."""
-    key = f"{prefix}/{MANIFEST_NAME}"
-    return Manifest.from_json(store.read_bytes(key)) if store.exists(key) else None
+RESTORED_BY = "dbops restore of "  # the start of the comment a restore puts on the database it creates
 
 
 def fetch(store: BackupStore, manifest: Manifest, prefix: str, staging: Path, key: bytes | None) -> Path:
@@ -179,39 +166,65 @@ def missing_roles(admin: DbopsPostgresHook, roles: set[str]) -> list[str]:
     return sorted(roles - existing)
 
 
-def check_restored(hook: DbopsPostgresHook, manifest: Manifest) -> dict[str, Any]:
-    """Compare the restored database with the manifest's snapshot: every table's rows, every constraint
-    present, and valid where it was valid in the source."""
-    with hook.get_conn() as conn:
-        restored = count_rows(conn)
-        rows = constraints(conn)
-    mismatched = {table: {"expected": manifest.tables.get(table), "restored": restored.get(table)}
-                  for table in sorted(set(manifest.tables) | set(restored))
-                  if manifest.tables.get(table) != restored.get(table)}
-    if manifest.not_validated is None:  # older manifest: names as regclass printed them, qualified or not
-        present = {name: valid for qualified, bare, valid in rows for name in (qualified, bare)}
-        valid_in_source: set[str] = set()  # unknown; pg_restore rebuilds a constraint as it was dumped
-    else:
-        present = {qualified: valid for qualified, _, valid in rows}
-        valid_in_source = set(manifest.constraints) - set(manifest.not_validated)
-    missing = sorted(set(manifest.constraints) - set(present))
-    invalid = sorted(name for name in valid_in_source & set(present) if not present[name])
-    return {
-        "row_counts": {"ok": not mismatched, "tables": len(manifest.tables), "rows": sum(restored.values()),
-                       "mismatched": mismatched},
-        "constraints": {"ok": not missing and not invalid, "count": len(manifest.constraints),
-                        "missing": missing, "not_validated": invalid,
-                        "not_validated_in_source": manifest.not_validated},
-    }
+def protected_databases(config: DbopsConfig, target: str) -> dict[str, str]:
+    """Databases a restore never replaces, with the reason: PostgreSQL's own, Airflow's metadata database,
+    the ops database, and the database of every configured target and verification connection."""
+    from urllib.parse import urlsplit
+
+    from airflow.configuration import conf
+    from airflow.sdk import BaseHook
+
+    def database_of(conn_id: str) -> str:
+        conn = BaseHook.get_connection(conn_id)
+        return conn.schema or conn.login  # libpq's default database is the user's name
+
+    protected = {}  # filled so that, for a name with several reasons, the most basic one is given
+    for name, settings in config.targets.items():
+        if settings.backup and settings.backup.verify_conn_id:
+            protected[database_of(settings.backup.verify_conn_id)] = f"target {name}'s verification database"
+    for name, settings in config.targets.items():
+        protected[database_of(settings.conn_id)] = (
+            "the target's own database" if name == target else f"the database of target {name}")
+    protected[database_of(config.ops_conn_id)] = "the dbops ops database"
+    metadata = urlsplit(conf.get("database", "sql_alchemy_conn", fallback="")).path.lstrip("/")
+    for name in {"airflow", metadata} - {""}:
+        protected[name] = "Airflow's metadata database"
+    protected.update({"postgres": "PostgreSQL's maintenance database", "template0": "a template database",
+                      "template1": "a template database"})
+    return protected
 
 
-def amcheck(admin: DbopsPostgresHook, database: str, jobs: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """Run pg_amcheck on the restored database (indexes and heap), when a fitting one exists."""
-    server_major = admin.server_version_num() // 10000
-    usable = [path for path in candidates("pg_amcheck") if tool_version(path)[0] >= server_major]
-    if not usable:
-        return {"ok": True, "skipped": f"no pg_amcheck of version {server_major} or newer"}
-    with admin.cli_environment(database) as env:
-        result = run([usable[0], "--install-missing", f"--jobs={max(jobs, 1)}", f"--database={database}"],
-                     timeout, env)
-    return {"ok": result.returncode == 0, "output": (result.stdout + result.stderr).strip()[-2000:]}
+def check_replaceable(config: DbopsConfig, target: str, admin: DbopsPostgresHook, database: str,
+                      overwrite: bool | str, confirm_database: str | None) -> None:
+    """Refuse a bad or protected name, and an existing database unless this restore may replace it: with
+    ``overwrite``, and only if a restore created it or ``confirm_database`` names it again."""
+    if not database or len(database.encode()) > 63:
+        raise AirflowFailException(f"database name {database!r} must be 1 to 63 bytes")
+    if confirm_database and confirm_database != database:
+        raise AirflowFailException(f"confirm_database {confirm_database!r} does not match database "
+                                   f"{database!r}: leave it empty, or repeat the database name exactly")
+    reason = protected_databases(config, target).get(database)
+    if reason:
+        raise AirflowFailException(f"refusing to restore over {database!r}: it is {reason}. "
+                                   "Restore into another database name.")
+    if not database_exists(admin, database):
+        return
+    if str(overwrite).lower() not in ("true", "1", "yes"):
+        raise AirflowFailException(f"database {database!r} exists; choose a new name or set overwrite")
+    comment = database_comment(admin, database) or ""
+    if not comment.startswith(RESTORED_BY) and confirm_database != database:
+        raise AirflowFailException(
+            f"database {database!r} exists and no dbops restore created it (its comment: {comment!r}); "
+            f"to replace it anyway, set confirm_database to {database!r} as well as overwrite")
+
+
+def drop_leftover(admin: DbopsPostgresHook, temporary: str) -> bool:
+    """Drop the temporary database an interrupted restore left behind (return whether there was one);
+    refuse one no restore made."""
+    if not database_exists(admin, temporary):
+        return False
+    if not (database_comment(admin, temporary) or "").startswith(RESTORED_BY):
+        raise AirflowFailException(f"database {temporary!r}, this restore's temporary name, exists and no dbops "
+                                   "restore created it; rename or drop it, then run again")
+    drop_database(admin, temporary)
+    return True

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dbops.hooks.store import BackupStore
+    from dbops.core.store import BackupStore
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

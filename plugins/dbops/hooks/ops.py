@@ -1,31 +1,20 @@
-"""The ops database: the backup catalog and the recovery tests (history that outlives any target)."""
+"""The ops database (connection ``ops_conn_id`` in dbops.yaml): state and history that outlive any target."""
 
 from __future__ import annotations
 
-import json
-from contextlib import closing
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
+import psycopg
 
 from dbops.hooks.postgres import DbopsPostgresHook
-from dbops.core.manifest import IncompleteBackup, Manifest, write_manifest
-from dbops.backup.retention import BackupRecord
-
-if TYPE_CHECKING:
-    from dbops.hooks.store import BackupStore
-
-# A backup's snapshot time; rows written without one count from when they were recorded.
-_TAKEN_AT = "coalesce(taken_at, created_at)"
-
-
-class BackupGone(AirflowFailException):
-    """The backup's catalog row is being deleted (or is deleted): it is never made complete again."""
 
 
 class OpsDatabaseHook(DbopsPostgresHook):
-    """:class:`DbopsPostgresHook` (bounded connect) on the ops database (connection ``ops_conn_id`` in dbops.yaml).
+    """:class:`DbopsPostgresHook` (bounded connect) on the ops database.
+
+    Every write to the ops database goes through :meth:`transaction`.
 
     :param postgres_conn_id: the ops database connection.
     """
@@ -36,96 +25,9 @@ class OpsDatabaseHook(DbopsPostgresHook):
         kwargs.setdefault("log_sql", False)  # manifests are long; the operators log one line per action
         super().__init__(*args, **kwargs)
 
-    def record_backup(self, manifest: Manifest) -> None:
-        """Index a complete backup (idempotent: a retried task re-records the same row).
-
-        :raises BackupGone: the row exists and is being deleted or deleted; it stays so.
-        """
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """A new connection inside a transaction: committed when the block ends, rolled back when it
+        raises; the connection is closed after."""
         with closing(self.get_conn()) as conn, conn.transaction():
-            recorded = conn.execute(
-                """
-                INSERT INTO dbops.backups (backup_id, target, kind, logical_date, run_id, location, bytes, tables,
-                                           total_rows, verified, manifest, taken_at, covers, run_type, storage)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, %s, %s, %s)
-                ON CONFLICT (backup_id) DO UPDATE SET manifest = EXCLUDED.manifest
-                WHERE dbops.backups.status = 'complete'
-                RETURNING 1
-                """,
-                (manifest.backup_id, manifest.target, manifest.kind, manifest.logical_date, manifest.run_id,
-                 manifest.location, manifest.total_bytes, len(manifest.tables), manifest.total_rows,
-                 manifest.to_json().decode(), manifest.taken_at, manifest.covers, manifest.run_type,
-                 manifest.storage)).fetchone()
-        if recorded is None:
-            raise BackupGone(f"backup {manifest.backup_id} is being deleted by retention (or is deleted); "
-                             "it is not recorded as complete again")
-
-    def record_recovery_test(self, backup_id: str, target: str, run_id: str, started_at: datetime,
-                             restore_seconds: float | None, ok: bool, checks: dict[str, Any],
-                             error: str | None) -> None:
-        """Store one verification restore and set the backup's verified flag to its outcome, atomically."""
-        with self.get_conn() as conn:
-            conn.execute(
-                "INSERT INTO dbops.recovery_tests (backup_id, target, run_id, started_at, restore_seconds, ok, "
-                "checks, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (backup_id, target, run_id, started_at, restore_seconds, ok, json.dumps(checks), error))
-            conn.execute("UPDATE dbops.backups SET verified = %s WHERE backup_id = %s", (ok, backup_id))
-
-    def rewrite_manifest(self, store: BackupStore, manifest: Manifest) -> None:
-        """Rewrite a catalogued backup's manifest (e.g. with its verification) under a share lock of its row.
-
-        Retention marks a row ``deleting`` with an UPDATE, which waits for this lock: the manifest is
-        written only while the row is ``complete`` and every file it lists is in the store.
-
-        :raises BackupGone: the row is being deleted or deleted.
-        :raises AirflowFailException: a file of the backup is missing or has another size.
-        """
-        with closing(self.get_conn()) as conn, conn.transaction():
-            row = conn.execute("SELECT status FROM dbops.backups WHERE backup_id = %s FOR SHARE",
-                               (manifest.backup_id,)).fetchone()
-            if row is None or row[0] != "complete":
-                state = "not in the catalog" if row is None else f"{row[0]} in the catalog"
-                raise BackupGone(f"backup {manifest.backup_id} is {state}; its manifest is not rewritten")
-            try:
-                write_manifest(store, manifest)
-            except IncompleteBackup as err:
-                raise AirflowFailException(str(err)) from err
-            conn.execute("UPDATE dbops.backups SET manifest = %s WHERE backup_id = %s",
-                         (manifest.to_json().decode(), manifest.backup_id))
-
-    def backups(self, target: str, kind: str = "full", status: str = "complete") -> list[BackupRecord]:
-        """The target's backups of ``kind`` in ``status``, newest snapshot first."""
-        rows = self.get_records(
-            f"SELECT backup_id, {_TAKEN_AT}, verified, run_type FROM dbops.backups "
-            f"WHERE target = %s AND kind = %s AND status = %s ORDER BY 2 DESC, backup_id DESC",
-            parameters=(target, kind, status))
-        return [BackupRecord(*row) for row in rows]
-
-    def backup_of_run(self, target: str, run_id: str) -> Manifest | None:
-        """The complete full backup the run ``run_id`` took, if any (a retried task finds its own)."""
-        return self._manifest_where("run_id = %s ORDER BY taken_at DESC", (target, run_id))
-
-    def backup_taken_since(self, target: str, since: datetime) -> Manifest | None:
-        """The first complete full backup, not failed verification, whose snapshot is at or after ``since``."""
-        return self._manifest_where(f"verified IS NOT FALSE AND {_TAKEN_AT} >= %s ORDER BY {_TAKEN_AT}",
-                                    (target, since))
-
-    def _manifest_where(self, condition: str, parameters: tuple) -> Manifest | None:
-        row = self.get_first(f"SELECT manifest FROM dbops.backups WHERE target = %s AND kind = 'full' "
-                             f"AND status = 'complete' AND {condition} LIMIT 1", parameters=parameters)
-        return None if row is None else Manifest.from_json(json.dumps(row[0]).encode())
-
-    def manifest(self, backup_id: str) -> Manifest | None:
-        row = self.get_first("SELECT manifest FROM dbops.backups WHERE backup_id = %s AND status = 'complete'",
-                             parameters=(backup_id,))
-        return None if row is None else Manifest.from_json(json.dumps(row[0]).encode())
-
-    def mark_deleting(self, backup_id: str) -> bool:
-        """Mark a backup ``deleting`` (its row lock waits for a manifest being rewritten); False when deleted."""
-        with closing(self.get_conn()) as conn, conn.transaction():
-            row = conn.execute("UPDATE dbops.backups SET status = 'deleting' WHERE backup_id = %s "
-                               "AND status IN ('complete', 'deleting') RETURNING 1", (backup_id,)).fetchone()
-        return row is not None
-
-    def set_status(self, backup_id: str, status: str) -> None:
-        self.run("UPDATE dbops.backups SET status = %s, deleted_at = CASE WHEN %s = 'deleted' THEN now() END "
-                 "WHERE backup_id = %s", parameters=(status, status, backup_id))
+            yield conn

@@ -228,6 +228,11 @@ def error_text(context: Context) -> str:
     return context.get("reason") or "no exception in the callback context: see the task log"
 
 
+# What to do after a failure, unless the exception says otherwise (its ``what_to_do``).
+_RERUN = ("read the log, fix the cause the error names, then clear the failed task in the Airflow UI to run it "
+          "again (dbops tasks are safe to re-run).")
+
+
 def failure_notification(context: Context, *, target: str) -> Notification:
     """Build the ``critical`` notification for a failure callback's context (task- or DAG-level)."""
     ti = context.get("ti")
@@ -248,8 +253,7 @@ def failure_notification(context: Context, *, target: str) -> Notification:
         f"Error: {error_text(context)}",
         f"Run: {context.get('run_id')} ({when})",
         f"Log: {log_url}" if log_url else "Log: open the run in the Airflow UI",
-        "What to do: read the log, fix the cause the error names, then clear the failed task in the "
-        "Airflow UI to run it again (dbops tasks are safe to re-run).",
+        f"What to do: {getattr(context.get('exception'), 'what_to_do', None) or _RERUN}",
     ]
     return Notification(
         title=f"{dag_id} failed: {task_id}" if task_id else f"{dag_id} failed",

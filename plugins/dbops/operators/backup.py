@@ -1,56 +1,42 @@
-"""Nightly backup: consistent dump → store → verification restore → report."""
+"""The backup capability's operators: nightly backup and report, verification restore and its scratch
+database, restore on demand, retention, tenant export. The work lives in :mod:`dbops.backup`."""
 
 from __future__ import annotations
 
-import base64
-import json
 import shutil
-import time
-from dataclasses import asdict
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from dbops.core.manifest import MANIFEST_NAME, FileEntry, Manifest, backup_prefix
-from dbops.operators.base import TargetOperator
+from dbops.backup import catalog
+from dbops.backup.runs import backup_result, is_past_period, new_manifest, run_type_of
+from dbops.backup.store_io import read_manifest, remove_incomplete, store_backup
+from dbops.core.errors import classify
+from dbops.core.manifest import FileEntry, backup_prefix
 from dbops.core.processes import tool_timeout
+from dbops.core.units import human_bytes
+from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from airflow.sdk import Context
 
+    from dbops.backup.dump import DumpResult
     from dbops.backup.policy import BackupPolicy
     from dbops.core.config import DbopsConfig
-    from dbops.backup.dump import DumpResult
+    from dbops.core.store import BackupStore
     from dbops.hooks.ops import OpsDatabaseHook
-    from dbops.hooks.store import BackupStore
 
 DUMP_FILE = "dump.pgc.zst"  # custom format
 DUMP_FILES = {"custom": DUMP_FILE, "directory": "dump.dir.tar.zst"}
 ARCHIVES = {"custom": "pg_dump custom, -Z0", "directory": "pg_dump directory (tar), -Z0"}
-_CRON_PRESETS = {"@quarterly": "0 0 1 */3 *"}  # croniter knows Airflow's other presets
-
-
-def encryption_key(conn_id: str | None) -> bytes | None:
-    """The AES-256 key: the password of Airflow connection ``conn_id``, base64 of 32 bytes."""
-    if not conn_id:
-        return None
-    from airflow.sdk import BaseHook
-
-    secret = BaseHook.get_connection(conn_id).password or ""
-    try:
-        key = base64.b64decode(secret, validate=True)
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise AirflowFailException(f"connection {conn_id!r}: the password must be a base64-encoded 32-byte key "
-                                   "(e.g. `openssl rand -base64 32`)")
-    return key
 
 
 class _BackupTargetOperator(TargetOperator):
-    """A target operator that needs the target's backup policy and store."""
+    """A target operator that needs the target's backup policy, store and the ops database."""
 
     def _setup(self) -> tuple[DbopsConfig, BackupPolicy, BackupStore]:
         from dbops.hooks.store import get_store
@@ -60,43 +46,6 @@ class _BackupTargetOperator(TargetOperator):
         if policy is None:
             raise AirflowFailException(f"target {self.target!r} has no backup policy in {config.path}")
         return config, policy, get_store(config.storage[policy.storage])
-
-
-def run_type_of(context: Context) -> str:
-    """The run's type as a string: ``scheduled``, ``backfill``, ``manual``, ``asset_triggered``, ..."""
-    run_type = context["dag_run"].run_type
-    return getattr(run_type, "value", str(run_type))
-
-
-def provenance(context: Context, storage: str, taken_at: datetime) -> dict[str, str | None]:
-    """Manifest fields: when the data was read, the logical date and type of the run, the storage key."""
-    logical_date = context.get("logical_date")
-    return {"taken_at": taken_at.isoformat(), "covers": logical_date.isoformat() if logical_date else None,
-            "run_type": run_type_of(context), "storage": storage}
-
-
-def is_past_period(schedule: str | None, period: datetime, run_type: str, now: datetime) -> bool:
-    """Whether a run is for a past period: a backfill, or a run starting once its schedule's next slot came.
-
-    A dump reads the database as it is now, so such a run cannot make that period's backup.
-
-    :param schedule: the backup schedule (cron or preset); None for manual-only DAGs.
-    :param period: the run's logical date (its scheduled time).
-    """
-    from croniter import croniter
-
-    if run_type == "backfill":
-        return True
-    if not schedule or schedule == "@once":
-        return False
-    return now >= croniter(_CRON_PRESETS.get(schedule, schedule), period).get_next(datetime)
-
-
-def staging_dir(config: DbopsConfig, target: str, run_id: str) -> Path:
-    """Where a run's dump waits until it is stored (one per run, so a retry finds it)."""
-    import hashlib
-
-    return config.staging_path / f"{target}__full__{hashlib.sha1(run_id.encode()).hexdigest()[:12]}"
 
 
 class PgBackupOperator(_BackupTargetOperator):
@@ -112,10 +61,8 @@ class PgBackupOperator(_BackupTargetOperator):
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.core.errors import classify
+        from dbops.backup.staging import staging_dir
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.core.manifest import write_manifest
-        from dbops.backup.restore import read_manifest
 
         config, policy, store = self._setup()
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
@@ -123,7 +70,8 @@ class PgBackupOperator(_BackupTargetOperator):
             existing = self._existing_backup(context, policy, ops, store)
             if existing is not None:
                 return existing
-            self._remove_incomplete(store)
+            for folder, files in remove_incomplete(store, f"{self.target}/full/").items():
+                self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
         except AirflowFailException:
             raise
         except Exception as err:
@@ -132,86 +80,75 @@ class PgBackupOperator(_BackupTargetOperator):
         staging = staging_dir(config, self.target, context["run_id"])
         dump, taken_at = self._staged_or_new_dump(config, policy, store, staging)
         prefix = backup_prefix(self.target, "full", taken_at)
-        started = time.monotonic()
         try:
             manifest = read_manifest(store, prefix)  # an earlier attempt stored it but could not record it
             if manifest is None:
-                store.put_file(dump.path, f"{prefix}/{dump.path.name}")
-                _verify_stored(store, f"{prefix}/{dump.path.name}", dump.bytes, dump.sha256)
-                manifest = self._manifest(context, policy, store, prefix, dump, taken_at, time.monotonic() - started)
-                write_manifest(store, manifest)
+                manifest = new_manifest(
+                    context, policy, store, prefix, self.target, kind="full", taken_at=taken_at,
+                    snapshot_id=dump.snapshot_id, server_version=dump.server_version, tool=dump.tool,
+                    files=[FileEntry(dump.path.name, dump.bytes, dump.sha256, dump.raw_bytes)], tables=dump.tables,
+                    constraints=dump.constraints, not_validated=dump.not_validated, dump_seconds=dump.seconds,
+                    archive=ARCHIVES[policy.format], dump_jobs=policy.dump_jobs if policy.format == "directory" else 1)
+                store_backup(store, manifest, staging)
         except Exception as err:
             raise classify(err, f"storing {prefix} in {store.describe()} failed; the dump stays staged in "
                                 f"{staging}") from err
-        ops.record_backup(manifest)
+        with ops.transaction() as conn:
+            catalog.record_backup(conn, manifest)
         shutil.rmtree(staging, ignore_errors=True)
-        self.log.info("backup %s complete (snapshot %s, for the run of %s): %d bytes (%d raw), %d tables, %d rows, "
-                      "dump %.1f s, upload %.1f s", prefix, manifest.taken_at, manifest.covers or "-", dump.bytes,
-                      dump.raw_bytes, len(dump.tables), sum(dump.tables.values()), dump.seconds,
-                      manifest.timings["upload_seconds"])
-        return _result(manifest)
+        self.log.info("stored OK: backup %s (snapshot %s, for the run of %s): %s (%s raw), %d tables, %d rows, "
+                      "dump %.1f s, upload %.1f s", manifest.location, manifest.taken_at, manifest.covers or "-",
+                      human_bytes(dump.bytes), human_bytes(dump.raw_bytes), len(dump.tables), manifest.total_rows,
+                      dump.seconds, manifest.timings["upload_seconds"], bytes=dump.bytes, raw_bytes=dump.raw_bytes,
+                      tables=len(dump.tables), rows=manifest.total_rows, backup_id=manifest.backup_id)
+        return backup_result(manifest)
 
     def _existing_backup(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
                          store: BackupStore) -> dict[str, Any] | None:
         """This run's own complete backup (a retry), or for a past period one taken since its scheduled time."""
-        from dbops.backup.restore import read_manifest
         from dbops.core.runs import run_date
 
-        own = ops.backup_of_run(self.target, context["run_id"])
+        with ops.transaction() as conn:
+            own = catalog.backup_of_run(conn, self.target, context["run_id"])
         if own is not None and read_manifest(store, own.backup_id) is not None:
-            self.log.info("backup %s of this run is already complete in %s; not dumping again", own.backup_id,
-                          store.describe())
-            return _result(own)
+            self.log.info("complete, nothing dumped: backup %s of this run is already stored", own.location,
+                          backup_id=own.backup_id, bytes=own.total_bytes)
+            return backup_result(own)
         period = run_date(context)
         if not is_past_period(policy.schedule, period, run_type_of(context), datetime.now(timezone.utc)):
             return None
-        newer = ops.backup_taken_since(self.target, period)
+        with ops.transaction() as conn:
+            newer = catalog.backup_taken_since(conn, self.target, period)
         if newer is not None and read_manifest(store, newer.backup_id) is not None:
-            self.log.info("run for the past period %s: backup %s (snapshot %s) already holds data at least that new; "
-                          "nothing dumped", period.isoformat(), newer.backup_id, newer.taken_at)
-            return {**_result(newer), "covered_period": period.isoformat()}
+            self.log.info("complete, nothing dumped: run for the past period %s; backup %s (snapshot %s) already "
+                          "holds data at least that new", period.isoformat(), newer.location, newer.taken_at,
+                          backup_id=newer.backup_id, bytes=newer.total_bytes)
+            return {**backup_result(newer), "covered_period": period.isoformat()}
         self.log.info("run for the past period %s: no backup was taken since; dumping now, named by its snapshot "
                       "time (a dump cannot read the past)", period.isoformat())
         return None
 
-    def _remove_incomplete(self, store: BackupStore) -> None:
-        """Delete the folders under ``<target>/full/`` that have no manifest: leftovers of failed attempts.
-
-        The target's pool runs one backup at a time, so no other attempt is writing there.
-        """
-        folders: dict[str, list[str]] = {}
-        for key in store.list_keys(f"{self.target}/full/"):
-            folder, _, name = key.rpartition("/")
-            folders.setdefault(folder, []).append(name)
-        for folder, names in folders.items():
-            if MANIFEST_NAME not in names:
-                self.log.info("removing %s, left incomplete by an earlier attempt (%d files)", folder, len(names))
-                for name in names:
-                    store.delete(f"{folder}/{name}")
-
     def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
                             staging: Path) -> tuple[DumpResult, datetime]:
         """The dump and its snapshot time: staged by an earlier attempt of this run, or taken now."""
-        from dbops.backup.dump import DumpResult, dump_database
-        from dbops.core.errors import classify, dump_permission_fix
+        from dbops.backup.dump import dump_database
+        from dbops.backup.staging import check_staging_space, fresh_staging, keep_staged, staged_dump
+        from dbops.backup.store_io import free_snapshot_time
+        from dbops.core.errors import dump_permission_fix
+        from dbops.hooks.keys import encryption_key
         from dbops.hooks.postgres import DbopsPostgresHook
         from dbops.hooks.tools import ToolVersionError, find_tool
-        from dbops.core.streams import file_sha256
 
-        record = staging / "staged.json"
-        if record.exists():
-            staged = json.loads(record.read_text())
-            dump = DumpResult(**{**staged["dump"], "path": Path(staged["dump"]["path"])})
-            if dump.path.exists() and file_sha256(dump.path) == dump.sha256:
-                self.log.info("reusing the dump staged by an earlier attempt: %s", dump.path)
-                return dump, datetime.fromisoformat(staged["taken_at"])
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staged = staged_dump(staging)
+        if staged is not None:
+            self.log.info("reusing the dump staged by an earlier attempt: %s", staged[0].path)
+            return staged
+        fresh_staging(staging)
         hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
-        taken_at = self._snapshot_time(store)
+        taken_at = free_snapshot_time(store, self.target)  # the snapshot is exported right after
         try:
             tool = find_tool("pg_dump", hook.server_version_num(), config.tools.bin_dir)
-            self._check_staging_space(hook, staging)
+            check_staging_space(hook, staging, self.target)
             dump = dump_database(hook, tool, staging / DUMP_FILES[policy.format], policy.compression_level,
                                  encryption_key(policy.encryption_conn_id), policy.lock_wait_timeout,
                                  policy.format, policy.dump_jobs, timeout=tool_timeout(self.execution_timeout))
@@ -222,67 +159,8 @@ class PgBackupOperator(_BackupTargetOperator):
         except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
             raise classify(err, f"dumping {self.target} failed", dump_permission_fix(str(err))) from err
-        record.write_text(json.dumps({"dump": {**asdict(dump), "path": str(dump.path)},
-                                      "taken_at": taken_at.isoformat()}))
+        keep_staged(staging, dump, taken_at)
         return dump, taken_at
-
-    def _snapshot_time(self, store: BackupStore) -> datetime:
-        """Now, to the second, that no backup of the target is named by yet (the next second otherwise).
-
-        The snapshot is exported right after: the dump's data is at least this new.
-        """
-        while True:
-            now = datetime.now(timezone.utc)
-            if not store.list_keys(backup_prefix(self.target, "full", now)):
-                return now.replace(microsecond=0)
-            time.sleep(1 - now.microsecond / 1_000_000)
-
-    def _check_staging_space(self, hook, staging: Path) -> None:
-        """Fail before dumping when staging cannot hold the dump (at most the database's size)."""
-        needed = int(hook.get_first("SELECT pg_database_size(current_database())")[0])
-        free = shutil.disk_usage(staging).free
-        if free < needed:
-            raise AirflowFailException(
-                f"staging {staging} has {free / 2**20:.0f} MiB free; the dump of {self.target} may need up to "
-                f"{needed / 2**20:.0f} MiB (its database size). Free space or set staging_dir in dbops.yaml.")
-
-    def _manifest(self, context: Context, policy: BackupPolicy, store: BackupStore, prefix: str,
-                  dump: DumpResult, taken_at: datetime, upload_seconds: float) -> Manifest:
-        from dbops.core.runs import run_date
-
-        return Manifest(
-            backup_id=prefix, target=self.target, kind="full", logical_date=run_date(context).isoformat(),
-            run_id=context["run_id"], location=f"{store.describe()}/{prefix}", server_version=dump.server_version,
-            tool=dump.tool, snapshot_id=dump.snapshot_id,
-            files=[FileEntry(dump.path.name, dump.bytes, dump.sha256, dump.raw_bytes)],
-            tables=dump.tables, constraints=dump.constraints, not_validated=dump.not_validated,
-            timings={"dump_seconds": round(dump.seconds, 3), "upload_seconds": round(upload_seconds, 3)},
-            compression={"codec": "zstd", "level": policy.compression_level, "archive": ARCHIVES[policy.format],
-                         "dump_jobs": policy.dump_jobs if policy.format == "directory" else 1},
-            encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
-            if policy.encryption_conn_id else None,
-            extra={"created_at": datetime.now(timezone.utc).isoformat()},
-            **provenance(context, policy.storage, taken_at),
-        )
-
-
-def _verify_stored(store: BackupStore, key: str, size: int, sha256: str) -> None:
-    """Read back what was stored: its size and its sha256 must be the staged file's."""
-    from dbops.core.streams import ChecksumMismatch
-
-    stored = store.size(key)
-    if stored != size:
-        raise ChecksumMismatch(f"{key}: stored {stored} bytes, staged {size}")
-    if store.sha256(key) != sha256:
-        raise ChecksumMismatch(f"{key}: stored sha256 differs from the staged file's {sha256}")
-
-
-def _result(manifest: Manifest) -> dict[str, Any]:
-    """XCom of a backup: small figures for the next tasks and the report."""
-    entry = manifest.files[0]
-    return {"backup_id": manifest.backup_id, "location": manifest.location, "bytes": manifest.total_bytes,
-            "raw_bytes": entry.raw_bytes, "tables": len(manifest.tables), "rows": manifest.total_rows,
-            "taken_at": manifest.taken_at, **manifest.timings}
 
 
 class BackupReportOperator(_BackupTargetOperator):
@@ -298,24 +176,338 @@ class BackupReportOperator(_BackupTargetOperator):
         self.verify_task_id = verify_task_id
 
     def execute(self, context: Context) -> None:
-        from airflow.sdk.exceptions import AirflowSkipException
-
         backup = context["ti"].xcom_pull(task_ids=self.backup_task_id)
         verify = context["ti"].xcom_pull(task_ids=self.verify_task_id) or {}
         if not backup:
-            raise AirflowSkipException(f"backup of {self.target}: no backup was made in this run")
+            raise AirflowSkipException(f"FAILED: backup of {self.target}: no backup was made in this run")
         verified = bool(verify.get("verified"))
+        verdict = "verified OK" if verified else f"FAILED: not verified ({self.verify_task_id} failed or did not run)"
+        if "covered_period" in backup:
+            made = f"taken earlier; nothing dumped: it covers this run's past period {backup['covered_period']}"
+        else:
+            made = "made by this run"
         ratio = backup["raw_bytes"] / backup["bytes"] if backup["bytes"] else 0.0
-        made = (f"taken earlier; it covers this run's past period {backup['covered_period']}, nothing dumped"
-                if "covered_period" in backup else "made by this run")
         self.log.info(
-            "backup %s (snapshot %s, %s): %d bytes stored (%.1fx compression of %d), dump %.1f s, upload %.1f s, "
-            "restore %s s, %d tables, %d rows, verified %s", backup["backup_id"], backup.get("taken_at") or "-", made,
-            backup["bytes"], ratio, backup["raw_bytes"], backup.get("dump_seconds", 0.0),
+            "%s: backup %s (snapshot %s, %s): %s stored (%.1fx compression of %s), dump %.1f s, upload %.1f s, "
+            "restore %s s, %d tables, %d rows", verdict, backup["location"], backup.get("taken_at") or "-", made,
+            human_bytes(backup["bytes"]), ratio, human_bytes(backup["raw_bytes"]), backup.get("dump_seconds", 0.0),
             backup.get("upload_seconds", 0.0), verify.get("restore_seconds", "-"), backup["tables"], backup["rows"],
-            "yes" if verified else "no")
+            backup_id=backup["backup_id"], bytes=backup["bytes"], raw_bytes=backup["raw_bytes"],
+            tables=backup["tables"], rows=backup["rows"], verified=verified)
         if not verified:
             raise AirflowSkipException("the backup is not verified: no Asset event for it")
         for asset in self.outlets:
             context["outlet_events"][asset].extra = {
                 "backup_id": backup["backup_id"], "location": backup["location"], "bytes": backup["bytes"]}
+
+
+class ScratchDatabaseOperator(_BackupTargetOperator):
+    """Create (setup) or drop (teardown) the scratch database a verification restores into.
+
+    :param database: the scratch database's name; default one per run
+        (:func:`dbops.backup.verify.scratch_database_name`).
+    :param drop: drop it instead of creating it.
+    """
+
+    template_fields: Sequence[str] = ("target", "database")
+
+    def __init__(self, *, database: str | None = None, drop: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.database = database
+        self.drop = drop
+
+    def execute(self, context: Context) -> None:
+        from dbops.backup.restore import create_database, drop_database
+        from dbops.backup.verify import scratch_database_name, verification_server
+
+        config, _, _ = self._setup()
+        admin = verification_server(config, self.target)
+        database = self.database or scratch_database_name(self.target, context["run_id"])
+        if self.drop:
+            drop_database(admin, database)
+            self.log.info("dropped scratch database %s", database)
+        else:
+            create_database(admin, database, replace=True)
+            self.log.info("created scratch database %s", database)
+
+
+class VerifyBackupOperator(_BackupTargetOperator):
+    """Restore a *stored* backup into a scratch database and prove it, then record the recovery test.
+
+    Downloads the archive from the store (size and sha256 checked), restores it with parallel
+    ``pg_restore`` (without owners and grants; the check output says so), compares every table's row
+    count with the dump snapshot's, checks that every primary-key, unique, foreign-key and check
+    constraint was rebuilt, valid unless it was NOT VALID in the snapshot, and runs ``pg_amcheck``.
+    The outcome goes into the ops database (``dbops.recovery_tests``) and into the manifest. A failed
+    verification fails the task at once, without retries: the backup will not get better. A transient
+    fault (a lost connection, a tool past its timeout) raises, is retried and records nothing.
+
+    :param backup_id: the backup to verify: a folder name (``20261130T020000Z``), a full id
+        (``<target>/full/20261130T020000Z``), ``latest`` or ``latest-verified``.
+    :param database: the scratch database (created beforehand, dropped by a teardown); default one per
+        run (:func:`dbops.backup.verify.scratch_database_name`).
+    """
+
+    template_fields: Sequence[str] = ("target", "backup_id", "database")
+
+    def __init__(self, *, backup_id: str, database: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_id = backup_id
+        self.database = database
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.backup.lookup import load_manifest, resolve_backup_id
+        from dbops.backup.verify import (
+            VerificationFailed,
+            check_line,
+            restore_and_check,
+            scratch_database_name,
+            verification_server,
+        )
+        from dbops.hooks.ops import OpsDatabaseHook
+
+        config, policy, store = self._setup()
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        self.database = self.database or scratch_database_name(self.target, context["run_id"])
+        self.backup_id = resolve_backup_id(ops, self.target, self.backup_id)
+        manifest = load_manifest(ops, store, self.target, self.backup_id)
+        started_at = datetime.now(timezone.utc)
+        try:
+            outcome = restore_and_check(config, policy, store, manifest, verification_server(config, self.target),
+                                        self.database, run_amcheck=True, owners=False,
+                                        timeout=tool_timeout(self.execution_timeout))
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"verifying {self.backup_id} could not run") from err
+        manifest.verification = {"started_at": started_at.isoformat(), "run_id": context["run_id"], **outcome}
+        with ops.transaction() as conn:
+            catalog.record_recovery_test(conn, self.backup_id, self.target, context["run_id"], started_at,
+                                         outcome["restore_seconds"], outcome["ok"], outcome["checks"],
+                                         outcome["error"])
+        with ops.transaction() as conn:
+            catalog.rewrite_manifest(conn, store, manifest)
+        for name, check in outcome["checks"].items():
+            self.log.info(check_line(name, check))
+        if not outcome["ok"]:
+            raise VerificationFailed(f"FAILED: {outcome['error']} (verification of backup {manifest.location})")
+        self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d tables and %d rows match the snapshot",
+                      manifest.location, human_bytes(manifest.total_bytes), outcome["restore_seconds"],
+                      outcome["checks"]["row_counts"]["tables"], outcome["checks"]["row_counts"]["rows"],
+                      backup_id=self.backup_id, bytes=manifest.total_bytes,
+                      restore_seconds=outcome["restore_seconds"])
+        return {"backup_id": self.backup_id, "verified": True, "restore_seconds": outcome["restore_seconds"]}
+
+
+class RestoreBackupOperator(_BackupTargetOperator):
+    """Restore a backup on demand into a database on the verification server (default: the target's).
+
+    What the restore replaces is left alone until the replacement is proven: the archive's checksums
+    are checked, the backup is restored under a temporary name (``<database>__dbops_restoring``) with
+    its owners and grants, its row counts and constraints are compared with the manifest, and only
+    then does it take ``database``'s name. The database it replaces is renamed aside (its sessions are
+    terminated at that moment) and dropped after the swap. A failed restore drops only the temporary
+    database.
+
+    Never replaced: ``postgres``, the templates, Airflow's metadata database, the ops database and the
+    database of any configured target. An existing ``database`` is replaced only with ``overwrite``,
+    and only if an earlier restore created it (its comment starts ``dbops restore of``) or
+    ``confirm_database`` names it again. Every role that owns an object of the backup or holds a grant
+    in it must exist on the server: otherwise the restore fails before restoring anything, naming them.
+
+    :param backup_id: a backup folder name (``20261130T020000Z``), a full id
+        (``<target>/full/20261130T020000Z``), ``latest`` or ``latest-verified``.
+    :param database: the database to restore into.
+    :param overwrite: replace ``database`` if it exists.
+    :param confirm_database: ``database`` again, to replace a database that no restore created.
+    """
+
+    template_fields: Sequence[str] = ("target", "backup_id", "database", "overwrite", "confirm_database")
+
+    def __init__(self, *, backup_id: str, database: str, overwrite: bool | str = False,
+                 confirm_database: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_id = backup_id
+        self.database = database
+        self.overwrite = overwrite
+        self.confirm_database = confirm_database
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.core.locks import job_lock
+
+        config, policy, store = self._setup()
+        with job_lock(config.ops_conn_id, self.target, "restore"):  # holds even if someone widens the pool
+            return self._restore(context, config, policy, store)
+
+    def _restore(self, context: Context, config: DbopsConfig, policy: BackupPolicy,
+                 store: BackupStore) -> dict[str, Any]:
+        from dbops.backup.lookup import load_manifest, resolve_backup_id
+        from dbops.backup.restore import (
+            RESTORED_BY,
+            check_replaceable,
+            create_database,
+            derived_name,
+            drop_database,
+            drop_leftover,
+            swap_databases,
+        )
+        from dbops.backup.verify import restore_and_check, verification_server
+        from dbops.hooks.ops import OpsDatabaseHook
+
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        admin = verification_server(config, self.target)
+        check_replaceable(config, self.target, admin, self.database, self.overwrite, self.confirm_database)
+        backup_id = resolve_backup_id(ops, self.target, self.backup_id)
+        manifest = load_manifest(ops, store, self.target, backup_id)
+        temporary = derived_name(self.database, "__dbops_restoring")
+        if drop_leftover(admin, temporary):
+            self.log.info("dropped %s, left behind by an interrupted restore", temporary)
+        create_database(admin, temporary, comment=f"{RESTORED_BY}{backup_id} by {context['run_id']}")
+        try:
+            outcome = restore_and_check(config, policy, store, manifest, admin, temporary, run_amcheck=False,
+                                        owners=True, timeout=tool_timeout(self.execution_timeout))
+            if outcome["ok"]:
+                retired = derived_name(self.database,
+                                       f"__dbops_replaced_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+                replaced = swap_databases(admin, temporary, self.database, retired)
+        except BaseException as err:
+            drop_database(admin, temporary)  # only the temporary database; a retry starts clean
+            if isinstance(err, AirflowException) or not isinstance(err, Exception):
+                raise
+            raise classify(err, f"restoring {backup_id} into {self.database} could not finish, "
+                                f"{self.database} is unchanged") from err
+        if not outcome["ok"]:
+            drop_database(admin, temporary)
+            raise AirflowFailException(f"FAILED: restore of {manifest.location} into {self.database}; "
+                                       f"{self.database} is unchanged (the temporary {temporary} was dropped): "
+                                       f"{outcome['error']}")
+        if replaced:
+            drop_database(admin, retired)
+        self.log.info("restored OK: backup %s (%s) into database %s in %.1f s with owners and grants%s: %d tables, "
+                      "%d rows match the manifest", manifest.location, human_bytes(manifest.total_bytes),
+                      self.database, outcome["restore_seconds"],
+                      " (the database it replaced was dropped)" if replaced else "", len(manifest.tables),
+                      manifest.total_rows, backup_id=backup_id, database=self.database, bytes=manifest.total_bytes,
+                      rows=manifest.total_rows, restore_seconds=outcome["restore_seconds"])
+        return {"backup_id": backup_id, "database": self.database, "restore_seconds": outcome["restore_seconds"],
+                "replaced": replaced}
+
+
+class BackupRetentionOperator(_BackupTargetOperator):
+    """Delete the target's backups outside its retention, and its tenant exports past ``tenant_retention``.
+
+    Full backups follow :func:`dbops.backup.retention.plan_retention` (never the newest verified backup,
+    nothing newer than it, nothing while the newest backup failed verification); tenant exports follow
+    :func:`dbops.backup.retention.plan_expiry`, measured from the run's date. One retention per target runs
+    at a time (``job_lock``). Each deletion (:func:`dbops.backup.store_io.delete_backup`) marks the catalog
+    row ``deleting``, removes the manifest first, then the files, then records it ``deleted``: an
+    interrupted deletion never leaves a half backup that looks complete, and the next run finishes it.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.core.locks import job_lock
+
+        config, policy, store = self._setup()
+        with job_lock(config.ops_conn_id, self.target, "retention"):
+            return self._apply(context, config, policy, store)
+
+    def _apply(self, context: Context, config: DbopsConfig, policy: BackupPolicy,
+               store: BackupStore) -> dict[str, Any]:
+        from dbops.backup.retention import plan_expiry, plan_retention
+        from dbops.backup.store_io import delete_backup
+        from dbops.core.runs import run_date
+        from dbops.hooks.ops import OpsDatabaseHook
+
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        with ops.transaction() as conn:
+            full = plan_retention(catalog.backups(conn, self.target), policy.retention)
+            tenant = plan_expiry(catalog.backups(conn, self.target, kind="tenant"), policy.tenant_retention,
+                                 run_date(context))
+            unfinished = [*catalog.backups(conn, self.target, status="deleting"),
+                          *catalog.backups(conn, self.target, kind="tenant", status="deleting")]
+        if full.blocked:
+            self.log.warning("retention deletes no full backup: %s", full.blocked)
+        work = [(b, "unfinished deletion") for b in unfinished]
+        work += [(b, plan.reasons[b.backup_id]) for plan in (full, tenant) for b in plan.delete]
+        for backup, reason in work:
+            if delete_backup(ops, store, backup.backup_id):
+                self.log.info("deleted %s (%s)", backup.backup_id, reason)
+            else:
+                self.log.info("backup %s is already deleted", backup.backup_id)
+        deleted = [b.backup_id for b in (*full.delete, *tenant.delete)]
+        verdict = "BLOCKED for full backups" if full.blocked else "OK"
+        self.log.info("retention %s: %s: kept %d backups and %d tenant exports, deleted %d (and %d unfinished)%s",
+                      verdict, store.describe(), len(full.keep), len(tenant.keep), len(deleted), len(unfinished),
+                      f" (blocked: {full.blocked})" if full.blocked else "", kept=len(full.keep),
+                      kept_tenant=len(tenant.keep), deleted=len(deleted), unfinished=len(unfinished))
+        return {"kept": [b.backup_id for b in (*full.keep, *tenant.keep)], "deleted": deleted}
+
+
+class TenantExportOperator(_BackupTargetOperator):
+    """Export the rows of ``backup.tenant_tables`` whose ``tenant_id`` is ``tenant_id``, stored like a backup.
+
+    All tables are read in one exported snapshot, so the export is consistent. Each table is a
+    zstd-compressed CSV (with header) ``<table>.csv.zst``, stored and read back (size and sha256) like a
+    backup's archive; the manifest, written last, holds the row counts and checksums. Stored under
+    ``<target>/tenant/<tenant_id>/<run date>/`` and catalogued (kind ``tenant``); the backup DAG's
+    retention task deletes exports older than ``backup.tenant_retention``.
+
+    :param tenant_id: the tenant to export; compared as a value (never spliced into SQL).
+    """
+
+    template_fields: Sequence[str] = ("target", "tenant_id")
+
+    def __init__(self, *, tenant_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tenant_id = tenant_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import psycopg
+
+        from dbops.backup.staging import fresh_staging
+        from dbops.backup.tenant import TOOL, checked_tenant_id, export_tenant
+        from dbops.core.runs import run_date
+        from dbops.hooks.keys import encryption_key
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.hooks.postgres import DbopsPostgresHook
+
+        config, policy, store = self._setup()
+        if not policy.tenant_tables:
+            raise AirflowFailException(f"target {self.target} has no backup.tenant_tables in {config.path}")
+        tenant = checked_tenant_id(self.tenant_id)
+        prefix = backup_prefix(self.target, "tenant", run_date(context), tenant=tenant)
+        existing = read_manifest(store, prefix)
+        if existing is not None:
+            self.log.info("complete, nothing exported: tenant export %s is already stored", existing.location,
+                          backup_id=prefix, bytes=existing.total_bytes)
+            return backup_result(existing)
+        remove_incomplete(store, prefix)
+        staging = config.staging_path / prefix.replace("/", "__")
+        fresh_staging(staging)
+        hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
+        key = encryption_key(policy.encryption_conn_id)
+        taken_at = datetime.now(timezone.utc).replace(microsecond=0)  # the export's snapshot is taken right after
+        try:
+            export = export_tenant(hook, policy.tenant_tables, tenant, staging, policy.compression_level, key)
+        except psycopg.errors.InvalidTextRepresentation as err:
+            raise AirflowFailException(f"tenant id {tenant!r} is not a valid tenant_id value: {err}") from err
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as err:
+            raise AirflowFailException(f"backup.tenant_tables of {self.target}: {err}") from err
+        except Exception as err:
+            raise classify(err, f"exporting tenant {tenant} of {self.target} failed") from err
+        manifest = new_manifest(
+            context, policy, store, prefix, self.target, kind="tenant", taken_at=taken_at,
+            snapshot_id=export.snapshot_id, server_version=export.server_version, tool=TOOL, files=export.files,
+            tables=export.tables, dump_seconds=export.seconds, archive="csv per table", tenant_id=tenant)
+        try:
+            store_backup(store, manifest, staging)
+        except Exception as err:
+            raise classify(err, f"storing {prefix} in {store.describe()} failed") from err
+        with OpsDatabaseHook(postgres_conn_id=config.ops_conn_id).transaction() as conn:
+            catalog.record_backup(conn, manifest)
+        shutil.rmtree(staging, ignore_errors=True)
+        self.log.info("exported OK: tenant %s of %s to %s: %d tables, %d rows, %s, %.1f s", tenant, self.target,
+                      manifest.location, len(export.tables), manifest.total_rows, human_bytes(manifest.total_bytes),
+                      export.seconds, backup_id=prefix, bytes=manifest.total_bytes, rows=manifest.total_rows,
+                      tables=len(export.tables))
+        return backup_result(manifest)

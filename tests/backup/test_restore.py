@@ -20,11 +20,10 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from psycopg import sql
 
 from dbops.core.manifest import MANIFEST_NAME, Manifest
-from dbops.operators.backup import DUMP_FILE
-from dbops.operators.restore import RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
+from dbops.operators.backup import DUMP_FILE, RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
 from scripts import devstack
-from tests.integration import test_backup as bk
-from tests.integration.test_backup import backup, catalog_row, context, ops, store, target, verify  # noqa: F401
+from tests.backup import conftest as bk
+from tests.backup.conftest import backup, catalog_row, context, ops, store, verify
 
 
 def restore(database: str, backup_id: str = "latest-verified", overwrite: bool = False,
@@ -211,7 +210,7 @@ def test_failing_compressor_kills_pg_dump_at_once(target):
     hook = DbopsPostgresHook(postgres_conn_id=f"pg_{bk.NAME}")
     tool = find_tool("pg_dump", hook.server_version_num())
     outcome: list = []
-    dumping = threading.Thread(target=lambda: outcome.append(bk._raised(
+    dumping = threading.Thread(target=lambda: outcome.append(bk.raised(
         lambda: dump_database(hook, tool, target.tmp / "gone" / DUMP_FILE, level=3))), daemon=True)
     dumping.start()
     dumping.join(timeout=60)
@@ -277,7 +276,7 @@ def test_overwrite_with_a_corrupt_archive_leaves_the_existing_database_intact(ta
         data = bytearray(stored.read_bytes())
         data[len(data) // 2] ^= 0x01
         stored.write_bytes(data)
-        with pytest.raises(AirflowFailException, match=f"FAILED; {fresh} is unchanged .*checksums: .*sha256"):
+        with pytest.raises(AirflowFailException, match=f"FAILED: restore of .* into {fresh}; {fresh} is unchanged .*checksums: .*sha256"):
             restore(fresh, backup_id=backup_id, overwrite=True)
         assert query(fresh, "SELECT count(*) FROM customers") == [(2001,)]
         assert databases_like(f"{fresh}\\_\\_dbops%") == []
@@ -291,7 +290,7 @@ def test_overwrite_whose_check_fails_leaves_the_existing_database_intact(target)
     try:
         session = psycopg.connect(devstack.libpq_conninfo(fresh))  # an application's session on the old database
         rewrite_manifest(backup_id, lambda raw: raw["tables"].update({"public.customers": 1}))
-        with pytest.raises(AirflowFailException, match=f"FAILED; {fresh} is unchanged .*row_counts"):
+        with pytest.raises(AirflowFailException, match=f"FAILED: restore of .* into {fresh}; {fresh} is unchanged .*row_counts"):
             restore(fresh, backup_id=backup_id, overwrite=True)
         assert session.execute("SELECT count(*) FROM customers").fetchone() == (2001,), "its session survived"
         session.close()

@@ -1,127 +1,33 @@
 """The nightly backup on the real stack: consistency, idempotence, retention, backfills and every failure path.
 
-The operators are run the way the task runner runs them, `execute(context)`; the context is a
-FAKE minimal stand-in for Airflow's (logical_date, run_id, dag_run, ti), which only a scheduler makes.
-The DAG-level tests use `dag.test()`, which runs the real task runner.
+The operators are run the way the task runner runs them, `execute(context)` (see conftest.py); the
+DAG-level tests use `dag.test()`, which runs the real task runner.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from dbops.backup import catalog
+from dbops.backup.staging import staging_dir
 from dbops.core.config import load_config
-from dbops.hooks.ops import OpsDatabaseHook
-from dbops.hooks.store import get_store
 from dbops.core.manifest import MANIFEST_NAME, Manifest, backup_prefix
-from dbops.operators.backup import DUMP_FILE, PgBackupOperator, staging_dir
-from dbops.operators.restore import RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
-from dbops.operators.retention import BackupRetentionOperator
+from dbops.hooks.store import get_store
+from dbops.operators.backup import DUMP_FILE, RestoreBackupOperator, TenantExportOperator
 from scripts import devstack
+from tests.backup import conftest as cf
+from tests.backup.conftest import (
+    DAY, age_backup, backup, catalog_row, context, dag, full_backups, on_time, ops, raised, retention, store, verify,
+)
 from tests.conftest import free_port, smtp_connection, start_moto
-
-NAME = "set by the target fixture"
-DAY = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
-SCHEMA = """
-CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email text UNIQUE);
-CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int NOT NULL REFERENCES customers(id), total numeric(10,2),
-                     placed_at timestamptz NOT NULL);
-CREATE TABLE events (id bigint, at date NOT NULL, payload jsonb) PARTITION BY RANGE (at);
-CREATE TABLE events_2026_10 PARTITION OF events FOR VALUES FROM ('2026-10-01') TO ('2026-11-01');
-CREATE TABLE events_2026_11 PARTITION OF events FOR VALUES FROM ('2026-11-01') TO ('2026-12-01');
-INSERT INTO customers SELECT g, 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 2000) g;
-INSERT INTO orders SELECT g, 1 + g % 2000, (g % 500) * 1.25, '2026-11-01'::timestamptz + g * interval '1 minute'
-  FROM generate_series(1, 30000) g;
-INSERT INTO events SELECT g, '2026-10-01'::date + (g % 60), jsonb_build_object('n', g) FROM generate_series(1, 20000) g;
-DELETE FROM orders WHERE id % 7 = 0;
-"""
-
-
-def context(logical_date: datetime | None = DAY, run_id: str = "test_run", xcom: dict | None = None,
-            run_type: str = "scheduled") -> dict:
-    """FAKE minimal Airflow context: what the operators read from it."""
-    ti = SimpleNamespace(xcom_pull=lambda task_ids: (xcom or {}).get(task_ids))
-    return {"logical_date": logical_date, "run_id": run_id, "ti": ti,
-            "dag_run": SimpleNamespace(run_after=DAY + timedelta(hours=1), run_type=run_type)}
-
-
-def on_time(run_id: str, run_type: str = "scheduled") -> dict:
-    """The context of a run that starts on time: its logical date is a minute ago."""
-    return context(datetime.now(timezone.utc) - timedelta(minutes=1), run_id=run_id, run_type=run_type)
-
-
-@pytest.fixture
-def target(scratch_db, tmp_path, monkeypatch, pg_server):
-    """A small target database with PK, unique, FK, partitions and dead rows; its own config and name."""
-    global NAME
-    database = scratch_db()
-    NAME = f"bk_{database[-12:]}"
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
-        conn.execute(SCHEMA)
-    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", devstack.conn_uri(database))
-    config_path = tmp_path / "dbops.yaml"
-    config_path.write_text(f"""
-ops_conn_id: dbops_state
-staging_dir: {tmp_path / 'staging'}
-storage:
-  local: {{url: {tmp_path / 'store'}}}
-targets:
-  {NAME}:
-    conn_id: pg_{NAME}
-    backup: {{storage: local, retention: {{daily: 2, weekly: 0, monthly: 0}}, jobs: 2, lock_wait_timeout: 2s}}
-""")
-    monkeypatch.setenv("DBOPS_CONFIG", str(config_path))
-    return SimpleNamespace(database=database, config_path=config_path, tmp=tmp_path)
-
-
-def backup(ctx=None) -> dict:
-    return PgBackupOperator(task_id="dump_and_store", target=NAME).execute(ctx or context())
-
-
-def verify(backup_id: str, run_id: str = "test_run") -> dict:
-    ScratchDatabaseOperator(task_id="create_scratch", target=NAME).execute(context(run_id=run_id))
-    try:
-        return VerifyBackupOperator(task_id="verify", target=NAME, backup_id=backup_id).execute(
-            context(run_id=run_id))
-    finally:
-        ScratchDatabaseOperator(task_id="drop_scratch", target=NAME, drop=True).execute(context(run_id=run_id))
-
-
-def store():
-    config = load_config()
-    return get_store(config.storage["local"])
-
-
-def ops() -> OpsDatabaseHook:
-    return OpsDatabaseHook(postgres_conn_id="dbops_state")
-
-
-def catalog_row(backup_id: str):
-    return ops().get_first("SELECT verified, status, total_rows FROM dbops.backups WHERE backup_id = %s",
-                           parameters=(backup_id,))
-
-
-def full_backups() -> list[tuple]:
-    """(backup_id, status, taken_at, covers, run_type, storage) of every full backup of the target, oldest first."""
-    return ops().get_records("SELECT backup_id, status, taken_at, covers, run_type, storage FROM dbops.backups "
-                             "WHERE target = %s AND kind = 'full' ORDER BY taken_at", parameters=(NAME,))
-
-
-def age_backup(backup_id: str, days: float) -> None:
-    """Make a backup's catalog row say its snapshot is ``days`` older (a test cannot wait for days to pass)."""
-    ops().run("UPDATE dbops.backups SET taken_at = taken_at - %s * interval '1 day' WHERE backup_id = %s",
-              parameters=(days, backup_id))
-
-
-def retention(ctx=None) -> dict:
-    return BackupRetentionOperator(task_id="retention", target=NAME).execute(ctx or context())
 
 
 def test_counts_in_the_manifest_match_the_snapshot_and_the_restore(target):
@@ -170,15 +76,15 @@ def test_retried_task_finds_its_runs_backup_and_never_overwrites_it(target):
     second = backup()
     assert second["backup_id"] == first["backup_id"]
     assert (dump_file.stat().st_mtime_ns, dump_file.read_bytes()) == before
-    assert [p.name for p in (target.tmp / "store" / NAME / "full").iterdir()] == [first["backup_id"].split("/")[-1]]
+    assert [p.name for p in (target.tmp / "store" / cf.NAME / "full").iterdir()] == [first["backup_id"].split("/")[-1]]
 
 
 def test_folders_of_incomplete_attempts_are_removed(target):
-    crashed = backup_prefix(NAME, "full", DAY)
+    crashed = backup_prefix(cf.NAME, "full", DAY)
     store().put_bytes(f"{crashed}/{DUMP_FILE}", b"half a dump from a crashed attempt")
     store().put_bytes(f"{crashed}/stray.tmp", b"junk")
     result = backup()
-    assert store().list_keys(NAME) == [f"{result['backup_id']}/{DUMP_FILE}", f"{result['backup_id']}/{MANIFEST_NAME}"]
+    assert store().list_keys(cf.NAME) == [f"{result['backup_id']}/{DUMP_FILE}", f"{result['backup_id']}/{MANIFEST_NAME}"]
     assert verify(result["backup_id"])["verified"] is True
 
 
@@ -186,7 +92,7 @@ def test_two_backups_in_one_second_get_two_names(target):
     first = backup(on_time("first"))
     manifest = store().read_bytes(f"{first['backup_id']}/{MANIFEST_NAME}")
     now = datetime.now(timezone.utc)
-    taken = [backup_prefix(NAME, "full", now + timedelta(seconds=n)) for n in range(4)]
+    taken = [backup_prefix(cf.NAME, "full", now + timedelta(seconds=n)) for n in range(4)]
     for prefix in taken:  # the next seconds already name a complete backup
         store().put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest)
     second = backup(on_time("second"))
@@ -200,7 +106,7 @@ def test_backup_is_named_by_its_snapshot_time_and_catalogs_its_provenance(target
     after = datetime.now(timezone.utc)
     ((backup_id, status, taken_at, covers, run_type, storage),) = full_backups()
     assert before <= taken_at <= after
-    assert result["backup_id"] == backup_id == backup_prefix(NAME, "full", taken_at)
+    assert result["backup_id"] == backup_id == backup_prefix(cf.NAME, "full", taken_at)
     assert (status, covers, run_type, storage) == ("complete", None, "manual", "local")
     logical_date = ops().get_first("SELECT logical_date FROM dbops.backups WHERE backup_id = %s",
                                    parameters=(backup_id,))[0]
@@ -240,7 +146,7 @@ def test_target_dies_mid_dump_then_the_retry_completes(target):
     assert found, "pg_dump was never seen waiting"
     assert not isinstance(info.value, AirflowFailException), info.value
     assert "transient" in str(info.value)
-    assert not [key for key in store().list_keys(NAME) if key.endswith(MANIFEST_NAME)]
+    assert not [key for key in store().list_keys(cf.NAME) if key.endswith(MANIFEST_NAME)]
     retried = backup()
     assert verify(retried["backup_id"])["verified"] is True
 
@@ -255,7 +161,7 @@ def test_lock_held_past_the_timeout_fails_as_transient(target):
         blocker.rollback()
         blocker.close()
     assert not isinstance(info.value, AirflowFailException)
-    assert not store().list_keys(NAME)
+    assert not store().list_keys(cf.NAME)
 
 
 def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch):
@@ -281,7 +187,7 @@ def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch
     blocker = psycopg.connect(devstack.libpq_conninfo(target.database))
     blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here while S3 goes away
     outcome: list = []
-    attempt = threading.Thread(target=lambda: outcome.append(_raised(backup)))
+    attempt = threading.Thread(target=lambda: outcome.append(raised(backup)))
     attempt.start()
     _wait_for_pg_dump_lock_wait(target.database)
     moto.terminate()
@@ -292,7 +198,7 @@ def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch
     error = outcome[0]
     assert isinstance(error, AirflowException) and not isinstance(error, AirflowFailException), error
     assert "dump stays staged" in str(error)
-    staged = staging_dir(load_config(), NAME, "test_run")
+    staged = staging_dir(load_config(), cf.NAME, "test_run")
     staged_sha = json.loads((staged / "staged.json").read_text())["dump"]["sha256"]
     moto = s3_server()  # S3 is back, empty: nothing of the failed attempt is there
     try:
@@ -305,14 +211,6 @@ def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch
     finally:
         moto.terminate()
         moto.wait(timeout=10)
-
-
-def _raised(call) -> BaseException | None:
-    try:
-        call()
-    except BaseException as err:  # handed to the test thread
-        return err
-    return None
 
 
 def _wait_for_pg_dump_lock_wait(database: str) -> None:
@@ -383,7 +281,7 @@ def test_retention_runs_one_at_a_time_per_target(target):
     newer = backup(on_time("r2"))
     verify(newer["backup_id"], run_id="r2")
     target.config_path.write_text(target.config_path.read_text().replace("daily: 2", "daily: 0"))
-    with job_lock("dbops_state", NAME, "retention"), pytest.raises(JobBusy, match=f"retention of {NAME} is already"):
+    with job_lock("dbops_state", cf.NAME, "retention"), pytest.raises(JobBusy, match=f"retention of {cf.NAME} is already"):
         retention()
     assert catalog_row(made["backup_id"])[1] == "complete", "a skipped retention deleted nothing"
     assert retention()["deleted"] == [made["backup_id"]]
@@ -414,7 +312,7 @@ def test_verification_never_rewrites_the_manifest_of_a_backup_being_deleted(targ
     with psycopg.connect(devstack.libpq_conninfo("dbops_test")) as deleter:
         deleter.execute("SELECT 1 FROM dbops.backups WHERE backup_id = %s FOR UPDATE", (backup_id,))
         outcome: list = []
-        verifying = threading.Thread(target=lambda: outcome.append(_raised(lambda: verify(backup_id))))
+        verifying = threading.Thread(target=lambda: outcome.append(raised(lambda: verify(backup_id))))
         verifying.start()
         _wait_for_ops_lock_wait("INSERT INTO dbops.recovery_tests")  # its foreign key waits for the row
         deleter.execute("UPDATE dbops.backups SET status = 'deleting' WHERE backup_id = %s", (backup_id,))
@@ -427,7 +325,8 @@ def test_verification_never_rewrites_the_manifest_of_a_backup_being_deleted(targ
     assert f"backup {backup_id} is deleting in the catalog; its manifest is not rewritten" in str(outcome[0])
     assert store().list_keys(backup_id) == [], "no manifest without data behind it"
     with pytest.raises(AirflowFailException, match="is not recorded as complete again"):
-        ops().record_backup(manifest)  # nor re-recorded by a late backup task
+        with ops().transaction() as conn:
+            catalog.record_backup(conn, manifest)  # nor re-recorded by a late backup task
     assert catalog_row(backup_id)[1] == "deleting"
     later = backup(context(DAY, run_id="backfill__again", run_type="backfill"))
     assert later["backup_id"] != backup_id, "a later run for its period does not take it for complete"
@@ -454,6 +353,11 @@ def test_retention_waits_for_a_manifest_being_rewritten(target):
     assert store().list_keys(older["backup_id"]) == []
 
 
+def rewrite(manifest: Manifest) -> None:
+    with ops().transaction() as conn:
+        catalog.rewrite_manifest(conn, store(), manifest)
+
+
 def test_manifest_is_never_written_when_a_file_is_missing_or_short(target):
     made = backup()
     manifest = Manifest.from_json(store().read_bytes(f"{made['backup_id']}/{MANIFEST_NAME}"))
@@ -461,11 +365,11 @@ def test_manifest_is_never_written_when_a_file_is_missing_or_short(target):
     dump_file.write_bytes(dump_file.read_bytes()[:-1])
     with pytest.raises(AirflowFailException, match=f"{DUMP_FILE} is {manifest.files[0].bytes - 1} bytes in the "
                                                    "store, the manifest says"):
-        ops().rewrite_manifest(store(), manifest)
+        rewrite(manifest)
     dump_file.unlink()
     store().delete(f"{made['backup_id']}/{MANIFEST_NAME}")
     with pytest.raises(AirflowFailException, match=f"{DUMP_FILE} is missing in the store"):
-        ops().rewrite_manifest(store(), manifest)
+        rewrite(manifest)
     assert store().list_keys(made["backup_id"]) == []
 
 
@@ -475,7 +379,7 @@ def test_permission_denied_fails_at_once_with_what_to_fix(target, monkeypatch):
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader-secret-1'")
         conn.execute(f"GRANT SELECT ON customers, orders TO {role}")  # not events
     try:
-        monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", devstack.conn_uri(target.database).replace(
+        monkeypatch.setenv(f"AIRFLOW_CONN_PG_{cf.NAME.upper()}", devstack.conn_uri(target.database).replace(
             f"postgres:{devstack.pg_password()}", f"{role}:reader-secret-1"))
         with pytest.raises(AirflowFailException, match="permission denied.*pg_read_all_data"):
             backup()
@@ -486,7 +390,7 @@ def test_permission_denied_fails_at_once_with_what_to_fix(target, monkeypatch):
 
 
 def restore(database: str, backup_id: str = "latest-verified", overwrite: bool = False) -> dict:
-    return RestoreBackupOperator(task_id="restore", target=NAME, backup_id=backup_id, database=database,
+    return RestoreBackupOperator(task_id="restore", target=cf.NAME, backup_id=backup_id, database=database,
                                  overwrite=overwrite).execute(context())
 
 
@@ -538,14 +442,8 @@ def test_no_verified_backup_is_a_clear_error(target):
         restore(f"{target.database}_none")
 
 
-def dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[dag_id]
-
-
 def test_backfilling_three_missed_nights_makes_one_backup_of_today(target):
-    backup_dag = dag(f"pg_backup__{NAME}")
+    backup_dag = dag(f"pg_backup__{cf.NAME}")
     dates = [DAY - timedelta(days=n) for n in (12, 11, 10)]
     before = datetime.now(timezone.utc).replace(microsecond=0)
     for date in dates:
@@ -555,7 +453,7 @@ def test_backfilling_three_missed_nights_makes_one_backup_of_today(target):
     assert taken_at >= before, "named and catalogued by its snapshot time, today"
     assert (status, covers, run_type, storage) == ("complete", dates[0], "manual", "local")
     assert catalog_row(backup_id)[0] is True
-    assert [p.name for p in (target.tmp / "store" / NAME / "full").iterdir()] == [backup_id.split("/")[-1]]
+    assert [p.name for p in (target.tmp / "store" / cf.NAME / "full").iterdir()] == [backup_id.split("/")[-1]]
 
 
 def test_run_for_a_past_period_reuses_a_newer_backup_or_takes_one_now(target):
@@ -563,7 +461,7 @@ def test_run_for_a_past_period_reuses_a_newer_backup_or_takes_one_now(target):
     first = backup(context(DAY - timedelta(days=2), run_id="scheduled__missed", run_type="scheduled"))
     assert "covered_period" not in first
     ((backup_id, _, taken_at, covers, run_type, _),) = full_backups()
-    assert first["backup_id"] == backup_id == backup_prefix(NAME, "full", taken_at) and taken_at >= before
+    assert first["backup_id"] == backup_id == backup_prefix(cf.NAME, "full", taken_at) and taken_at >= before
     assert (covers, run_type) == (DAY - timedelta(days=2), "scheduled")
     again = backup(context(DAY - timedelta(days=1), run_id="backfill__next", run_type="backfill"))
     assert again["backup_id"] == backup_id and again["covered_period"] == (DAY - timedelta(days=1)).isoformat()
@@ -586,14 +484,15 @@ def test_failed_verification_notifies_by_email(target, monkeypatch, mailbox, smt
     data = bytearray(stored.read_bytes())
     data[100] ^= 0xFF
     stored.write_bytes(data)
-    run = dag(f"pg_verify_backup__{NAME}").test(run_conf={"backup_id": made["backup_id"]})
+    run = dag(f"pg_verify_backup__{cf.NAME}").test(run_conf={"backup_id": made["backup_id"]})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states == {"create_scratch": "success", "verify_restore": "failed", "drop_scratch": "success"}
     assert len(mailbox.messages) == 1
     message = mailbox.messages[0]
-    assert message["Subject"] == f"pg_verify_backup__{NAME} failed: verify_restore"
+    assert message["Subject"] == f"pg_verify_backup__{cf.NAME} failed: verify_restore"
     body = message.get_body(preferencelist=("html",)).get_content()
     assert "checksums" in body and DUMP_FILE in body
+    assert "safe to re-run" not in body and "do not re-run this task" in body, "a bad backup is not fixed by a re-run"
     assert catalog_row(made["backup_id"])[0] is False
 
 
@@ -621,7 +520,7 @@ def test_encryption_key_that_is_not_32_bytes_is_refused(target, monkeypatch):
         "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, encryption_conn_id: bk_key}"))
     with pytest.raises(AirflowFailException, match="base64-encoded 32-byte key"):
         backup()
-    assert not store().list_keys(NAME)
+    assert not store().list_keys(cf.NAME)
 
 
 def test_too_old_pg_dump_fails_at_once(target, monkeypatch):
@@ -629,7 +528,7 @@ def test_too_old_pg_dump_fails_at_once(target, monkeypatch):
     monkeypatch.setattr("dbops.hooks.postgres.DbopsPostgresHook.server_version_num", lambda self: 990000)
     with pytest.raises(AirflowFailException, match="pg_dump must be version 99 or newer"):
         backup()
-    assert not store().list_keys(NAME)
+    assert not store().list_keys(cf.NAME)
 
 
 def test_too_little_staging_space_fails_before_dumping(target, monkeypatch):
@@ -640,7 +539,7 @@ def test_too_little_staging_space_fails_before_dumping(target, monkeypatch):
     monkeypatch.setattr("shutil.disk_usage", lambda path: real(path)._replace(free=2**20))
     with pytest.raises(AirflowFailException, match="has 1 MiB free; the dump of .* may need up to"):
         backup()
-    assert not store().list_keys(NAME)
+    assert not store().list_keys(cf.NAME)
 
 
 @pytest.fixture
@@ -658,9 +557,7 @@ def tenant_target(target):
 
 
 def export(tenant_id: str) -> dict:
-    from dbops.operators.tenant_export import TenantExportOperator
-
-    return TenantExportOperator(task_id="export", target=NAME, tenant_id=tenant_id).execute(context())
+    return TenantExportOperator(task_id="export", target=cf.NAME, tenant_id=tenant_id).execute(context())
 
 
 def test_tenant_export_holds_exactly_that_tenants_rows(tenant_target, tmp_path):
@@ -669,7 +566,7 @@ def test_tenant_export_holds_exactly_that_tenants_rows(tenant_target, tmp_path):
     from dbops.core.streams import read_decompressed
 
     result = export("7")
-    assert result["backup_id"] == f"{NAME}/tenant/7/20261120T020000Z"
+    assert result["backup_id"] == f"{cf.NAME}/tenant/7/20261120T020000Z"
     manifest = Manifest.from_json(store().read_bytes(f"{result['backup_id']}/{MANIFEST_NAME}"))
     assert manifest.kind == "tenant" and manifest.tenant_id == "7"
     assert manifest.tables == {"invoices": 500, "public.audit": 300}
@@ -708,7 +605,7 @@ def test_tenant_export_reads_back_what_was_stored(tenant_target, monkeypatch):
     monkeypatch.setattr(LocalStore, "put_file", corrupting_put_file)
     with pytest.raises(AirflowFailException, match="stored sha256 differs from the staged file's"):
         export("7")
-    assert not [key for key in store().list_keys(NAME) if key.endswith(MANIFEST_NAME)]
+    assert not [key for key in store().list_keys(cf.NAME) if key.endswith(MANIFEST_NAME)]
 
 
 @pytest.mark.parametrize(("tenant_id", "message"), [
@@ -719,7 +616,7 @@ def test_tenant_export_reads_back_what_was_stored(tenant_target, monkeypatch):
 def test_hostile_or_bad_tenant_ids_change_nothing(tenant_target, tenant_id, message):
     with pytest.raises(AirflowFailException, match=message):
         export(tenant_id)
-    assert store().list_keys(NAME) == []
+    assert store().list_keys(cf.NAME) == []
 
 
 def test_directory_format_with_parallel_dump_round_trip(target):
@@ -733,3 +630,43 @@ def test_directory_format_with_parallel_dump_round_trip(target):
     outcome = verify(made["backup_id"])
     assert outcome["verified"] is True
     assert not list((target.tmp / "staging").rglob("*.d"))
+
+
+def summary_line(output: str, verdict: str) -> str:
+    """The one log line of ``output`` that starts (after its timestamp and level) with ``verdict``."""
+    (line,) = [line for line in output.splitlines() if f"] {verdict}" in line]
+    return line
+
+
+def test_summary_lines_put_the_verdict_first_with_human_sizes_and_the_store_url(target, capsys):
+    from dbops.operators.backup import BackupReportOperator
+
+    made = backup()
+    stored = summary_line(capsys.readouterr().out, "stored OK: backup ")
+    url = f"file://{target.tmp / 'store'}/{made['backup_id']}"
+    assert url in stored and re.search(r"\): \d+\.\d KiB \(\d+\.\d MiB raw\)", stored) and f"bytes={made['bytes']}" in stored
+    checked = verify(made["backup_id"])
+    checks = capsys.readouterr().out
+    verified = summary_line(checks, "verified OK: backup ")
+    assert url in verified and f"bytes={made['bytes']}" in verified
+    xcom = {"dump_and_store": made, "verify_restore": checked}
+    BackupReportOperator(task_id="report", target=cf.NAME, backup_task_id="dump_and_store",
+                         verify_task_id="verify_restore").execute(context(xcom=xcom))
+    report = summary_line(capsys.readouterr().out, "verified OK: backup ")
+    assert url in report and re.search(r"\d+\.\d KiB stored", report) and f"bytes={made['bytes']}" in report
+    again = backup(context(DAY + timedelta(days=1), run_id="backfill__later", run_type="backfill"))
+    assert again["backup_id"] == made["backup_id"]
+    assert url in summary_line(capsys.readouterr().out, "complete, nothing dumped: ")
+    with pytest.raises(AirflowSkipException, match="not verified"):
+        BackupReportOperator(task_id="report", target=cf.NAME, backup_task_id="dump_and_store",
+                             verify_task_id="verify_restore").execute(context(xcom={"dump_and_store": made}))
+    assert url in summary_line(capsys.readouterr().out, "FAILED: not verified")
+    assert "PASS row_counts" in checks
+
+
+def test_a_check_that_did_not_run_is_logged_as_skip_with_its_reason():
+    from dbops.backup.verify import check_line
+
+    skipped = {"ok": True, "skipped": "no pg_amcheck of version 18 or newer"}
+    assert check_line("amcheck", skipped) == "SKIP amcheck: no pg_amcheck of version 18 or newer"
+    assert check_line("row_counts", {"ok": False, "mismatched": {"t": 1}}).startswith("FAIL row_counts: ")

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from dbops.operators.backup import is_past_period
+from dbops.backup.runs import is_past_period
 
 MONDAY_2AM = datetime(2026, 11, 16, 2, 0, tzinfo=timezone.utc)
 
