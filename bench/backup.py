@@ -38,6 +38,7 @@ from scripts.bench_output import emit, json_stdout  # noqa: E402
 
 CONN_ID = "bench_backup"
 from dbops.backup.policy import BackupPolicy  # noqa: E402
+from dbops.core.config import ToolsConfig  # noqa: E402
 
 LEVEL = BackupPolicy(storage="bench").compression_level  # the policy's defaults
 RESTORE_JOBS = BackupPolicy(storage="bench").jobs
@@ -168,7 +169,7 @@ class Round:
     def ours_amcheck(self) -> None:
         from dbops.backup.verify import amcheck
 
-        seconds, outcome = timed(amcheck, self.admin, self.scratch_ours, RESTORE_JOBS)
+        seconds, outcome = timed(amcheck, self.admin, self.scratch_ours, RESTORE_JOBS, ToolsConfig())
         if not outcome["ok"] or "skipped" in outcome:
             raise SystemExit(f"pg_amcheck did not pass: {outcome}")
         self.figures["amcheck"] = seconds

@@ -12,14 +12,14 @@ from airflow.sdk.exceptions import AirflowFailException
 from dbops.backup.dump import constraints, count_rows
 from dbops.backup.policy import BackupPolicy
 from dbops.backup.restore import archive_roles, fetch, missing_roles, pg_restore
-from dbops.core.config import DbopsConfig
+from dbops.core.config import DbopsConfig, ToolsConfig
 from dbops.core.manifest import Manifest
 from dbops.core.processes import DEFAULT_TIMEOUT, ToolError, run
 from dbops.core.store import BackupStore
 from dbops.core.streams import ChecksumMismatch
 from dbops.hooks.keys import encryption_key
 from dbops.hooks.postgres import DbopsPostgresHook
-from dbops.hooks.tools import candidates, find_tool, tool_version
+from dbops.hooks.tools import ToolVersionError, find_tool
 
 
 class VerificationFailed(AirflowFailException):
@@ -69,14 +69,15 @@ def check_restored(hook: DbopsPostgresHook, manifest: Manifest) -> dict[str, Any
     }
 
 
-def amcheck(admin: DbopsPostgresHook, database: str, jobs: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+def amcheck(admin: DbopsPostgresHook, database: str, jobs: int, tools: ToolsConfig,
+            timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Run pg_amcheck on the restored database (indexes and heap), when a fitting one exists."""
-    server_major = admin.server_version_num() // 10000
-    usable = [path for path in candidates("pg_amcheck") if tool_version(path)[0] >= server_major]
-    if not usable:
-        return {"ok": True, "skipped": f"no pg_amcheck of version {server_major} or newer"}
+    try:
+        tool = find_tool("pg_amcheck", admin.server_version_num(), tools.bin_dir, tools.exclusive)
+    except ToolVersionError as err:
+        return {"ok": True, "skipped": str(err)}
     with admin.cli_environment(database) as env:
-        result = run([usable[0], "--install-missing", f"--jobs={max(jobs, 1)}", f"--database={database}"],
+        result = run([tool.path, "--install-missing", f"--jobs={max(jobs, 1)}", f"--database={database}"],
                      timeout, env)
     return {"ok": result.returncode == 0, "output": (result.stdout + result.stderr).strip()[-2000:]}
 
@@ -96,7 +97,7 @@ def restore_and_check(config: DbopsConfig, policy: BackupPolicy, store: BackupSt
     try:
         archive = fetch(store, manifest, manifest.backup_id, staging, encryption_key(policy.encryption_conn_id))
         checks["checksums"] = {"ok": True, "files": [f.name for f in manifest.files]}
-        tool = find_tool("pg_restore", admin.server_version_num(), config.tools.bin_dir)
+        tool = find_tool("pg_restore", admin.server_version_num(), config.tools.bin_dir, config.tools.exclusive)
         if owners:
             missing = missing_roles(admin, archive_roles(tool, archive, timeout))
             checks["roles"] = {"ok": not missing, "missing": missing}
@@ -111,7 +112,7 @@ def restore_and_check(config: DbopsConfig, policy: BackupPolicy, store: BackupSt
         restored = DbopsPostgresHook(postgres_conn_id=admin.postgres_conn_id, database=database)
         checks.update(check_restored(restored, manifest))
         if run_amcheck:
-            checks["amcheck"] = amcheck(admin, database, policy.jobs, timeout)
+            checks["amcheck"] = amcheck(admin, database, policy.jobs, config.tools, timeout)
     except ChecksumMismatch as err:
         checks["checksums"] = {"ok": False, "error": str(err)}
     except ToolError as err:

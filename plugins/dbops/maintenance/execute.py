@@ -12,16 +12,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from dbops.maintenance.plan import (
-    ANALYZE,
-    DROP_LEFTOVER,
-    DUPLICATES_ADVICE,
-    REINDEX,
-    VACUUM_ANALYZE,
-    VACUUM_FULL,
-    Action,
-    mib,
-)
+from dbops.maintenance.plan import ANALYZE, DROP_LEFTOVER, DUPLICATES_ADVICE, REINDEX, VACUUM_ANALYZE, VACUUM_FULL, Action
+from dbops.core.units import human_bytes
 from dbops.maintenance.policy import MaintenancePolicy
 from dbops.maintenance.scan import duplicate_keys, set_timeouts
 
@@ -193,6 +185,6 @@ def failure_reason(conn: psycopg.Connection | None, err: psycopg.Error, action: 
     if err.sqlstate == UNIQUE_VIOLATION and action.action == REINDEX and conn is not None:
         return f"{message}; {duplicates_found(conn, action)}: {DUPLICATES_ADVICE}"
     if err.sqlstate == QUERY_CANCELED:
-        return (f"statement_timeout {action.statement_timeout:.0f} s (fit to {mib(action.bytes)}) was "
+        return (f"statement_timeout {action.statement_timeout:.0f} s (fit to {human_bytes(action.bytes)}) was "
                 f"reached: {message}. Lower maintenance.rewrite_rate or raise statement_timeout")
     return None

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from dbops.core.units import human_bytes
 from dbops.maintenance.policy import MaintenancePolicy
 
 NOTHING = "nothing"
@@ -151,13 +152,6 @@ class Plan:
                 "done": [a.to_dict() for a in self.done], "nothing": self.nothing}
 
 
-def mib(n: int | float | None) -> str:
-    """``12.3 MiB``, ``2.0 GiB`` from 1 GiB up (or ``-``)."""
-    if n is None:
-        return "-"
-    return f"{n / 2**30:.1f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def statement_timeout_for(size_bytes: int, policy: MaintenancePolicy) -> float:
     """60 s plus the object's size at ``rewrite_rate``, capped by the policy's statement_timeout."""
     return round(min(policy.statement_timeout, MIN_STATEMENT_TIMEOUT + size_bytes / policy.rewrite_rate), 1)
@@ -198,8 +192,8 @@ def _disk_problem(needed: int, scan: Scan, policy: MaintenancePolicy) -> str | N
         return None
     reserve = int(scan.disk_bytes * policy.disk_reserve_pct / 100)
     if scan.free_bytes - needed < reserve:
-        return (f"a rewrite needs up to {mib(needed)} free but only {mib(scan.free_bytes)} is free "
-                f"(keeping {policy.disk_reserve_pct:g}% = {mib(reserve)} in reserve)")
+        return (f"a rewrite needs up to {human_bytes(needed)} free but only {human_bytes(scan.free_bytes)} is free "
+                f"(keeping {policy.disk_reserve_pct:g}% = {human_bytes(reserve)} in reserve)")
     return None
 
 
@@ -219,7 +213,7 @@ def _not_concurrently(index: IndexStats) -> str | None:
 
 
 def _disk_note(scan: Scan) -> str:
-    return "free disk not measurable from here" if scan.free_bytes is None else f"{mib(scan.free_bytes)} free"
+    return "free disk not measurable from here" if scan.free_bytes is None else f"{human_bytes(scan.free_bytes)} free"
 
 
 def _over(bloat: int | None, pct: float | None, policy: MaintenancePolicy) -> bool:
@@ -228,8 +222,8 @@ def _over(bloat: int | None, pct: float | None, policy: MaintenancePolicy) -> bo
 
 def _bloat_text(obj: TableStats | IndexStats, policy: MaintenancePolicy) -> str:
     source = getattr(obj, "bloat_source", "estimate")
-    return (f"bloat {obj.bloat_pct:.0f}% ({mib(obj.bloat_bytes)}, {source}) >= {policy.bloat_pct:g}% and "
-            f">= {mib(policy.min_bytes)}")
+    return (f"bloat {obj.bloat_pct:.0f}% ({human_bytes(obj.bloat_bytes)}, {source}) >= {policy.bloat_pct:g}% and "
+            f">= {human_bytes(policy.min_bytes)}")
 
 
 def is_candidate(table: TableStats, policy: MaintenancePolicy) -> bool:
@@ -252,8 +246,8 @@ def plan_weekly(scan: Scan, policy: MaintenancePolicy, done: set[tuple[str, str,
         if _over(table.bloat_bytes, table.bloat_pct, policy):
             problem = None
             if table.total_bytes > policy.size_cap:
-                problem = (f"{_bloat_text(table, policy)}, but {mib(table.total_bytes)} is over size_cap "
-                           f"{mib(policy.size_cap)}: VACUUM FULL would lock it for the whole rewrite; use pg_repack "
+                problem = (f"{_bloat_text(table, policy)}, but {human_bytes(table.total_bytes)} is over size_cap "
+                           f"{human_bytes(policy.size_cap)}: VACUUM FULL would lock it for the whole rewrite; use pg_repack "
                            "or VACUUM FULL in a maintenance window")
             else:
                 problem = _disk_problem(table.total_bytes - (table.bloat_bytes or 0), scan, policy)
@@ -264,8 +258,8 @@ def plan_weekly(scan: Scan, policy: MaintenancePolicy, done: set[tuple[str, str,
             else:
                 rewritten.add((table.schema_name, table.table_name))
                 plan.actions.append(_action(table, VACUUM_FULL, (
-                    f"{_bloat_text(table, policy)}; {mib(table.total_bytes)} under size_cap "
-                    f"{mib(policy.size_cap)}; {_disk_note(scan)}"), policy))
+                    f"{_bloat_text(table, policy)}; {human_bytes(table.total_bytes)} under size_cap "
+                    f"{human_bytes(policy.size_cap)}; {_disk_note(scan)}"), policy))
                 continue
         light = light_action(table, policy, scan.scanned_at)
         if light:
@@ -331,8 +325,8 @@ def format_plan(plan: Plan) -> str:
     marks = ["#"] * len(plan.actions) + ["-"] * len(plan.notes) + ["done"] * len(plan.done)
     for n, (mark, a) in enumerate(zip(marks, plan.actions + plan.notes + plan.done), 1):
         reason = "finished earlier for this logical date: not redone" if mark == "done" else a.reason
-        rows.append((str(n) if mark == "#" else mark, a.action, f"{a.schema_name}.{a.name}", mib(a.bytes),
-                     mib(a.bloat_bytes), f"{a.statement_timeout:.0f}s" if mark == "#" else "", reason))
+        rows.append((str(n) if mark == "#" else mark, a.action, f"{a.schema_name}.{a.name}", human_bytes(a.bytes),
+                     human_bytes(a.bloat_bytes), f"{a.statement_timeout:.0f}s" if mark == "#" else "", reason))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6] for r in rows]
     lines.append(f"({plan.nothing} other objects need nothing)")
@@ -369,4 +363,4 @@ def summary_line(result: dict[str, Any], plan: Plan) -> str:
             f"indexes in {scan['seconds']:.2f} s; {len(plan.actions)} actions "
             f"({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}), {len(plan.notes)} reported only, "
             f"{plan.nothing} need nothing, {len(scan['blockers'])} blockers, estimated reclaimable "
-            f"{mib(reclaimable_bytes(plan))}" + ("; dry run: stopping here" if result["dry_run"] else ""))
+            f"{human_bytes(reclaimable_bytes(plan))}" + ("; dry run: stopping here" if result["dry_run"] else ""))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbops.maintenance.plan import Action, mib
+from dbops.maintenance.plan import Action
+from dbops.core.units import human_bytes
 
 REPORT_LINES = 10  # unused indexes logged one per line; the rest are in the result
 FINAL = ("done", "skipped", "planned")  # every other status is a failure (failed, retry, not run)
@@ -56,21 +57,21 @@ def failures(report: dict[str, Any]) -> list[str]:
 
 def detail_lines(result: dict[str, Any], report: dict[str, Any]) -> list[str]:
     """One line per object, per plan note, per unused index (the largest ones) and per duplicate set."""
-    lines = [f"{row['action']:<22} {row['status']:<10} {row['object']}: {mib(row['bytes_before'])} -> "
-             f"{mib(row['bytes_after'])}, reclaimed {mib(row['reclaimed_bytes'])}, {row['seconds'] or 0.0:.2f} s"
+    lines = [f"{row['action']:<22} {row['status']:<10} {row['object']}: {human_bytes(row['bytes_before'])} -> "
+             f"{human_bytes(row['bytes_after'])}, reclaimed {human_bytes(row['reclaimed_bytes'])}, {row['seconds'] or 0.0:.2f} s"
              + (f" ({row['why']})" if row["why"] else "") for row in report["objects"]]
     lines += [f"not executed: {note['action']} {note['schema_name']}.{note['name']}: {note['reason']}"
               for note in result["plan"]["notes"]]
     unused = report["unused_indexes"]
     since = result["scan"]["stats_reset"] or "the statistics were created"
-    lines += [f"unused index (report only): {row['schema']}.{row['index']} on {row['table']}, {mib(row['bytes'])}, "
+    lines += [f"unused index (report only): {row['schema']}.{row['index']} on {row['table']}, {human_bytes(row['bytes'])}, "
               f"{row['scans']} scans since {since}" for row in unused[:REPORT_LINES]]
     if len(unused) > REPORT_LINES:
         lines.append(f"... and {len(unused) - REPORT_LINES} smaller unused indexes "
-                     f"({mib(sum(r['bytes'] for r in unused[REPORT_LINES:]))}): all in this task's result and in "
+                     f"({human_bytes(sum(r['bytes'] for r in unused[REPORT_LINES:]))}): all in this task's result and in "
                      "dbops.maintenance_runs.report")
     lines += [f"duplicate indexes (report only) on {row['schema_name']}.{row['table_name']}: "
-              f"{', '.join(row['indexes'])} ({'/'.join(mib(b) for b in row['bytes'])} each)"
+              f"{', '.join(row['indexes'])} ({'/'.join(human_bytes(b) for b in row['bytes'])} each)"
               for row in report["duplicate_indexes"]]
     return lines
 
@@ -82,7 +83,7 @@ def summary_line(result: dict[str, Any], report: dict[str, Any]) -> str:
     verdict = f"FAILED: {totals['failed']} of {len(report['objects'])} actions did not finish" if failed else "OK"
     return (f"{verdict}: {report['kind']} maintenance {report['target']} {report['logical_date'][:10]}"
             f"{' (dry run)' if report['dry_run'] else ''}: {totals['done']} done, reclaimed "
-            f"{mib(totals['reclaimed_bytes'])}, {totals['seconds']:.1f} s; {totals['skipped']} skipped "
+            f"{human_bytes(totals['reclaimed_bytes'])}, {totals['seconds']:.1f} s; {totals['skipped']} skipped "
             f"({'; '.join(report['skipped_reasons']) or 'none'}); {totals['failed']} failed; "
             f"{len(result['plan']['notes'])} reported only; {len(report['unused_indexes'])} unused and "
             f"{len(report['duplicate_indexes'])} duplicate index sets reported")

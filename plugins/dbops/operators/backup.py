@@ -147,7 +147,7 @@ class PgBackupOperator(_BackupTargetOperator):
         hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
         taken_at = free_snapshot_time(store, self.target)  # the snapshot is exported right after
         try:
-            tool = find_tool("pg_dump", hook.server_version_num(), config.tools.bin_dir)
+            tool = find_tool("pg_dump", hook.server_version_num(), config.tools.bin_dir, config.tools.exclusive)
             check_staging_space(hook, staging, self.target)
             dump = dump_database(hook, tool, staging / DUMP_FILES[policy.format], policy.compression_level,
                                  encryption_key(policy.encryption_conn_id), policy.lock_wait_timeout,

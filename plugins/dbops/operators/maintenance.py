@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from dbops.maintenance.plan import Action, mib
+from dbops.maintenance.plan import Action
+from dbops.core.units import human_bytes
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class MaintenanceActionOperator(_MaintenanceOperator):
             raise classify(err, "writing the maintenance log in the ops database failed") from err
         if earlier:
             self.log.info("%s: already done for this logical date (%s -> %s in %.1f s); not redoing it",
-                          action.label, mib(earlier["bytes_before"]), mib(earlier["bytes_after"]),
+                          action.label, human_bytes(earlier["bytes_before"]), human_bytes(earlier["bytes_after"]),
                           earlier["seconds"] or 0.0)
             return _result(action, "done", earlier["bytes_before"], earlier["bytes_after"],
                            earlier["seconds"] or 0.0, "done earlier for this logical date")
@@ -163,8 +164,8 @@ class MaintenanceActionOperator(_MaintenanceOperator):
             self.log.info("%s skipped: %s", action.label, outcome.reason)
             raise AirflowSkipException(f"{action.label}: {outcome.reason}")
         reclaimed = (outcome.bytes_before or 0) - (outcome.bytes_after or 0)
-        self.log.info("OK: %s done: %s -> %s (reclaimed %s) in %.2f s", action.label, mib(outcome.bytes_before),
-                      mib(outcome.bytes_after), mib(reclaimed), outcome.seconds, bytes_before=outcome.bytes_before,
+        self.log.info("OK: %s done: %s -> %s (reclaimed %s) in %.2f s", action.label, human_bytes(outcome.bytes_before),
+                      human_bytes(outcome.bytes_after), human_bytes(reclaimed), outcome.seconds, bytes_before=outcome.bytes_before,
                       bytes_after=outcome.bytes_after, reclaimed_bytes=reclaimed)
         return _result(action, "done", outcome.bytes_before, outcome.bytes_after, outcome.seconds, "")
 
