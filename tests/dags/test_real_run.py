@@ -18,7 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scripts import devstack
+from scripts.stack.airflow import AIRFLOW_USER, airflow_env, stop_processes
+from scripts.stack.credentials import airflow_admin_password, pg_password
+from scripts.stack.paths import ROOT
 from tests.conftest import free_port, wait_for_port
 
 DAG_ID = "pg_backup__appdb"
@@ -28,11 +30,11 @@ DAG_ID = "pg_backup__appdb"
 def airflow_services(pg_server, tmp_path):
     """api-server, scheduler and dag-processor on the test databases; task logs in tmp_path."""
     port = free_port()
-    config = devstack.ROOT / "include" / "config" / "dbops.yaml"
+    config = ROOT / "include" / "config" / "dbops.yaml"
     text = config.read_text().replace("url: var/backups", f"url: {tmp_path / 'backups'}").replace(
         "staging_dir: var/staging", f"staging_dir: {tmp_path / 'staging'}")
     (tmp_path / "dbops.yaml").write_text(text)
-    env = {**os.environ, **devstack.airflow_env(test=True),
+    env = {**os.environ, **airflow_env(test=True),
            "DBOPS_CONFIG": str(tmp_path / "dbops.yaml"),
            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp_path / "logs"),
            "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
@@ -48,7 +50,7 @@ def airflow_services(pg_server, tmp_path):
         wait_for_port(port, timeout=120)
         yield f"http://localhost:{port}", tmp_path
     finally:
-        devstack.stop_processes(procs)
+        stop_processes(procs)
 
 
 def api(base: str, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
@@ -84,9 +86,9 @@ def watch_argv(secret: str, seen: list, stop: threading.Event) -> None:
 
 def test_scheduled_backup_keeps_the_password_out_of_logs_and_argv(airflow_services):
     base, tmp = airflow_services
-    password = devstack.pg_password()
+    password = pg_password()
     token = api(base, "POST", "/auth/token",
-                body={"username": devstack.AIRFLOW_USER, "password": devstack._secret("airflow_admin_password")}
+                body={"username": AIRFLOW_USER, "password": airflow_admin_password()}
                 )["access_token"]
     wait_for_dag(base, token)
     api(base, "PATCH", f"/api/v2/dags/{DAG_ID}", token, {"is_paused": False})

@@ -24,7 +24,9 @@ from dbops.core.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from dbops.operators.backup import DUMP_FILE, PgBackupOperator, staging_dir
 from dbops.operators.restore import RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
 from dbops.operators.retention import BackupRetentionOperator
-from scripts import devstack
+from scripts.stack.credentials import pg_password
+from scripts.stack.paths import ROOT
+from scripts.stack.postgres import conn_uri, libpq_conninfo
 from tests.conftest import free_port, smtp_connection, start_moto
 
 NAME = "set by the target fixture"
@@ -63,9 +65,9 @@ def target(scratch_db, tmp_path, monkeypatch, pg_server):
     global NAME
     database = scratch_db()
     NAME = f"bk_{database[-12:]}"
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         conn.execute(SCHEMA)
-    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", devstack.conn_uri(database))
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", conn_uri(database))
     config_path = tmp_path / "dbops.yaml"
     config_path.write_text(f"""
 ops_conn_id: dbops_state
@@ -127,7 +129,7 @@ def retention(ctx=None) -> dict:
 def test_counts_in_the_manifest_match_the_snapshot_and_the_restore(target):
     result = backup()
     manifest = Manifest.from_json(store().read_bytes(f"{result['backup_id']}/{MANIFEST_NAME}"))
-    with psycopg.connect(devstack.libpq_conninfo(target.database)) as conn:
+    with psycopg.connect(libpq_conninfo(target.database)) as conn:
         expected = {f"public.{t}": conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                     for t in ("customers", "orders", "events_2026_10", "events_2026_11")}
     assert manifest.tables == expected and expected["public.orders"] == 30000 - 30000 // 7
@@ -147,7 +149,7 @@ def test_writes_during_the_dump_do_not_change_what_is_counted(target):
     stop = threading.Event()
 
     def write_continuously():
-        with psycopg.connect(devstack.libpq_conninfo(target.database), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo(target.database), autocommit=True) as conn:
             n = 100_000
             while not stop.is_set():
                 conn.execute("INSERT INTO orders VALUES (%s, 1, 1, now())", (n,))
@@ -211,7 +213,7 @@ def test_backup_is_named_by_its_snapshot_time_and_catalogs_its_provenance(target
 
 
 def _terminate_pg_dump_when_it_waits(database: str, found: list) -> None:
-    with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not found:
             rows = conn.execute(
@@ -225,7 +227,7 @@ def _terminate_pg_dump_when_it_waits(database: str, found: list) -> None:
 
 def test_target_dies_mid_dump_then_the_retry_completes(target):
     """pg_dump's server process is terminated mid-dump (as in a crash or restart): retry, no manifest."""
-    blocker = psycopg.connect(devstack.libpq_conninfo(target.database))
+    blocker = psycopg.connect(libpq_conninfo(target.database))
     blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # holds pg_dump at the start of its work
     found: list = []
     killer = threading.Thread(target=_terminate_pg_dump_when_it_waits, args=(target.database, found))
@@ -246,7 +248,7 @@ def test_target_dies_mid_dump_then_the_retry_completes(target):
 
 
 def test_lock_held_past_the_timeout_fails_as_transient(target):
-    blocker = psycopg.connect(devstack.libpq_conninfo(target.database))
+    blocker = psycopg.connect(libpq_conninfo(target.database))
     blocker.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
     try:
         with pytest.raises(AirflowException, match="lock timeout|statement timeout.*LOCK TABLE") as info:
@@ -278,7 +280,7 @@ def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch
         return server
 
     moto = s3_server()
-    blocker = psycopg.connect(devstack.libpq_conninfo(target.database))
+    blocker = psycopg.connect(libpq_conninfo(target.database))
     blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here while S3 goes away
     outcome: list = []
     attempt = threading.Thread(target=lambda: outcome.append(_raised(backup)))
@@ -316,7 +318,7 @@ def _raised(call) -> BaseException | None:
 
 
 def _wait_for_pg_dump_lock_wait(database: str) -> None:
-    with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s AND application_name = 'dbops' "
@@ -391,7 +393,7 @@ def test_retention_runs_one_at_a_time_per_target(target):
 
 def _wait_for_ops_lock_wait(statement: str) -> None:
     """Until a backend of the test ops database waits for a lock in ``statement``."""
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("dbops_test"), autocommit=True) as conn:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = 'dbops_test' AND wait_event_type = 'Lock' "
@@ -411,7 +413,7 @@ def test_verification_never_rewrites_the_manifest_of_a_backup_being_deleted(targ
     made = backup()
     backup_id = made["backup_id"]
     manifest = Manifest.from_json(store().read_bytes(f"{backup_id}/{MANIFEST_NAME}"))
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test")) as deleter:
+    with psycopg.connect(libpq_conninfo("dbops_test")) as deleter:
         deleter.execute("SELECT 1 FROM dbops.backups WHERE backup_id = %s FOR UPDATE", (backup_id,))
         outcome: list = []
         verifying = threading.Thread(target=lambda: outcome.append(_raised(lambda: verify(backup_id))))
@@ -441,7 +443,7 @@ def test_retention_waits_for_a_manifest_being_rewritten(target):
     newer = backup(on_time("newer"))
     verify(newer["backup_id"], run_id="newer")
     target.config_path.write_text(target.config_path.read_text().replace("daily: 2", "daily: 0"))
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test")) as verifier:
+    with psycopg.connect(libpq_conninfo("dbops_test")) as verifier:
         verifier.execute("SELECT 1 FROM dbops.backups WHERE backup_id = %s FOR SHARE", (older["backup_id"],))
         outcome: list = []
         deleting = threading.Thread(target=lambda: outcome.append(retention()))
@@ -471,16 +473,16 @@ def test_manifest_is_never_written_when_a_file_is_missing_or_short(target):
 
 def test_permission_denied_fails_at_once_with_what_to_fix(target, monkeypatch):
     role = f"reader_{target.database[-8:]}"
-    with psycopg.connect(devstack.libpq_conninfo(target.database), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(target.database), autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader-secret-1'")
         conn.execute(f"GRANT SELECT ON customers, orders TO {role}")  # not events
     try:
-        monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", devstack.conn_uri(target.database).replace(
-            f"postgres:{devstack.pg_password()}", f"{role}:reader-secret-1"))
+        monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", conn_uri(target.database).replace(
+            f"postgres:{pg_password()}", f"{role}:reader-secret-1"))
         with pytest.raises(AirflowFailException, match="permission denied.*pg_read_all_data"):
             backup()
     finally:
-        with psycopg.connect(devstack.libpq_conninfo(target.database), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo(target.database), autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
 
@@ -497,17 +499,17 @@ def test_restore_on_demand_into_a_new_database(target, scratch_db):
     try:
         result = restore(fresh)
         assert result["backup_id"] == made["backup_id"]
-        with psycopg.connect(devstack.libpq_conninfo(fresh)) as conn:
+        with psycopg.connect(libpq_conninfo(fresh)) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 30000 - 30000 // 7
         with pytest.raises(AirflowFailException, match="exists; choose a new name or set overwrite"):
             restore(fresh)
-        with psycopg.connect(devstack.libpq_conninfo(fresh), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo(fresh), autocommit=True) as conn:
             conn.execute("DELETE FROM orders")
         restore(fresh, backup_id=made["backup_id"], overwrite=True)
-        with psycopg.connect(devstack.libpq_conninfo(fresh)) as conn:
+        with psycopg.connect(libpq_conninfo(fresh)) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 30000 - 30000 // 7
     finally:
-        with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
 
 
@@ -517,7 +519,7 @@ def test_restore_refuses_the_targets_own_database_and_bad_names(target):
         restore(target.database, backup_id="latest", overwrite=True)
     with pytest.raises(AirflowFailException, match="1 to 63 bytes"):
         restore("x" * 64, backup_id="latest")
-    with psycopg.connect(devstack.libpq_conninfo(target.database)) as conn:
+    with psycopg.connect(libpq_conninfo(target.database)) as conn:
         assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 2000
 
 
@@ -528,7 +530,7 @@ def test_restore_of_a_corrupted_backup_verifies_checksums_first(target):
     fresh = f"{target.database}_bad"
     with pytest.raises(AirflowFailException, match="stored size .* differs"):
         restore(fresh, backup_id="latest")
-    with psycopg.connect(devstack.libpq_conninfo("postgres")) as conn:
+    with psycopg.connect(libpq_conninfo("postgres")) as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (fresh,)).fetchone()[0] == 0
 
 
@@ -541,7 +543,7 @@ def test_no_verified_backup_is_a_clear_error(target):
 def dag(dag_id: str):
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[dag_id]
+    return DagBag(dag_folder=str(ROOT / "dags")).dags[dag_id]
 
 
 def test_backfilling_three_missed_nights_makes_one_backup_of_today(target):
@@ -645,7 +647,7 @@ def test_too_little_staging_space_fails_before_dumping(target, monkeypatch):
 
 @pytest.fixture
 def tenant_target(target):
-    with psycopg.connect(devstack.libpq_conninfo(target.database)) as conn:
+    with psycopg.connect(libpq_conninfo(target.database)) as conn:
         conn.execute("""
             CREATE TABLE invoices (id int PRIMARY KEY, tenant_id int NOT NULL, amount numeric, note text);
             CREATE TABLE audit (id bigint, tenant_id int NOT NULL, action text);
