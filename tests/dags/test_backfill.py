@@ -77,11 +77,12 @@ def task_log(services, dag_id: str, run_id: str, task_id: str) -> str:
     return attempts[-1].read_text()
 
 
-def complete_backups() -> list[tuple]:
+def backups_since(started: datetime) -> list[tuple]:
+    """Full backups of the target catalogued since ``started``, whatever their status (retention may delete)."""
     with ops() as conn:
         return conn.execute(
-            "SELECT backup_id, run_id, taken_at, covers, run_type FROM dbops.backups "
-            "WHERE target = %s AND kind = 'full' AND status = 'complete' ORDER BY taken_at", (TARGET,)).fetchall()
+            "SELECT backup_id, run_id, taken_at, covers, run_type, status FROM dbops.backups "
+            "WHERE target = %s AND kind = 'full' AND created_at >= %s ORDER BY taken_at", (TARGET, started)).fetchall()
 
 
 @pytest.fixture
@@ -100,12 +101,13 @@ def test_backfill_of_three_missed_nights_makes_one_backup_and_a_second_backfill_
     services = airflow_services
     nights = missed_nights(load_config().targets[TARGET].backup.schedule)
     forget_runs(services, BACKUP_DAG, nights)
+    started = datetime.now(timezone.utc)
 
     runs = backfill(services, BACKUP_DAG, nights)
 
     assert [(r["run_type"], r["state"]) for r in runs] == [("backfill", "success")] * NIGHTS
-    [(backup_id, run_id, taken_at, covers, run_type)] = complete_backups()
-    assert (run_id, covers, run_type) == (runs[0]["dag_run_id"], nights[0], "backfill")
+    [(backup_id, run_id, taken_at, covers, run_type, status)] = backups_since(started)
+    assert (run_id, covers, run_type, status) == (runs[0]["dag_run_id"], nights[0], "backfill", "complete")
     assert backup_id == f"{TARGET}/full/{taken_at.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
     assert (services.store / backup_id / "manifest.json").is_file()
     first = task_log(services, BACKUP_DAG, runs[0]["dag_run_id"], "dump_and_store")
@@ -118,7 +120,7 @@ def test_backfill_of_three_missed_nights_makes_one_backup_and_a_second_backfill_
     again = backfill(services, BACKUP_DAG, nights, "--reprocess-behavior", "completed")
 
     assert [(r["run_type"], r["state"]) for r in again] == [("backfill", "success")] * NIGHTS
-    assert complete_backups() == [(backup_id, run_id, taken_at, covers, run_type)]
+    assert backups_since(started) == [(backup_id, run_id, taken_at, covers, run_type, "complete")]
     logs = [task_log(services, BACKUP_DAG, r["dag_run_id"], "dump_and_store") for r in again]
     assert f"backup {backup_id} of this run is already complete" in logs[0]
     assert all(f"backup {backup_id}" in log and "nothing dumped" in log for log in logs[1:])
