@@ -29,8 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from scripts import devstack  # noqa: E402
 from scripts.bench_output import emit, json_stdout  # noqa: E402
+from scripts.stack.airflow import airflow, airflow_env  # noqa: E402
+from scripts.stack.bootstrap import up  # noqa: E402
+from scripts.stack.paths import AIRFLOW_HOME  # noqa: E402
+from scripts.stack.postgres import libpq_env, stop_postgres  # noqa: E402
 
 TARGET = "appdb"
 DB_SECONDS_AIM = 1.0
@@ -46,14 +49,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     out = json_stdout()
-    for key, value in devstack.airflow_env().items():
+    for key, value in airflow_env().items():
         os.environ.setdefault(key, value)
-    started_pg = devstack.up()
+    started_pg = up()
     try:
         figures = measure(args.rounds)
     finally:
         if started_pg:
-            devstack.stop_postgres()
+            stop_postgres()
     n = args.size_mb
     emit(out, "alerts", n, "evaluation_seconds", figures["ours"], "s", "the same queries in one psql invocation",
          figures["psql"])
@@ -88,7 +91,7 @@ def measure(rounds: int) -> dict[str, float]:
 
     def bare() -> None:
         subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", os.devnull, "-f", script.name],
-                       env={**os.environ, **devstack.libpq_env(TARGET)}, check=True)
+                       env={**os.environ, **libpq_env(TARGET)}, check=True)
 
     times: dict[str, list[float]] = {"ours": [], "psql": [], "db": []}
     try:
@@ -102,8 +105,8 @@ def measure(rounds: int) -> dict[str, float]:
     finally:
         os.unlink(script.name)
     started = time.perf_counter()
-    with open(devstack.AIRFLOW_HOME / "logs" / "bench-db_alerts.log", "wb") as log:
-        devstack.airflow("dags", "test", f"db_alerts__{TARGET}", stdout=log, stderr=subprocess.STDOUT, check=True)
+    with open(AIRFLOW_HOME / "logs" / "bench-db_alerts.log", "wb") as log:
+        airflow("dags", "test", f"db_alerts__{TARGET}", stdout=log, stderr=subprocess.STDOUT, check=True)
     figures = {side: statistics.median(values) for side, values in times.items()}
     figures["dag"] = time.perf_counter() - started
     progress("medians: " + ", ".join(f"{k}={v:.4f}" for k, v in figures.items()))

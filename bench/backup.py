@@ -33,8 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from scripts import devstack  # noqa: E402
 from scripts.bench_output import emit, json_stdout  # noqa: E402
+from scripts.stack.airflow import airflow_env  # noqa: E402
+from scripts.stack.paths import VAR  # noqa: E402
+from scripts.stack.postgres import conn_uri, libpq_conninfo, libpq_env, start_postgres, stop_postgres  # noqa: E402
 
 CONN_ID = "bench_backup"
 from dbops.backup.policy import BackupPolicy  # noqa: E402
@@ -61,7 +63,7 @@ def prepare_database(size_mb: int) -> str:
 
     name = f"bench_backup_{size_mb}"
     marker = f"dbops bench data: demo_data.py --size-mb {size_mb}, complete"
-    with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
         row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                            (name,)).fetchone()
         if row is not None and row[0] == marker:
@@ -71,8 +73,8 @@ def prepare_database(size_mb: int) -> str:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_data.py"), "--size-mb", str(size_mb)],
-                   check=True, stdout=sys.stderr, env={**os.environ, **devstack.libpq_env(name)})
-    with psycopg.connect(devstack.libpq_conninfo(name), autocommit=True) as conn:
+                   check=True, stdout=sys.stderr, env={**os.environ, **libpq_env(name)})
+    with psycopg.connect(libpq_conninfo(name), autocommit=True) as conn:
         conn.execute("CHECKPOINT")
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(marker)))
     return name
@@ -216,12 +218,12 @@ def main() -> None:
     # stdout carries the JSON lines only: everything else writing to fd 1 (Airflow's logging, tools) goes
     # to stderr.
     out = json_stdout()
-    for key, value in devstack.airflow_env().items():
+    for key, value in airflow_env().items():
         os.environ.setdefault(key, value)
-    started_pg = devstack.start_postgres()
+    started_pg = start_postgres()
     try:
         database = prepare_database(args.size_mb)
-        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = devstack.conn_uri(database)
+        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = conn_uri(database)
 
         from dbops.hooks.postgres import DbopsPostgresHook
         from dbops.hooks.tools import find_tool
@@ -234,11 +236,11 @@ def main() -> None:
                  f"tools {tools['pg_dump'].path} {tools['pg_dump'].version}; {args.rounds} rounds")
         rounds = []
         for index in range(args.rounds):
-            work = Path(tempfile.mkdtemp(prefix="bench-backup-", dir=devstack.VAR))
+            work = Path(tempfile.mkdtemp(prefix="bench-backup-", dir=VAR))
             rounds.append(Round(index, database, work, tools, hook, admin).run())
     finally:
         if started_pg:
-            devstack.stop_postgres()
+            stop_postgres()
 
     med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     progress("medians: " + ", ".join(f"{k}={v:.3f}" for k, v in med.items()))

@@ -41,8 +41,9 @@ from dbops.maintenance.policy import MaintenancePolicy  # noqa: E402
 from dbops.maintenance.plan import Action, plan_weekly  # noqa: E402
 from dbops.maintenance.execute import execute_action  # noqa: E402
 from dbops.maintenance.scan import scan  # noqa: E402
-from scripts import devstack  # noqa: E402
 from scripts.bench_output import emit, json_stdout  # noqa: E402
+from scripts.stack.paths import PG_HOST  # noqa: E402
+from scripts.stack.postgres import libpq_conninfo, start_postgres  # noqa: E402
 
 POLICY = MaintenancePolicy(min_bytes=2**20)
 BLOATED = 5
@@ -56,7 +57,7 @@ def progress(message: str) -> None:
 
 
 def admin() -> psycopg.Connection:
-    return psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True)
+    return psycopg.connect(libpq_conninfo("postgres"), autocommit=True)
 
 
 def _reusable(conn: psycopg.Connection, name: str, marker: str) -> bool:
@@ -72,7 +73,7 @@ def _fresh(conn: psycopg.Connection, name: str, template: str = "template0") -> 
 
 
 def _mark(name: str, marker: str) -> None:
-    with psycopg.connect(devstack.libpq_conninfo(name), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(name), autocommit=True) as conn:
         conn.execute("ANALYZE")
         conn.execute("CHECKPOINT")
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(marker)))
@@ -99,7 +100,7 @@ def prepare_database(size_mb: int, tables: int) -> str:
         _fresh(conn, name)
     total_rows = size_mb * 2**20 // ROW_BYTES
     small = tables - BLOATED - 1
-    with psycopg.connect(devstack.libpq_conninfo(name), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(name), autocommit=True) as conn:
         _create_table(conn, APP_TABLE, int(total_rows * 0.2))
         for n in range(small):
             _create_table(conn, f"calm_{n:04d}", max(10, int(total_rows * 0.5 / small)))
@@ -117,7 +118,7 @@ def prepare_scan_database(tables: int = 1000) -> str:
             return name
         progress(f"creating {name}: {tables} small tables")
         _fresh(conn, name)
-    with psycopg.connect(devstack.libpq_conninfo(name), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(name), autocommit=True) as conn:
         for n in range(tables):
             table = sql.Identifier(f"t_{n:04d}")
             conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, name text, at timestamptz DEFAULT now())")
@@ -193,7 +194,7 @@ def ours(dsn: str) -> tuple[float, int, float, int, dict[str, int]]:
     with AppProbe(dsn) as probe:
         started = time.perf_counter()
         with psycopg.connect(dsn) as conn:
-            measured = scan(conn, POLICY, devstack.PG_HOST)
+            measured = scan(conn, POLICY, PG_HOST)
         plan = plan_weekly(measured, POLICY)
         for item in plan.actions:
             with psycopg.connect(dsn) as conn:
@@ -208,9 +209,9 @@ def ours(dsn: str) -> tuple[float, int, float, int, dict[str, int]]:
 def scan_seconds(name: str, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
-        with psycopg.connect(devstack.libpq_conninfo(name)) as conn:
+        with psycopg.connect(libpq_conninfo(name)) as conn:
             started = time.perf_counter()
-            measured = scan(conn, POLICY, devstack.PG_HOST)
+            measured = scan(conn, POLICY, PG_HOST)
             times.append(time.perf_counter() - started)
         assert len(measured.tables) >= 1000, len(measured.tables)
     return statistics.median(times)
@@ -223,14 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", type=int, default=200)
     args = parser.parse_args(argv)
     out = json_stdout()
-    devstack.start_postgres()
+    start_postgres()
     source = prepare_database(args.size_mb, args.tables)
     work = f"{source}_work"
     results: dict[str, list] = {"blanket": [], "ours": []}
     for round_no in range(args.rounds):
         order = ("blanket", "ours") if round_no % 2 == 0 else ("ours", "blanket")
         for side in order:
-            dsn = devstack.libpq_conninfo(clone(source, work))
+            dsn = libpq_conninfo(clone(source, work))
             outcome = blanket(dsn) if side == "blanket" else ours(dsn)
             results[side].append(outcome)
             progress(f"round {round_no + 1} {side}: {outcome[0]:.2f} s, reclaimed {outcome[1] / 2**20:.1f} MiB, "

@@ -26,26 +26,28 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from psycopg import sql
 
-from scripts import devstack
+from scripts.stack.airflow import airflow_env
+from scripts.stack.bootstrap import up_test_databases
+from scripts.stack.postgres import ensure_databases, libpq_conninfo, start_postgres, stop_postgres
 
 # The suite's own metadata and ops databases (airflow_test, dbops_test), never those `make run` shows.
-os.environ.update(devstack.airflow_env(test=True))
+os.environ.update(airflow_env(test=True))
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[None]:
-    started = devstack.start_postgres()
-    devstack.ensure_databases()
-    devstack.up_test_databases()
+    started = start_postgres()
+    ensure_databases()
+    up_test_databases()
     yield
     if started:
-        devstack.stop_postgres()
+        stop_postgres()
 
 
 @pytest.fixture(scope="session")
 def pg_admin_dsn(pg_server) -> str:
     """libpq conninfo of a superuser connection to database ``postgres``."""
-    return devstack.libpq_conninfo("postgres")
+    return libpq_conninfo("postgres")
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from psycopg import sql
 
 from dbops.core.locks import job_lock
 from dbops.operators.alerting import AlertDeliveryOperator, AlertEvaluationOperator
-from scripts import devstack
+from scripts.stack.paths import PG_PORT, ROOT
+from scripts.stack.postgres import TEST_DATABASES, conn_uri, libpq_conninfo
 from tests.conftest import WebhookReceiver, _WebhookHandler, free_port, smtp_connection
 
 QUERIES = {
@@ -59,10 +60,10 @@ def alerting(scratch_db, tmp_path, monkeypatch, pg_server, smtp_server, webhook_
     """``configure(rules_yaml, **alerts)`` makes a target with that pack; returns the target's handle."""
     database = scratch_db()
     name = f"al_{database[-12:]}"
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         conn.execute("CREATE TABLE knobs (name text PRIMARY KEY, value float); INSERT INTO knobs VALUES ('load', 0);"
                      "CREATE TABLE counters (value bigint); INSERT INTO counters VALUES (0)")
-    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{name.upper()}", devstack.conn_uri(database))
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{name.upper()}", conn_uri(database))
     smtp_connection(monkeypatch, "smtp_alerts", smtp_server.port)
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps(
         {"conn_type": "slackwebhook", "password": f"{webhook_server.base_url}/services/T0/B0/alerts"}))
@@ -94,7 +95,7 @@ def alerting(scratch_db, tmp_path, monkeypatch, pg_server, smtp_server, webhook_
         return result
 
     def target_sql(statement: str) -> list:
-        with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
             cur = conn.execute(statement)
             return cur.fetchall() if cur.description else []
 
@@ -116,7 +117,7 @@ def context(run_id: str, run_type: str = "scheduled", age: timedelta = timedelta
 
 
 def ops() -> psycopg.Connection:
-    return psycopg.connect(devstack.libpq_conninfo(devstack.TEST_DATABASES["dbops"]), autocommit=True)
+    return psycopg.connect(libpq_conninfo(TEST_DATABASES["dbops"]), autocommit=True)
 
 
 def set_knob(handle, value: float) -> None:
@@ -251,8 +252,8 @@ def test_target_down_fires_holds_other_alerts_and_resolves(alerting, monkeypatch
     handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
     set_knob(handle, 20)
     assert handle.cycle()["notified"] == ["firing"]
-    running = devstack.conn_uri(handle.database)
-    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{handle.name.upper()}", running.replace(f":{devstack.PG_PORT}/",
+    running = conn_uri(handle.database)
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{handle.name.upper()}", running.replace(f":{PG_PORT}/",
                                                                                   f":{free_port()}/"))
     down = handle.cycle()
     assert down["target_up"] is False and down["notified"] == ["firing"]
@@ -306,7 +307,7 @@ def test_a_failing_alert_dag_notifies_once_per_incident(alerting, tmp_path, mail
         config["targets"][broken] = {"conn_id": f"pg_{handle.name}", "alerts": {"rules": [str(pack)],
                                                                               "notify": ["log", "email"]}}
         (tmp_path / "dbops.yaml").write_text(json.dumps(config))
-        return DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[f"db_alerts__{broken}"]
+        return DagBag(dag_folder=str(ROOT / "dags")).dags[f"db_alerts__{broken}"]
 
     def failure_mails() -> list[str]:
         return [html.unescape(m.get_body(preferencelist=("html",)).get_content()) for m in mailbox.messages
@@ -332,7 +333,7 @@ def test_dag_runs_both_tasks(alerting):
 
     handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
     set_knob(handle, 20)
-    run = DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[f"db_alerts__{handle.name}"].test()
+    run = DagBag(dag_folder=str(ROOT / "dags")).dags[f"db_alerts__{handle.name}"].test()
     assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
         "evaluate": "success", "deliver": "success", "any_task_failed": "skipped"}
     assert subjects(handle) == [f"[dbops] {handle.name}: 1 firing"]
@@ -353,8 +354,8 @@ def test_retried_evaluation_does_not_notify_twice(alerting):
 def test_ops_database_down_fails_the_task_as_transient(alerting, monkeypatch):
     """Alert state cannot be recorded: the task fails (and is retried), naming the ops database."""
     handle = alerting.configure(KNOB_RULE.format(for_="0s", repeat="1h"))
-    running = devstack.conn_uri(devstack.TEST_DATABASES["dbops"])
-    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_STATE", running.replace(f":{devstack.PG_PORT}/", f":{free_port()}/"))
+    running = conn_uri(TEST_DATABASES["dbops"])
+    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_STATE", running.replace(f":{PG_PORT}/", f":{free_port()}/"))
     with pytest.raises(AirflowException, match=r"ops database \(alert state\).*\(transient\)"):
         AlertEvaluationOperator(task_id="evaluate", target=handle.name).execute(context("ops_down"))
     monkeypatch.setenv("AIRFLOW_CONN_DBOPS_STATE", running)
@@ -473,7 +474,7 @@ def test_a_broken_rule_pack_fails_its_targets_evaluation_loudly_and_keeps_every_
     (tmp_path / "dbops.yaml").write_text(json.dumps(config))
     error = f"{broken_pack}: rule 'knob_odd': unknown operator '=>'"
 
-    bag = DagBag(dag_folder=str(devstack.ROOT / "dags"))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert {f"db_alerts__{handle.name}", f"db_alerts__{broken}"} <= set(bag.dag_ids)
     assert not [path for path in bag.import_errors if path.endswith("db_alerts.py")]
     assert any(r.levelname == "ERROR" and error in r.getMessage() for r in caplog.records), "logged at parse time"

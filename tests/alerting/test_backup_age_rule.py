@@ -10,7 +10,7 @@ import pytest
 
 from dbops.alerting.evaluate import evaluate
 from dbops.alerting.rules import load_pack
-from scripts import devstack
+from scripts.stack.postgres import libpq_conninfo
 
 RULES = {r.name: r for r in load_pack("postgres_default") if r.query == "backup_age"}
 
@@ -19,7 +19,7 @@ RULES = {r.name: r for r in load_pack("postgres_default") if r.query == "backup_
 def ops_target(pg_server):
     """A target name of its own in the test ops database, and a writer; its rows are deleted at the end."""
     target = f"age_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test"), autocommit=True) as writer:
+    with psycopg.connect(libpq_conninfo("dbops_test"), autocommit=True) as writer:
         yield target, writer
         writer.execute("DELETE FROM dbops.backups WHERE target = %s", (target,))
 
@@ -36,7 +36,7 @@ def add_verified_backup(writer: psycopg.Connection, target: str, taken_at: datet
 
 def evaluated(target: str) -> dict[str, tuple[dict[str, str], float, bool, str]]:
     """Rule name -> (labels, value, breaching, rendered summary)."""
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test")) as conn:
+    with psycopg.connect(libpq_conninfo("dbops_test")) as conn:
         result = evaluate(conn, list(RULES.values()), params={"target": target})
     assert result.errors == []
     return {s.rule: (s.labels, s.value, s.breaching, RULES[s.rule].render(s.value, s.labels)) for s in result.samples}

@@ -7,7 +7,7 @@ import pytest
 
 from dbops.alerting.evaluate import evaluate
 from dbops.alerting.rules import Rule
-from scripts import devstack
+from scripts.stack.postgres import libpq_conninfo
 
 
 VALUES = {"numeric": "2.5::numeric", "bigint": "7::bigint", "real": "0.5::real", "boolean": "true",
@@ -22,7 +22,7 @@ def rule(queries, name: str, op: str = ">", threshold: float = 0) -> Rule:
 @pytest.fixture
 def database(scratch_db):
     name = scratch_db()
-    with psycopg.connect(devstack.libpq_conninfo(name)) as conn:
+    with psycopg.connect(libpq_conninfo(name)) as conn:
         conn.execute("CREATE TABLE users (id int PRIMARY KEY, name text); "
                      "INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 10) g")
     return name
@@ -49,7 +49,7 @@ def queries(tmp_path):
 
 def test_errors_and_timeouts_are_isolated_and_writes_are_refused(database, queries):
     rules = [rule(queries, name) for name in ("writes", "broken", "sleeps", "no_value")] + [rule(queries, "good", ">", 5)]
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         result = evaluate(conn, rules, statement_timeout_ms=300)
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 10
     by_rule = {e.rule: e for e in result.errors}
@@ -61,7 +61,7 @@ def test_errors_and_timeouts_are_isolated_and_writes_are_refused(database, queri
 
 
 def test_each_row_is_an_alert_with_its_labels(database, queries):
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         result = evaluate(conn, [rule(queries, "per_row", ">=", 10)])
     assert result.errors == []
     assert [(s.labels, s.value, s.breaching) for s in result.samples] == [
@@ -71,7 +71,7 @@ def test_each_row_is_an_alert_with_its_labels(database, queries):
 def test_a_value_that_is_no_number_fails_its_rule_only(database, queries):
     """Text, a timestamp or two columns of one name are errors of that rule, naming the type; the others run."""
     bad = ["text", "numeric_text", "timestamp", "two_values", "two_labels"]
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         result = evaluate(conn, [rule(queries, name) for name in bad] + [rule(queries, "good", ">", 5)])
     messages = {e.rule: e.message for e in result.errors}
     assert messages == {
@@ -92,7 +92,7 @@ def test_a_value_that_is_no_number_fails_its_rule_only(database, queries):
 
 def test_numbers_booleans_and_intervals_are_values(database, queries):
     """Any numeric type, a boolean as 0/1 and an interval in seconds."""
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         result = evaluate(conn, [rule(queries, name) for name in VALUES])
     assert result.errors == []
     assert {s.rule: s.value for s in result.samples} == {"numeric": 2.5, "bigint": 7.0, "real": 0.5, "boolean": 1.0,

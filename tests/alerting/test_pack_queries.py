@@ -20,7 +20,7 @@ from psycopg import sql
 
 from dbops.alerting.evaluate import Evaluation, evaluate
 from dbops.alerting.rules import Rule, load_pack
-from scripts import devstack
+from scripts.stack.postgres import libpq_conninfo
 
 PACK = load_pack("postgres_default")
 TARGET_RULES = [r for r in PACK if r.database == "target"]
@@ -44,7 +44,7 @@ def rules_of(query: str) -> list[Rule]:
 
 def run(database: str, rules: list[Rule], **kwargs) -> Evaluation:
     """Evaluate ``rules`` on ``database`` in a fresh connection, as the DAG does; no rule may fail."""
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         result = evaluate(conn, rules, **kwargs)
     assert result.errors == []
     return result
@@ -88,7 +88,7 @@ def connect(database):
     conns: list[psycopg.Connection] = []
 
     def make(autocommit: bool = True) -> psycopg.Connection:
-        conns.append(psycopg.connect(devstack.libpq_conninfo(database), autocommit=autocommit))
+        conns.append(psycopg.connect(libpq_conninfo(database), autocommit=autocommit))
         return conns[-1]
 
     yield make
@@ -97,14 +97,14 @@ def connect(database):
 
 
 def pg_stat_statements_preloaded() -> bool:
-    with psycopg.connect(devstack.libpq_conninfo("postgres")) as conn:
+    with psycopg.connect(libpq_conninfo("postgres")) as conn:
         available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone()
         preloaded = "pg_stat_statements" in conn.execute("SHOW shared_preload_libraries").fetchone()[0]
     return bool(available) and preloaded
 
 
 def walsenders() -> int:
-    with psycopg.connect(devstack.libpq_conninfo("postgres")) as conn:
+    with psycopg.connect(libpq_conninfo("postgres")) as conn:
         return conn.execute("SELECT count(*) FROM pg_stat_replication WHERE state <> 'backup'").fetchone()[0]
 
 
@@ -240,7 +240,7 @@ def test_a_large_table_with_most_rows_deleted_is_bloated(database, connect):
 def min_stats_age(database: str, age: str | None) -> None:
     """Set (None: reset to the default) the unused-index rules' minimum statistics age of ``database``."""
     setting = sql.Identifier("dbops", "unused_indexes_min_stats_age")
-    with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
         if age is None:
             conn.execute(sql.SQL("ALTER DATABASE {} RESET {}").format(sql.Identifier(database), setting))
         else:
@@ -312,7 +312,7 @@ def test_health_score_drops_with_dead_tuples_and_rollbacks(database, connect):
 def ops_target(pg_server):
     """A target name of its own in the test ops database, and a writer; its rows are deleted at the end."""
     target = f"t_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test"), autocommit=True) as writer:
+    with psycopg.connect(libpq_conninfo("dbops_test"), autocommit=True) as writer:
         yield target, writer
         for table in ("recovery_tests", "backups", "maintenance_log"):
             writer.execute(sql.SQL("DELETE FROM dbops.{} WHERE target = %s").format(sql.Identifier(table)), (target,))

@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.operators.alerting import AlertSilenceOperator
-from scripts import devstack
+from scripts.stack.paths import ROOT
 
 
 def silences(comment: str) -> list[tuple]:
@@ -35,7 +35,7 @@ def test_silence_is_added_listed_and_ended(pg_server, capsys):
     comment = f"test: reindex of orders tonight ({uuid.uuid4().hex[:8]})"
     params = {"target": "appdb", "rule": "long_running_queries_.*", "labels": {"datname": "appdb"},
               "duration": "90min", "comment": comment}
-    dag = DagBag(dag_folder=str(devstack.ROOT / "dags")).dags["db_alert_silence"]
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["db_alert_silence"]
     assert dag.test(run_conf=params).state == "success"
     ((silence_id, target, matchers, active, length, who),) = silences(comment)
     assert (target, matchers, active) == ("appdb", {"alertname": "long_running_queries_.*", "datname": "appdb"},

@@ -22,7 +22,8 @@ from dbops.operators.backup import (
     ScratchDatabaseOperator,
     VerifyBackupOperator,
 )
-from scripts import devstack
+from scripts.stack.paths import ROOT
+from scripts.stack.postgres import conn_uri, libpq_conninfo
 
 NAME = "set by the target fixture"
 DAY = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
@@ -60,9 +61,9 @@ def target(scratch_db, tmp_path, monkeypatch, pg_server):
     global NAME
     database = scratch_db()
     NAME = f"bk_{database[-12:]}"
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         conn.execute(SCHEMA)
-    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", devstack.conn_uri(database))
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", conn_uri(database))
     config_path = tmp_path / "dbops.yaml"
     config_path.write_text(f"""
 ops_conn_id: dbops_state
@@ -124,7 +125,7 @@ def retention(ctx=None) -> dict:
 def dag(dag_id: str):
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[dag_id]
+    return DagBag(dag_folder=str(ROOT / "dags")).dags[dag_id]
 
 
 def raised(call) -> BaseException | None:

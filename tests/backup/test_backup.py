@@ -22,7 +22,8 @@ from dbops.core.config import load_config
 from dbops.core.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from dbops.hooks.store import get_store
 from dbops.operators.backup import DUMP_FILE, RestoreBackupOperator, TenantExportOperator
-from scripts import devstack
+from scripts.stack.credentials import pg_password
+from scripts.stack.postgres import conn_uri, libpq_conninfo
 from tests.backup import conftest as cf
 from tests.backup.conftest import (
     DAY, age_backup, backup, catalog_row, context, dag, full_backups, on_time, ops, raised, retention, store, verify,
@@ -33,7 +34,7 @@ from tests.conftest import free_port, smtp_connection, start_moto
 def test_counts_in_the_manifest_match_the_snapshot_and_the_restore(target):
     result = backup()
     manifest = Manifest.from_json(store().read_bytes(f"{result['backup_id']}/{MANIFEST_NAME}"))
-    with psycopg.connect(devstack.libpq_conninfo(target.database)) as conn:
+    with psycopg.connect(libpq_conninfo(target.database)) as conn:
         expected = {f"public.{t}": conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                     for t in ("customers", "orders", "events_2026_10", "events_2026_11")}
     assert manifest.tables == expected and expected["public.orders"] == 30000 - 30000 // 7
@@ -53,7 +54,7 @@ def test_writes_during_the_dump_do_not_change_what_is_counted(target):
     stop = threading.Event()
 
     def write_continuously():
-        with psycopg.connect(devstack.libpq_conninfo(target.database), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo(target.database), autocommit=True) as conn:
             n = 100_000
             while not stop.is_set():
                 conn.execute("INSERT INTO orders VALUES (%s, 1, 1, now())", (n,))
@@ -117,7 +118,7 @@ def test_backup_is_named_by_its_snapshot_time_and_catalogs_its_provenance(target
 
 
 def _terminate_pg_dump_when_it_waits(database: str, found: list) -> None:
-    with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not found:
             rows = conn.execute(
@@ -131,7 +132,7 @@ def _terminate_pg_dump_when_it_waits(database: str, found: list) -> None:
 
 def test_target_dies_mid_dump_then_the_retry_completes(target):
     """pg_dump's server process is terminated mid-dump (as in a crash or restart): retry, no manifest."""
-    blocker = psycopg.connect(devstack.libpq_conninfo(target.database))
+    blocker = psycopg.connect(libpq_conninfo(target.database))
     blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # holds pg_dump at the start of its work
     found: list = []
     killer = threading.Thread(target=_terminate_pg_dump_when_it_waits, args=(target.database, found))
@@ -152,7 +153,7 @@ def test_target_dies_mid_dump_then_the_retry_completes(target):
 
 
 def test_lock_held_past_the_timeout_fails_as_transient(target):
-    blocker = psycopg.connect(devstack.libpq_conninfo(target.database))
+    blocker = psycopg.connect(libpq_conninfo(target.database))
     blocker.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
     try:
         with pytest.raises(AirflowException, match="lock timeout|statement timeout.*LOCK TABLE") as info:
@@ -184,7 +185,7 @@ def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch
         return server
 
     moto = s3_server()
-    blocker = psycopg.connect(devstack.libpq_conninfo(target.database))
+    blocker = psycopg.connect(libpq_conninfo(target.database))
     blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here while S3 goes away
     outcome: list = []
     attempt = threading.Thread(target=lambda: outcome.append(raised(backup)))
@@ -214,7 +215,7 @@ def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch
 
 
 def _wait_for_pg_dump_lock_wait(database: str) -> None:
-    with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s AND application_name = 'dbops' "
@@ -289,7 +290,7 @@ def test_retention_runs_one_at_a_time_per_target(target):
 
 def _wait_for_ops_lock_wait(statement: str) -> None:
     """Until a backend of the test ops database waits for a lock in ``statement``."""
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("dbops_test"), autocommit=True) as conn:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = 'dbops_test' AND wait_event_type = 'Lock' "
@@ -309,7 +310,7 @@ def test_verification_never_rewrites_the_manifest_of_a_backup_being_deleted(targ
     made = backup()
     backup_id = made["backup_id"]
     manifest = Manifest.from_json(store().read_bytes(f"{backup_id}/{MANIFEST_NAME}"))
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test")) as deleter:
+    with psycopg.connect(libpq_conninfo("dbops_test")) as deleter:
         deleter.execute("SELECT 1 FROM dbops.backups WHERE backup_id = %s FOR UPDATE", (backup_id,))
         outcome: list = []
         verifying = threading.Thread(target=lambda: outcome.append(raised(lambda: verify(backup_id))))
@@ -340,7 +341,7 @@ def test_retention_waits_for_a_manifest_being_rewritten(target):
     newer = backup(on_time("newer"))
     verify(newer["backup_id"], run_id="newer")
     target.config_path.write_text(target.config_path.read_text().replace("daily: 2", "daily: 0"))
-    with psycopg.connect(devstack.libpq_conninfo("dbops_test")) as verifier:
+    with psycopg.connect(libpq_conninfo("dbops_test")) as verifier:
         verifier.execute("SELECT 1 FROM dbops.backups WHERE backup_id = %s FOR SHARE", (older["backup_id"],))
         outcome: list = []
         deleting = threading.Thread(target=lambda: outcome.append(retention()))
@@ -375,16 +376,16 @@ def test_manifest_is_never_written_when_a_file_is_missing_or_short(target):
 
 def test_permission_denied_fails_at_once_with_what_to_fix(target, monkeypatch):
     role = f"reader_{target.database[-8:]}"
-    with psycopg.connect(devstack.libpq_conninfo(target.database), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(target.database), autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader-secret-1'")
         conn.execute(f"GRANT SELECT ON customers, orders TO {role}")  # not events
     try:
-        monkeypatch.setenv(f"AIRFLOW_CONN_PG_{cf.NAME.upper()}", devstack.conn_uri(target.database).replace(
-            f"postgres:{devstack.pg_password()}", f"{role}:reader-secret-1"))
+        monkeypatch.setenv(f"AIRFLOW_CONN_PG_{cf.NAME.upper()}", conn_uri(target.database).replace(
+            f"postgres:{pg_password()}", f"{role}:reader-secret-1"))
         with pytest.raises(AirflowFailException, match="permission denied.*pg_read_all_data"):
             backup()
     finally:
-        with psycopg.connect(devstack.libpq_conninfo(target.database), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo(target.database), autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
 
@@ -401,17 +402,17 @@ def test_restore_on_demand_into_a_new_database(target, scratch_db):
     try:
         result = restore(fresh)
         assert result["backup_id"] == made["backup_id"]
-        with psycopg.connect(devstack.libpq_conninfo(fresh)) as conn:
+        with psycopg.connect(libpq_conninfo(fresh)) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 30000 - 30000 // 7
         with pytest.raises(AirflowFailException, match="exists; choose a new name or set overwrite"):
             restore(fresh)
-        with psycopg.connect(devstack.libpq_conninfo(fresh), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo(fresh), autocommit=True) as conn:
             conn.execute("DELETE FROM orders")
         restore(fresh, backup_id=made["backup_id"], overwrite=True)
-        with psycopg.connect(devstack.libpq_conninfo(fresh)) as conn:
+        with psycopg.connect(libpq_conninfo(fresh)) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 30000 - 30000 // 7
     finally:
-        with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+        with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
 
 
@@ -421,7 +422,7 @@ def test_restore_refuses_the_targets_own_database_and_bad_names(target):
         restore(target.database, backup_id="latest", overwrite=True)
     with pytest.raises(AirflowFailException, match="1 to 63 bytes"):
         restore("x" * 64, backup_id="latest")
-    with psycopg.connect(devstack.libpq_conninfo(target.database)) as conn:
+    with psycopg.connect(libpq_conninfo(target.database)) as conn:
         assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 2000
 
 
@@ -432,7 +433,7 @@ def test_restore_of_a_corrupted_backup_verifies_checksums_first(target):
     fresh = f"{target.database}_bad"
     with pytest.raises(AirflowFailException, match="stored size .* differs"):
         restore(fresh, backup_id="latest")
-    with psycopg.connect(devstack.libpq_conninfo("postgres")) as conn:
+    with psycopg.connect(libpq_conninfo("postgres")) as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (fresh,)).fetchone()[0] == 0
 
 
@@ -544,7 +545,7 @@ def test_too_little_staging_space_fails_before_dumping(target, monkeypatch):
 
 @pytest.fixture
 def tenant_target(target):
-    with psycopg.connect(devstack.libpq_conninfo(target.database)) as conn:
+    with psycopg.connect(libpq_conninfo(target.database)) as conn:
         conn.execute("""
             CREATE TABLE invoices (id int PRIMARY KEY, tenant_id int NOT NULL, amount numeric, note text);
             CREATE TABLE audit (id bigint, tenant_id int NOT NULL, action text);

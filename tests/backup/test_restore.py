@@ -21,7 +21,7 @@ from psycopg import sql
 
 from dbops.core.manifest import MANIFEST_NAME, Manifest
 from dbops.operators.backup import DUMP_FILE, RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
-from scripts import devstack
+from scripts.stack.postgres import conn_uri, libpq_conninfo
 from tests.backup import conftest as bk
 from tests.backup.conftest import backup, catalog_row, context, ops, store, verify
 
@@ -34,12 +34,12 @@ def restore(database: str, backup_id: str = "latest-verified", overwrite: bool =
 
 
 def run_sql(database: str, statements: str) -> None:
-    with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
         conn.execute(statements)
 
 
 def query(database: str, statement: str, params: tuple = ()) -> list[tuple]:
-    with psycopg.connect(devstack.libpq_conninfo(database)) as conn:
+    with psycopg.connect(libpq_conninfo(database)) as conn:
         return conn.execute(statement, params).fetchall()
 
 
@@ -49,7 +49,7 @@ def databases_like(pattern: str) -> list[str]:
 
 
 def drop_databases(*names: str) -> None:
-    with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
         for name in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -155,7 +155,7 @@ INSERT INTO slow SELECT generate_series(1, 30);
 
 def _terminate_restore_when_sleeping(found: list) -> None:
     """Terminate the pg_restore backend that loads the slow table (as a lost connection would)."""
-    with psycopg.connect(devstack.libpq_conninfo("postgres"), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not found:
             for (pid,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname LIKE 'dbops\\_verify\\_%' "
@@ -288,7 +288,7 @@ def test_overwrite_whose_check_fails_leaves_the_existing_database_intact(target)
     """The archive is sound but the restored rows do not match the manifest: the swap never happens."""
     backup_id, fresh = _replaceable_restore(target)
     try:
-        session = psycopg.connect(devstack.libpq_conninfo(fresh))  # an application's session on the old database
+        session = psycopg.connect(libpq_conninfo(fresh))  # an application's session on the old database
         rewrite_manifest(backup_id, lambda raw: raw["tables"].update({"public.customers": 1}))
         with pytest.raises(AirflowFailException, match=f"FAILED: restore of .* into {fresh}; {fresh} is unchanged .*row_counts"):
             restore(fresh, backup_id=backup_id, overwrite=True)
@@ -302,7 +302,7 @@ def test_overwrite_whose_check_fails_leaves_the_existing_database_intact(target)
 def test_overwrite_swaps_only_after_the_check_and_drops_the_old_database(target):
     backup_id, fresh = _replaceable_restore(target)
     try:
-        session = psycopg.connect(devstack.libpq_conninfo(fresh), autocommit=True)
+        session = psycopg.connect(libpq_conninfo(fresh), autocommit=True)
         result = restore(fresh, backup_id=backup_id, overwrite=True)
         assert result["replaced"] is True
         assert query(fresh, "SELECT count(*) FROM customers") == [(2000,)]
@@ -354,7 +354,7 @@ def test_temporary_database_of_an_interrupted_restore_is_dropped_a_foreign_one_r
 def two_targets(target, monkeypatch):
     """The test target with a verification server (the `postgres` database) and the demo `appdb` as a second
     configured target."""
-    monkeypatch.setenv("AIRFLOW_CONN_PG_VERIFY", devstack.conn_uri("postgres"))
+    monkeypatch.setenv("AIRFLOW_CONN_PG_VERIFY", conn_uri("postgres"))
     target.config_path.write_text(target.config_path.read_text().replace(
         "lock_wait_timeout: 2s}", "lock_wait_timeout: 2s, verify_conn_id: pg_verify}")
         + "  demo:\n    conn_id: pg_appdb\n")

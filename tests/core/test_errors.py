@@ -11,7 +11,8 @@ from psycopg import sql
 
 from dbops.core.errors import dump_permission_fix
 from dbops.hooks.tools import find_tool, libpq_environment
-from scripts import devstack
+from scripts.stack.paths import PG_HOST, PG_PORT
+from scripts.stack.postgres import libpq_conninfo
 
 
 @pytest.fixture
@@ -19,25 +20,25 @@ def reader(scratch_db):
     """A database with a table and a large object owned by the superuser, and a login role for pg_dump."""
     database = scratch_db()
     role, password = f"reader_{uuid.uuid4().hex[:8]}", "reader-Pa55-1"
-    with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
         conn.execute("CREATE TABLE accounts (id int PRIMARY KEY)")
         oid = conn.execute("SELECT lo_from_bytea(0, 'scan of a contract')").fetchone()[0]
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
     yield database, role, password, oid
-    with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def dump_as(database: str, role: str, password: str) -> subprocess.CompletedProcess:
     pg_dump = find_tool("pg_dump", 180000).path
-    with libpq_environment(devstack.PG_HOST, devstack.PG_PORT, role, database, password) as env:
+    with libpq_environment(PG_HOST, PG_PORT, role, database, password) as env:
         return subprocess.run([pg_dump, "-Fc", "--no-sync", "-f", "/dev/null"], env=env, capture_output=True, text=True,
                               timeout=120)
 
 
 def grant(database: str, statement: str, *identifiers: str) -> None:
-    with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
         conn.execute(sql.SQL(statement).format(*map(sql.Identifier, identifiers)))
 
 

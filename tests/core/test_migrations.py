@@ -8,12 +8,12 @@ import psycopg
 import pytest
 
 from dbops.core.migrations import MIGRATIONS_DIR, MigrationError, apply_migrations, discover, pending
-from scripts import devstack
+from scripts.stack.postgres import libpq_conninfo
 
 
 @pytest.fixture
 def ops_db(scratch_db):
-    with psycopg.connect(devstack.libpq_conninfo(scratch_db())) as conn:
+    with psycopg.connect(libpq_conninfo(scratch_db())) as conn:
         yield conn
 
 

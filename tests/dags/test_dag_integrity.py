@@ -113,7 +113,7 @@ def test_committed_pools_file_matches_the_config():
     import json
 
     from dbops.core.config import load_config
-    from scripts.devstack import POOLS_FILE
+    from scripts.stack.paths import POOLS_FILE
 
     assert json.loads(POOLS_FILE.read_text()) == load_config().pools(), (
         "include/config/pools.json is stale: run `python scripts/devstack.py pools` and commit it")

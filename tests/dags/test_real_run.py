@@ -6,68 +6,14 @@ task log and in no process's argv while pg_dump runs.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import psutil
-import pytest
 
-from scripts import devstack
-from tests.conftest import free_port, wait_for_port
+from scripts.stack.credentials import pg_password
 
 DAG_ID = "pg_backup__appdb"
-
-
-@pytest.fixture
-def airflow_services(pg_server, tmp_path):
-    """api-server, scheduler and dag-processor on the test databases; task logs in tmp_path."""
-    port = free_port()
-    config = devstack.ROOT / "include" / "config" / "dbops.yaml"
-    text = config.read_text().replace("url: var/backups", f"url: {tmp_path / 'backups'}").replace(
-        "staging_dir: var/staging", f"staging_dir: {tmp_path / 'staging'}")
-    (tmp_path / "dbops.yaml").write_text(text)
-    env = {**os.environ, **devstack.airflow_env(test=True),
-           "DBOPS_CONFIG": str(tmp_path / "dbops.yaml"),
-           "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp_path / "logs"),
-           "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-           "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"}
-    airflow = str(Path(sys.executable).parent / "airflow")
-    commands = [[airflow, "api-server", "--host", "127.0.0.1", "--port", str(port)], [airflow, "scheduler"],
-                [airflow, "dag-processor"]]
-    procs = [subprocess.Popen(cmd, env=env, stdout=open(tmp_path / f"{cmd[1]}.out", "wb"), stderr=subprocess.STDOUT,
-                              start_new_session=True) for cmd in commands]
-    try:
-        wait_for_port(port, timeout=120)
-        yield f"http://localhost:{port}", tmp_path
-    finally:
-        devstack.stop_processes(procs)
-
-
-def api(base: str, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
-    request = urllib.request.Request(f"{base}{path}", method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json",
-                                              **({"Authorization": f"Bearer {token}"} if token else {})})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"{}")
-
-
-def wait_for_dag(base: str, token: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            api(base, "GET", f"/api/v2/dags/{DAG_ID}", token)
-            return
-        except urllib.error.HTTPError:
-            time.sleep(2)
-    raise TimeoutError(f"{DAG_ID} was not parsed in time")
 
 
 def watch_argv(secret: str, seen: list, stop: threading.Event) -> None:
@@ -83,30 +29,28 @@ def watch_argv(secret: str, seen: list, stop: threading.Event) -> None:
 
 
 def test_scheduled_backup_keeps_the_password_out_of_logs_and_argv(airflow_services):
-    base, tmp = airflow_services
-    password = devstack.pg_password()
-    token = api(base, "POST", "/auth/token",
-                body={"username": devstack.AIRFLOW_USER, "password": devstack._secret("airflow_admin_password")}
-                )["access_token"]
-    wait_for_dag(base, token)
-    api(base, "PATCH", f"/api/v2/dags/{DAG_ID}", token, {"is_paused": False})
+    services = airflow_services
+    password = pg_password()
+    services.wait_for_dag(DAG_ID)
+    services.set_paused(DAG_ID, False)
     seen: list = []
     stop = threading.Event()
     watcher = threading.Thread(target=watch_argv, args=(password, seen, stop), daemon=True)
     watcher.start()
-    run_id = api(base, "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", token, {"logical_date": None})["dag_run_id"]
+    run_id = services.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None})["dag_run_id"]
     deadline = time.monotonic() + 300
     state = "queued"
     while time.monotonic() < deadline and state not in ("success", "failed"):
         time.sleep(3)
-        state = api(base, "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", token)["state"]
+        state = services.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
     stop.set()
     watcher.join()
-    api(base, "PATCH", f"/api/v2/dags/{DAG_ID}", token, {"is_paused": True})
+    services.set_paused(DAG_ID, True)
     assert state == "success"
     assert any(kind == "pg_dump" for kind, _ in seen), "pg_dump was never sampled while it ran"
     assert not [cmd for kind, cmd in seen if kind == "LEAK"]
-    logs = [p for p in (tmp / "logs").rglob("*") if p.is_file()]
-    text = "\n".join(p.read_text(errors="replace") for p in logs)
-    assert "verified OK" in text and "dump_and_store" in str(logs), "the task logs were not found"
-    assert password not in text
+    logs = [p for p in services.logs.rglob("*") if p.is_file()]
+    run_logs = [p for p in logs if f"run_id={run_id}" in str(p)]
+    assert "verified OK" in "\n".join(p.read_text(errors="replace") for p in run_logs), "the run's logs were not found"
+    assert "dump_and_store" in str(run_logs)
+    assert not [p for p in logs if password in p.read_text(errors="replace")]

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from scripts import devstack
+from scripts.stack.paths import ROOT
+from scripts.stack.postgres import conn_uri
 
 TARGET = "gone"
 DAY = datetime(2026, 11, 20, 4, 0, tzinfo=timezone.utc)
@@ -37,8 +38,8 @@ targets:
 """)
     patch = pytest.MonkeyPatch()
     patch.setenv("DBOPS_CONFIG", str(config))
-    patch.setenv("AIRFLOW_CONN_PG_GONE", devstack.conn_uri("dbops_no_such_database"))
-    yield DagBag(dag_folder=str(devstack.ROOT / "dags")).dags
+    patch.setenv("AIRFLOW_CONN_PG_GONE", conn_uri("dbops_no_such_database"))
+    yield DagBag(dag_folder=str(ROOT / "dags")).dags
     patch.undo()
 
 

@@ -16,7 +16,8 @@ import pytest
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.postgres import DbopsPostgresHook
 from dbops.hooks.tools import ToolVersionError, candidates, embedded_bin_dir, find_tool, tool_version
-from scripts import devstack
+from scripts.stack.credentials import pg_password
+from scripts.stack.paths import PG_HOST, PG_PORT
 
 DEBIAN_15_BIN = "/usr/lib/postgresql/15/bin"
 
@@ -71,7 +72,7 @@ def process_text(pid: int) -> str:
 
 
 def test_cli_environment_keeps_the_password_out_of_argv_and_env(hook):
-    password = devstack.pg_password()
+    password = pg_password()
     psql = find_tool("psql", hook.server_version_num()).path
     with hook.cli_environment() as env:
         passfile = env["PGPASSFILE"]
@@ -98,7 +99,7 @@ with DbopsPostgresHook(postgres_conn_id="pg_appdb").cli_environment() as env:
 
 def test_password_file_does_not_outlive_a_process_killed_by_sigkill(hook):
     """A worker killed with kill -9 while a tool runs leaves no file with the password behind."""
-    password = devstack.pg_password()
+    password = pg_password()
     psql = find_tool("psql", hook.server_version_num()).path
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "dbops-pgpass-*")))
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True,
@@ -124,8 +125,8 @@ def test_password_file_does_not_outlive_a_process_killed_by_sigkill(hook):
 
 def ssl_connection(monkeypatch, **extra) -> DbopsPostgresHook:
     monkeypatch.setenv("AIRFLOW_CONN_PG_SSL_TEST", json.dumps({
-        "conn_type": "postgres", "host": devstack.PG_HOST, "port": devstack.PG_PORT, "login": "postgres",
-        "password": devstack.pg_password(), "schema": "appdb", "extra": extra}))
+        "conn_type": "postgres", "host": PG_HOST, "port": PG_PORT, "login": "postgres",
+        "password": pg_password(), "schema": "appdb", "extra": extra}))
     return DbopsPostgresHook(postgres_conn_id="pg_ssl_test")
 
 

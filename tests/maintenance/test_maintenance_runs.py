@@ -27,7 +27,8 @@ from dbops.operators.maintenance import (
     MaintenancePlanOperator,
     MaintenanceReportOperator,
 )
-from scripts import devstack
+from scripts.stack.paths import ROOT
+from scripts.stack.postgres import TEST_DATABASES, conn_uri, libpq_conninfo
 
 NAME = "set by the target fixture"
 DAY = datetime(2026, 11, 22, 1, 0, tzinfo=timezone.utc)
@@ -70,12 +71,12 @@ def target(scratch_db, tmp_path, monkeypatch, pg_server):
     global NAME
     database = scratch_db()
     NAME = f"mt_{database[-12:]}"
-    with psycopg.connect(devstack.libpq_conninfo(database), autocommit=True) as conn:
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
         conn.execute(SCHEMA)
         conn.execute("SELECT pg_stat_force_next_flush()")  # the load's counts land before ANALYZE resets them
         conn.execute("ANALYZE")
         conn.execute("SELECT pg_stat_force_next_flush()")
-    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", devstack.conn_uri(database))
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", conn_uri(database))
     config_path = tmp_path / "dbops.yaml"
     config_path.write_text(f"""
 ops_conn_id: dbops_state
@@ -87,7 +88,7 @@ targets:
                    lock_retry_delay: 1s, vacuum_min_dead: 100, analyze_min_mod: 100, long_transaction: 1h}}
 """)
     monkeypatch.setenv("DBOPS_CONFIG", str(config_path))
-    return SimpleNamespace(database=database, dsn=devstack.libpq_conninfo(database))
+    return SimpleNamespace(database=database, dsn=libpq_conninfo(database))
 
 
 def plan(ctx: dict | None = None, kind: str = "weekly") -> list[dict]:
@@ -447,7 +448,7 @@ def test_daily_vacuums_dead_tuples_and_analyzes_modified_tables(target):
 def dag(dag_id: str):
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(devstack.ROOT / "dags")).dags[dag_id]
+    return DagBag(dag_folder=str(ROOT / "dags")).dags[dag_id]
 
 
 def test_weekly_dag_run_reclaims_and_reports_and_a_dry_run_changes_nothing(target):
@@ -465,7 +466,7 @@ def test_weekly_dag_run_reclaims_and_reports_and_a_dry_run_changes_nothing(targe
     assert run.state == "success", states
     assert states[("maintain", "vacuum_full public.bloated")] == "success"
     assert size(target.dsn, "public", "bloated") < before * 0.5
-    with psycopg.connect(devstack.libpq_conninfo(devstack.TEST_DATABASES["dbops"])) as ops:
+    with psycopg.connect(libpq_conninfo(TEST_DATABASES["dbops"])) as ops:
         report = ops.execute("SELECT report FROM dbops.maintenance_runs WHERE target = %s AND kind = 'weekly' "
                              "AND logical_date = %s", (NAME, DAY)).fetchone()[0]
     assert report["totals"]["done"] == 2 and report["totals"]["reclaimed_bytes"] > 0
@@ -485,7 +486,7 @@ def test_maintenance_dags_map_one_task_per_object_in_the_targets_pool():
 
     from dbops.core.config import load_config, pool_name
 
-    bag = DagBag(dag_folder=str(devstack.ROOT / "dags" / "pg_maintenance.py"))
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "pg_maintenance.py"))
     assert bag.import_errors == {}
     for name, settings in load_config().targets.items():
         if settings.maintenance is None:

@@ -12,7 +12,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from dbops.core.config import DEFAULT_CONFIG_PATH
 from dbops.operators.preflight import PreflightOperator
-from scripts import devstack
+from scripts.stack.paths import ROOT
+from scripts.stack.postgres import TEST_DATABASES, libpq_conninfo
 
 CHECKS = ["connectivity", "server_version", "pg_dump", "pg_restore", "psql", "backup_store", "ops_migrations"]
 
@@ -41,14 +42,14 @@ def two_targets(tmp_path, monkeypatch, pg_server):
 
 
 def verdicts(run_id: str) -> dict[tuple[str, str], bool]:
-    with psycopg.connect(devstack.libpq_conninfo(devstack.TEST_DATABASES["dbops"])) as conn:
+    with psycopg.connect(libpq_conninfo(TEST_DATABASES["dbops"])) as conn:
         rows = conn.execute("SELECT target, check_name, ok FROM dbops.preflight_results WHERE run_id = %s",
                             (run_id,)).fetchall()
     return {(target, check): ok for target, check, ok in rows}
 
 
 def test_dead_target_fails_alone_and_everything_is_recorded(two_targets):
-    dag = DagBag(dag_folder=str(devstack.ROOT / "dags")).dags["dbops_preflight"]
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["dbops_preflight"]
     for task in dag.tasks:
         task.retries = 0
     run = dag.test()

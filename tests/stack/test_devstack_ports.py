@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from scripts import devstack
+from scripts.stack.paths import ROOT, port_taken
 
 
 def test_taken_airflow_port_stops_make_run_at_once_with_the_knob():
@@ -14,7 +14,7 @@ def test_taken_airflow_port_stops_make_run_at_once_with_the_knob():
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        result = subprocess.run([sys.executable, "scripts/devstack.py", "run"], cwd=devstack.ROOT, timeout=60,
+        result = subprocess.run([sys.executable, "scripts/devstack.py", "run"], cwd=ROOT, timeout=60,
                                 capture_output=True, text=True, env={"DBOPS_AIRFLOW_PORT": str(port),
                                                                      "PATH": "/usr/bin:/bin"})
     assert result.returncode != 0
@@ -27,4 +27,4 @@ def test_free_port_is_not_reported_taken():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert not devstack.port_taken(port)
+    assert not port_taken(port)

