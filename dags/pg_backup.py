@@ -45,7 +45,7 @@ for target, settings in config.targets.items():
         create = ScratchDatabaseOperator(task_id="create_scratch", target=target, execution_timeout=timedelta(minutes=5))
         verify = VerifyBackupOperator(
             task_id="verify_restore", target=target, pool=pool_name(target), execution_timeout=timedelta(hours=4),
-            backup_id="{{ ti.xcom_pull(task_ids='dump_and_store')['backup_id'] }}", retries=1)
+            backup_id="{{ ti.xcom_pull(task_ids='dump_and_store')['backup_id'] }}", reverify=False, retries=1)
         drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
                                        execution_timeout=timedelta(minutes=10))
         retention = BackupRetentionOperator(task_id="retention", target=target, pool=pool_name(target),

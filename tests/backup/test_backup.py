@@ -473,6 +473,39 @@ def test_run_for_a_past_period_reuses_a_newer_backup_or_takes_one_now(target):
     assert len(full_backups()) == 2
 
 
+def test_past_period_run_passes_over_a_catalogued_backup_gone_from_the_store(target, capsys):
+    """The store is the truth: a catalogued backup whose folder is gone is not reused, the next one is."""
+    import shutil
+
+    gone = backup(on_time("scheduled__first"))["backup_id"]
+    kept = backup(on_time("scheduled__second"))["backup_id"]
+    shutil.rmtree(target.tmp / "store" / gone)
+    reused = backup(context(DAY, run_id="backfill__late", run_type="backfill"))
+    assert reused["backup_id"] == kept and reused["covered_period"] == DAY.isoformat()
+    assert len(full_backups()) == 2, "nothing dumped"
+    assert f"the catalog lists backup {gone} as complete but" in capsys.readouterr().out
+
+
+def test_nightly_verification_does_not_restore_a_backup_verified_earlier(target):
+    """A backfill reusing last night's verified backup does not restore it again; on demand, it does."""
+    from dbops.operators.backup import VerifyBackupOperator
+
+    made = backup()["backup_id"]
+    with pytest.raises(AirflowException):  # never verified: reverify=False still restores (no scratch here)
+        VerifyBackupOperator(task_id="verify", target=cf.NAME, backup_id=made, reverify=False).execute(context())
+    verify(made)
+    tests_before = ops().get_first("SELECT count(*) FROM dbops.recovery_tests WHERE backup_id = %s",
+                                   parameters=(made,))[0]
+    result = VerifyBackupOperator(task_id="verify", target=cf.NAME, backup_id=made, reverify=False).execute(
+        context(run_id="backfill__reuse"))
+    assert result["verified"] is True and result["verified_earlier"] is True
+    assert ops().get_first("SELECT count(*) FROM dbops.recovery_tests WHERE backup_id = %s",
+                           parameters=(made,))[0] == tests_before, "no restore, no new recovery test"
+    assert verify(made, run_id="on_demand")["verified"] is True
+    assert ops().get_first("SELECT count(*) FROM dbops.recovery_tests WHERE backup_id = %s",
+                           parameters=(made,))[0] == tests_before + 1
+
+
 def test_failed_verification_notifies_by_email(target, monkeypatch, mailbox, smtp_server):
     """pg_verify_backup on a corrupted backup: the task fails at once and the notifier emails the DBA."""
     smtp_connection(monkeypatch, "smtp_bk", smtp_server.port)

@@ -111,19 +111,19 @@ def test_backfill_of_three_missed_nights_makes_one_backup_and_a_second_backfill_
     assert backup_id == f"{TARGET}/full/{taken_at.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
     assert (services.store / backup_id / "manifest.json").is_file()
     first = task_log(services, BACKUP_DAG, runs[0]["dag_run_id"], "dump_and_store")
-    assert "no backup was taken since; dumping now" in first and f"backup {backup_id} complete" in first
+    assert "no backup was taken since; dumping now" in first and "stored OK: backup " in first and backup_id in first
     for run, night in zip(runs[1:], nights[1:]):
         later = task_log(services, BACKUP_DAG, run["dag_run_id"], "dump_and_store")
-        assert f"run for the past period {night.isoformat()}: backup {backup_id}" in later
-        assert "nothing dumped" in later and "dumping now" not in later
+        assert f"complete, nothing dumped: run for the past period {night.isoformat()}; backup " in later
+        assert backup_id in later and "dumping now" not in later
 
     again = backfill(services, BACKUP_DAG, nights, "--reprocess-behavior", "completed")
 
     assert [(r["run_type"], r["state"]) for r in again] == [("backfill", "success")] * NIGHTS
     assert backups_since(started) == [(backup_id, run_id, taken_at, covers, run_type, "complete")]
     logs = [task_log(services, BACKUP_DAG, r["dag_run_id"], "dump_and_store") for r in again]
-    assert f"backup {backup_id} of this run is already complete" in logs[0]
-    assert all(f"backup {backup_id}" in log and "nothing dumped" in log for log in logs[1:])
+    assert "complete, nothing dumped: backup " in logs[0] and "of this run is already stored" in logs[0]
+    assert all(backup_id in log and "complete, nothing dumped" in log for log in logs)
     assert not [log for log in logs if "dumping now" in log]
 
 

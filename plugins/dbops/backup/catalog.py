@@ -96,10 +96,12 @@ def backup_of_run(conn: psycopg.Connection, target: str, run_id: str) -> Manifes
     return _manifest_where(conn, "run_id = %s ORDER BY taken_at DESC", (target, run_id))
 
 
-def backup_taken_since(conn: psycopg.Connection, target: str, since: datetime) -> Manifest | None:
-    """The first complete full backup, not failed verification, whose snapshot is at or after ``since``."""
-    return _manifest_where(conn, f"verified IS NOT FALSE AND {_TAKEN_AT} >= %s ORDER BY {_TAKEN_AT}",
-                           (target, since))
+def backups_taken_since(conn: psycopg.Connection, target: str, since: datetime) -> list[Manifest]:
+    """Complete full backups, not failed verification, whose snapshot is at or after ``since``, oldest first."""
+    rows = conn.execute(f"SELECT manifest FROM dbops.backups WHERE target = %s AND kind = 'full' "
+                        f"AND status = 'complete' AND verified IS NOT FALSE AND {_TAKEN_AT} >= %s "
+                        f"ORDER BY {_TAKEN_AT}", (target, since)).fetchall()
+    return [Manifest.from_json(json.dumps(row[0]).encode()) for row in rows]
 
 
 def _manifest_where(conn: psycopg.Connection, condition: str, parameters: tuple) -> Manifest | None:

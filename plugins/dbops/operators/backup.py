@@ -118,8 +118,15 @@ class PgBackupOperator(_BackupTargetOperator):
         if not is_past_period(policy.schedule, period, run_type_of(context), datetime.now(timezone.utc)):
             return None
         with ops.transaction() as conn:
-            newer = catalog.backup_taken_since(conn, self.target, period)
-        if newer is not None and read_manifest(store, newer.backup_id) is not None:
+            candidates = catalog.backups_taken_since(conn, self.target, period)
+        newer = None
+        for candidate in candidates:  # the store is the truth: a catalogued backup may be gone from it
+            if read_manifest(store, candidate.backup_id) is not None:
+                newer = candidate
+                break
+            self.log.warning("the catalog lists backup %s as complete but %s has no manifest for it: not using it",
+                             candidate.backup_id, store.describe())
+        if newer is not None:
             self.log.info("complete, nothing dumped: run for the past period %s; backup %s (snapshot %s) already "
                           "holds data at least that new", period.isoformat(), newer.location, newer.taken_at,
                           backup_id=newer.backup_id, bytes=newer.total_bytes)
@@ -246,14 +253,18 @@ class VerifyBackupOperator(_BackupTargetOperator):
         (``<target>/full/20261130T020000Z``), ``latest`` or ``latest-verified``.
     :param database: the scratch database (created beforehand, dropped by a teardown); default one per
         run (:func:`dbops.backup.verify.scratch_database_name`).
+    :param reverify: restore a backup that an earlier recovery test already verified OK again (the
+        nightly DAG sets False: a backfill reusing last night's backup does not restore it once more).
     """
 
     template_fields: Sequence[str] = ("target", "backup_id", "database")
 
-    def __init__(self, *, backup_id: str, database: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, backup_id: str, database: str | None = None, reverify: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backup_id = backup_id
         self.database = database
+        self.reverify = reverify
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
@@ -271,6 +282,13 @@ class VerifyBackupOperator(_BackupTargetOperator):
         self.database = self.database or scratch_database_name(self.target, context["run_id"])
         self.backup_id = resolve_backup_id(ops, self.target, self.backup_id)
         manifest = load_manifest(ops, store, self.target, self.backup_id)
+        earlier = manifest.verification or {}
+        if not self.reverify and earlier.get("ok"):
+            self.log.info("verified OK earlier: backup %s passed its recovery test of %s (run %s); not restoring it "
+                          "again (pg_verify_backup__%s re-verifies on demand)", manifest.location,
+                          earlier.get("started_at"), earlier.get("run_id"), self.target, backup_id=self.backup_id)
+            return {"backup_id": self.backup_id, "verified": True, "restore_seconds": earlier.get("restore_seconds"),
+                    "verified_earlier": True}
         started_at = datetime.now(timezone.utc)
         try:
             outcome = restore_and_check(config, policy, store, manifest, verification_server(config, self.target),
