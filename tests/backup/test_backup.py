@@ -557,10 +557,12 @@ def test_encryption_key_that_is_not_32_bytes_is_refused(target, monkeypatch):
     assert not store().list_keys(cf.NAME)
 
 
-def test_too_old_pg_dump_fails_at_once(target, monkeypatch):
-    """FAKE: the server reports version 99, because no server newer than our pg_dump runs here."""
-    monkeypatch.setattr("dbops.hooks.postgres.DbopsPostgresHook.server_version_num", lambda self: 990000)
-    with pytest.raises(AirflowFailException, match="pg_dump must be version 99 or newer"):
+def test_too_old_pg_dump_fails_at_once(target):
+    """The real server (18) and Debian's real pg_dump 15, pinned with tools.exclusive: permanent, nothing stored."""
+    target.config_path.write_text(target.config_path.read_text().replace(
+        "ops_conn_id: dbops_state\n",
+        "ops_conn_id: dbops_state\ntools: {bin_dir: /usr/lib/postgresql/15/bin, exclusive: true}\n"))
+    with pytest.raises(AirflowFailException, match=r"pg_dump must be version 18 or newer .*pg_dump is 15\."):
         backup()
     assert not store().list_keys(cf.NAME)
 

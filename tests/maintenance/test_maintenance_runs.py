@@ -101,7 +101,7 @@ def maintain(item: dict, try_number: int = 1, kind: str = "weekly", ctx: dict | 
 
 
 def log_rows(kind: str = "weekly", logical_date: datetime = DAY) -> list[dict]:
-    with OpsDatabaseHook(postgres_conn_id="dbops_state").get_conn() as conn:
+    with OpsDatabaseHook(postgres_conn_id="dbops_state").transaction() as conn:
         return log.attempts(conn, NAME, kind, logical_date)
 
 
@@ -193,7 +193,7 @@ def test_plan_action_and_report_lines_put_the_verdict_first_and_log_no_statement
 def test_report_of_a_failed_action_says_failed_first(target, capfd):
     xcom: dict = {}
     actions = plan(context(xcom=xcom))
-    with OpsDatabaseHook(postgres_conn_id="dbops_state").get_conn() as conn:
+    with OpsDatabaseHook(postgres_conn_id="dbops_state").transaction() as conn:
         entry = log.start(conn, NAME, "weekly", DAY, "test_run", 1, Action.from_dict(actions[0]))
         log.finish(conn, entry, "failed", error="the server said no")
     report = MaintenanceReportOperator(task_id="report", target=NAME, kind="weekly", plan_task_id="scan_and_plan")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from typing import Any
 
 import psycopg
 
@@ -20,10 +19,6 @@ class OpsDatabaseHook(DbopsPostgresHook):
     """
 
     hook_name = "dbops ops database"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("log_sql", False)  # manifests are long; the operators log one line per action
-        super().__init__(*args, **kwargs)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:

@@ -26,6 +26,7 @@ class DbopsPostgresHook(PostgresHook):
     hook_name = "dbops Postgres"
 
     def __init__(self, *args: Any, connect_timeout: float | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("log_sql", False)  # no per-statement lines: each task logs its own summary
         super().__init__(*args, **kwargs)
         self.connect_timeout = connect_timeout
 

@@ -1,8 +1,8 @@
 """The maintenance log in the ops database (include/sql/ops/004_maintenance_log.sql).
 
 Every attempt of an action, per target, kind (weekly/daily) and logical date, and each run's plan and
-report (``dbops.maintenance_runs``). Each function takes a psycopg connection to the ops database and
-commits its own transaction.
+report (``dbops.maintenance_runs``). Each function works in the transaction of the ops-database
+connection it is given (``OpsDatabaseHook.transaction()``).
 """
 
 from __future__ import annotations
@@ -23,40 +23,37 @@ ABANDONED = "abandoned: the attempt ended without recording an outcome (worker k
 def finished(conn: psycopg.Connection, target: str, kind: str, logical_date: datetime
              ) -> dict[tuple[str, str, str], dict[str, Any]]:
     """``(schema, name, action)`` → the finished row, for everything this logical date finished."""
-    with conn.transaction():
-        rows = conn.execute(
-            "SELECT schema_name, object_name, action, bytes_before, bytes_after, seconds FROM dbops.maintenance_log "
-            "WHERE target = %s AND kind = %s AND logical_date = %s AND status = 'done'",
-            (target, kind, logical_date)).fetchall()
+    rows = conn.execute(
+        "SELECT schema_name, object_name, action, bytes_before, bytes_after, seconds FROM dbops.maintenance_log "
+        "WHERE target = %s AND kind = %s AND logical_date = %s AND status = 'done'",
+        (target, kind, logical_date)).fetchall()
     return {(s, n, a): {"bytes_before": b, "bytes_after": f, "seconds": sec} for s, n, a, b, f, sec in rows}
 
 
 def start(conn: psycopg.Connection, target: str, kind: str, logical_date: datetime, run_id: str,
           try_number: int, action: Action) -> int:
     """Record an attempt as running (earlier attempts still 'running' were abandoned); return its id."""
-    with conn.transaction():
-        conn.execute(
-            "UPDATE dbops.maintenance_log SET status = 'failed', finished_at = now(), error = %s "
-            "WHERE target = %s AND kind = %s AND logical_date = %s AND schema_name = %s AND object_name = %s "
-            "AND action = %s AND status = 'running'",
-            (ABANDONED, target, kind, logical_date, action.schema_name, action.name, action.action))
-        row = conn.execute(
-            "INSERT INTO dbops.maintenance_log (target, kind, logical_date, run_id, try_number, object_kind, "
-            "schema_name, object_name, action, reason, status) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'running') RETURNING id",
-            (target, kind, logical_date, run_id, try_number, action.object_kind, action.schema_name,
-             action.name, action.action, action.reason)).fetchone()
+    conn.execute(
+        "UPDATE dbops.maintenance_log SET status = 'failed', finished_at = now(), error = %s "
+        "WHERE target = %s AND kind = %s AND logical_date = %s AND schema_name = %s AND object_name = %s "
+        "AND action = %s AND status = 'running'",
+        (ABANDONED, target, kind, logical_date, action.schema_name, action.name, action.action))
+    row = conn.execute(
+        "INSERT INTO dbops.maintenance_log (target, kind, logical_date, run_id, try_number, object_kind, "
+        "schema_name, object_name, action, reason, status) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'running') RETURNING id",
+        (target, kind, logical_date, run_id, try_number, action.object_kind, action.schema_name,
+         action.name, action.action, action.reason)).fetchone()
     return int(row[0])
 
 
 def finish(conn: psycopg.Connection, entry_id: int, status: str, bytes_before: int | None = None,
            bytes_after: int | None = None, seconds: float | None = None, error: str | None = None) -> None:
     """Record the outcome of the attempt ``entry_id``."""
-    with conn.transaction():
-        conn.execute(
-            "UPDATE dbops.maintenance_log SET status = %s, bytes_before = %s, bytes_after = %s, seconds = %s, "
-            "error = %s, finished_at = now() WHERE id = %s",
-            (status, bytes_before, bytes_after, seconds, error, entry_id))
+    conn.execute(
+        "UPDATE dbops.maintenance_log SET status = %s, bytes_before = %s, bytes_after = %s, seconds = %s, "
+        "error = %s, finished_at = now() WHERE id = %s",
+        (status, bytes_before, bytes_after, seconds, error, entry_id))
 
 
 def attempts(conn: psycopg.Connection, target: str, kind: str, logical_date: datetime) -> list[dict[str, Any]]:
@@ -72,22 +69,20 @@ def attempts(conn: psycopg.Connection, target: str, kind: str, logical_date: dat
 def record_plan(conn: psycopg.Connection, target: str, kind: str, logical_date: datetime, run_id: str,
                 dry_run: bool, plan: dict[str, Any]) -> None:
     """Store the run's plan (a rerun for the same logical date replaces it)."""
-    with conn.transaction():
-        conn.execute(
-            "INSERT INTO dbops.maintenance_runs (target, kind, logical_date, run_id, dry_run, plan) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (target, kind, logical_date) DO UPDATE SET "
-            "run_id = EXCLUDED.run_id, dry_run = EXCLUDED.dry_run, plan = EXCLUDED.plan, planned_at = now()",
-            (target, kind, logical_date, run_id, dry_run, Jsonb(plan, dumps=_dumps)))
+    conn.execute(
+        "INSERT INTO dbops.maintenance_runs (target, kind, logical_date, run_id, dry_run, plan) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (target, kind, logical_date) DO UPDATE SET "
+        "run_id = EXCLUDED.run_id, dry_run = EXCLUDED.dry_run, plan = EXCLUDED.plan, planned_at = now()",
+        (target, kind, logical_date, run_id, dry_run, Jsonb(plan, dumps=_dumps)))
 
 
 def record_report(conn: psycopg.Connection, target: str, kind: str, logical_date: datetime,
                   report: dict[str, Any]) -> None:
     """Store the run's report beside its plan."""
-    with conn.transaction():
-        conn.execute(
-            "UPDATE dbops.maintenance_runs SET report = %s, reported_at = now() "
-            "WHERE target = %s AND kind = %s AND logical_date = %s",
-            (Jsonb(report, dumps=_dumps), target, kind, logical_date))
+    conn.execute(
+        "UPDATE dbops.maintenance_runs SET report = %s, reported_at = now() "
+        "WHERE target = %s AND kind = %s AND logical_date = %s",
+        (Jsonb(report, dumps=_dumps), target, kind, logical_date))
 
 
 def _dumps(value: Any) -> str:

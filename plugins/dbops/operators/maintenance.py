@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
@@ -78,7 +77,7 @@ class MaintenancePlanOperator(_MaintenanceOperator):
         logical_date = run_date(context)
         dry_run = self.dry_run if self.dry_run is not None else bool(context.get("params", {}).get("dry_run"))
         try:
-            with closing(ops.get_conn()) as conn:
+            with ops.transaction() as conn:
                 done = log.finished(conn, self.target, self.kind, logical_date)
         except Exception as err:
             raise classify(err, "reading the maintenance log in the ops database failed") from err
@@ -98,7 +97,7 @@ class MaintenancePlanOperator(_MaintenanceOperator):
             self.log.warning("rewrites wait for: %s", blocker)
         result = plan_result(self.target, self.kind, logical_date, dry_run, measured, plan, policy)
         try:
-            with closing(ops.get_conn()) as conn:
+            with ops.transaction() as conn:
                 log.record_plan(conn, self.target, self.kind, logical_date, context["run_id"], dry_run, result)
         except Exception as err:
             raise classify(err, "recording the plan in the ops database failed") from err
@@ -143,7 +142,7 @@ class MaintenanceActionOperator(_MaintenanceOperator):
         logical_date = run_date(context)
         try_number = int(getattr(context["ti"], "try_number", 1) or 1)
         try:
-            with closing(ops.get_conn()) as conn:
+            with ops.transaction() as conn:
                 earlier = log.finished(conn, self.target, self.kind, logical_date).get(
                     (action.schema_name, action.name, action.action))
                 entry = None if earlier else log.start(conn, self.target, self.kind, logical_date,
@@ -225,7 +224,7 @@ class MaintenanceActionOperator(_MaintenanceOperator):
                 bytes_after: int | None = None, seconds: float | None = None, error: str | None = None) -> None:
         from dbops.maintenance import log
 
-        with closing(ops.get_conn()) as conn:
+        with ops.transaction() as conn:
             log.finish(conn, entry, status, bytes_before, bytes_after, seconds, error)
 
 
@@ -261,13 +260,13 @@ class MaintenanceReportOperator(_MaintenanceOperator):
             raise AirflowFailException(f"no plan for {self.target}: the {self.plan_task_id} task failed; see its log")
         logical_date = run_date(context)
         try:
-            with closing(ops.get_conn()) as conn:
+            with ops.transaction() as conn:
                 attempts = log.attempts(conn, self.target, self.kind, logical_date)
         except Exception as err:
             raise classify(err, "reading the maintenance log in the ops database failed") from err
         report = build_report(result, attempts)
         try:
-            with closing(ops.get_conn()) as conn:
+            with ops.transaction() as conn:
                 log.record_report(conn, self.target, self.kind, logical_date, report)
         except Exception as err:
             raise classify(err, "recording the report in the ops database failed") from err

@@ -138,11 +138,10 @@ def _store(config: DbopsConfig, target: str) -> str:
 
 
 def _ops_migrations(ops_conn_id: str) -> str:
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
     from dbops.core.migrations import discover, pending
+    from dbops.hooks.ops import OpsDatabaseHook
 
-    with PostgresHook(postgres_conn_id=ops_conn_id).get_conn() as conn:
+    with OpsDatabaseHook(postgres_conn_id=ops_conn_id).transaction() as conn:
         todo = pending(conn)
     if todo:
         names = ", ".join(m.path.name for m in todo)
