@@ -486,6 +486,22 @@ def test_past_period_run_passes_over_a_catalogued_backup_gone_from_the_store(tar
     assert f"the catalog lists backup {gone} as complete but" in capsys.readouterr().out
 
 
+def test_a_deleted_backups_name_is_never_reused(target):
+    """Backups are named by their snapshot second: a second whose backup retention deleted is not free."""
+    from dbops.backup.store_io import free_snapshot_time
+
+    made = backup()["backup_id"]
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    taken = [backup_prefix(cf.NAME, "full", now + timedelta(seconds=k)) for k in range(4)]
+    for backup_id in taken:  # what retention leaves: catalog rows 'deleted', nothing in the store
+        ops().run("INSERT INTO dbops.backups (backup_id, target, kind, logical_date, run_id, location, bytes, tables, "
+                  "total_rows, status, manifest, deleted_at) SELECT %s, target, kind, logical_date, run_id, location, "
+                  "bytes, tables, total_rows, 'deleted', manifest, now() FROM dbops.backups WHERE backup_id = %s",
+                  parameters=(backup_id, made))
+    free = backup_prefix(cf.NAME, "full", free_snapshot_time(store(), ops(), cf.NAME))
+    assert free not in taken and free > taken[-1]
+
+
 def test_nightly_verification_does_not_restore_a_backup_verified_earlier(target):
     """A backfill reusing last night's verified backup does not restore it again; on demand, it does."""
     from dbops.operators.backup import VerifyBackupOperator

@@ -110,6 +110,11 @@ def _manifest_where(conn: psycopg.Connection, condition: str, parameters: tuple)
     return None if row is None else Manifest.from_json(json.dumps(row[0]).encode())
 
 
+def is_catalogued(conn: psycopg.Connection, backup_id: str) -> bool:
+    """Whether the catalog has a row for ``backup_id``, whatever its status."""
+    return conn.execute("SELECT 1 FROM dbops.backups WHERE backup_id = %s", (backup_id,)).fetchone() is not None
+
+
 def mark_deleting(conn: psycopg.Connection, backup_id: str) -> bool:
     """Mark a backup ``deleting`` (its row lock waits for a manifest being rewritten); False when deleted."""
     row = conn.execute("UPDATE dbops.backups SET status = 'deleting' WHERE backup_id = %s "

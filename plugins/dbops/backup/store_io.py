@@ -59,13 +59,17 @@ def remove_incomplete(store: BackupStore, prefix: str) -> dict[str, int]:
     return removed
 
 
-def free_snapshot_time(store: BackupStore, target: str) -> datetime:
-    """Now, to the second, that no full backup of ``target`` is named by yet (the next second otherwise)."""
+def free_snapshot_time(store: BackupStore, ops: OpsDatabaseHook, target: str) -> datetime:
+    """Now, to the second, that no full backup of ``target`` is named by yet, in the store or in the
+    catalog (a deleted backup's name is never reused); the next free second otherwise."""
     while True:
         now = datetime.now(timezone.utc)
-        if not store.list_keys(backup_prefix(target, "full", now)):
-            return now.replace(microsecond=0)
-        time.sleep(1 - now.microsecond / 1_000_000)
+        backup_id = backup_prefix(target, "full", now)
+        if not store.list_keys(backup_id):
+            with ops.transaction() as conn:
+                if not catalog.is_catalogued(conn, backup_id):
+                    return now.replace(microsecond=0)
+        time.sleep(1 - datetime.now(timezone.utc).microsecond / 1_000_000)
 
 
 def delete_backup(ops: OpsDatabaseHook, store: BackupStore, backup_id: str) -> bool:

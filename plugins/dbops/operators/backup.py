@@ -78,7 +78,7 @@ class PgBackupOperator(_BackupTargetOperator):
             raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
 
         staging = staging_dir(config, self.target, context["run_id"])
-        dump, taken_at = self._staged_or_new_dump(config, policy, store, staging)
+        dump, taken_at = self._staged_or_new_dump(config, policy, store, ops, staging)
         prefix = backup_prefix(self.target, "full", taken_at)
         try:
             manifest = read_manifest(store, prefix)  # an earlier attempt stored it but could not record it
@@ -136,7 +136,7 @@ class PgBackupOperator(_BackupTargetOperator):
         return None
 
     def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
-                            staging: Path) -> tuple[DumpResult, datetime]:
+                            ops: OpsDatabaseHook, staging: Path) -> tuple[DumpResult, datetime]:
         """The dump and its snapshot time: staged by an earlier attempt of this run, or taken now."""
         from dbops.backup.dump import dump_database
         from dbops.backup.staging import check_staging_space, fresh_staging, keep_staged, staged_dump
@@ -152,7 +152,7 @@ class PgBackupOperator(_BackupTargetOperator):
             return staged
         fresh_staging(staging)
         hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
-        taken_at = free_snapshot_time(store, self.target)  # the snapshot is exported right after
+        taken_at = free_snapshot_time(store, ops, self.target)  # the snapshot is exported right after
         try:
             tool = find_tool("pg_dump", hook.server_version_num(), config.tools.bin_dir, config.tools.exclusive)
             check_staging_space(hook, staging, self.target)
