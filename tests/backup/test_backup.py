@@ -493,7 +493,7 @@ def test_a_deleted_backups_name_is_never_reused(target):
     made = backup()["backup_id"]
     now = datetime.now(timezone.utc).replace(microsecond=0)
     taken = [backup_prefix(cf.NAME, "full", now + timedelta(seconds=k)) for k in range(4)]
-    for backup_id in taken:  # what retention leaves: catalog rows 'deleted', nothing in the store
+    for backup_id in set(taken) - {made}:  # what retention leaves: catalog rows 'deleted', nothing in the store
         ops().run("INSERT INTO dbops.backups (backup_id, target, kind, logical_date, run_id, location, bytes, tables, "
                   "total_rows, status, manifest, deleted_at) SELECT %s, target, kind, logical_date, run_id, location, "
                   "bytes, tables, total_rows, 'deleted', manifest, now() FROM dbops.backups WHERE backup_id = %s",
