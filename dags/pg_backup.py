@@ -42,7 +42,8 @@ for target, settings in config.targets.items():
         preflight = PreflightOperator(task_id="preflight", target=target, execution_timeout=timedelta(minutes=5))
         dump = PgBackupOperator(task_id="dump_and_store", target=target, pool=pool_name(target),
                                 execution_timeout=timedelta(hours=4))
-        create = ScratchDatabaseOperator(task_id="create_scratch", target=target, execution_timeout=timedelta(minutes=5))
+        create = ScratchDatabaseOperator(task_id="create_scratch", target=target,
+                                         execution_timeout=timedelta(minutes=5))
         verify = VerifyBackupOperator(
             task_id="verify_restore", target=target, pool=pool_name(target), execution_timeout=timedelta(hours=4),
             backup_id="{{ ti.xcom_pull(task_ids='dump_and_store')['backup_id'] }}", reverify=False, retries=1)

@@ -9,7 +9,8 @@ from typing import TextIO
 
 
 def json_stdout() -> TextIO:
-    """The real stdout for the JSON lines; fd 1 then points at stderr, so Airflow's and the tools' chatter stays off it."""
+    """The real stdout for the JSON lines; fd 1 then points at stderr, so Airflow's and the tools' chatter stays
+    off it."""
     sys.stdout.flush()
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)

@@ -1,4 +1,4 @@
-"""One evaluation cycle of a target: its samples and the stored alerts in, the next alerts and the changes to notify out.
+"""One evaluation cycle of a target: samples and stored alerts in, the next alerts and the changes to notify out.
 
 Pure logic over :func:`dbops.alerting.state.step`. An alert is a rule and a label set. A stored
 alert whose rule could not be evaluated this cycle (its query failed, or the target is down) keeps

@@ -1,4 +1,4 @@
-"""Silences in the ops database: the request of ``db_alert_silence`` validated, add one, end one, list the active ones."""
+"""Silences in the ops database: validate a ``db_alert_silence`` request, add one, end one, list the active."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
-def dag_kwargs(*, tags: list[str], max_active_runs: int = 1, on_failure: Any = None, **overrides: Any) -> dict[str, Any]:
+def dag_kwargs(*, tags: list[str], max_active_runs: int = 1, on_failure: Any = None,
+               **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for ``DAG(...)``; ``on_failure`` is every task's failure callback; ``overrides`` win."""
     default_args = {**DEFAULT_ARGS, "on_failure_callback": on_failure} if on_failure else DEFAULT_ARGS
     return {

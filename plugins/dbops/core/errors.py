@@ -9,7 +9,8 @@ import psycopg
 
 # SQLSTATEs worth a retry: connection trouble, serialization/deadlock, lock timeout, shutdown, overload.
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "53400"}
-_TRANSIENT_BOTOCORE_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}
+_TRANSIENT_BOTOCORE_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                              "ConnectionClosedError"}
 _PERMANENT_CONNECT_MESSAGES = ("authentication failed", "does not exist", "no pg_hba.conf entry", "permission denied")
 
 

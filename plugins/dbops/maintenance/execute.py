@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from dbops.maintenance.plan import ANALYZE, DROP_LEFTOVER, DUPLICATES_ADVICE, REINDEX, VACUUM_ANALYZE, VACUUM_FULL, Action
+from dbops.maintenance.plan import (
+    ANALYZE,
+    DROP_LEFTOVER,
+    DUPLICATES_ADVICE,
+    REINDEX,
+    VACUUM_ANALYZE,
+    VACUUM_FULL,
+    Action,
+)
 from dbops.core.units import human_bytes
 from dbops.maintenance.policy import MaintenancePolicy
 from dbops.maintenance.scan import duplicate_keys, set_timeouts

@@ -247,8 +247,8 @@ def plan_weekly(scan: Scan, policy: MaintenancePolicy, done: set[tuple[str, str,
             problem = None
             if table.total_bytes > policy.size_cap:
                 problem = (f"{_bloat_text(table, policy)}, but {human_bytes(table.total_bytes)} is over size_cap "
-                           f"{human_bytes(policy.size_cap)}: VACUUM FULL would lock it for the whole rewrite; use pg_repack "
-                           "or VACUUM FULL in a maintenance window")
+                           f"{human_bytes(policy.size_cap)}: VACUUM FULL would lock it for the whole rewrite; "
+                           "use pg_repack or VACUUM FULL in a maintenance window")
             else:
                 problem = _disk_problem(table.total_bytes - (table.bloat_bytes or 0), scan, policy)
             if problem:

@@ -58,18 +58,18 @@ def failures(report: dict[str, Any]) -> list[str]:
 def detail_lines(result: dict[str, Any], report: dict[str, Any]) -> list[str]:
     """One line per object, per plan note, per unused index (the largest ones) and per duplicate set."""
     lines = [f"{row['action']:<22} {row['status']:<10} {row['object']}: {human_bytes(row['bytes_before'])} -> "
-             f"{human_bytes(row['bytes_after'])}, reclaimed {human_bytes(row['reclaimed_bytes'])}, {row['seconds'] or 0.0:.2f} s"
-             + (f" ({row['why']})" if row["why"] else "") for row in report["objects"]]
+             f"{human_bytes(row['bytes_after'])}, reclaimed {human_bytes(row['reclaimed_bytes'])}, "
+             f"{row['seconds'] or 0.0:.2f} s" + (f" ({row['why']})" if row["why"] else "") for row in report["objects"]]
     lines += [f"not executed: {note['action']} {note['schema_name']}.{note['name']}: {note['reason']}"
               for note in result["plan"]["notes"]]
     unused = report["unused_indexes"]
     since = result["scan"]["stats_reset"] or "the statistics were created"
-    lines += [f"unused index (report only): {row['schema']}.{row['index']} on {row['table']}, {human_bytes(row['bytes'])}, "
-              f"{row['scans']} scans since {since}" for row in unused[:REPORT_LINES]]
+    lines += [f"unused index (report only): {row['schema']}.{row['index']} on {row['table']}, "
+              f"{human_bytes(row['bytes'])}, {row['scans']} scans since {since}" for row in unused[:REPORT_LINES]]
     if len(unused) > REPORT_LINES:
         lines.append(f"... and {len(unused) - REPORT_LINES} smaller unused indexes "
-                     f"({human_bytes(sum(r['bytes'] for r in unused[REPORT_LINES:]))}): all in this task's result and in "
-                     "dbops.maintenance_runs.report")
+                     f"({human_bytes(sum(r['bytes'] for r in unused[REPORT_LINES:]))}): all in this task's result "
+                     "and in dbops.maintenance_runs.report")
     lines += [f"duplicate indexes (report only) on {row['schema_name']}.{row['table_name']}: "
               f"{', '.join(row['indexes'])} ({'/'.join(human_bytes(b) for b in row['bytes'])} each)"
               for row in report["duplicate_indexes"]]

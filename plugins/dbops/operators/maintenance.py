@@ -163,9 +163,10 @@ class MaintenanceActionOperator(_MaintenanceOperator):
             self.log.info("%s skipped: %s", action.label, outcome.reason)
             raise AirflowSkipException(f"{action.label}: {outcome.reason}")
         reclaimed = (outcome.bytes_before or 0) - (outcome.bytes_after or 0)
-        self.log.info("OK: %s done: %s -> %s (reclaimed %s) in %.2f s", action.label, human_bytes(outcome.bytes_before),
-                      human_bytes(outcome.bytes_after), human_bytes(reclaimed), outcome.seconds, bytes_before=outcome.bytes_before,
-                      bytes_after=outcome.bytes_after, reclaimed_bytes=reclaimed)
+        self.log.info("OK: %s done: %s -> %s (reclaimed %s) in %.2f s", action.label,
+                      human_bytes(outcome.bytes_before), human_bytes(outcome.bytes_after), human_bytes(reclaimed),
+                      outcome.seconds, bytes_before=outcome.bytes_before, bytes_after=outcome.bytes_after,
+                      reclaimed_bytes=reclaimed)
         return _result(action, "done", outcome.bytes_before, outcome.bytes_after, outcome.seconds, "")
 
     def _run(self, config: DbopsConfig, policy: MaintenancePolicy, ops: OpsDatabaseHook, entry: int,

@@ -107,7 +107,8 @@ def _connect(hook: DbopsPostgresHook) -> str:
     started = time.monotonic()
     hook.get_first("SELECT 1")
     conn = hook.connection
-    return f"{conn.host}:{conn.port}/{hook.database or conn.schema} answered in {(time.monotonic() - started) * 1000:.0f} ms"
+    elapsed_ms = (time.monotonic() - started) * 1000
+    return f"{conn.host}:{conn.port}/{hook.database or conn.schema} answered in {elapsed_ms:.0f} ms"
 
 
 def _server_version(version: int) -> str:
