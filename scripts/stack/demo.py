@@ -82,4 +82,5 @@ def _alert_transitions_since(started) -> str:
     if not rows:
         return "alerts: no alert changed state in this demo (causes fixed by an earlier demo; `make clean` starts over)"
     return "alerts notified in this demo:\n" + "\n".join(
-        f"  {kind.upper():8s} {target}: {rule}: {summary}" for kind, target, rule, summary in rows)
+        f"  {kind.upper():8s} {target}: {rule}: {'was: ' if kind == 'resolved' else ''}{summary}"
+        for kind, target, rule, summary in rows)

@@ -49,7 +49,7 @@ def test_group_message_most_severe_first_with_runbooks():
     assert message.title == "[dbops] appdb: 1 firing, 1 resolved" and message.severity == "critical"
     lines = message.body.splitlines()
     assert lines[0].startswith("FIRING   critical disk_full {mount=/}") and lines[1].endswith("runbook: free space")
-    assert lines[2].startswith("RESOLVED warning  slow")
+    assert lines[2].startswith("RESOLVED warning  slow") and ": was: " in lines[2], "a resolved summary is the past"
 
 
 def test_pg_notify_payload_stays_under_the_limit():

@@ -13,11 +13,13 @@ _RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 def change_line(change: Change) -> str:
-    """``FIRING critical connection_utilization_critical {labels}: summary``."""
+    """``FIRING critical connection_utilization_critical {labels}: summary``; a resolved alert's line
+    quotes the summary it fired with (``was: …``), which no longer holds."""
     alert = change.alert
     labels = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+    summary = f"was: {alert.summary}" if change.kind == "resolved" else alert.summary
     return f"{change.kind.upper():8s} {alert.severity:8s} {alert.rule}" + (f" {{{labels}}}" if labels else "") + \
-        f": {alert.summary}"
+        f": {summary}"
 
 
 def group_message(target: str, run_id: str, changes: list[Change], rules: dict[str, Rule]) -> Notification:
