@@ -310,6 +310,19 @@ def test_same_logical_date_twice_does_not_redo_finished_work(target):
     assert (VACUUM_FULL, "bloated") in {(a["action"], a["name"]) for a in next_week}
 
 
+def test_runs_planned_side_by_side_rewrite_a_table_once(target):
+    """Backfilled runs for two dates plan before either maintains: the second rewrite is not done again."""
+    first = by_name(plan(context(run_id="backfill__a")), "bloated")
+    second = by_name(plan(context(logical_date=DAY + timedelta(days=7), run_id="backfill__b")), "bloated")
+    assert first["action"] == second["action"] == VACUUM_FULL
+    assert maintain(first, ctx=context(run_id="backfill__a"))["status"] == "done"
+    nodes = filenode(target.dsn, "public", "bloated")
+    result = maintain(second, ctx=context(logical_date=DAY + timedelta(days=7), run_id="backfill__b"))
+    assert result["note"] == "done by run backfill__a after this run planned it"
+    assert filenode(target.dsn, "public", "bloated") == nodes, "VACUUM FULL ran again"
+    assert log_rows(logical_date=DAY + timedelta(days=7)) == [], "nothing attempted for the second date"
+
+
 def test_failed_reindex_concurrently_leaves_no_invalid_index(target):
     item = Action("index", "public", "bloated_pkey", "bloated", REINDEX, "test", 1_000_000).to_dict()
     # A transaction with an old snapshot: REINDEX CONCURRENTLY waits for it after building _ccnew.

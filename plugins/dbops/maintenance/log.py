@@ -30,6 +30,18 @@ def finished(conn: psycopg.Connection, target: str, kind: str, logical_date: dat
     return {(s, n, a): {"bytes_before": b, "bytes_after": f, "seconds": sec} for s, n, a, b, f, sec in rows}
 
 
+def done_since(conn: psycopg.Connection, target: str, action: Action, since: datetime) -> dict[str, Any] | None:
+    """The newest attempt of any run that finished ``action`` on the same object after ``since``."""
+    row = conn.execute(
+        "SELECT run_id, finished_at, bytes_before, bytes_after, seconds FROM dbops.maintenance_log "
+        "WHERE target = %s AND schema_name = %s AND object_name = %s AND action = %s AND status = 'done' "
+        "AND finished_at >= %s ORDER BY finished_at DESC LIMIT 1",
+        (target, action.schema_name, action.name, action.action, since)).fetchone()
+    if row is None:
+        return None
+    return dict(zip(("run_id", "finished_at", "bytes_before", "bytes_after", "seconds"), row))
+
+
 def start(conn: psycopg.Connection, target: str, kind: str, logical_date: datetime, run_id: str,
           try_number: int, action: Action) -> int:
     """Record an attempt as running (earlier attempts still 'running' were abandoned); return its id."""

@@ -124,6 +124,7 @@ class Action:
     bytes: int
     bloat_bytes: int | None = None
     statement_timeout: float = MIN_STATEMENT_TIMEOUT
+    planned_at: str | None = None  # ISO time of the scan; work another run finished after it is not redone
 
     @property
     def label(self) -> str:

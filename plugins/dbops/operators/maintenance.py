@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
@@ -104,7 +105,8 @@ class MaintenancePlanOperator(_MaintenanceOperator):
         context["ti"].xcom_push(key="plan", value=result)
         self.log.info("%s", summary_line(result, plan), actions=len(plan.actions), reported_only=len(plan.notes),
                       blockers=len(measured.blockers), reclaimable_bytes=reclaimable_bytes(plan))
-        return [] if dry_run else [a.to_dict() for a in plan.actions]
+        planned_at = datetime.now(timezone.utc).isoformat()
+        return [] if dry_run else [{**a.to_dict(), "planned_at": planned_at} for a in plan.actions]
 
 
 class MaintenanceActionOperator(_MaintenanceOperator):
@@ -145,10 +147,17 @@ class MaintenanceActionOperator(_MaintenanceOperator):
             with ops.transaction() as conn:
                 earlier = log.finished(conn, self.target, self.kind, logical_date).get(
                     (action.schema_name, action.name, action.action))
-                entry = None if earlier else log.start(conn, self.target, self.kind, logical_date,
-                                                       context["run_id"], try_number, action)
+                other = None if earlier or not action.planned_at else log.done_since(
+                    conn, self.target, action, datetime.fromisoformat(action.planned_at))
+                entry = None if earlier or other else log.start(conn, self.target, self.kind, logical_date,
+                                                                context["run_id"], try_number, action)
         except Exception as err:
             raise classify(err, "writing the maintenance log in the ops database failed") from err
+        if other:  # e.g. backfilled runs planned side by side: one rewrite is enough
+            self.log.info("%s: done by run %s at %s, after this run planned it; not redoing it", action.label,
+                          other["run_id"], other["finished_at"].isoformat())
+            return _result(action, "done", other["bytes_before"], other["bytes_after"], 0.0,
+                           f"done by run {other['run_id']} after this run planned it")
         if earlier:
             self.log.info("%s: already done for this logical date (%s -> %s in %.1f s); not redoing it",
                           action.label, human_bytes(earlier["bytes_before"]), human_bytes(earlier["bytes_after"]),
