@@ -709,6 +709,11 @@ def test_summary_lines_put_the_verdict_first_with_human_sizes_and_the_store_url(
     again = backup(context(DAY + timedelta(days=1), run_id="backfill__later", run_type="backfill"))
     assert again["backup_id"] == made["backup_id"]
     assert url in summary_line(capsys.readouterr().out, "complete, nothing dumped: ")
+    reused = {"dump_and_store": again, "verify_restore": {**checked, "verified_earlier": True}}
+    BackupReportOperator(task_id="report", target=cf.NAME, backup_task_id="dump_and_store",
+                         verify_task_id="verify_restore").execute(context(xcom=reused))
+    assert "taken earlier; nothing dumped" in summary_line(
+        capsys.readouterr().out, "verified OK (by an earlier recovery test; not restored again): backup ")
     with pytest.raises(AirflowSkipException, match="not verified"):
         BackupReportOperator(task_id="report", target=cf.NAME, backup_task_id="dump_and_store",
                              verify_task_id="verify_restore").execute(context(xcom={"dump_and_store": made}))

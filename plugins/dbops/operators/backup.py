@@ -189,6 +189,8 @@ class BackupReportOperator(_BackupTargetOperator):
             raise AirflowSkipException(f"FAILED: backup of {self.target}: no backup was made in this run")
         verified = bool(verify.get("verified"))
         verdict = "verified OK" if verified else f"FAILED: not verified ({self.verify_task_id} failed or did not run)"
+        if verify.get("verified_earlier"):
+            verdict += " (by an earlier recovery test; not restored again)"
         if "covered_period" in backup:
             made = f"taken earlier; nothing dumped: it covers this run's past period {backup['covered_period']}"
         else:
