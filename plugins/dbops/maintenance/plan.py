@@ -262,11 +262,7 @@ def plan_weekly(scan: Scan, policy: MaintenancePolicy, done: set[tuple[str, str,
                     f"{_bloat_text(table, policy)}; {human_bytes(table.total_bytes)} under size_cap "
                     f"{human_bytes(policy.size_cap)}; {_disk_note(scan)}"), policy))
                 continue
-        light = light_action(table, policy, scan.scanned_at)
-        if light:
-            plan.actions.append(_action(table, light[0], light[1], policy))
-        else:
-            plan.nothing += 1
+        _plan_light(plan, table, policy, scan)
     for index in scan.indexes:
         if not index.is_valid and LEFTOVER_NAME.search(index.index_name):
             plan.actions.append(_action(index, DROP_LEFTOVER, "invalid leftover of an interrupted REINDEX "
@@ -292,12 +288,17 @@ def plan_daily(scan: Scan, policy: MaintenancePolicy, done: set[tuple[str, str, 
     """VACUUM (ANALYZE) tables over the dead-tuple thresholds, ANALYZE those with stale statistics."""
     plan = Plan()
     for table in scan.tables:
-        light = light_action(table, policy, scan.scanned_at)
-        if light:
-            plan.actions.append(_action(table, light[0], light[1], policy))
-        else:
-            plan.nothing += 1
+        _plan_light(plan, table, policy, scan)
     return _finish(plan, done)
+
+
+def _plan_light(plan: Plan, table: TableStats, policy: MaintenancePolicy, scan: Scan) -> None:
+    """Add the table's VACUUM (ANALYZE) or ANALYZE when one is due, else count it as needing nothing."""
+    light = light_action(table, policy, scan.scanned_at)
+    if light:
+        plan.actions.append(_action(table, light[0], light[1], policy))
+    else:
+        plan.nothing += 1
 
 
 def _finish(plan: Plan, done: set[tuple[str, str, str]]) -> Plan:
