@@ -17,6 +17,7 @@ from dbops.alerting.policy import AlertPolicy
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
+from dbops.mongo.policy import MongoPolicy, check_engine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "dbops.yaml"
@@ -45,9 +46,11 @@ class StorageConfig:
 @dataclass(frozen=True)
 class TargetConfig:
     conn_id: str
+    engine: str = "postgres"  # or mongodb
     backup: BackupPolicy | None = None
     maintenance: MaintenancePolicy | None = None
     alerts: AlertPolicy | None = None
+    mongo: MongoPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ def _check_references(config: DbopsConfig) -> None:
             raise Invalid(key, "target names are lowercase letters, digits and _ (used in DAG ids)")
         if not target.conn_id:
             raise Invalid(f"{key}.conn_id", "must name an Airflow connection")
+        check_engine(target, key)
         for policy in ("backup", "alerts", "maintenance"):
             notify = getattr(getattr(target, policy), "notify", [])
             for i, channel in enumerate(notify):
