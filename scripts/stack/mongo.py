@@ -35,10 +35,10 @@ def mongo_client(password: str | None = None, port: int = MONGO_PORT, **kwargs):
                                **kwargs)
 
 
-def mongo_conn(database: str) -> str:
+def mongo_conn(database: str, port: int = MONGO_PORT, password: str | None = None) -> str:
     """Airflow connection (JSON) of a database on the local server, as ``AIRFLOW_CONN_*`` takes it."""
-    return json.dumps({"conn_type": "mongo", "host": PG_HOST, "port": MONGO_PORT, "schema": database,
-                       "login": MONGO_USER, "password": mongo_password(),
+    return json.dumps({"conn_type": "mongo", "host": PG_HOST, "port": port, "schema": database,
+                       "login": MONGO_USER, "password": password or mongo_password(),
                        "extra": {"authSource": "admin", "directConnection": True, "serverSelectionTimeoutMS": 5000}})
 
 
