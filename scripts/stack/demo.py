@@ -18,6 +18,8 @@ def demo_conf(family: str) -> dict | None:
         return {"rule": "replication_lag_.*", "duration": "1h", "comment": "demo: replica rebuild tonight"}
     if family == "pg_restore":
         return {"database": "demo_restored", "overwrite": True}
+    if family == "mongo_restore":
+        return {"database": "chatdb_restored", "overwrite": True}
     if family == "pg_tenant_export":
         import psycopg
 

@@ -35,6 +35,9 @@ def expected_schedules() -> dict[str, str | None]:
                          f"pg_verify_backup__{name}": None}
             if target.backup.tenant_tables:
                 expected[f"pg_tenant_export__{name}"] = None
+        if target.backup and target.engine == "mongodb":
+            expected |= {f"mongo_backup__{name}": target.backup.schedule, f"mongo_restore__{name}": None,
+                         f"mongo_verify_backup__{name}": None}
         if target.maintenance:
             expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}

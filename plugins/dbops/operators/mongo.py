@@ -268,7 +268,7 @@ class MongoRestoreOperator(_MongoTargetOperator):
             client.drop_database(retired)
         client.drop_database(temporary)
         self.log.info("restored OK: backup %s (%s) into database %s in %.1f s%s: %d collections, documents, hashes "
-                      "and indexes match the snapshot, then %s", manifest.location, human_bytes(manifest.total_bytes),
+                      "and indexes match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
                       self.database, outcome["restore_seconds"], " (the collections it replaced were dropped)"
                       if retired else "", len(manifest.tables), CONSISTENCY_NOTES[manifest.extra["consistency"]],
                       backup_id=backup_id, database=self.database, restore_seconds=outcome["restore_seconds"])
