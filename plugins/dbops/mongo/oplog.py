@@ -47,7 +47,10 @@ def replay_oplog(db, entries: Iterator[dict], source_db: str) -> dict[str, int]:
             collection.delete_one({"_id": entry["o"]["_id"]})
         elif op == "u":
             for update in update_of(entry["o"]):
-                collection.update_one(entry["o2"], update)
+                if any(name.startswith("$") for name in update):
+                    collection.update_one(entry["o2"], update)
+                else:
+                    collection.replace_one(entry["o2"], update)
         elif op == "c":
             _command(db, entry["o"], done)
             continue
@@ -68,7 +71,7 @@ def update_of(o: dict) -> list[dict]:
         return [u for u in ({"$set": sets} if sets else None, {"$unset": unsets} if unsets else None) if u]
     if any(k.startswith("$") for k in o):
         return [{k: v for k, v in o.items() if k != "$v"}]
-    return [o]  # a whole replacement document: update_one refuses it, so it is replaced
+    return [o]  # a whole replacement document
 
 
 def _description_updates(diff: dict) -> list[dict]:
