@@ -38,6 +38,8 @@ def expected_schedules() -> dict[str, str | None]:
         if target.backup and target.engine == "mongodb":
             expected |= {f"mongo_backup__{name}": target.backup.schedule, f"mongo_restore__{name}": None,
                          f"mongo_verify_backup__{name}": None}
+        if target.engine == "mongodb" and target.mongo and target.mongo.retention:
+            expected[f"mongo_retention__{name}"] = target.mongo.retention.schedule
         if target.maintenance:
             expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}

@@ -32,8 +32,10 @@ def own_mongo(tmp_path_factory):
     server.stop()
 
 
-def make_target(monkeypatch, tmp_path, port: int, database: str | None = None, password: str | None = None):
-    """A MongoDB target ``mg_<hex>`` on the server at ``port``, its config in DBOPS_CONFIG; returns its facts."""
+def make_target(monkeypatch, tmp_path, port: int, database: str | None = None, password: str | None = None,
+                sections: str = ""):
+    """A MongoDB target ``mg_<hex>`` on the server at ``port``, its config (plus ``sections``, YAML indented
+    like the target's keys) in DBOPS_CONFIG; returns its facts."""
     name = f"mg_{uuid.uuid4().hex[:10]}"
     database = database or f"dbops_test_{name}"
     monkeypatch.setenv(f"AIRFLOW_CONN_MONGO_{name.upper()}", mongo_conn(database, port, password))
@@ -48,7 +50,7 @@ targets:
     engine: mongodb
     conn_id: mongo_{name}
     backup: {{storage: local, retention: {{daily: 2, weekly: 0, monthly: 0}}}}
-""")
+{sections}""")
     monkeypatch.setenv("DBOPS_CONFIG", str(config_path))
     return SimpleNamespace(name=name, database=database, client=mongo_client(port=port), tmp=tmp_path, port=port)
 

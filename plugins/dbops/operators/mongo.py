@@ -20,21 +20,29 @@ from dbops.core.errors import classify
 from dbops.core.manifest import backup_prefix
 from dbops.core.units import human_bytes
 from dbops.operators.backup import _BackupTargetOperator
+from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from dbops.core.config import DbopsConfig
     from dbops.hooks.mongo import DbopsMongoHook
+    from dbops.mongo.policy import MongoRetentionPolicy
 
 CONSISTENCY_NOTES = {"oplog": "point-in-time consistent at the dump's end (snapshot per collection + oplog replay)",
                      "none": "NOT point-in-time consistent (standalone server: no oplog, no snapshot reads)"}
 
 
+def _mongo_hook(operator: TargetOperator) -> DbopsMongoHook:
+    """The target's MongoHook, built when the task runs (MongoHook looks its connection up at once)."""
+    from dbops.hooks.mongo import DbopsMongoHook
+
+    return DbopsMongoHook(mongo_conn_id=operator.load_config().targets[operator.target].conn_id)
+
+
 class _MongoTargetOperator(_BackupTargetOperator):
     def _hook(self) -> DbopsMongoHook:
-        from dbops.hooks.mongo import DbopsMongoHook
-
-        return DbopsMongoHook(mongo_conn_id=self.load_config().targets[self.target].conn_id)
+        return _mongo_hook(self)
 
 
 class MongoBackupOperator(_MongoTargetOperator):
@@ -274,3 +282,74 @@ class MongoRestoreOperator(_MongoTargetOperator):
                       backup_id=backup_id, database=self.database, restore_seconds=outcome["restore_seconds"])
         return {"backup_id": backup_id, "database": self.database, "restore_seconds": outcome["restore_seconds"],
                 "replaced": bool(retired)}
+
+
+class MongoRetentionOperator(TargetOperator):
+    """Apply the target's ``mongo.retention`` policies: purge due documents, or ensure a TTL index.
+
+    The cutoff of each policy is the run's data interval end (its logical date when it has none) minus
+    the policy's retention, never "now": a backfill over past days deletes each day's due documents on
+    that day's run, and a re-run or retry deletes only what is still due. Deletes go in batches of
+    ``batch_size`` ``_id`` values with ``w: majority``; each batch's figures are added to the run's row
+    in ``dbops.mongo_retention_log`` as it commits. One retention per target runs at a time.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.core.locks import job_lock
+
+        config = self.load_config()
+        policy = config.targets[self.target].mongo.retention if config.targets[self.target].mongo else None
+        if policy is None:
+            raise AirflowFailException(f"target {self.target!r} has no mongo.retention section in {config.path}")
+        with job_lock(config.ops_conn_id, self.target, "mongo_retention"):
+            try:
+                return self._apply(context, config, policy)
+            except AirflowException:
+                raise
+            except Exception as err:
+                raise classify(err, f"retention of {self.target} could not finish; what was deleted is recorded, "
+                                    "the retry deletes only what is still due") from err
+
+    def _apply(self, context: Context, config: DbopsConfig, policy: MongoRetentionPolicy) -> dict[str, Any]:
+        from datetime import timedelta
+
+        from dbops.core.runs import run_date
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.mongo.retention import due_filter, ensure_ttl, policy_key, purge, record
+
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        hook = _mongo_hook(self)
+        db = hook.get_conn().get_database(hook.database)
+        until = context.get("data_interval_end") or run_date(context)
+        logical_date = run_date(context)
+        results = {}
+        for rule in policy.policies:
+            collection = db.get_collection(rule.collection)
+            name = f"{rule.collection} ({policy_key(rule)})"
+            if rule.method == "ttl":
+                detail = ensure_ttl(collection, rule)
+                with ops.transaction() as conn:
+                    record(conn, self.target, context["run_id"], logical_date, rule.collection, rule, None, 0, 0,
+                           detail)
+                self.log.info("%s: %s", name, detail)
+                results[name] = {"method": "ttl", "detail": detail}
+                continue
+            cutoff = until - timedelta(seconds=rule.retention)
+
+            def on_batch(deleted: int, batches: int, rule=rule, cutoff=cutoff) -> None:
+                with ops.transaction() as conn:
+                    record(conn, self.target, context["run_id"], logical_date, rule.collection, rule, cutoff,
+                           deleted, 1, None)
+                if batches % 10 == 0:
+                    self.log.info("purging %s: %d batches so far", rule.collection, batches)
+
+            done = purge(collection, due_filter(rule, cutoff), policy.batch_size, on_batch)
+            self.log.info("%s: deleted %d documents older than %s in %d batches", name, done.deleted,
+                          cutoff.isoformat(), done.batches, collection=rule.collection, deleted=done.deleted)
+            results[name] = {"method": "delete", "cutoff": cutoff.isoformat(), "deleted": done.deleted,
+                             "batches": done.batches}
+        deleted = sum(r.get("deleted", 0) for r in results.values())
+        self.log.info("retention OK: %s: %d policies, %d documents deleted (cutoffs from %s), %d TTL indexes ensured",
+                      self.target, len(results), deleted, until.isoformat(),
+                      sum(r["method"] == "ttl" for r in results.values()), deleted=deleted, policies=len(results))
+        return {"deleted": deleted, "policies": results}
