@@ -24,6 +24,9 @@ from scripts.stack.paths import MONGO_DATA, MONGO_PORT, PG_HOST, port_taken, req
 MONGO_USER = "dbops"
 DEMO_DATABASE = "chatdb"
 SERVER_BIN = str(Path(sys.executable).parent / "secantusd-py")
+# The server keeps 1 h / 100 000 oplog entries by default; mongod's oplog usually spans days.
+OPLOG_RETENTION_SECONDS = 2 * 86400
+OPLOG_MAX_ENTRIES = 1_000_000
 
 
 def mongo_client(password: str | None = None, port: int = MONGO_PORT, **kwargs):
@@ -43,11 +46,15 @@ def mongo_conn(database: str, port: int = MONGO_PORT, password: str | None = Non
 
 
 class MongoServer:
-    """The server on ``port`` with its data (and pid file) in ``data``; stopped by that pid."""
+    """The server on ``port`` with its data (and pid file) in ``data``; stopped by that pid.
 
-    def __init__(self, port: int = MONGO_PORT, data: Path = MONGO_DATA) -> None:
+    ``standalone``: a standalone server (no replica set: no oplog, no transactions) instead.
+    """
+
+    def __init__(self, port: int = MONGO_PORT, data: Path = MONGO_DATA, standalone: bool = False) -> None:
         self.port = port
         self.data = data
+        self.standalone = standalone
         self.pid_file = data / "mongod.pid"
         self.log_file = data / "mongod.log"
 
@@ -77,7 +84,8 @@ class MongoServer:
             self._create_user()
             self.stop()
             users_created.touch()
-        log(f"starting the MongoDB-compatible server on {PG_HOST}:{self.port} (one-member replica set)")
+        log(f"starting the MongoDB-compatible server on {PG_HOST}:{self.port} "
+            f"({'standalone' if self.standalone else 'one-member replica set'})")
         self._launch(auth=True)
         return True
 
@@ -100,7 +108,9 @@ class MongoServer:
     def _launch(self, auth: bool) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         args = [SERVER_BIN, "--host", PG_HOST, "--port", str(self.port), "--storage-path", str(self.data / "wt"),
-                "--log-level", "WARNING", *(["--auth"] if auth else [])]
+                "--log-level", "WARNING", "--oplog-retention-seconds", str(OPLOG_RETENTION_SECONDS),
+                "--oplog-max-entries", str(OPLOG_MAX_ENTRIES), *(["--auth"] if auth else []),
+                *(["--standalone"] if self.standalone else [])]
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid_file.write_text(f"{proc.pid} {self.port}")

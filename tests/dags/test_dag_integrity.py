@@ -40,6 +40,8 @@ def expected_schedules() -> dict[str, str | None]:
                          f"mongo_verify_backup__{name}": None}
         if target.engine == "mongodb" and target.mongo and target.mongo.retention:
             expected[f"mongo_retention__{name}"] = target.mongo.retention.schedule
+        if target.engine == "mongodb" and target.mongo and target.mongo.maintenance:
+            expected[f"mongo_maintenance_weekly__{name}"] = target.mongo.maintenance.weekly
         if target.maintenance:
             expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}

@@ -15,7 +15,6 @@ such a dump is not point-in-time consistent, and the manifest says so.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bson import Timestamp, json_util
+from bson.raw_bson import RawBSONDocument
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 
@@ -108,8 +108,16 @@ def ts_text(ts: Timestamp) -> str:
     return f"{ts.time}.{ts.inc}"
 
 
-def oplog_position(client) -> Timestamp:
-    """The time of the replica set's last write: the newest oplog entry's ``ts``."""
+def oplog_newest(client) -> Timestamp:
+    """The ``ts`` of the oplog's newest entry: where a capture starts (it must still be there at the end)."""
+    newest = client.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})
+    if newest is None:
+        raise OplogOverflow("the oplog is empty: is the replica set initiated (rs.initiate())?")
+    return newest["ts"]
+
+
+def last_write(client) -> Timestamp:
+    """The time of the replica set's last write (``hello``): where a capture ends."""
     return client.admin.command("hello")["lastWrite"]["opTime"]["ts"]
 
 
@@ -118,7 +126,7 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
     """Dump ``database`` into ``staging``; ``progress(collection, documents)`` is called after each batch."""
     started = time.monotonic()
     db = client.get_database(database)
-    start = oplog_position(client) if replica_set else None
+    start = oplog_newest(client) if replica_set else None
     files, counts, hashes, indexes, skipped = [], {}, {}, {}, {}
     for info in sorted(db.list_collections(), key=lambda c: c["name"]):
         name = info["name"]
@@ -140,7 +148,7 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
         files.append(_write(staging, file_name(database, name, ".metadata.json"), level, key, [text]))
     oplog = None
     if replica_set:
-        end = oplog_position(client)
+        end = last_write(client)
         entry, entries = capture_oplog(client, database, start, end, staging, level, key)
         files.append(entry)
         oplog = {"start": ts_text(start), "end": ts_text(end), "entries": entries}
@@ -172,23 +180,32 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
                   key: bytes | None) -> tuple[FileEntry, int]:
     """Write the oplog entries of ``database`` after ``start`` up to ``end`` as ``oplog.bson``.
 
-    :raises OplogOverflow: the oplog's oldest entry is newer than ``start`` (entries were lost).
+    One read of the oplog from ``start`` itself: finding that entry first proves nothing between it and
+    the dump's end was truncated away.
+
+    :raises OplogOverflow: the oplog no longer holds ``start`` (entries were lost).
     """
-    oplog = client.local["oplog.rs"]
-    query = {"ts": {"$gt": start, "$lte": end}, "ns": {"$regex": f"^{re.escape(database)}\\."}}
-    counter = DocumentHash()
+    prefix = f"{database}."
+    found = {"start": False, "entries": 0}
 
     def batches() -> Iterator[bytes]:
-        for batch in oplog.find_raw_batches(query, sort=[("ts", 1)]):
-            counter.add_batch(batch)
-            yield batch
+        for batch in client.local["oplog.rs"].find_raw_batches({"ts": {"$gte": start, "$lte": end}},
+                                                              sort=[("ts", 1)]):
+            kept = bytearray()
+            for doc in documents(batch):
+                entry = RawBSONDocument(bytes(doc))
+                if entry["ts"] == start:
+                    found["start"] = True
+                elif entry["ns"].startswith(prefix):
+                    kept += doc
+                    found["entries"] += 1
+            yield bytes(kept)
 
     entry = _write(staging, OPLOG_FILE, level, key, batches())
-    oldest = oplog.find_one({}, sort=[("$natural", 1)], projection={"ts": 1})
-    if oldest is None or oldest["ts"] > start:
-        raise OplogOverflow(f"the oplog rolled over during the dump: its oldest entry is newer than the dump's start "
-                            f"{ts_text(start)}; enlarge the oplog (replSetResizeOplog) or dump at a quieter time")
-    return entry, counter.count
+    if not found["start"]:
+        raise OplogOverflow(f"the oplog no longer holds the dump's start {ts_text(start)}: it rolled over during "
+                            "the dump; enlarge it (replSetResizeOplog) or dump at a quieter time")
+    return entry, found["entries"]
 
 
 def _write(staging: Path, name: str, level: int, key: bytes | None, chunks: Iterable[bytes]) -> FileEntry:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from dbops.core.schema import ByteSize, Cron, Invalid, Seconds
 
 ENGINES = ("postgres", "mongodb")
+# What a MongoDB alert rule's source may run (dbops.mongo.rules): server commands, collStats of every
+# collection, and the oplog's time window.
+COMMAND_SOURCES = ("hello", "serverStatus", "currentOp", "replSetGetStatus", "dbStats", "collStats", "oplogWindow")
 RETENTION_METHODS = ("delete", "ttl")
 
 
@@ -27,6 +30,29 @@ class CollectionRetention:
     retention: Seconds
     filter: dict[str, str] = field(default_factory=dict)
     method: str = "delete"
+
+
+@dataclass(frozen=True)
+class CommandSource:
+    """Where a MongoDB alert rule's value comes from: a server command's reply, at the dotted path ``value``.
+
+    ``each``: a list in the reply (e.g. ``members``): one sample per element, ``value`` and ``labels``
+    (label -> path) inside the element. ``percent_of``: the value is 100 * value / the sum of these
+    paths. ``behind_newest``: the value is how far it is behind the list's largest (in seconds for
+    dates). ``ok_values``: the value is 0 when the reply's value is one of these, else 1. ``missing``:
+    the value when the path is absent (default: no sample). A text value counts as 1 (present).
+    ``replica_set``: the rule applies to replica sets only (skipped on a standalone server).
+    """
+
+    command: str
+    value: str
+    each: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    percent_of: list[str] = field(default_factory=list)
+    behind_newest: bool = False
+    ok_values: list[str] = field(default_factory=list)
+    missing: float | None = None
+    replica_set: bool = False
 
 
 @dataclass(frozen=True)

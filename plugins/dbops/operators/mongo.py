@@ -353,3 +353,97 @@ class MongoRetentionOperator(TargetOperator):
                       self.target, len(results), deleted, until.isoformat(),
                       sum(r["method"] == "ttl" for r in results.values()), deleted=deleted, policies=len(results))
         return {"deleted": deleted, "policies": results}
+
+
+class MongoMaintenanceOperator(TargetOperator):
+    """Weekly maintenance of the target's database (``mongo.maintenance``).
+
+    ``validate`` every collection (all of them, then the task fails naming each invalid one with its
+    problems); ``compact`` the collections whose free storage is above ``compact_free_pct`` and
+    ``compact_min_bytes`` (a server without ``compact`` is reported, not a failure; a compaction this
+    logical date already finished is not redone); indexes never used (``$indexStats``) are reported.
+    Each action is recorded in ``dbops.maintenance_log`` and the run's report in ``dbops.maintenance_runs``
+    (kind ``weekly``); the summary gives the bytes reclaimed.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self.load_config()
+        target = config.targets[self.target]
+        policy = target.mongo.maintenance if target.mongo else None
+        if policy is None:
+            raise AirflowFailException(f"target {self.target!r} has no mongo.maintenance section in {config.path}")
+        try:
+            report = self._maintain(context, config, policy)
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"maintenance of {self.target} could not finish") from err
+        invalid = {v["collection"]: v["problems"] for v in report["validate"] if not v["valid"]}
+        self.log.info("maintenance %s: %d collections validated (%d invalid), %d compacted, %d not compacted (%s), "
+                      "%d bytes reclaimed, %d unused indexes", "FAILED" if invalid else "OK",
+                      len(report["validate"]), len(invalid), len(report["compacted"]), len(report["compact_skipped"]),
+                      "; ".join(sorted(set(report["compact_skipped"].values()))) or "none due",
+                      report["bytes_reclaimed"], sum(len(v) for v in report["unused_indexes"].values()),
+                      invalid=len(invalid), bytes_reclaimed=report["bytes_reclaimed"])
+        if invalid:
+            raise AirflowFailException("FAILED: validate found invalid collections: " + "; ".join(
+                f"{name}: {', '.join(problems) or 'valid: false'}" for name, problems in sorted(invalid.items()))
+                + ". Restore them from the newest verified backup or repair (see the runbook)")
+        return report
+
+    def _maintain(self, context: Context, config: DbopsConfig, policy) -> dict[str, Any]:
+        from dbops.core.runs import run_date
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.maintenance import log
+        from dbops.maintenance.plan import Action
+        from dbops.mongo.maintenance import compact, compact_due, unused_indexes, validate
+
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        hook = _mongo_hook(self)
+        database = hook.database
+        db = hook.get_conn().get_database(database)
+        logical_date = run_date(context)
+        names = sorted(n for n in db.list_collection_names() if not n.startswith("system."))
+        with ops.transaction() as conn:
+            done = log.finished(conn, self.target, "weekly", logical_date)
+            log.record_plan(conn, self.target, "weekly", logical_date, context["run_id"], False,
+                            {"engine": "mongodb", "database": database, "collections": names})
+        report: dict[str, Any] = {"validate": [], "compacted": {}, "compact_skipped": {}, "unused_indexes": {},
+                                  "bytes_reclaimed": 0}
+        for name in names:
+            result = validate(db, name)
+            report["validate"].append({"collection": name, "valid": result.valid, "problems": result.problems})
+            if not result.valid:
+                self.log.error("validate %s.%s: INVALID: %s", database, name, ", ".join(result.problems))
+            stats = db.command("collStats", name)
+            reason = compact_due(stats, policy.compact_free_pct, policy.compact_min_bytes)
+            if reason is None:
+                report["compact_skipped"][name] = "free storage below the thresholds or not reported by the server"
+            elif (database, name, "compact") in done:
+                report["compact_skipped"][name] = "already compacted for this logical date"
+            else:
+                action = Action("table", database, name, name, "compact", reason, int(stats.get("storageSize") or 0))
+                with ops.transaction() as conn:
+                    entry = log.start(conn, self.target, "weekly", logical_date, context["run_id"],
+                                      context["ti"].try_number, action)
+                compacted, freed = compact(db, name)
+                after = int(db.command("collStats", name).get("storageSize") or 0)
+                reclaimed = freed if freed is not None else max(action.bytes - after, 0)
+                with ops.transaction() as conn:
+                    log.finish(conn, entry, "done" if compacted else "skipped", action.bytes, after,
+                               error=None if compacted else "compact is not supported by the server")
+                if compacted:
+                    report["compacted"][name] = reclaimed
+                    report["bytes_reclaimed"] += reclaimed
+                else:
+                    report["compact_skipped"][name] = "compact is not supported by the server"
+                self.log.info("compact %s.%s (%s): %s", database, name, reason,
+                              f"{reclaimed} bytes reclaimed" if compacted else "not supported by the server")
+            unused = unused_indexes(db.get_collection(name))
+            if unused:
+                report["unused_indexes"][name] = unused
+                self.log.info("unused indexes of %s.%s (no access since the server started counting): %s",
+                              database, name, ", ".join(unused))
+        with ops.transaction() as conn:
+            log.record_report(conn, self.target, "weekly", logical_date, report)
+        return report
