@@ -24,9 +24,9 @@ from scripts.stack.paths import MONGO_DATA, MONGO_PORT, PG_HOST, port_taken, req
 MONGO_USER = "dbops"
 DEMO_DATABASE = "chatdb"
 SERVER_BIN = str(Path(sys.executable).parent / "secantusd-py")
-# The server keeps 1 h / 100 000 oplog entries by default; mongod's oplog usually spans days.
+# The server keeps 1 h of oplog by default (mongod's usually spans days); its cap of 100 000 entries stays,
+# as every oplog query reads all of them.
 OPLOG_RETENTION_SECONDS = 2 * 86400
-OPLOG_MAX_ENTRIES = 1_000_000
 
 
 def mongo_client(password: str | None = None, port: int = MONGO_PORT, **kwargs):
@@ -109,7 +109,7 @@ class MongoServer:
         self.data.mkdir(parents=True, exist_ok=True)
         args = [SERVER_BIN, "--host", PG_HOST, "--port", str(self.port), "--storage-path", str(self.data / "wt"),
                 "--log-level", "WARNING", "--oplog-retention-seconds", str(OPLOG_RETENTION_SECONDS),
-                "--oplog-max-entries", str(OPLOG_MAX_ENTRIES), *(["--auth"] if auth else []),
+                *(["--auth"] if auth else []),
                 *(["--standalone"] if self.standalone else [])]
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -14,7 +14,10 @@ such a dump is not point-in-time consistent, and the manifest says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -108,16 +111,8 @@ def ts_text(ts: Timestamp) -> str:
     return f"{ts.time}.{ts.inc}"
 
 
-def oplog_newest(client) -> Timestamp:
-    """The ``ts`` of the oplog's newest entry: where a capture starts (it must still be there at the end)."""
-    newest = client.local["oplog.rs"].find_one({}, sort=[("$natural", -1)], projection={"ts": 1})
-    if newest is None:
-        raise OplogOverflow("the oplog is empty: is the replica set initiated (rs.initiate())?")
-    return newest["ts"]
-
-
 def last_write(client) -> Timestamp:
-    """The time of the replica set's last write (``hello``): where a capture ends."""
+    """The time of the replica set's last write (``hello``): where an oplog capture starts and ends."""
     return client.admin.command("hello")["lastWrite"]["opTime"]["ts"]
 
 
@@ -126,7 +121,7 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
     """Dump ``database`` into ``staging``; ``progress(collection, documents)`` is called after each batch."""
     started = time.monotonic()
     db = client.get_database(database)
-    start = oplog_newest(client) if replica_set else None
+    start = last_write(client) if replica_set else None
     files, counts, hashes, indexes, skipped = [], {}, {}, {}, {}
     for info in sorted(db.list_collections(), key=lambda c: c["name"]):
         name = info["name"]
@@ -160,52 +155,100 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
 
 def _read_collection(client, collection, digest: DocumentHash, replica_set: bool,
                      progress: Callable[[str, int], None]) -> Iterator[bytes]:
-    """The collection's raw batches, read in one snapshot transaction on a replica set."""
-    def batches(session) -> Iterator[bytes]:
-        for batch in collection.find_raw_batches({}, session=session):
-            digest.add_batch(batch)
-            yield batch
-            progress(collection.name, digest.count)
+    """The collection's raw batches, read in one snapshot transaction on a replica set.
 
-    if not replica_set:
-        yield from batches(None)
-        return
-    with client.start_session(causal_consistency=False) as session:
-        with session.start_transaction(read_concern=ReadConcern("snapshot"),
-                                       read_preference=ReadPreference.PRIMARY):
-            yield from batches(session)
+    A reader thread fetches the next batches while this one hashes, compresses and writes.
+    """
+    def read(put: Callable[[bytes], None]) -> None:
+        if not replica_set:
+            for batch in collection.find_raw_batches({}):
+                put(batch)
+            return
+        with client.start_session(causal_consistency=False) as session:
+            with session.start_transaction(read_concern=ReadConcern("snapshot"),
+                                           read_preference=ReadPreference.PRIMARY):
+                for batch in collection.find_raw_batches({}, session=session):
+                    put(batch)
+
+    for batch in prefetched(read):
+        digest.add_batch(batch)
+        yield batch
+        progress(collection.name, digest.count)
+
+
+def prefetched(read: Callable[[Callable[[bytes], None]], None], depth: int = 4) -> Iterator[bytes]:
+    """What ``read(put)`` puts, produced in a thread ``depth`` items ahead; its exception is raised here.
+
+    Stopping early (the consumer failed) makes the thread's next ``put`` raise, which ends it.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: bytes) -> None:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def run() -> None:
+        try:
+            read(put)
+            put(done)
+        except _Stopped:
+            pass
+        except BaseException as err:  # handed to the consumer
+            with contextlib.suppress(_Stopped):
+                put(err)
+
+    thread = threading.Thread(target=run, name="dbops-mongo-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Stopped(Exception):
+    """The consumer of :func:`prefetched` stopped."""
 
 
 def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, staging: Path, level: int,
                   key: bytes | None) -> tuple[FileEntry, int]:
-    """Write the oplog entries of ``database`` after ``start`` up to ``end`` as ``oplog.bson``.
+    """Write the oplog entries of ``database`` after ``start`` up to ``end`` as ``oplog.bson`` (oldest first).
 
-    One read of the oplog from ``start`` itself: finding that entry first proves nothing between it and
-    the dump's end was truncated away.
+    One read of the oplog backwards from ``end``, stopping at the first entry at or before ``start``:
+    the oplog is truncated from its oldest end only, so finding that entry proves no entry after
+    ``start`` was lost. The entries of the window are held in memory until written.
 
-    :raises OplogOverflow: the oplog no longer holds ``start`` (entries were lost).
+    :raises OplogOverflow: no entry at or before ``start`` is left (entries were lost).
     """
     prefix = f"{database}."
-    found = {"start": False, "entries": 0}
-
-    def batches() -> Iterator[bytes]:
-        for batch in client.local["oplog.rs"].find_raw_batches({"ts": {"$gte": start, "$lte": end}},
-                                                              sort=[("ts", 1)]):
-            kept = bytearray()
+    kept: list[bytes] = []
+    covered = False
+    cursor = client.local["oplog.rs"].find_raw_batches({"ts": {"$lte": end}}, sort=[("$natural", -1)])
+    with contextlib.closing(cursor):
+        for batch in cursor:
             for doc in documents(batch):
                 entry = RawBSONDocument(bytes(doc))
-                if entry["ts"] == start:
-                    found["start"] = True
-                elif entry["ns"].startswith(prefix):
-                    kept += doc
-                    found["entries"] += 1
-            yield bytes(kept)
-
-    entry = _write(staging, OPLOG_FILE, level, key, batches())
-    if not found["start"]:
+                if entry["ts"] <= start:
+                    covered = True
+                    break
+                if entry["ns"].startswith(prefix):
+                    kept.append(bytes(doc))
+            if covered:
+                break
+    if not covered:
         raise OplogOverflow(f"the oplog no longer holds the dump's start {ts_text(start)}: it rolled over during "
                             "the dump; enlarge it (replSetResizeOplog) or dump at a quieter time")
-    return entry, found["entries"]
+    return _write(staging, OPLOG_FILE, level, key, [b"".join(reversed(kept))]), len(kept)
 
 
 def _write(staging: Path, name: str, level: int, key: bytes | None, chunks: Iterable[bytes]) -> FileEntry:
