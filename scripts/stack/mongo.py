@@ -49,12 +49,15 @@ class MongoServer:
     """The server on ``port`` with its data (and pid file) in ``data``; stopped by that pid.
 
     ``standalone``: a standalone server (no replica set: no oplog, no transactions) instead.
+    ``oplog_max_entries``: cap the oplog at this many entries (the server's default is 100 000).
     """
 
-    def __init__(self, port: int = MONGO_PORT, data: Path = MONGO_DATA, standalone: bool = False) -> None:
+    def __init__(self, port: int = MONGO_PORT, data: Path = MONGO_DATA, standalone: bool = False,
+                 oplog_max_entries: int | None = None) -> None:
         self.port = port
         self.data = data
         self.standalone = standalone
+        self.oplog_max_entries = oplog_max_entries
         self.pid_file = data / "mongod.pid"
         self.log_file = data / "mongod.log"
 
@@ -110,7 +113,8 @@ class MongoServer:
         args = [SERVER_BIN, "--host", PG_HOST, "--port", str(self.port), "--storage-path", str(self.data / "wt"),
                 "--log-level", "WARNING", "--oplog-retention-seconds", str(OPLOG_RETENTION_SECONDS),
                 *(["--auth"] if auth else []),
-                *(["--standalone"] if self.standalone else [])]
+                *(["--standalone"] if self.standalone else []),
+                *(["--oplog-max-entries", str(self.oplog_max_entries)] if self.oplog_max_entries else [])]
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid_file.write_text(f"{proc.pid} {self.port}")

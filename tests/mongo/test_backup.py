@@ -21,6 +21,8 @@ from dbops.operators.mongo import (
     MongoVerifyBackupOperator,
 )
 from tests.backup.conftest import context
+from scripts.stack.mongo import MongoServer
+from tests.conftest import free_port
 from tests.mongo.conftest import fill, make_target, ops, state, store
 
 
@@ -203,3 +205,46 @@ def test_restore_refuses_an_existing_database_unless_overwrite_then_replaces_it_
     assert restore(True)["replaced"] is True
     assert state(restored) == source
     assert not [n for n in target.client.list_database_names() if "__dbops_" in n]
+
+
+def test_restore_never_overwrites_collections_an_interrupted_swap_moved_aside(target):
+    """Guarantee: old collections left in ``<database>__dbops_replaced`` (a swap interrupted beyond undoing)
+    are never dropped by a later restore: it stops before moving anything."""
+    made = backup(target.name)
+    target.client["restored_y"].now.insert_one({"n": 1})
+    target.client["restored_y__dbops_replaced"].before.insert_one({"old": True})
+    with pytest.raises(AirflowFailException, match="holds collections moved aside by an interrupted restore"):
+        MongoRestoreOperator(task_id="restore", target=target.name, backup_id=made["backup_id"],
+                             database="restored_y", overwrite=True).execute(context(run_id="r"))
+    assert target.client["restored_y"].list_collection_names() == ["now"]
+    assert target.client["restored_y__dbops_replaced"].list_collection_names() == ["before"]
+    assert "restored_y__dbops_restoring" not in target.client.list_database_names()
+
+
+class WriteManyDuringDump(MongoBackupOperator):
+    """Writes more documents (one oplog entry each) than the server's oplog holds while the dump runs."""
+
+    client = None
+    database = None
+
+    def progress(self, collection: str, documents: int) -> None:
+        if collection == "events" and documents <= 101:
+            for i in range(3):
+                self.client[self.database].flood.insert_many([{"i": i, "k": k} for k in range(200)])
+
+
+def test_an_oplog_that_rolls_over_during_the_dump_fails_it_without_a_manifest(monkeypatch, tmp_path, pg_server,
+                                                                             tmp_path_factory):
+    """Guarantee: when the oplog no longer holds the dump's start, the captured oplog would have a gap:
+    the backup fails at once saying to enlarge the oplog, and stores nothing."""
+    server = MongoServer(free_port(), tmp_path_factory.mktemp("small_oplog"), oplog_max_entries=100)
+    server.start()
+    try:
+        facts = make_target(monkeypatch, tmp_path, server.port)
+        fill(facts.client[facts.database], documents=300)
+        WriteManyDuringDump.client, WriteManyDuringDump.database = facts.client, facts.database
+        with pytest.raises(AirflowFailException, match="the oplog no longer holds the dump's start"):
+            backup(facts.name, operator=WriteManyDuringDump)
+        assert store().list_keys(f"{facts.name}/") == []
+    finally:
+        server.stop()

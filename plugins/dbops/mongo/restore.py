@@ -105,10 +105,14 @@ def swap_into(client, temporary: str, database: str) -> str | None:
     ``<database>__dbops_replaced`` (returned, or None when ``database`` was empty), dropped by the caller.
 
     If a move fails, the moves done are undone, so ``database`` holds its former collections again and
-    the restored ones are back in ``temporary``; either way no collection is ever dropped here.
+    the restored ones are back in ``temporary``; either way no collection is ever dropped here. A
+    ``<database>__dbops_replaced`` that holds collections (left by a swap interrupted beyond undoing) is
+    never overwritten: the restore stops before moving anything.
     """
     retired = f"{database}{REPLACED}"
-    client.drop_database(retired)  # a leftover of an interrupted swap whose database was restored since
+    if client.get_database(retired).list_collection_names():
+        raise AirflowFailException(f"database {retired} holds collections moved aside by an interrupted restore: "
+                                   f"move them back into {database} or drop {retired}, then run again")
     old = client.get_database(database).list_collection_names()
     new = client.get_database(temporary).list_collection_names()
     moves = [(database, retired, name) for name in old] + [(temporary, database, name) for name in new]
