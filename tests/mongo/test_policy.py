@@ -66,6 +66,8 @@ def test_a_mongodb_target_is_typed_and_postgres_is_the_default_engine():
      "key 'backup.tenant_tables': tenant exports are for PostgreSQL targets only"),
     (("backup: {storage: local}", "backup: {storage: nowhere}"), "key 'backup.storage': unknown storage 'nowhere'"),
     (("    engine: mongodb\n", ""), "target 'chat': key 'mongo': only for targets with engine: mongodb"),
+    (("compact_free_pct: 25}", "compact_free_pct: 25, notify: [pager]}"),
+     "key 'mongo.maintenance.notify[0]': unknown notifier 'pager'"),
 ])
 def test_bad_mongodb_config_names_file_target_and_key(change, message):
     text = GOOD.replace(*change)

@@ -140,14 +140,22 @@ def _check_references(config: DbopsConfig) -> None:
         if not target.conn_id:
             raise Invalid(f"{key}.conn_id", "must name an Airflow connection")
         check_engine(target, key)
-        for policy in ("backup", "alerts", "maintenance"):
-            notify = getattr(getattr(target, policy), "notify", [])
+        for policy in ("backup", "alerts", "maintenance", "mongo.retention", "mongo.maintenance"):
+            notify = getattr(_section(target, policy), "notify", [])
             for i, channel in enumerate(notify):
                 _check_channel(config.notifications, channel, f"{key}.{policy}.notify[{i}]")
         if target.backup:
             check_backup(target.backup, f"{key}.backup", config.storage)
         if target.maintenance:
             check_maintenance(target.maintenance, f"{key}.maintenance")
+
+
+def _section(target: TargetConfig, path: str) -> Any:
+    """A target's section by dotted path (``mongo.retention``), or None where a part is not set."""
+    section: Any = target
+    for name in path.split("."):
+        section = getattr(section, name, None)
+    return section
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")
