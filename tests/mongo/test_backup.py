@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -85,6 +86,35 @@ def test_server_killed_mid_dump_is_retried_leaves_no_manifest_and_the_retry_stor
     assert all(k.startswith(made["backup_id"] + "/") for k in keys)
     assert made["rows"] == 1500 + 1500 + 500
     assert verify(facts.name, made["backup_id"])["verified"] is True
+
+
+def test_a_backup_stored_but_not_recorded_by_an_earlier_attempt_is_recorded_by_the_retry(target):
+    """Guarantee: an attempt that stored a complete backup but lost the ops database before recording it
+    is finished by the retry (recorded, nothing dumped again), never left as an uncatalogued copy."""
+    from dbops.backup.runs import new_manifest
+    from dbops.backup.store_io import store_backup
+    from dbops.core.config import load_config
+    from dbops.core.manifest import backup_prefix
+    from dbops.mongo.dump import TOOL, dump_database
+
+    # the earlier attempt, up to the catalog: dumped and stored with the library, not recorded
+    ctx = context(run_id="lost_ops")
+    policy = load_config().targets[target.name].backup
+    staging = target.tmp / "earlier"
+    staging.mkdir()
+    dump = dump_database(target.client, target.database, staging, 3, None, True)
+    prefix = backup_prefix(target.name, "full", datetime(2026, 11, 20, 2, 0, 5, tzinfo=timezone.utc))
+    manifest = new_manifest(ctx, policy, store(), prefix, target.name, kind="full", taken_at=datetime.now(timezone.utc),
+                            snapshot_id="s", server_version=dump.server_version, tool=TOOL, files=dump.files,
+                            tables=dump.counts, dump_seconds=dump.seconds, archive="a")
+    manifest.extra.update({"database": target.database, "consistency": dump.consistency, "oplog": dump.oplog,
+                           "hashes": dump.hashes, "index_specs": dump.indexes})
+    store_backup(store(), manifest, staging)
+    retried = backup(target.name, run_id="lost_ops")
+    assert retried["backup_id"] == prefix
+    assert {k.split("/")[2] for k in store().list_keys(f"{target.name}/full/")} == {prefix.rsplit("/", 1)[1]}
+    assert ops().get_first("SELECT status FROM dbops.backups WHERE backup_id = %s", parameters=(prefix,))[0] == "complete"
+    assert verify(target.name, prefix)["verified"] is True
 
 
 def test_corrupt_stored_file_fails_the_verification_naming_it(target):

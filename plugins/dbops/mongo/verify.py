@@ -48,7 +48,7 @@ def restore_and_check(client, store: BackupStore, manifest: Manifest, database: 
     except OperationFailure as err:
         if is_transient(err):
             raise
-        checks["restore"] = {"ok": False, "error": str(err.details.get("errmsg") if err.details else err)}
+        checks["restore"] = {"ok": False, "error": " ".join(str(err).split())[:2000]}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return _outcome(checks, restore_seconds, run_amcheck=False)

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from dbops.backup import catalog
 from dbops.backup.runs import backup_result, new_manifest
 from dbops.backup.store_io import remove_incomplete, store_backup
 from dbops.core.errors import classify
-from dbops.core.manifest import backup_prefix
+from dbops.core.manifest import MANIFEST_NAME, backup_prefix
 from dbops.core.units import human_bytes
 from dbops.operators.backup import _BackupTargetOperator
 from dbops.operators.base import TargetOperator
@@ -26,7 +27,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from dbops.core.config import DbopsConfig
+    from dbops.core.manifest import Manifest
+    from dbops.core.store import BackupStore
     from dbops.hooks.mongo import DbopsMongoHook
+    from dbops.hooks.ops import OpsDatabaseHook
     from dbops.mongo.policy import MongoRetentionPolicy
 
 CONSISTENCY_NOTES = {"oplog": "point-in-time consistent at the dump's end (snapshot per collection + oplog replay)",
@@ -67,6 +71,13 @@ class MongoBackupOperator(_MongoTargetOperator):
             existing = self._existing_backup(context, policy, ops, store)
             if existing is not None:
                 return existing
+            stored = self._stored_not_recorded(context, store, ops)
+            if stored is not None:
+                with ops.transaction() as conn:
+                    catalog.record_backup(conn, stored)
+                self.log.info("complete, nothing dumped: backup %s of this run was stored by an earlier attempt that "
+                              "could not record it; recorded now", stored.location, backup_id=stored.backup_id)
+                return {**backup_result(stored), "consistency": stored.extra["consistency"]}
             for folder, files in remove_incomplete(store, f"{self.target}/full/").items():
                 self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
         except AirflowFailException:
@@ -99,8 +110,12 @@ class MongoBackupOperator(_MongoTargetOperator):
                                 "removes what was stored") from err
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        with ops.transaction() as conn:
-            catalog.record_backup(conn, manifest)
+        try:
+            with ops.transaction() as conn:
+                catalog.record_backup(conn, manifest)
+        except psycopg.Error as err:
+            raise classify(err, f"recording backup {manifest.backup_id} in the catalog failed; it is stored "
+                                "complete and the retry records it") from err
         self.log.info("stored OK: backup %s of database %s: %s (%s raw BSON), %d collections, %d documents, "
                       "dump %.1f s, upload %.1f s; %s%s", manifest.location, database, human_bytes(manifest.total_bytes),
                       human_bytes(sum(f.raw_bytes for f in dump.files)), len(dump.counts), manifest.total_rows,
@@ -109,6 +124,20 @@ class MongoBackupOperator(_MongoTargetOperator):
                       backup_id=manifest.backup_id, bytes=manifest.total_bytes, collections=len(dump.counts),
                       documents=manifest.total_rows, consistency=dump.consistency)
         return {**backup_result(manifest), "consistency": dump.consistency}
+
+    def _stored_not_recorded(self, context: Context, store: BackupStore, ops: OpsDatabaseHook) -> Manifest | None:
+        """A complete backup an earlier attempt of this run stored but could not record in the catalog."""
+        from dbops.backup.store_io import read_manifest
+
+        folders = sorted({key.rsplit("/", 1)[0] for key in store.list_keys(f"{self.target}/full/")
+                          if key.endswith(f"/{MANIFEST_NAME}")})
+        with ops.transaction() as conn:
+            unknown = [folder for folder in folders if not catalog.is_catalogued(conn, folder)]
+        for folder in unknown:
+            manifest = read_manifest(store, folder)
+            if manifest is not None and manifest.run_id == context["run_id"]:
+                return manifest
+        return None
 
     def progress(self, collection: str, documents: int) -> None:
         """Called after each batch the dump reads; logs every 100 000 documents of a collection."""
