@@ -38,8 +38,20 @@ def expected_schedules() -> dict[str, str | None]:
         if target.maintenance:
             expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}
+        if target.lifecycle and target.lifecycle.policies:
+            expected |= lifecycle_schedules(name, target.lifecycle)
         if target.alerts:
             expected |= {f"db_alerts__{name}": target.alerts.schedule, "db_alert_silence": None}
+    return expected
+
+
+def lifecycle_schedules(name, section) -> dict[str, str | None]:
+    policies = section.policies
+    expected = {}
+    if any(p.archive_after and p.cadence == "monthly" for p in policies):
+        expected[f"pg_archive__{name}"] = section.archive_schedule
+    if any(p.retention or (p.archive_after and p.cadence == "daily") for p in policies):
+        expected[f"pg_retention__{name}"] = section.retention_schedule
     return expected
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from dbops.alerting.policy import AlertPolicy
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
+from dbops.lifecycle.policy import LifecycleSection, check_lifecycle
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -48,6 +49,7 @@ class TargetConfig:
     backup: BackupPolicy | None = None
     maintenance: MaintenancePolicy | None = None
     alerts: AlertPolicy | None = None
+    lifecycle: LifecycleSection | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ def _check_references(config: DbopsConfig) -> None:
             check_backup(target.backup, f"{key}.backup", config.storage)
         if target.maintenance:
             check_maintenance(target.maintenance, f"{key}.maintenance")
+        if target.lifecycle:
+            check_lifecycle(target.lifecycle, f"{key}.lifecycle", has_store=target.backup is not None)
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")
