@@ -10,7 +10,8 @@ Each batch is one short transaction with ``SET LOCAL lock_timeout`` and ``statem
    a referenced row is held back, so no foreign key is ever violated or cascaded.
 
 A crash at any point rolls back the open batch only: nothing is lost and nothing is done twice. The batch
-size adapts to ``batch_seconds``; the loop pauses between batches and stops cleanly at the time budget.
+size adapts to ``batch_seconds``; the loop pauses between batches and stops cleanly at the time budget (after at least one batch,
+so every run makes progress).
 """
 
 from __future__ import annotations
@@ -179,9 +180,6 @@ def run_batches(conn: psycopg.Connection, scope: Scope, step: Step, limits: Limi
     expected = max(scope.estimate(conn), 1)
     started = time.monotonic()
     while True:
-        if time.monotonic() >= limits.deadline:
-            tally.stopped = "time budget spent; the next run continues from here"
-            break
         attempt = 0
         while True:
             t0 = time.monotonic()
@@ -220,6 +218,9 @@ def run_batches(conn: psycopg.Connection, scope: Scope, step: Step, limits: Limi
             left = max(expected - tally.rows - tally.held_back, 0)
             logger.info("%s: %d rows in %d batches, %.0f rows/s, about %d left (~%.0f s); batch size %d", what,
                         tally.rows, tally.batches, rate, left, left / rate if rate else 0.0, size)
+        if time.monotonic() >= limits.deadline:  # checked after a batch: every run makes progress
+            tally.stopped = "time budget spent; the next run continues from here"
+            break
         if limits.pause:
             time.sleep(limits.pause)
     tally.seconds = time.monotonic() - started
