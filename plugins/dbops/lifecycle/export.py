@@ -40,6 +40,7 @@ class Exporter:
     def _prepare(self, conn: psycopg.Connection) -> None:
         """Create the exports table; delete files of batches that never committed (outside any batch)."""
         with conn.transaction():  # a savepoint inside the batch's transaction
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ARCHIVE_SCHEMA)))
             conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, table_name text NOT NULL, "
                                  "cutoff timestamptz NOT NULL, newest timestamptz, rows bigint NOT NULL, "
                                  "sha256 text NOT NULL, bytes bigint NOT NULL, "
