@@ -24,7 +24,7 @@ OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operat
              "!=": operator.ne}
 SEVERITIES = ("info", "warning", "critical")
 DATABASES = ("target", "ops")
-POLICIES = ("backup", "maintenance")
+POLICIES = ("backup", "maintenance", "lifecycle")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -87,7 +87,7 @@ def rules_for(config: DbopsConfig, target: str) -> list[Rule]:
     if unknown:
         raise ConfigError(f"{config.path}: targets.{target}.alerts.thresholds.{unknown[0]}: no rule of that name "
                           f"in the packs {', '.join(policy.rules)}")
-    policies = {"backup": config.targets[target].backup, "maintenance": config.targets[target].maintenance}
+    policies = {name: getattr(config.targets[target], name) for name in POLICIES}
     return [replace(rule, threshold=policy.thresholds.get(rule.name, rule.threshold)) for rule in rules
             if rule.requires_policy is None or policies[rule.requires_policy] is not None]
 
