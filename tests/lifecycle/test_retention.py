@@ -36,9 +36,9 @@ def test_archive_to_store_writes_files_with_manifests_then_retention_deletes_the
         - {table: parents, time_column: created_at, archive_after: 365d, retention: 700d, archive_storage: store}""")
     with psycopg.connect(lab.dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM children")
-    result = by_table(run(lab, "archive", day(365 + 300)))
-    assert result["parents"]["rows_moved"] == 300
-    assert count(lab.dsn, "SELECT count(*) FROM parents") == DAYS - 300
+    result = by_table(run(lab, "archive", day(365 + 700)))
+    assert result["parents"]["rows_moved"] == 700
+    assert count(lab.dsn, "SELECT count(*) FROM parents") == DAYS - 700
     assert count(lab.dsn, "SELECT to_regclass('archive.parents') IS NULL")  # no archive table: in the store
     files = sorted(p for p in lab.store.rglob("*.jsonl.zst"))
     assert len(files) == result["parents"]["batches"] > 1
@@ -47,14 +47,14 @@ def test_archive_to_store_writes_files_with_manifests_then_retention_deletes_the
         manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
         newest[path] = manifest["newest"]
         assert manifest["table"] == "parents" and manifest["sha256"] == file_sha256(path)
-        assert manifest["cutoff"] == day(300).isoformat()
+        assert manifest["cutoff"] == day(700).isoformat()
         lines = zstandard.ZstdDecompressor().decompress(path.read_bytes()).decode().splitlines()
         assert manifest["rows"] == len(lines)
         rows += [json.loads(line) for line in lines]
-    assert sorted(r["id"] for r in rows) == list(range(1, 301))
+    assert sorted(r["id"] for r in rows) == list(range(1, 701))
 
-    purged = by_table(run(lab, "retention", day(700 + 250)))  # retention cutoff day(250): the first file's rows
-    expired = {p for p in files if newest[p] < day(250).isoformat()}
+    purged = by_table(run(lab, "retention", day(700 + 600)))  # retention cutoff day(600): the first file's rows
+    expired = {p for p in files if newest[p] < day(600).isoformat()}
     assert expired and purged["parents"]["files_deleted"] == len(expired)
     assert set(lab.store.rglob("*.jsonl.zst")) == set(files) - expired
     assert not any(p.with_name(p.name + ".manifest.json").exists() for p in expired)

@@ -26,6 +26,12 @@ class Reference:
     table: str
     columns: tuple[str, ...]
     ref_columns: tuple[str, ...]
+    on_delete: str = "a"  # pg_constraint.confdeltype: a no action, r restrict, c cascade, n set null, d set default
+
+    @property
+    def changes_rows(self) -> bool:
+        """Deleting a referenced row would change or delete the referencing rows (instead of failing)."""
+        return self.on_delete in ("c", "n", "d")
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ SELECT n.nspname, c.relname,
              JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k.n ORDER BY k.o),
        array(SELECT a.attname FROM unnest(f.confkey) WITH ORDINALITY k(n, o)
              JOIN pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k.n ORDER BY k.o),
-       pn.nspname, p.relname
+       pn.nspname, p.relname, f.confdeltype
 FROM pg_constraint f
 JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_class p ON p.oid = f.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
@@ -75,10 +81,10 @@ def describe(conn: psycopg.Connection, schema: str, table: str) -> TableInfo | N
     pk = conn.execute(_PRIMARY_KEY, (oid,)).fetchone()
     leading = frozenset(r[0] for r in conn.execute(_LEADING, (oid,)).fetchall())
     references, parents = [], set()
-    for ref_schema, ref_table, cols, ref_cols, parent_schema, parent_table in conn.execute(
+    for ref_schema, ref_table, cols, ref_cols, parent_schema, parent_table, on_delete in conn.execute(
             _FOREIGN_KEYS, {"oid": oid}).fetchall():
         if (parent_schema, parent_table) == (schema, table):
-            references.append(Reference(ref_schema, ref_table, tuple(cols), tuple(ref_cols)))
+            references.append(Reference(ref_schema, ref_table, tuple(cols), tuple(ref_cols), str(on_delete)))
         if (ref_schema, ref_table) == (schema, table):
             parents.add((parent_schema, parent_table))
     return TableInfo(schema, table, kind, columns, tuple(pk[0]) if pk else (), leading, tuple(references),

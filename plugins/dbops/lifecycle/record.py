@@ -21,7 +21,8 @@ def start(conn: psycopg.Connection, target: str, job: str, table: str, logical_d
         (target, job, table, logical_date, run_id, try_number, cutoff, cadence_seconds)).fetchone()[0]
 
 
-def finish(conn: psycopg.Connection, entry: int, status: str, figures: dict[str, Any], error: str | None = None) -> None:
+def finish(conn: psycopg.Connection, entry: int, status: str, figures: dict[str, Any],
+           error: str | None = None) -> None:
     """Close row ``entry`` with ``figures`` (keys: rows_moved, rows_purged, rows_held_back, rows_behind,
     files_deleted, batches, seconds, max_batch_seconds; missing ones keep their defaults)."""
     conn.execute(
