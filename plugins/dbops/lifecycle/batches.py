@@ -300,9 +300,10 @@ def _batch(conn: psycopg.Connection, scope: Scope, step: Step, after: tuple | No
 
 
 def _next_size(size: int, got: int, seconds: float, target: float) -> int:
-    """The next batch size: scaled toward ``target`` seconds, growing at most by half, shrinking at most to
-    a quarter per batch (a slow batch is followed by a much smaller one)."""
+    """The next batch size: scaled toward ``target`` seconds, at most doubled (by half once a batch takes a
+    quarter of the target) and at least a quarter of the last (a slow batch is followed by a much smaller one)."""
     if got < size and seconds <= target:  # a short batch says little about speed
         return size
     scaled = size * target / max(seconds, 1e-3)
-    return int(min(MAX_BATCH, max(1, size // 4, min(size * 3 // 2, scaled))))
+    growth = size * 2 if seconds < target / 4 else size * 3 // 2
+    return int(min(MAX_BATCH, max(1, size // 4, min(growth, scaled))))
