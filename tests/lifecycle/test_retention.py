@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pytest
 import zstandard
+from airflow.sdk.exceptions import AirflowException
 
 from dbops.core.streams import file_sha256
 from tests.lifecycle.conftest import DAYS, by_table, count, day, fingerprint, ops_rows, run, write_config
@@ -76,3 +78,20 @@ def test_a_file_of_a_batch_that_never_committed_is_deleted_by_the_next_export(la
     assert set(committed) <= set(lab.store.rglob("*.jsonl.zst"))
     assert count(lab.dsn, "SELECT count(*) FROM archive.parents") == 20  # export: true keeps the archive table
     assert count(lab.dsn, "SELECT sum(rows) FROM archive.dbops_exports") == 20
+
+
+def test_store_unreachable_moves_nothing(lab):
+    """The export is written before the batch commits: a store that cannot be written fails the batch, and
+    every row stays in the table (and none reaches the archive table)."""
+    lab.store.parent.mkdir(parents=True, exist_ok=True)
+    lab.store.write_text("a file where the store directory should be")
+    write_config(lab, """
+        - {table: parents, time_column: created_at, archive_after: 365d, export: true}""")
+    with psycopg.connect(lab.dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM children")
+    before = fingerprint(lab.dsn)
+    with pytest.raises(AirflowException, match="archive of parents"):
+        run(lab, "archive", day(365 + 100))
+    assert fingerprint(lab.dsn) == before
+    assert count(lab.dsn, "SELECT count(*) FROM parents") == DAYS
+    assert [r["status"] for r in ops_rows(lab.name)] == ["failed"]
