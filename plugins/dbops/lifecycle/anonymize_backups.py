@@ -43,9 +43,9 @@ def backups_holding(conn: psycopg.Connection, target: str, policy: BackupPolicy 
     if not holding or policy is None:
         return [HoldingBackup(b.backup_id, kind, b.taken_at, None) for b, kind in holding]
     full_dates = forecast_full(full, policy, {b.backup_id for b, kind in holding if kind == "full"}, anonymized_at)
+    expiry = timedelta(seconds=policy.tenant_retention)
     result = [HoldingBackup(b.backup_id, kind, b.taken_at, full_dates.get(b.backup_id) if kind == "full"
-                            else next_run_after(policy.schedule, b.taken_at + timedelta(seconds=policy.tenant_retention)))
-              for b, kind in holding]
+                            else next_run_after(policy.schedule, b.taken_at + expiry)) for b, kind in holding]
     return sorted(result, key=lambda h: (h.taken_at, h.backup_id))
 
 
