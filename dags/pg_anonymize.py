@@ -1,7 +1,7 @@
 """Anonymization, per target with an `anonymize` section in include/config/dbops.yaml:
 pg_anonymize__<target> (on demand: one user, Params user_id and reason) and
 pg_anonymize_inactive__<target> (scheduled: users inactive longer than `anonymize_after`).
-Runbook: include/runbooks/pg_anonymize.md.
+Runbooks: include/runbooks/pg_anonymize.md and pg_anonymize_inactive.md.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ for target, settings in config.targets.items():
             dag_id=f"pg_anonymize_inactive__{target}",
             schedule=policy.schedule,
             description=f"Anonymize the users of {target} inactive longer than anonymize_after, in batches",
-            doc_md=runbook("pg_anonymize", target),
+            doc_md=runbook("pg_anonymize_inactive", target),
             **dag_kwargs(tags=["lifecycle", "anonymize", target], on_failure=notifier),
         ):
             AnonymizeInactiveOperator(task_id="anonymize_inactive", target=target,

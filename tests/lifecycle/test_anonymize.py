@@ -115,7 +115,8 @@ def snapshot(database: str) -> dict:
     """Every row of every table of the database, as text (to prove nothing changed)."""
     with psycopg.connect(libpq_conninfo(database)) as conn:
         tables = conn.execute("SELECT n.nspname, c.relname FROM pg_class c "
-                              "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                              "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+                              "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
                               "ORDER BY 1, 2").fetchall()
         return {f"{s}.{t}": sorted(map(str, conn.execute(sql.SQL("SELECT t::text FROM {} t").format(
             sql.Identifier(s, t))).fetchall())) for s, t in tables}
