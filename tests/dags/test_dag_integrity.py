@@ -40,6 +40,10 @@ def expected_schedules() -> dict[str, str | None]:
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}
         if target.alerts:
             expected |= {f"db_alerts__{name}": target.alerts.schedule, "db_alert_silence": None}
+        if target.anonymize:
+            expected[f"pg_anonymize__{name}"] = None
+            if target.anonymize.anonymize_after is not None and target.anonymize.schedule:
+                expected[f"pg_anonymize_inactive__{name}"] = target.anonymize.schedule
     return expected
 
 

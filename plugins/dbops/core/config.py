@@ -16,6 +16,7 @@ from typing import Any
 from dbops.alerting.policy import AlertPolicy
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
+from dbops.lifecycle.anonymize_policy import AnonymizePolicy, check_anonymize
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -48,6 +49,7 @@ class TargetConfig:
     backup: BackupPolicy | None = None
     maintenance: MaintenancePolicy | None = None
     alerts: AlertPolicy | None = None
+    anonymize: AnonymizePolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def _check_references(config: DbopsConfig) -> None:
             raise Invalid(key, "target names are lowercase letters, digits and _ (used in DAG ids)")
         if not target.conn_id:
             raise Invalid(f"{key}.conn_id", "must name an Airflow connection")
-        for policy in ("backup", "alerts", "maintenance"):
+        for policy in ("backup", "alerts", "maintenance", "anonymize"):
             notify = getattr(getattr(target, policy), "notify", [])
             for i, channel in enumerate(notify):
                 _check_channel(config.notifications, channel, f"{key}.{policy}.notify[{i}]")
@@ -144,6 +146,8 @@ def _check_references(config: DbopsConfig) -> None:
             check_backup(target.backup, f"{key}.backup", config.storage)
         if target.maintenance:
             check_maintenance(target.maintenance, f"{key}.maintenance")
+        if target.anonymize:
+            check_anonymize(target.anonymize, f"{key}.anonymize")
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")
