@@ -17,6 +17,7 @@ from dbops.alerting.policy import AlertPolicy
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
+from dbops.partitions.policy import PartitionsPolicy, check_partitions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "dbops.yaml"
@@ -48,6 +49,7 @@ class TargetConfig:
     backup: BackupPolicy | None = None
     maintenance: MaintenancePolicy | None = None
     alerts: AlertPolicy | None = None
+    partitions: PartitionsPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ def _check_references(config: DbopsConfig) -> None:
             check_backup(target.backup, f"{key}.backup", config.storage)
         if target.maintenance:
             check_maintenance(target.maintenance, f"{key}.maintenance")
+        if target.partitions:
+            check_partitions(target.partitions, f"{key}.partitions", target.backup is not None)
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")
