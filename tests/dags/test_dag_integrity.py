@@ -38,6 +38,8 @@ def expected_schedules() -> dict[str, str | None]:
         if target.maintenance:
             expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}
+        if target.partitions:
+            expected[f"pg_partitions__{name}"] = target.partitions.schedule
         if target.alerts:
             expected |= {f"db_alerts__{name}": target.alerts.schedule, "db_alert_silence": None}
         if target.anonymize:
