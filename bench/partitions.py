@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from dbops.partitions.inspect import inspect_table, session  # noqa: E402
+from dbops.partitions.tree import inspect_table, session  # noqa: E402
 from dbops.partitions.plan import RETIRE, Step, plan_table  # noqa: E402
 from dbops.partitions.policy import PartitionsPolicy, TablePolicy  # noqa: E402
 from dbops.partitions.retire import detach  # noqa: E402

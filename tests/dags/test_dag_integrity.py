@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+PLUGINS_FOLDER = DAGS_FOLDER.parent / "plugins"
 
 
 def load_dagbag() -> DagBag:
@@ -47,6 +49,14 @@ def expected_schedules() -> dict[str, str | None]:
             if target.anonymize.anonymize_after is not None and target.anonymize.schedule:
                 expected[f"pg_anonymize_inactive__{name}"] = target.anonymize.schedule
     return expected
+
+
+def test_no_plugin_module_shadows_the_standard_library():
+    """Airflow's plugin loader imports every file under plugins/ by its bare name: an ``inspect.py``
+    there replaces the standard ``inspect`` module in every task process."""
+    clashes = sorted(str(p.relative_to(PLUGINS_FOLDER)) for p in PLUGINS_FOLDER.rglob("*.py")
+                     if p.stem in sys.stdlib_module_names)
+    assert clashes == []
 
 
 def test_every_dag_the_config_implies_exists_with_its_schedule(dagbag):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from dbops.core.config import DbopsConfig
-    from dbops.partitions.inspect import TableInspection
+    from dbops.partitions.tree import TableInspection
     from dbops.partitions.plan import TablePlan
     from dbops.partitions.policy import PartitionsPolicy
 
@@ -44,7 +44,7 @@ class _PartitionsOperator(TargetOperator):
         """Inspect and plan every configured table; a table that cannot be managed gets a plan with its error."""
         import psycopg
 
-        from dbops.partitions.inspect import TableSetupError, inspect_table
+        from dbops.partitions.tree import TableSetupError, inspect_table
         from dbops.partitions.plan import TablePlan, plan_table
 
         results = []
@@ -65,7 +65,7 @@ class _PartitionsOperator(TargetOperator):
 
     def _connect(self, config: DbopsConfig, policy: PartitionsPolicy) -> psycopg.Connection:
         from dbops.hooks.postgres import DbopsPostgresHook
-        from dbops.partitions.inspect import session
+        from dbops.partitions.tree import session
 
         conn = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id).get_conn()
         session(conn, policy.lock_timeout, policy.statement_timeout)
@@ -210,7 +210,7 @@ class PartitionsReportOperator(_PartitionsOperator):
         from dbops.core.runs import run_date
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.partitions import record
-        from dbops.partitions.inspect import as_dict
+        from dbops.partitions.tree import as_dict
         from dbops.partitions.plan import covered_until, floor
         from dbops.partitions.report import empty_figures, summarize, summary_line
 

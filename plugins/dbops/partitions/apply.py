@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from dbops.core.config import DbopsConfig
-    from dbops.partitions.inspect import TableInspection
+    from dbops.partitions.tree import TableInspection
 
 log = logging.getLogger(__name__)
 Record = Callable[..., None]  # record(step, partition, status, rows=, bytes_=, seconds=, detail=)

@@ -7,7 +7,7 @@ moved by :mod:`dbops.partitions.default_moves`; then, in one short transaction, 
 the bounds is added (so ATTACH PARTITION skips its validation scan), the table is attached (the parent's
 partitioned indexes are attached or built by PostgreSQL) and the CHECK and the comment are dropped. A run
 killed half-way leaves the marked table, which the next run resumes. Every statement runs under the
-session's lock_timeout and statement_timeout (:func:`dbops.partitions.inspect.session`).
+session's lock_timeout and statement_timeout (:func:`dbops.partitions.tree.session`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from dbops.partitions.default_moves import move_batches
-from dbops.partitions.inspect import TableInspection, literal
+from dbops.partitions.tree import TableInspection, literal
 from dbops.partitions.locks import StepSkipped, with_lock_retries
 from dbops.partitions.plan import Step
 from dbops.partitions.policy import PartitionsPolicy

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from dbops.partitions.inspect import TableInspection, literal
+from dbops.partitions.tree import TableInspection, literal
 from dbops.partitions.locks import with_lock_retries
 from dbops.partitions.plan import Step
 from dbops.partitions.policy import PartitionsPolicy

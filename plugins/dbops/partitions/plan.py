@@ -14,7 +14,7 @@ from typing import Any
 
 from dateutil.relativedelta import relativedelta
 
-from dbops.partitions.inspect import Partition, TableInspection
+from dbops.partitions.tree import Partition, TableInspection
 from dbops.partitions.policy import TablePolicy
 
 CREATE = "create"  # a new partition (rows of its range in DEFAULT are moved into it first)

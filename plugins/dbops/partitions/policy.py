@@ -12,7 +12,7 @@ Validation is split in two. At parse time (this module, called from ``core/confi
 read: intervals, counts, retention, retire modes, and that ``retire: drop`` has a backup store to dump
 into. Whether a table is RANGE-partitioned on one date/timestamp column can only be seen in the target's
 catalogs, and parsing never touches a database; the inspect step checks it on every run and fails that
-table with an error naming the file, target, table and key (see ``inspect.TableSetupError``).
+table with an error naming the file, target, table and key (see ``tree.TableSetupError``).
 """
 
 from __future__ import annotations

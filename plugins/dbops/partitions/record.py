@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from dbops.partitions.inspect import TableInspection, as_dict
+from dbops.partitions.tree import TableInspection, as_dict
 from dbops.partitions.policy import TablePolicy
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from dbops.partitions.inspect import TableInspection
+from dbops.partitions.tree import TableInspection
 from dbops.partitions.locks import StepSkipped, with_lock_retries
 from dbops.partitions.plan import Step
 from dbops.partitions.policy import PartitionsPolicy
