@@ -20,7 +20,7 @@ for target, settings in config.targets.items():
     section = settings.lifecycle
     if section is None or not section.policies:
         continue
-    notifier = DbopsFailureNotifier(target=target, channels=settings.backup.notify if settings.backup else ["log"])
+    notifier = DbopsFailureNotifier(target=target, channels=section.notify)
     # the task's limit: the time budget (it stops cleanly there) plus the last batch, the checks and the counts
     work_timeout = timedelta(seconds=section.time_budget + 2 * section.statement_timeout + 600)
     heavy = {"pool": pool_name(target), "execution_timeout": work_timeout}

@@ -513,6 +513,46 @@ def load(conn: psycopg.Connection, size_mb: float, seed: int, now: dt.date) -> d
             cur.execute(statement)
         log.info("built indexes=%d foreign_keys=%d seconds=%.1f",
                  len(restore_indexes), len(restore_fks), time.monotonic() - started)
+        rows.update(load_partition_demo(cur, now))
+    return rows
+
+
+# Partition-management demo (pg_partitions__appdb): a few rows per partition, some in the DEFAULT
+# partitions (ranges the DAG will create, so it moves them; and ranges it never plans, so they stay and
+# alert), deterministic: generated from the reference date alone.
+PARTITION_DEMO = {
+    "assessment_attempts": """
+        INSERT INTO assessment_attempts (user_id, assessment, started_at, submitted_at, score)
+        SELECT u.ids[1 + g %% array_length(u.ids, 1)], 'quiz ' || (g %% 7),
+               t.at, t.at + interval '25 minutes', (g * 37 %% 100)::numeric
+        FROM (SELECT array_agg(id ORDER BY email) AS ids FROM users) u,
+             generate_series(0, 539) g,
+             LATERAL (SELECT date_trunc('month', %(now)s::timestamptz) - interval '15 months'
+                             + (g / 30) * interval '1 month' + (g %% 30) * interval '20 hours' AS at) t
+        UNION ALL  -- 2 and 3 months ahead: no partition yet, DEFAULT (the DAG creates them and moves these)
+        SELECT u.ids[1 + g %% array_length(u.ids, 1)], 'placement', t.at, NULL, NULL
+        FROM (SELECT array_agg(id ORDER BY email) AS ids FROM users) u, generate_series(0, 23) g,
+             LATERAL (SELECT date_trunc('month', %(now)s::timestamptz) + interval '2 months'
+                             + (g / 12) * interval '1 month' + (g %% 12) * interval '2 days' AS at) t""",
+    "page_views": """
+        INSERT INTO page_views (viewed_at, path)
+        SELECT %(now)s::timestamptz - interval '40 days' + g * interval '1 hour', '/course/' || (g %% 50)
+        FROM generate_series(0, 41 * 24 - 1) g
+        UNION ALL  -- 3 and 4 days ahead: DEFAULT, moved by the DAG
+        SELECT %(now)s::timestamptz + interval '3 days' + g * interval '2 hours', '/launch/' || g
+        FROM generate_series(0, 23) g
+        UNION ALL  -- far in the past: DEFAULT, belongs to no planned range: stays, reported and alerted
+        SELECT %(now)s::timestamptz - interval '400 days' + g * interval '1 hour', '/legacy/' || g
+        FROM generate_series(0, 4) g""",
+}
+
+
+def load_partition_demo(cur: psycopg.Cursor, now: dt.date) -> dict[str, int]:
+    """Fill the partition-management demo tables; returns rows per table."""
+    rows = {}
+    for table, statement in PARTITION_DEMO.items():
+        cur.execute(statement, {"now": midnight_utc(now)})
+        rows[table] = cur.rowcount
     return rows
 
 

@@ -55,6 +55,7 @@ def airflow_env(test: bool = False) -> dict[str, str]:
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
         "AIRFLOW_CONN_DBOPS_STATE": conn_uri(ops_db),
         "AIRFLOW_CONN_PG_APPDB": conn_uri("appdb"),
+        "AIRFLOW_CONN_DBOPS_ANONYMIZE_SALT": json.dumps({"conn_type": "generic", "password": secret("anonymize_salt")}),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
     }
 

@@ -23,6 +23,14 @@ def demo_conf(family: str) -> dict | None:
 
         with psycopg.connect(libpq_conninfo("appdb")) as conn:
             return {"tenant_id": str(conn.execute("SELECT id FROM tenants ORDER BY slug LIMIT 1").fetchone()[0])}
+    if family == "pg_anonymize":
+        import psycopg
+
+        with psycopg.connect(libpq_conninfo("appdb")) as conn:  # a user with orders, payments and sessions
+            user = conn.execute("SELECT u.id FROM users u WHERE EXISTS (SELECT FROM orders o JOIN payments p "
+                                "ON p.order_id = o.id WHERE o.user_id = u.id) AND EXISTS (SELECT FROM user_sessions s "
+                                "WHERE s.user_id = u.id) ORDER BY u.id LIMIT 1").fetchone()[0]
+        return {"user_id": str(user), "reason": "demo: erasure request DEMO-1"}
     return None
 
 

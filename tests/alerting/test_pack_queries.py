@@ -29,7 +29,8 @@ SLOW_STATEMENT_RULES = {"slow_statements_warning", "slow_statements_critical"}
 REPLICATION_RULES = {"replication_lag_warning", "replication_lag_critical"}  # no row: no replica, no recovery
 NO_ROW_WHEN_FRESH = {"table_bloat_high",  # no table of 8 MB or more
                      "rollback_rate_high",  # fewer than 1000 transactions: NULL
-                     "unused_indexes_warning", "unused_indexes_critical"}  # statistics younger than 7 days: NULL
+                     "unused_indexes_warning", "unused_indexes_critical",  # statistics younger than 7 days: NULL
+                     "partition_default_rows", "partition_detach_pending"}  # one row per partition: none here
 T = TypeVar("T")
 
 

@@ -79,6 +79,8 @@ def test_export_needs_a_store_and_a_table_has_one_policy():
 def test_section_limits_are_checked():
     error = error_for(config("{table: orders, time_column: t, retention: 30d}", section="lock_timeout: 1min"))
     assert "key 'lifecycle.lock_timeout': must be shorter than statement_timeout" in error
+    error = error_for(config("{table: orders, time_column: t, retention: 30d}", section="notify: [pager]"))
+    assert "key 'lifecycle.notify[0]': unknown notifier 'pager'" in error
 
 
 def test_good_policy_is_typed():

@@ -16,8 +16,10 @@ from typing import Any
 from dbops.alerting.policy import AlertPolicy
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
+from dbops.lifecycle.anonymize_policy import AnonymizePolicy, check_anonymize
 from dbops.lifecycle.policy import LifecycleSection, check_lifecycle
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
+from dbops.partitions.policy import PartitionsPolicy, check_partitions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "dbops.yaml"
@@ -49,6 +51,8 @@ class TargetConfig:
     backup: BackupPolicy | None = None
     maintenance: MaintenancePolicy | None = None
     alerts: AlertPolicy | None = None
+    anonymize: AnonymizePolicy | None = None
+    partitions: PartitionsPolicy | None = None
     lifecycle: LifecycleSection | None = None
 
 
@@ -138,7 +142,7 @@ def _check_references(config: DbopsConfig) -> None:
             raise Invalid(key, "target names are lowercase letters, digits and _ (used in DAG ids)")
         if not target.conn_id:
             raise Invalid(f"{key}.conn_id", "must name an Airflow connection")
-        for policy in ("backup", "alerts", "maintenance"):
+        for policy in (f.name for f in dataclasses.fields(target)):  # every section with a notify list
             notify = getattr(getattr(target, policy), "notify", [])
             for i, channel in enumerate(notify):
                 _check_channel(config.notifications, channel, f"{key}.{policy}.notify[{i}]")
@@ -146,6 +150,10 @@ def _check_references(config: DbopsConfig) -> None:
             check_backup(target.backup, f"{key}.backup", config.storage)
         if target.maintenance:
             check_maintenance(target.maintenance, f"{key}.maintenance")
+        if target.anonymize:
+            check_anonymize(target.anonymize, f"{key}.anonymize")
+        if target.partitions:
+            check_partitions(target.partitions, f"{key}.partitions", target.backup is not None)
         if target.lifecycle:
             check_lifecycle(target.lifecycle, f"{key}.lifecycle", has_store=target.backup is not None)
 

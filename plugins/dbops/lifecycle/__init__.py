@@ -1,1 +1,1 @@
-"""Data lifecycle of PostgreSQL targets: batched archive moves, retention purges, optional exports."""
+"""Data lifecycle: archive moves, retention purges, anonymization."""

@@ -83,6 +83,7 @@ class LifecycleSection:
     statement_timeout: Seconds = 30.0
     lock_retries: int = 5  # a batch whose lock wait timed out is retried this often, then the task retries
     progress_every: int = 50  # a progress line every this many batches
+    notify: list[str] = field(default_factory=lambda: ["log"])  # channels told when a lifecycle task fails
     policies: list[LifecyclePolicy] = field(default_factory=list)
 
 
