@@ -297,7 +297,8 @@ def gen_user_events(ctx: Ctx) -> Iterator[str]:
     rng = ctx.rng("user_events")
     n = ctx.counts["user_events"]
     types, sources = weighted(rng, EVENT_TYPES, n), weighted(rng, EVENT_SOURCES, n)
-    for i, created in enumerate(timeline(rng, n, ctx.now - 90 * DAY, ctx.now, 2.0)):
+    # 240 days: page views on both sides of their 180-day retention
+    for i, created in enumerate(timeline(rng, n, ctx.now - 240 * DAY, ctx.now, 2.0)):
         etype = types[i]
         entity, eid = ("course", uuid4(rng)) if etype != "page_view" else (NULL, NULL)
         data = (f'{{"source": "{sources[i]}", "duration_ms": {rng.randint(5, 90_000)}, '
@@ -327,7 +328,8 @@ def gen_orders(ctx: Ctx) -> Iterator[str]:
     statuses = weighted(rng, ORDER_STATUSES, n)
     tenant_weights = [1 / (k + 1) for k in range(len(ctx.tenant_ids))]
     tenants = rng.choices(ctx.tenant_ids, weights=tenant_weights, k=n)
-    for i, created in enumerate(timeline(rng, n, ctx.years_ago(4), ctx.now, 2.0)):
+    # 7.5 years: rows on both sides of the lifecycle cutoffs (archive after 3 years, retention 7 years)
+    for i, created in enumerate(timeline(rng, n, ctx.years_ago(7.5), ctx.now, 2.0)):
         oid, tenant, status = uuid4(rng), tenants[i], statuses[i]
         currency = CURRENCIES[int(tenant[:2], 16) % len(CURRENCIES)]
         lines, subtotal = [], 0.0
@@ -359,7 +361,8 @@ def gen_audit_logs(ctx: Ctx) -> Iterator[str]:
     rng = ctx.rng("audit_logs")
     n = ctx.counts["audit_logs"]
     actions = weighted(rng, AUDIT_ACTIONS, n)
-    for i, created in enumerate(timeline(rng, n, ctx.now - 900 * DAY, ctx.now, 2.0)):
+    # 7.5 years: rows on both sides of the lifecycle cutoffs (archive after 2 years, retention 7 years)
+    for i, created in enumerate(timeline(rng, n, ctx.years_ago(7.5), ctx.now, 2.0)):
         action = actions[i]
         old = f'{{"status": "{rng.choice(ORDER_STATUSES)[0]}", "version": {rng.randint(1, 9)}}}'
         by = rng.choice(("api", "admin", "system"))

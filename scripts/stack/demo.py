@@ -58,6 +58,7 @@ def run_demo() -> int:
     results += [_demo_run(dag_id, again=True) for dag_id in alert_dags]
     print("\n".join(line for line, _ in results))
     print(_alert_transitions_since(started))
+    print(_lifecycle_since(started))
     return 1 if any(not ok for _, ok in results) else 0
 
 
@@ -92,3 +93,17 @@ def _alert_transitions_since(started) -> str:
     return "alerts notified in this demo:\n" + "\n".join(
         f"  {kind.upper():8s} {target}: {rule}: {'was: ' if kind == 'resolved' else ''}{summary}"
         for kind, target, rule, summary in rows)
+
+
+def _lifecycle_since(started) -> str:
+    import psycopg
+
+    with psycopg.connect(libpq_conninfo("dbops")) as conn:
+        rows = conn.execute(
+            "SELECT target, job, table_name, status, rows_moved, rows_purged, rows_held_back, cutoff "
+            "FROM dbops.lifecycle_runs WHERE started_at >= %s ORDER BY id", (started,)).fetchall()
+    if not rows:
+        return "lifecycle: no archive or retention run in this demo"
+    return "lifecycle in this demo:\n" + "\n".join(
+        f"  {target}: {job} {table}: {status}, {moved} moved, {purged} purged, {held} held back, "
+        f"cutoff {cutoff:%Y-%m-%d}" for target, job, table, status, moved, purged, held, cutoff in rows)

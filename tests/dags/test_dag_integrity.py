@@ -42,6 +42,8 @@ def expected_schedules() -> dict[str, str | None]:
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}
         if target.partitions:
             expected[f"pg_partitions__{name}"] = target.partitions.schedule
+        if target.lifecycle and target.lifecycle.policies:
+            expected |= lifecycle_schedules(name, target.lifecycle)
         if target.alerts:
             expected |= {f"db_alerts__{name}": target.alerts.schedule, "db_alert_silence": None}
         if target.anonymize:
@@ -57,6 +59,14 @@ def test_no_plugin_module_shadows_the_standard_library():
     clashes = sorted(str(p.relative_to(PLUGINS_FOLDER)) for p in PLUGINS_FOLDER.rglob("*.py")
                      if p.stem in sys.stdlib_module_names)
     assert clashes == []
+def lifecycle_schedules(name, section) -> dict[str, str | None]:
+    policies = section.policies
+    expected = {}
+    if any(p.archive_after and p.cadence == "monthly" for p in policies):
+        expected[f"pg_archive__{name}"] = section.archive_schedule
+    if any(p.retention or (p.archive_after and p.cadence == "daily") for p in policies):
+        expected[f"pg_retention__{name}"] = section.retention_schedule
+    return expected
 
 
 def test_every_dag_the_config_implies_exists_with_its_schedule(dagbag):

@@ -250,7 +250,7 @@ $$;
 CREATE TABLE assessment_attempts_default PARTITION OF assessment_attempts DEFAULT;
 CREATE TABLE page_views_default PARTITION OF page_views DEFAULT;
 
--- Multi-tenant tables (seed 003); retention: audit_logs 365 days, user_sessions 90 days
+-- Multi-tenant tables (seed 003); lifecycle policies in include/config/dbops.yaml (archive and retention)
 CREATE TABLE tenants (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     slug        varchar(63) NOT NULL UNIQUE,
@@ -277,6 +277,7 @@ CREATE TABLE orders (
 CREATE INDEX idx_orders_user ON orders (user_id);
 CREATE INDEX idx_orders_tenant_created ON orders (tenant_id, created_at DESC);
 CREATE INDEX idx_orders_status ON orders (status);
+CREATE INDEX idx_orders_created_at ON orders (created_at);  -- archive batches walk it (data lifecycle)
 
 CREATE TABLE payments (
     id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -293,6 +294,7 @@ CREATE TABLE payments (
 CREATE INDEX idx_payments_order ON payments (order_id);
 CREATE INDEX idx_payments_tenant_created ON payments (tenant_id, created_at DESC);
 CREATE INDEX idx_payments_status ON payments (status);
+CREATE INDEX idx_payments_created_at ON payments (created_at);  -- archive batches walk it (data lifecycle)
 
 CREATE TABLE audit_logs (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

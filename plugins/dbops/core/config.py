@@ -17,6 +17,7 @@ from dbops.alerting.policy import AlertPolicy
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
 from dbops.lifecycle.anonymize_policy import AnonymizePolicy, check_anonymize
+from dbops.lifecycle.policy import LifecycleSection, check_lifecycle
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
 from dbops.partitions.policy import PartitionsPolicy, check_partitions
 
@@ -52,6 +53,7 @@ class TargetConfig:
     alerts: AlertPolicy | None = None
     anonymize: AnonymizePolicy | None = None
     partitions: PartitionsPolicy | None = None
+    lifecycle: LifecycleSection | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ def _check_references(config: DbopsConfig) -> None:
             check_anonymize(target.anonymize, f"{key}.anonymize")
         if target.partitions:
             check_partitions(target.partitions, f"{key}.partitions", target.backup is not None)
+        if target.lifecycle:
+            check_lifecycle(target.lifecycle, f"{key}.lifecycle", has_store=target.backup is not None)
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")
