@@ -56,7 +56,7 @@ def error_for(text: str) -> str:
      "policies[0].filter[0].value", "'in' needs a non-empty list"),
     ("{table: orders, time_column: created_at, retention: 30d, filter: [{column: s, op: '=', value: \"1; DROP\", "
      "extra: 1}]}", "policies[0].filter[0].extra", "unknown key"),
-    ("{table: orders, time_column: created_at}", "policies[0]", "set at least one of archive_after, retention"),
+    ("{table: orders, time_column: created_at}", "policies[0]", "set archive_after, retention or both"),
     ("{table: orders, time_column: created_at, archive_after: 30d, archive_storage: s3}",
      "policies[0].archive_storage", "unknown archive_storage 's3'"),
     ("{table: orders, time_column: created_at, retention: 30d, export: true}", "policies[0].archive_after",

@@ -40,14 +40,14 @@ class LifecyclePolicy:
 
     ``archive_after``: rows older than this move to ``archive.<table>`` (null: never archived).
     ``retention``: total life, base + archive; older rows are deleted (null: kept for ever).
-    ``anonymize_after``: validated here, acted upon by the anonymization code.
+    Users are anonymized after inactivity by the target's ``anonymize`` section (``anonymize_after``
+    there): it is about people across tables, not about the rows of one table.
     """
 
     table: str
     time_column: str
     archive_after: Seconds | None = None
     retention: Seconds | None = None
-    anonymize_after: Seconds | None = None
     cadence: str = "monthly"
     filter: list[Condition] = field(default_factory=list)
     export: bool = False
@@ -115,12 +115,12 @@ def _check_policy(policy: LifecyclePolicy, where: str, has_store: bool) -> None:
         raise Invalid(f"{where}.table", "must name a table, optionally schema-qualified (schema.table)")
     if not policy.time_column:
         raise Invalid(f"{where}.time_column", f"{name}: must name the column that ages a row")
-    for duration in ("archive_after", "retention", "anonymize_after"):
+    for duration in ("archive_after", "retention"):
         value = getattr(policy, duration)
         if value is not None and value <= 0:
             raise Invalid(f"{where}.{duration}", f"{name}: must be greater than 0 (e.g. 730d) or null")
-    if policy.archive_after is None and policy.retention is None and policy.anonymize_after is None:
-        raise Invalid(f"{where}", f"{name}: set at least one of archive_after, retention, anonymize_after")
+    if policy.archive_after is None and policy.retention is None:
+        raise Invalid(f"{where}", f"{name}: set archive_after, retention or both")
     if policy.retention is not None and policy.archive_after is not None and policy.retention < policy.archive_after:
         raise Invalid(f"{where}.retention", f"{name}: retention ({policy.retention / 86400:g}d) is the total life, "
                                             f"base + archive: it must not be shorter than archive_after "
