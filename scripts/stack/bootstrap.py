@@ -10,7 +10,7 @@ from scripts.stack.paths import VAR
 from scripts.stack.postgres import (
     TEST_DATABASES,
     ensure_databases,
-    load_demo_if_empty,
+    load_demo_unless_current,
     migrate_ops_database,
     start_postgres,
     stop_postgres,
@@ -22,7 +22,7 @@ def up() -> bool:
     started = start_postgres()
     ensure_databases()
     migrate_ops_database()
-    load_demo_if_empty()
+    load_demo_unless_current()
     (VAR / "backups").mkdir(exist_ok=True)
     migrate_airflow_database()
     ensure_pools()

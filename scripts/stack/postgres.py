@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -136,15 +137,39 @@ def migrate_ops_database(database: str = "dbops") -> None:
     log(f"ops database {database}: {len(applied)} migration(s) applied")
 
 
-def load_demo_if_empty() -> None:
-    """Generate the demo target appdb (scripts/demo_data.py) unless it is loaded already."""
-    import psycopg
+DEMO_SOURCES = (ROOT / "include" / "sql" / "demo" / "schema.sql", ROOT / "scripts" / "demo_data.py")
 
-    with psycopg.connect(libpq_conninfo("appdb")) as conn:
-        loaded = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()[0]
-    if loaded:
-        return
+
+def demo_version() -> str:
+    """A fingerprint of the demo's schema and generator: a stack built from older ones is reloaded."""
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in DEMO_SOURCES)).hexdigest()[:16]
+    return f"dbops demo {digest}"
+
+
+def load_demo_unless_current(database: str = "appdb") -> None:
+    """Generate the demo target (scripts/demo_data.py) unless this version of the demo is loaded.
+
+    The loaded version is the database's comment. A demo from older sources (after a `git pull`) is
+    dropped whole, with what the DAGs made in it (archive schema, detached partitions), and rebuilt.
+    """
+    import psycopg
+    from psycopg import sql
+
+    version = demo_version()
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+        loaded = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                              "WHERE datname = %s", (database,)).fetchone()[0]
+        if loaded == version:
+            return
+        with psycopg.connect(libpq_conninfo(database)) as demo:
+            filled = demo.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()[0]
+        if filled:
+            log(f"the demo's sources changed since {database} was loaded: rebuilding it")
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     size = os.environ.get("DBOPS_DEMO_SIZE_MB", "50")
-    log(f"loading the demo target appdb (about {size} MB)")
+    log(f"loading the demo target {database} (about {size} MB)")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_data.py"), "--size-mb", size],
-                   check=True, env={**os.environ, **libpq_env("appdb")})
+                   check=True, env={**os.environ, **libpq_env(database)})
+    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(database), sql.Literal(version)))
