@@ -38,8 +38,8 @@ from dbops.lifecycle.archive import archive_policy  # noqa: E402
 from dbops.lifecycle.archive_table import ensure_archive_table  # noqa: E402
 from dbops.lifecycle.batches import Limits, Scope  # noqa: E402
 from dbops.lifecycle.catalog import describe  # noqa: E402
-from scripts.bench_output import emit, json_stdout  # noqa: E402
-from scripts.stack.postgres import libpq_conninfo, start_postgres  # noqa: E402
+from scripts.bench_output import emit, json_stdout, progress_printer  # noqa: E402
+from scripts.stack.postgres import admin_connection, libpq_conninfo, start_postgres  # noqa: E402
 
 ROW_BYTES = 330  # heap row with a 200-character payload, plus its share of two indexes, roughly
 CUTOFF = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -47,18 +47,13 @@ BASELINE = "single-statement DELETE … RETURNING into INSERT (seed 003)"
 MARKER = "dbops bench archive: complete"
 
 
-def progress(message: str) -> None:
-    print(f"[bench archive] {message}", file=sys.stderr, flush=True)
-
-
-def admin() -> psycopg.Connection:
-    return psycopg.connect(libpq_conninfo("postgres"), autocommit=True)
+progress = progress_printer("archive")
 
 
 def prepare_database(size_mb: int) -> tuple[str, int]:
     """The template database and its row count; built once per size."""
     name, rows = f"bench_archive_{size_mb}", max(1000, size_mb * 2**20 // ROW_BYTES)
-    with admin() as conn:
+    with admin_connection() as conn:
         row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                            (name,)).fetchone()
         if row is not None and row[0] == MARKER:
@@ -83,7 +78,7 @@ def prepare_database(size_mb: int) -> tuple[str, int]:
 
 
 def clone(source: str, work: str) -> str:
-    with admin() as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(work)))
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
             sql.Identifier(work), sql.Identifier(source)))
@@ -161,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             results[side].append((moved / seconds, longest, wait))
             progress(f"round {round_no + 1} {side}: {moved} rows in {seconds:.2f} s ({moved / seconds:.0f} rows/s), "
                      f"longest transaction {longest:.3f} s, slowest application update {wait:.3f} s")
-    with admin() as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(work)))
     med = {side: [statistics.median(r[i] for r in runs) for i in range(3)] for side, runs in results.items()}
     for index, (metric, unit) in enumerate((("archive_rows_per_s", "rows/s"), ("max_txn_seconds", "s"),

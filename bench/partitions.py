@@ -29,8 +29,8 @@ from dbops.partitions.tree import inspect_table, session  # noqa: E402
 from dbops.partitions.plan import RETIRE, Step, plan_table  # noqa: E402
 from dbops.partitions.policy import PartitionsPolicy, TablePolicy  # noqa: E402
 from dbops.partitions.retire import detach  # noqa: E402
-from scripts.bench_output import emit, json_stdout  # noqa: E402
-from scripts.stack.postgres import libpq_conninfo, start_postgres  # noqa: E402
+from scripts.bench_output import emit, json_stdout, progress_printer  # noqa: E402
+from scripts.stack.postgres import admin_connection, libpq_conninfo, start_postgres  # noqa: E402
 
 DATABASE = "dbops_bench_partitions"
 POLICY = PartitionsPolicy(tables={}, lock_timeout=0.5, statement_timeout=120, lock_retries=8, lock_retry_delay=0.5)
@@ -38,12 +38,11 @@ TABLE = TablePolicy(interval="monthly", premake=6, retention="12 months")
 LOGICAL_DATE = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
-def progress(message: str) -> None:
-    print(f"[bench partitions] {message}", file=sys.stderr, flush=True)
+progress = progress_printer("partitions")
 
 
 def fresh_database() -> str:
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DATABASE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
     return libpq_conninfo(DATABASE)
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = bench_plan(dsn, args.tables, args.partitions)
         emit(out, "partitions", args.size_mb, "plan_seconds", seconds, "s")
     finally:
-        with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+        with admin_connection() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DATABASE)))
     return 0
 

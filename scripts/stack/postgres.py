@@ -29,6 +29,13 @@ def libpq_conninfo(database: str) -> str:
     return f"host={PG_HOST} port={PG_PORT} user={PG_SUPERUSER} password={pg_password()} dbname={database}"
 
 
+def admin_connection():
+    """An autocommit superuser connection to the ``postgres`` database of the local server."""
+    import psycopg
+
+    return psycopg.connect(libpq_conninfo("postgres"), autocommit=True)
+
+
 def libpq_env(database: str) -> dict[str, str]:
     return {"PGHOST": PG_HOST, "PGPORT": str(PG_PORT), "PGUSER": PG_SUPERUSER,
             "PGPASSWORD": pg_password(), "PGDATABASE": database}
@@ -116,10 +123,9 @@ def stop_postgres() -> None:
 
 
 def ensure_databases(names: tuple[str, ...] = DATABASES) -> None:
-    import psycopg
     from psycopg import sql
 
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
         for name in names:
             if name not in existing:
@@ -156,7 +162,7 @@ def load_demo_unless_current(database: str = "appdb") -> None:
     from psycopg import sql
 
     version = demo_version()
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         loaded = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
                               "WHERE datname = %s", (database,)).fetchone()[0]
         if loaded == version:
@@ -171,5 +177,5 @@ def load_demo_unless_current(database: str = "appdb") -> None:
     log(f"loading the demo target {database} (about {size} MB)")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_data.py"), "--size-mb", size],
                    check=True, env={**os.environ, **libpq_env(database)})
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(database), sql.Literal(version)))

@@ -20,7 +20,7 @@ from psycopg import sql
 from dbops.core.manifest import Manifest
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.operators.partitions import PartitionsApplyOperator, PartitionsPlanOperator, PartitionsReportOperator
-from scripts.stack.postgres import conn_uri, libpq_conninfo
+from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo
 
 DAY = datetime(2026, 3, 15, 4, 30, tzinfo=timezone.utc)
 HOSTILE_SCHEMA = 'Ops "Schema"; x'
@@ -101,7 +101,7 @@ def target(scratch_db, tmp_path, monkeypatch, pg_server):
     monkeypatch.setenv("DBOPS_CONFIG", str(t.config_path))
     write_config(t)
     yield t
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(reader)))
 

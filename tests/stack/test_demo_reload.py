@@ -8,17 +8,17 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from scripts.stack.postgres import demo_version, libpq_conninfo, load_demo_unless_current
+from scripts.stack.postgres import admin_connection, demo_version, libpq_conninfo, load_demo_unless_current
 
 
 @pytest.fixture
 def demo_database(monkeypatch) -> str:
     monkeypatch.setenv("DBOPS_DEMO_SIZE_MB", "20")
     name = f"demo_reload_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield name
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -43,7 +43,7 @@ def test_current_demo_is_kept_and_an_older_one_is_rebuilt_whole(demo_database):
     load_demo_unless_current(demo_database)
     assert _state(demo_database) == (demo_version(), True, True), "the current demo must not be reloaded"
 
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS 'dbops demo 0000000000000000'").format(
             sql.Identifier(demo_database)))
     load_demo_unless_current(demo_database)
