@@ -122,7 +122,6 @@ def test_every_target_rule_runs_on_a_fresh_database_without_pg_stat_statements(d
     quiet = ["long_running_query_warning", "idle_in_transaction_warning", "deadlocks_detected",
              "transaction_id_age_warning", "database_size_warning"]
     assert [name for name in quiet if outcome(result, name)[0][2]] == []
-    assert result.db_seconds < 1
 
 
 def test_slow_statements_with_pg_stat_statements(database, connect):
