@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dbops.alerting.policy import AlertPolicy
+from dbops.backup.pitr_policy import PitrPolicy, check_pitr
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
@@ -48,6 +49,7 @@ class TargetConfig:
     backup: BackupPolicy | None = None
     maintenance: MaintenancePolicy | None = None
     alerts: AlertPolicy | None = None
+    pitr: PitrPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def _check_references(config: DbopsConfig) -> None:
             raise Invalid(key, "target names are lowercase letters, digits and _ (used in DAG ids)")
         if not target.conn_id:
             raise Invalid(f"{key}.conn_id", "must name an Airflow connection")
-        for policy in ("backup", "alerts", "maintenance"):
+        for policy in ("backup", "alerts", "maintenance", "pitr"):
             notify = getattr(getattr(target, policy), "notify", [])
             for i, channel in enumerate(notify):
                 _check_channel(config.notifications, channel, f"{key}.{policy}.notify[{i}]")
@@ -144,6 +146,8 @@ def _check_references(config: DbopsConfig) -> None:
             check_backup(target.backup, f"{key}.backup", config.storage)
         if target.maintenance:
             check_maintenance(target.maintenance, f"{key}.maintenance")
+        if target.pitr:
+            check_pitr(target.pitr, f"{key}.pitr", config.storage)
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")

@@ -1,0 +1,313 @@
+"""Point-in-time recovery against a real PostgreSQL 18 cluster of its own.
+
+The module initdb's a small cluster (1 MB WAL segments, ``summarize_wal = on``, a REPLICATION role) on a
+free port with the embedded binaries: the WAL slots and segment switches of these tests never touch the
+shared test server. The ops database is the suite's (``dbops_state``). Each test has its own target name,
+store and staging. The Airflow context is the FAKE minimal one of tests/backup/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import psycopg
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from dbops.backup import pitr_catalog
+from dbops.backup.pitr import server_user
+from dbops.backup.wal_ship import slot_name
+from dbops.hooks.ops import OpsDatabaseHook
+from dbops.hooks.tools import embedded_bin_dir
+from dbops.operators.pitr import (
+    BaseBackupOperator,
+    PitrTestOperator,
+    RecoveryTestFailed,
+    RestorePitrOperator,
+    ScratchClusterOperator,
+    WalShipOperator,
+    archive_gaps,
+)
+from scripts.stack.paths import ROOT
+from tests.backup.conftest import context
+from tests.conftest import free_port
+
+BIN = embedded_bin_dir()
+PASSWORD = "pitr-Test-pw-7c1"
+
+
+def _as_server_user(path: Path) -> None:
+    if server_user():
+        for item in (path, *path.rglob("*")):
+            shutil.chown(item, server_user(), server_user())
+
+
+@pytest.fixture(scope="module")
+def cluster(pg_server):
+    """A PostgreSQL 18 cluster for these tests only; stopped and deleted at the end."""
+    root = ROOT / "var" / f"pitr-test-{uuid.uuid4().hex[:8]}"
+    root.mkdir(parents=True)
+    port = free_port()
+    pwfile = root / "pw"
+    pwfile.write_text(PASSWORD)
+    _as_server_user(root)
+    user = {"user": server_user()} if server_user() else {}
+    subprocess.run([str(BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256", "--auth-local=trust", "--wal-segsize=1", "--locale=C", "--encoding=UTF8"],
+                   check=True, stdout=subprocess.DEVNULL, **user)
+    pwfile.unlink()
+    with open(root / "data" / "postgresql.conf", "a") as conf:
+        conf.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
+                   "summarize_wal = on\nfsync = off\nshared_buffers = 32MB\nmax_connections = 40\n"
+                   "min_wal_size = 2MB\nmax_wal_size = 64MB\n")
+    subprocess.run([str(BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "start"],
+                   check=True, stdout=subprocess.DEVNULL, **user)
+    dsn = f"host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE dbops_repl LOGIN REPLICATION PASSWORD '{PASSWORD}'")
+    yield SimpleNamespace(root=root, port=port, dsn=dsn)
+    subprocess.run([str(BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w", "stop"],
+                   check=False, stdout=subprocess.DEVNULL, **user)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def site(cluster, monkeypatch):
+    """A target on the cluster: its own database, slot, store, staging and config."""
+    name = f"pt_{uuid.uuid4().hex[:8]}"
+    home = cluster.root / name
+    home.mkdir()
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(_dsn(cluster, name)) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
+    uri = f"postgresql://{{}}:{PASSWORD}@127.0.0.1:{cluster.port}/{name}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{name.upper()}", uri.format("postgres"))
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{name.upper()}_REPL", uri.format("dbops_repl"))
+    config = home / "dbops.yaml"
+    monkeypatch.setenv("DBOPS_CONFIG", str(config))
+    site = SimpleNamespace(name=name, home=home, config=config, dsn=_dsn(cluster, name), store=home / "store")
+    write_config(site, site.store)
+    yield site
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                     (slot_name(name),))
+
+
+def _dsn(cluster, database: str) -> str:
+    return f"host=127.0.0.1 port={cluster.port} user=postgres password={PASSWORD} dbname={database}"
+
+
+def write_config(site, store: Path) -> None:
+    site.config.write_text(f"""
+ops_conn_id: dbops_state
+staging_dir: {site.home / 'staging'}
+storage:
+  local: {{url: {store}}}
+targets:
+  {site.name}:
+    conn_id: pg_{site.name}
+    pitr: {{storage: local, replication_conn_id: pg_{site.name}_repl, compression_level: 1,
+            scratch_ports: [{free_port()}, 65000]}}
+""")
+    os.utime(site.config, (time.time(), time.time() + 1))  # a new mtime: the config cache reloads it
+
+
+def insert(site, first: int, last: int) -> None:
+    with psycopg.connect(site.dsn) as conn:
+        conn.execute("INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(%s::int, %s::int) g", (first, last))
+
+
+def server_time(site) -> datetime:
+    with psycopg.connect(site.dsn) as conn:
+        return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def backup(site, run_id: str, **kwargs) -> dict:
+    return BaseBackupOperator(task_id="basebackup", target=site.name, **kwargs).execute(context(run_id=run_id))
+
+
+def ship(site) -> dict:
+    return WalShipOperator(task_id="ship", target=site.name).execute(context(run_id="ship"))
+
+
+def pitr_test(site, run_id: str, target_time: str = "") -> dict:
+    ctx = context(run_id=run_id)
+    try:
+        return PitrTestOperator(task_id="recover", target=site.name, target_time=target_time).execute(ctx)
+    finally:
+        ScratchClusterOperator(task_id="drop", target=site.name, drop=True).execute(ctx)
+
+
+def restart_lsn(site) -> str:
+    with psycopg.connect(site.dsn) as conn:
+        return conn.execute("SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                            (slot_name(site.name),)).fetchone()[0]
+
+
+def ops() -> OpsDatabaseHook:
+    return OpsDatabaseHook(postgres_conn_id="dbops_state")
+
+
+def stored_segments(site) -> dict:
+    with ops().transaction() as conn:
+        return pitr_catalog.segments(conn, site.name)
+
+
+def target_hook(site):
+    from dbops.hooks.postgres import DbopsPostgresHook
+
+    return DbopsPostgresHook(postgres_conn_id=f"pg_{site.name}")
+
+
+def switch_wal(site, times: int) -> None:
+    with psycopg.connect(site.dsn, autocommit=True) as conn:
+        for i in range(times):
+            conn.execute("INSERT INTO items VALUES (%s, 'switch') ON CONFLICT DO NOTHING", (-1 - i,))
+            conn.execute("SELECT pg_switch_wal()")
+
+
+def test_store_unreachable_leaves_the_slot_where_it_was_and_loses_nothing(site):
+    ship(site)
+    switch_wal(site, 3)
+    before = restart_lsn(site)
+    broken = site.home / "not-a-directory"
+    broken.write_text("the store's root is a file: every write fails")
+    write_config(site, broken)
+    with pytest.raises((AirflowException, AirflowFailException)):
+        ship(site)
+    assert restart_lsn(site) == before, "nothing was stored: the slot must not move"
+
+    write_config(site, site.store)
+    result = ship(site)
+    assert len(result["segments"]) >= 3
+    assert archive_gaps(ops(), target_hook(site), site.name) == []
+    assert all((site.store / key).is_file() for _, key, _ in stored_segments(site).values())
+
+
+def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
+    ship(site)
+    insert(site, 1, 60000)  # about 20 segments of 1 MB
+    keys_before = set(stored_segments(site))
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from tests.backup.test_pitr import ship_in_child; "
+                              "ship_in_child(sys.argv[1])", site.name], cwd=ROOT, env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(set(stored_segments(site)) - keys_before) < 2:
+        time.sleep(0.02)
+    tree = [child, *psutil.Process(child.pid).children(recursive=True)]
+    for proc in tree:  # kill -9, pg_receivewal included (it runs in a session of its own)
+        proc.kill() if proc is child else proc.as_dict() and os.kill(proc.pid, 9)
+    child.wait()
+    for proc in tree[1:]:
+        psutil.wait_procs([proc], timeout=10)
+    shipped_by_killed = set(stored_segments(site)) - keys_before
+    assert shipped_by_killed, "the child stored segments before it was killed"
+
+    result = ship(site)
+    assert result["segments"], "the killed run left received segments for the next run to ship"
+    segments = stored_segments(site)
+    finished = sorted(name for name, (partial, _, _) in segments.items() if not partial)
+    assert archive_gaps(ops(), target_hook(site), site.name) == []
+    assert not set(result["segments"]) & {s for s in shipped_by_killed if not segments[s][0]}, "stored twice"
+    # the archive's content is continuous WAL: pg_waldump reads every record from the first to the last
+    wal = site.home / "unpacked"
+    wal.mkdir()
+    from dbops.core.streams import read_decompressed
+
+    for name in finished:
+        read_decompressed(site.store / segments[name][1], wal / name, segments[name][2])
+    done = subprocess.run([str(BIN / "pg_waldump"), "--quiet", "-p", str(wal), finished[0], finished[-1]],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def ship_in_child(name: str) -> None:
+    """Run one shipping pass in a child process (killed by the test)."""
+    WalShipOperator(task_id="ship", target=name).execute(context(run_id="ship"))
+
+
+def test_corrupt_segment_fails_the_recovery_test_naming_it(site):
+    backup(site, "base")
+    insert(site, 1, 20000)
+    ship(site)
+    segments = stored_segments(site)
+    with ops().transaction() as conn:
+        newest = pitr_catalog.base_backups(conn, site.name)[0]
+    from dbops.backup.wal_ship import segment_of_lsn
+
+    after_backup = segment_of_lsn(newest.manifest.extra["stop_lsn"], 1, 1024 * 1024)
+    victim = min(name for name, (partial, _, _) in segments.items() if not partial and name > after_backup)
+    path = site.store / segments[victim][1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(RecoveryTestFailed, match=victim):
+        pitr_test(site, "corrupt")
+    with ops().transaction() as conn:
+        ok, error = conn.execute("SELECT ok, error FROM dbops.recovery_tests WHERE target = %s "
+                                 "ORDER BY id DESC LIMIT 1", (site.name,)).fetchone()
+    assert ok is False and victim in error
+
+
+def test_incremental_with_a_missing_or_unverified_parent_is_refused_and_a_full_taken(site):
+    first = backup(site, "b1")
+    assert first["kind"] == "basebackup"
+    second = backup(site, "b2")
+    assert second["kind"] == "basebackup", "b1 is not verified: no incremental on it"
+    pitr_test(site, "verify-b2")
+    third = backup(site, "b3")
+    assert (third["kind"], third["parent"]) == ("incremental", second["backup_id"])
+    for key in sorted((site.store / third["backup_id"]).iterdir()):
+        key.unlink()
+    fourth = backup(site, "b4")
+    assert fourth["kind"] == "basebackup"
+    with ops().transaction() as conn:
+        reason = {b.backup_id: b.manifest.extra["reason"] for b in pitr_catalog.base_backups(conn, site.name)}
+    assert "not verified" in reason[second["backup_id"]]
+    assert "missing" in reason[fourth["backup_id"]]
+
+
+def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster):
+    backup(site, "full")
+    first = pitr_test(site, "verify-full")
+    assert first["ok"] and first["wal_replayed_bytes"] > 0
+    incremental = backup(site, "incr")
+    assert incremental["kind"] == "incremental"
+    insert(site, 1, 500)
+    noted = server_time(site)
+    time.sleep(0.05)
+    insert(site, 501, 1000)
+    ship(site)
+
+    data = cluster.root / f"{site.name}-restored"
+    result = RestorePitrOperator(task_id="restore", target=site.name, target_time=noted.isoformat(),
+                                 data_directory=str(data)).execute(context(run_id="restore"))
+    assert result["chain"][-1] == incremental["backup_id"] and len(result["chain"]) == 2
+    port = free_port()
+    user = {"user": server_user()} if server_user() else {}
+    subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(cluster.root / f"{site.name}.log"), "-w",
+                    "-o", f"-p {port} -c unix_socket_directories={cluster.root}", "start"], check=True,
+                   stdout=subprocess.DEVNULL, **user)
+    try:
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres password={PASSWORD} "
+                             f"dbname={site.name}") as conn:
+            ids = [row[0] for row in conn.execute("SELECT id FROM items WHERE id > 0 ORDER BY id")]
+    finally:
+        subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
+                       stdout=subprocess.DEVNULL, **user)
+        shutil.rmtree(data, ignore_errors=True)
+    assert ids == list(range(1, 501))
+    with ops().transaction() as conn:
+        tests = conn.execute("SELECT ok, checks FROM dbops.recovery_tests WHERE target = %s", (site.name,)).fetchall()
+    assert [ok for ok, _ in tests] == [True]
+    assert tests[0][1]["markers"] == {"ok": True, "before_present": True, "after_absent": True}
