@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from airflow.sdk import Asset
 from airflow.dag_processing.dagbag import DagBag
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
@@ -40,6 +41,11 @@ def expected_schedules() -> dict[str, str | None]:
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}
         if target.alerts:
             expected |= {f"db_alerts__{name}": target.alerts.schedule, "db_alert_silence": None}
+        if target.pitr:
+            expected |= {f"pg_basebackup__{name}": target.pitr.schedule,
+                         f"pg_wal_ship__{name}": target.pitr.wal_ship_schedule,
+                         f"pg_pitr_test__{name}": [Asset(name=f"basebackup__{name}", uri=f"dbops://{name}/basebackup")],
+                         f"pg_restore_pitr__{name}": None}
     return expected
 
 

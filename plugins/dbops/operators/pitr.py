@@ -476,3 +476,39 @@ class RestorePitrOperator(_PitrOperator):
                       human_bytes(figures["bytes"]), figures["seconds_to_promoted"], figures.get("stopped") or "",
                       bytes=figures["bytes"], data_directory=str(data))
         return {"data_directory": str(data), "target_time": target_time.isoformat(), **figures}
+
+
+class PitrRetentionOperator(_PitrOperator):
+    """Delete base backups and WAL that ``pitr.full_retention`` no longer keeps (:mod:`dbops.backup.pitr_retention`).
+
+    A backup is deleted like a logical one (catalog ``deleting``, manifest first, files, ``deleted``); WAL
+    segments before the oldest kept backup's start are deleted from the store, then from the catalog.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.backup.pitr_retention import plan_retention
+        from dbops.backup.store_io import delete_backup
+        from dbops.backup.wal_ship import segment_of_lsn, segment_size
+        from dbops.core.locks import job_lock
+
+        config, policy, store, ops = self._setup()
+        with job_lock(config.ops_conn_id, self.target, "pitr_retention"):
+            with ops.transaction() as conn:
+                plan = plan_retention(pitr_catalog.base_backups(conn, self.target), policy.full_retention)
+            deleted = [b.backup_id for b in plan.delete if delete_backup(ops, store, b.backup_id)]
+            wal_deleted = 0
+            if plan.oldest_kept is not None:
+                size = segment_size(self._replication_hook(config, policy))
+                first = segment_of_lsn(plan.oldest_kept.start_lsn, plan.oldest_kept.manifest.extra["timeline"], size)
+                with ops.transaction() as conn:
+                    old = {name: key for name, (_, key, _) in pitr_catalog.segments(conn, self.target).items()
+                           if name < first}
+                for key in old.values():
+                    store.delete(key)
+                with ops.transaction() as conn:
+                    wal_deleted = pitr_catalog.forget_segments(conn, self.target, first)
+        self.log.info("retention OK: %d base backup(s) kept, %d deleted (%s), %d WAL segment(s) deleted before %s",
+                      len(plan.keep), len(deleted), ", ".join(deleted) or "none", wal_deleted,
+                      plan.oldest_kept.backup_id if plan.oldest_kept else "-", kept=len(plan.keep),
+                      deleted=len(deleted), wal_deleted=wal_deleted)
+        return {"kept": [b.backup_id for b in plan.keep], "deleted": deleted, "wal_deleted": wal_deleted}
