@@ -29,7 +29,9 @@ SLOW_STATEMENT_RULES = {"slow_statements_warning", "slow_statements_critical"}
 REPLICATION_RULES = {"replication_lag_warning", "replication_lag_critical"}  # no row: no replica, no recovery
 NO_ROW_WHEN_FRESH = {"table_bloat_high",  # no table of 8 MB or more
                      "rollback_rate_high",  # fewer than 1000 transactions: NULL
-                     "unused_indexes_warning", "unused_indexes_critical"}  # statistics younger than 7 days: NULL
+                     "unused_indexes_warning", "unused_indexes_critical",  # statistics younger than 7 days: NULL
+                     "replication_slot_retained_wal_warning", "replication_slot_retained_wal_critical",
+                     "replication_slot_inactive"}  # no replication slot (tests/backup/test_pitr.py makes one)
 T = TypeVar("T")
 
 

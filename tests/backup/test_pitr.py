@@ -30,6 +30,7 @@ from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.tools import embedded_bin_dir
 from dbops.operators.pitr import (
     BaseBackupOperator,
+    PitrRetentionOperator,
     PitrTestOperator,
     RecoveryTestFailed,
     RestorePitrOperator,
@@ -107,7 +108,7 @@ def _dsn(cluster, database: str) -> str:
     return f"host=127.0.0.1 port={cluster.port} user=postgres password={PASSWORD} dbname={database}"
 
 
-def write_config(site, store: Path) -> None:
+def write_config(site, store: Path, full_retention: int = 2) -> None:
     site.config.write_text(f"""
 ops_conn_id: dbops_state
 staging_dir: {site.home / 'staging'}
@@ -117,6 +118,7 @@ targets:
   {site.name}:
     conn_id: pg_{site.name}
     pitr: {{storage: local, replication_conn_id: pg_{site.name}_repl, compression_level: 1,
+            full_retention: {full_retention},
             scratch_ports: [{free_port()}, 65000]}}
 """)
     os.utime(site.config, (time.time(), time.time() + 1))  # a new mtime: the config cache reloads it
@@ -311,3 +313,43 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster):
         tests = conn.execute("SELECT ok, checks FROM dbops.recovery_tests WHERE target = %s", (site.name,)).fetchall()
     assert [ok for ok, _ in tests] == [True]
     assert tests[0][1]["markers"] == {"ok": True, "before_present": True, "after_absent": True}
+
+
+def test_slot_rules_see_the_wal_a_stopped_shipper_makes_the_server_keep(site):
+    from dbops.core.config import QUERIES_DIR
+
+    ship(site)
+    insert(site, 1, 20000)
+    with psycopg.connect(site.dsn) as conn:
+        retained = {row[0]: row for row in conn.execute((QUERIES_DIR / "replication_slot_retained_wal.sql").read_text())}
+        inactive = {row[0]: row for row in conn.execute((QUERIES_DIR / "replication_slot_inactive.sql").read_text())}
+    slot = slot_name(site.name)
+    assert retained[slot][2] == "no" and retained[slot][3] > 1  # MB written since the last shipping run
+    assert inactive[slot][2] >= 0
+
+
+def test_retention_keeps_the_newest_verified_chain_and_deletes_older_backups_and_wal(site):
+    write_config(site, site.store, full_retention=1)
+    first = backup(site, "r1")
+    pitr_test(site, "verify-r1")
+    insert(site, 1, 5000)
+    ship(site)
+    second = backup(site, "r2", full=True)
+    retention = PitrRetentionOperator(task_id="retention", target=site.name)
+    kept = retention.execute(context(run_id="ret1"))
+    assert kept["deleted"] == [] and first["backup_id"] in kept["kept"], "r1 is the newest verified recovery"
+
+    pitr_test(site, "verify-r2")
+    done = retention.execute(context(run_id="ret2"))
+    assert done["deleted"] == [first["backup_id"]] and done["wal_deleted"] > 0
+    assert not (site.store / first["backup_id"]).exists()
+    assert (site.store / second["backup_id"] / "manifest.json").is_file()
+    from dbops.backup.wal_ship import segment_of_lsn
+
+    start = segment_of_lsn(second["start_lsn"], 1, 1024 * 1024)
+    remaining = stored_segments(site)
+    assert min(remaining) == start and all((site.store / key).is_file() for _, key, _ in remaining.values())
+    assert not [p for p in (site.store / site.name / "wal").iterdir() if p.name[:24] < start]
+    with ops().transaction() as conn:
+        status = conn.execute("SELECT status FROM dbops.backups WHERE backup_id = %s", (first["backup_id"],)).fetchone()
+    assert status == ("deleted",)
