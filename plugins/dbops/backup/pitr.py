@@ -32,8 +32,7 @@ import psycopg
 import zstandard
 
 from dbops.backup.basebackup import ARCHIVE
-from dbops.core.config import PROJECT_ROOT
-from dbops.core.processes import run, tool_failed
+from dbops.core.processes import run
 from dbops.core.streams import ChecksumMismatch, file_sha256, read_decompressed
 
 if TYPE_CHECKING:
@@ -204,8 +203,8 @@ class ScratchServer:
                     shutil.chown(path, user, user)
 
     def _ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "plugins")}
-        return subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args], env=env, timeout=timeout,
+        # a few harmless variables only: the worker's environment holds secrets (AIRFLOW_CONN_*)
+        return subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args], env=_env(), timeout=timeout,
                               capture_output=True, text=True, user=server_user(), check=False)
 
     def start(self, timeout: float) -> float:
