@@ -68,7 +68,7 @@ def cluster(pg_server):
     pwfile.unlink()
     with open(root / "data" / "postgresql.conf", "a") as conf:
         conf.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
-                   "summarize_wal = on\nfsync = off\nshared_buffers = 32MB\nmax_connections = 40\n"
+                   "summarize_wal = on\nfsync = off\nsynchronous_commit = off\nshared_buffers = 32MB\nmax_connections = 40\n"
                    "min_wal_size = 2MB\nmax_wal_size = 64MB\n")
     subprocess.run([str(BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "start"],
                    check=True, stdout=subprocess.DEVNULL, **user)

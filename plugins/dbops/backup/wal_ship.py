@@ -105,9 +105,10 @@ def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store:
     store.check_writable()  # no streaming (slot advance) while the store cannot take what it brings
     slot = slot_name(target)
     ensure_slot(hook, slot)
-    end_lsn = hook.get_first("SELECT pg_current_wal_lsn()::text")[0]
-    # pg_receivewal stops once it received WAL *past* --endpos: one byte before the current position
-    # makes it stop as soon as everything written so far arrived, even on an idle server.
+    # A tiny WAL record, flushed at once: everything inserted before it (asynchronous commits included)
+    # is on disk and can be streamed, and an idle server still has WAL to reach. The function returns the
+    # record's end; pg_receivewal stops once it received WAL *past* --endpos, so one byte before it.
+    end_lsn = hook.get_first("SELECT pg_logical_emit_message(false, 'dbops_wal_ship', '', true)::text")[0]
     with hook.cli_environment() as env:
         done = run([tool.path, f"--directory={staging}", f"--slot={slot}", f"--endpos={_lsn(_lsn_int(end_lsn) - 1)}",
                     "--no-loop", "--no-password"], timeout, env)
