@@ -38,6 +38,7 @@ from dbops.operators.pitr import (
     WalShipOperator,
     archive_gaps,
 )
+from scripts.stack.cluster import cluster as scratch_cluster
 from scripts.stack.paths import ROOT
 from tests.backup.conftest import context
 from tests.conftest import free_port
@@ -46,39 +47,13 @@ BIN = embedded_bin_dir()
 PASSWORD = "pitr-Test-pw-7c1"
 
 
-def _as_server_user(path: Path) -> None:
-    if server_user():
-        for item in (path, *path.rglob("*")):
-            shutil.chown(item, server_user(), server_user())
-
-
 @pytest.fixture(scope="module")
 def cluster(pg_server):
-    """A PostgreSQL 18 cluster for these tests only; stopped and deleted at the end."""
-    root = ROOT / "var" / f"pitr-test-{uuid.uuid4().hex[:8]}"
-    root.mkdir(parents=True)
-    port = free_port()
-    pwfile = root / "pw"
-    pwfile.write_text(PASSWORD)
-    _as_server_user(root)
-    user = {"user": server_user()} if server_user() else {}
-    subprocess.run([str(BIN / "initdb"), "-D", str(root / "data"), "-U", "postgres", f"--pwfile={pwfile}",
-                    "--auth-host=scram-sha-256", "--auth-local=trust", "--wal-segsize=1", "--locale=C", "--encoding=UTF8"],
-                   check=True, stdout=subprocess.DEVNULL, **user)
-    pwfile.unlink()
-    with open(root / "data" / "postgresql.conf", "a") as conf:
-        conf.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
-                   "summarize_wal = on\nfsync = off\nsynchronous_commit = off\nshared_buffers = 32MB\nmax_connections = 40\n"
-                   "min_wal_size = 2MB\nmax_wal_size = 64MB\n")
-    subprocess.run([str(BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "start"],
-                   check=True, stdout=subprocess.DEVNULL, **user)
-    dsn = f"host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname=postgres"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE dbops_repl LOGIN REPLICATION PASSWORD '{PASSWORD}'")
-    yield SimpleNamespace(root=root, port=port, dsn=dsn)
-    subprocess.run([str(BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w", "stop"],
-                   check=False, stdout=subprocess.DEVNULL, **user)
-    shutil.rmtree(root, ignore_errors=True)
+    """A PostgreSQL 18 cluster for these tests only (1 MB WAL segments); stopped and deleted at the end."""
+    with scratch_cluster(ROOT / "var" / f"pitr-test-{uuid.uuid4().hex[:8]}", free_port(), PASSWORD,
+                         "shared_buffers = 32MB\nmax_connections = 40\nmin_wal_size = 2MB\nmax_wal_size = 64MB",
+                         wal_segsize_mb=1) as made:
+        yield SimpleNamespace(root=made.root, port=made.port, dsn=made.dsn())
 
 
 @pytest.fixture
