@@ -20,7 +20,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ import psycopg
 import zstandard
 
 from dbops.backup.basebackup import ARCHIVE
-from dbops.core.processes import run
-from dbops.core.streams import ChecksumMismatch, file_sha256, read_decompressed
+from dbops.core.processes import run, supervised
+from dbops.core.streams import CHUNK, ChecksumMismatch, file_sha256, read_decompressed
 
 if TYPE_CHECKING:
     from dbops.backup.pitr_catalog import BaseBackup
@@ -69,7 +68,7 @@ def chain_for(backups: list[BaseBackup], target_time: datetime | None) -> list[B
     raise RecoveryFailed(f"no base backup {when} in the catalog: take one (pg_basebackup__<target>)")
 
 
-def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path) -> int:
+def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path, timeout: float) -> int:
     """Download a base backup's archive (sha256 checked) and unpack it into ``dest``; return raw bytes."""
     entry = next(f for f in backup.manifest.files if f.name == ARCHIVE)
     packed = dest.with_name(f"{dest.name}.tar.zst")
@@ -80,9 +79,14 @@ def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path) -> int
             raise ChecksumMismatch(f"{backup.backup_id}/{ARCHIVE}: sha256 {actual} differs from the manifest's "
                                    f"{entry.sha256}")
         dest.mkdir(mode=0o700, parents=True)
-        with open(packed, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as raw, \
-                tarfile.open(fileobj=raw, mode="r|") as tar:
-            tar.extractall(dest, filter="tar")
+        # GNU tar unpacks faster than tarfile; it gets the stream zstd decompresses here
+        with open(packed, "rb") as fh, supervised(["tar", "-x", "-f", "-", "-C", str(dest)], timeout,
+                                                  stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            zstandard.ZstdDecompressor().copy_stream(fh, proc.stdin, write_size=CHUNK)
+            proc.stdin.close()
+            stderr = proc.stderr.read()
+        if proc.returncode != 0:
+            raise RecoveryFailed(f"unpacking {backup.backup_id}/{ARCHIVE} failed: {stderr.decode(errors='replace')}")
     finally:
         packed.unlink(missing_ok=True)
     return entry.raw_bytes
@@ -287,7 +291,7 @@ def recover(store: BackupStore, chain: list[BaseBackup],
     parts, raw = [], 0
     for i, backup in enumerate(chain):
         parts.append(work / f"{i:02d}")
-        raw += fetch_and_extract(store, backup, parts[-1])
+        raw += fetch_and_extract(store, backup, parts[-1], timeout)
     fetched = time.monotonic()
     figures: dict[str, Any] = {"chain": [b.backup_id for b in chain], "bytes": raw,
                                "fetch_seconds": round(fetched - started, 3),
