@@ -83,7 +83,7 @@ def _dsn(cluster, database: str) -> str:
     return f"host=127.0.0.1 port={cluster.port} user=postgres password={PASSWORD} dbname={database}"
 
 
-def write_config(site, store: Path, full_retention: int = 2) -> None:
+def write_config(site, store: Path, full_retention: int = 2, max_retained_wal: str = "1GB") -> None:
     site.config.write_text(f"""
 ops_conn_id: dbops_state
 staging_dir: {site.home / 'staging'}
@@ -93,7 +93,7 @@ targets:
   {site.name}:
     conn_id: pg_{site.name}
     pitr: {{storage: local, replication_conn_id: pg_{site.name}_repl, compression_level: 1,
-            full_retention: {full_retention},
+            full_retention: {full_retention}, max_retained_wal: {max_retained_wal},
             scratch_ports: [{free_port()}, 65000]}}
 """)
     os.utime(site.config, (time.time(), time.time() + 1))  # a new mtime: the config cache reloads it
@@ -171,6 +171,14 @@ def test_store_unreachable_leaves_the_slot_where_it_was_and_loses_nothing(site):
     assert all((site.store / key).is_file() for _, key, _ in stored_segments(site).values())
 
 
+def test_shipping_past_the_retained_wal_cap_fails_saying_what_to_do(site):
+    ship(site)
+    insert(site, 1, 20000)  # several MB of WAL the slot holds until the next run
+    write_config(site, site.store, max_retained_wal="1MB")
+    with pytest.raises(AirflowFailException, match="over pitr.max_retained_wal .*pg_drop_replication_slot"):
+        ship(site)
+
+
 def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
     ship(site)
     insert(site, 1, 60000)  # about 20 segments of 1 MB
@@ -180,12 +188,11 @@ def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(set(stored_segments(site)) - keys_before) < 2:
         time.sleep(0.02)
-    tree = [child, *psutil.Process(child.pid).children(recursive=True)]
+    tree = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
     for proc in tree:  # kill -9, pg_receivewal included (it runs in a session of its own)
-        proc.kill() if proc is child else proc.as_dict() and os.kill(proc.pid, 9)
+        proc.kill()
     child.wait()
-    for proc in tree[1:]:
-        psutil.wait_procs([proc], timeout=10)
+    psutil.wait_procs(tree, timeout=10)
     shipped_by_killed = set(stored_segments(site)) - keys_before
     assert shipped_by_killed, "the child stored segments before it was killed"
 
@@ -284,10 +291,14 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster):
                        stdout=subprocess.DEVNULL, **user)
         shutil.rmtree(data, ignore_errors=True)
     assert ids == list(range(1, 501))
+    on_demand = pitr_test(site, "on-demand", noted.isoformat())
+    assert on_demand["chain"] == result["chain"] and "recovery stopping before commit" in on_demand["stopped"]
     with ops().transaction() as conn:
-        tests = conn.execute("SELECT ok, checks FROM dbops.recovery_tests WHERE target = %s", (site.name,)).fetchall()
-    assert [ok for ok, _ in tests] == [True]
+        tests = conn.execute("SELECT ok, checks FROM dbops.recovery_tests WHERE target = %s ORDER BY id",
+                             (site.name,)).fetchall()
+    assert [ok for ok, _ in tests] == [True, True]  # the marker test after the full, the on-demand one
     assert tests[0][1]["markers"] == {"ok": True, "before_present": True, "after_absent": True}
+    assert tests[0][1]["recovery"]["wal_replayed_bytes"] > 0 and tests[1][1]["target"]["ok"]
 
 
 def test_slot_rules_see_the_wal_a_stopped_shipper_makes_the_server_keep(site):

@@ -177,7 +177,7 @@ class ScratchServer:
             try:
                 store.get_file(key, packed)
                 raw += read_decompressed(packed, self.wal_dir / name, sha256)
-            except (ChecksumMismatch, OSError) as err:
+            except (ChecksumMismatch, FileNotFoundError) as err:  # other errors (a store outage) are retried
                 raise RecoveryFailed(f"WAL segment {name} ({key}) cannot be used: {err}") from err
             finally:
                 packed.unlink(missing_ok=True)

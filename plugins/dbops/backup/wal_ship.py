@@ -113,7 +113,10 @@ def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store:
         done = run([tool.path, f"--directory={staging}", f"--slot={slot}", f"--endpos={_lsn(_lsn_int(end_lsn) - 1)}",
                     "--no-loop", "--no-password"], timeout, env)
     if done.returncode != 0:
-        raise tool_failed("pg_receivewal", done.returncode, done.stderr)
+        error = tool_failed("pg_receivewal", done.returncode, done.stderr)
+        if "is active for PID" in done.stderr:  # a killed run's pg_receivewal still streams to its end position
+            error.transient = True
+        raise error
     _store_finished(ops, store, target, staging, level, result)
     _store_partial(ops, store, target, staging, level, result)
     result.end_lsn = end_lsn
