@@ -112,15 +112,18 @@ def start_postgres() -> bool:
 
 def ensure_replication() -> None:
     """What point-in-time recovery needs, also on a data directory made before: WAL summaries (incremental
-    base backups) and a login role with REPLICATION. initdb's pg_hba.conf already admits replication
-    connections from 127.0.0.1 with a password; wal_level replica and 10 WAL senders and slots are defaults."""
+    base backups), a 2 GB cap on the WAL a slot may hold, a login role with REPLICATION. initdb's
+    pg_hba.conf already admits replication connections from 127.0.0.1 with a password; wal_level replica
+    and 10 WAL senders and slots are defaults."""
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
-        if conn.execute("SHOW summarize_wal").fetchone()[0] != "on":
-            conn.execute("ALTER SYSTEM SET summarize_wal = on")
-            conn.execute("SELECT pg_reload_conf()")
+        # a WAL slot nobody ships from (Airflow stopped) must not fill this machine's disk: 2 GB at most
+        for name, value in {"summarize_wal": "on", "max_slot_wal_keep_size": "2GB"}.items():
+            if conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0] != value:
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
         role = sql.Identifier(REPLICATION_ROLE)
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICATION_ROLE,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(role))

@@ -84,6 +84,13 @@ def retained_wal(hook: DbopsPostgresHook, slot: str) -> int:
 
 def check_retained(hook: DbopsPostgresHook, slot: str, target: str, cap: int) -> int:
     """The WAL the slot retains; past ``cap`` fail, saying what the operator can do."""
+    lost = hook.get_first("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND wal_status = 'lost'",
+                          parameters=(slot,))
+    if lost:
+        raise AirflowFailException(
+            f"slot {slot} of {target} lost WAL it held (the server's max_slot_wal_keep_size was reached): the "
+            f"archive has a gap. Drop the slot (SELECT pg_drop_replication_slot('{slot}') on the target), then "
+            f"trigger pg_basebackup__{target} with full=true")
     retained = retained_wal(hook, slot)
     if retained > cap:
         raise AirflowFailException(
