@@ -33,8 +33,7 @@ SLOT_RULES = {"replication_slot_retained_wal_warning", "replication_slot_retaine
               "replication_slot_inactive"}
 NO_ROW_WHEN_FRESH = {"table_bloat_high",  # no table of 8 MB or more
                      "rollback_rate_high",  # fewer than 1000 transactions: NULL
-                     "unused_indexes_warning", "unused_indexes_critical",  # statistics younger than 7 days: NULL
-                     "partition_default_rows", "partition_detach_pending"}  # one row per partition: none here
+                     "unused_indexes_warning", "unused_indexes_critical"}  # statistics younger than 7 days: NULL
 T = TypeVar("T")
 
 
