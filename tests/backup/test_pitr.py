@@ -179,6 +179,19 @@ def test_shipping_past_the_retained_wal_cap_fails_saying_what_to_do(site):
         ship(site)
 
 
+def test_a_gap_in_the_archive_fails_shipping_naming_it(site):
+    backup(site, "base")
+    switch_wal(site, 4)
+    ship(site)
+    finished = sorted(name for name, (partial, _, _) in stored_segments(site).items() if not partial)
+    lost = finished[-2]
+    (site.store / stored_segments(site)[lost][1]).unlink()  # someone deleted it from the bucket
+    with ops().transaction() as conn:
+        conn.execute("DELETE FROM dbops.wal_segments WHERE target = %s AND segment = %s", (site.name, lost))
+    with pytest.raises(AirflowFailException, match=f"has a gap: 1 segment\\(s\\) missing \\({lost}\\)"):
+        ship(site)
+
+
 def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
     ship(site)
     insert(site, 1, 60000)  # about 20 segments of 1 MB
