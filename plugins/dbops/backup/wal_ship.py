@@ -2,10 +2,12 @@
 
 Design. ``pg_receivewal --slot <slot> --endpos <current LSN>`` streams WAL into a local staging directory
 that lives as long as the target's shipping (``<staging_dir>/<target>__wal``), not as long as a run.
-``pg_receivewal`` confirms to the server what it flushed *locally*, so the slot may move past WAL that is
-not in the store yet, but never past WAL that is not on local disk. Every finished segment is then
-compressed (zstd, in Python), stored, read back (size and sha256), recorded in ``dbops.wal_segments``,
-and only then deleted locally. So:
+Every finished segment is then compressed (zstd, in Python), stored, read back (size and sha256),
+recorded in ``dbops.wal_segments``, and only then deleted locally; the unfinished one is stored too.
+Then the slot is advanced (``pg_replication_slot_advance``) to the end position, all of which is stored.
+``pg_receivewal`` itself confirms to the server only segments it finished and flushed locally (a short
+run confirms little or nothing), and those stay in staging until stored: the slot never moves past WAL
+that is neither in the store nor on local disk. So:
 
 * killed while streaming: the finished segments and the ``.partial`` stay in staging; the next run ships
   them first, and ``pg_receivewal`` resumes at the start of its ``.partial`` segment (the slot keeps the
@@ -126,6 +128,9 @@ def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store:
         raise error
     _store_finished(ops, store, target, staging, level, result)
     _store_partial(ops, store, target, staging, level, result)
+    # everything up to end_lsn is stored now: the slot may let the server recycle it
+    hook.get_first("SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
+                   "WHERE slot_name = %s AND restart_lsn < %s::pg_lsn", parameters=(end_lsn, slot, end_lsn))
     result.end_lsn = end_lsn
     result.retained_bytes = retained_wal(hook, slot)
     result.seconds = round(time.monotonic() - started, 3)
