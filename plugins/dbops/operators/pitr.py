@@ -71,6 +71,24 @@ class _PitrOperator(TargetOperator):
             raise AirflowFailException(str(err)) from err
 
 
+    def _ship(self, config: DbopsConfig, policy: PitrPolicy, store: BackupStore, ops: OpsDatabaseHook):
+        """One WAL shipping pass (the caller holds the target's ``wal_ship`` lock)."""
+        from dbops.backup.wal_ship import check_retained, ship_wal, slot_name
+
+        hook = self._replication_hook(config, policy)
+        staging = wal_staging(config, self.target)
+        try:
+            check_retained(hook, slot_name(self.target), self.target, policy.max_retained_wal)
+            tool = self._tool(config, hook, "pg_receivewal")
+            return ship_wal(hook, tool, ops, store, self.target, staging, policy.compression_level,
+                            tool_timeout(self.execution_timeout))
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"shipping WAL of {self.target} to {store.describe()} failed; what was received "
+                                f"stays in {staging} and is shipped next run") from err
+
+
 class BaseBackupOperator(_PitrOperator):
     """Take a physical base backup of the target's cluster and store it with its manifest.
 
@@ -103,6 +121,7 @@ class BaseBackupOperator(_PitrOperator):
 
     def _backup(self, context: Context, config: DbopsConfig, policy: PitrPolicy, store: BackupStore,
                 ops: OpsDatabaseHook) -> dict[str, Any]:
+        from dbops.backup import catalog
         from dbops.backup.basebackup import ARCHIVE, BACKUP_MANIFEST, choose_parent, take_basebackup
         from dbops.backup.runs import run_type_of
         from dbops.backup.staging import fresh_staging
@@ -175,8 +194,6 @@ class BaseBackupOperator(_PitrOperator):
         except Exception as err:
             raise classify(err, f"base backup of {self.target} into {store.describe()} failed") from err
         with ops.transaction() as conn:
-            from dbops.backup import catalog
-
             catalog.record_backup(conn, manifest)
         shutil.rmtree(staging, ignore_errors=True)
         self.log.info("stored OK: %s base backup %s (parent %s): %s (%s raw), LSN %s..%s, %.1f s backup, "
@@ -206,7 +223,7 @@ class WalShipOperator(_PitrOperator):
 
         config, policy, store, ops = self._setup()
         with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=120):
-            result = ship(self, config, policy, store, ops)
+            result = self._ship(config, policy, store, ops)
         gaps = archive_gaps(ops, self._replication_hook(config, policy), self.target)
         self.log.info("shipped OK: %d finished segment(s)%s, %s stored (%s of WAL) up to %s; slot retains %s; "
                       "%.1f s", len(result.segments), f" and partial {result.partial}" if result.partial else "",
@@ -220,23 +237,6 @@ class WalShipOperator(_PitrOperator):
                 f"{self.target} with full=true: recovery from that backup on needs no WAL before it")
         return {"segments": result.segments, "partial": result.partial, "bytes": result.bytes,
                 "end_lsn": result.end_lsn, "retained_bytes": result.retained_bytes}
-
-
-def ship(operator: _PitrOperator, config: DbopsConfig, policy: PitrPolicy, store: BackupStore, ops: OpsDatabaseHook):
-    """One shipping pass (the caller holds the target's ``wal_ship`` lock)."""
-    from dbops.backup.wal_ship import check_retained, ship_wal, slot_name
-
-    hook = operator._replication_hook(config, policy)
-    try:
-        check_retained(hook, slot_name(operator.target), operator.target, policy.max_retained_wal)
-        tool = operator._tool(config, hook, "pg_receivewal")
-        return ship_wal(hook, tool, ops, store, operator.target, wal_staging(config, operator.target),
-                        policy.compression_level, tool_timeout(operator.execution_timeout))
-    except AirflowException:
-        raise
-    except Exception as err:
-        raise classify(err, f"shipping WAL of {operator.target} to {store.describe()} failed; what was received "
-                            f"stays in {wal_staging(config, operator.target)} and is shipped next run") from err
 
 
 def archive_gaps(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str) -> list[str]:
@@ -322,7 +322,7 @@ class PitrTestOperator(_PitrOperator):
                 raise classify(err, f"writing the heartbeat markers into {self.target} failed") from err
             target_time = markers.target_time
             with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=300):
-                ship(self, config, policy, store, ops)
+                self._ship(config, policy, store, ops)
         root = _run_dir(config, self.target, "pitr", context["run_id"])
         root.mkdir(parents=True, exist_ok=True)
         started_at = datetime.now(timezone.utc)
