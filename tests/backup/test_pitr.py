@@ -83,12 +83,14 @@ def _dsn(cluster, database: str) -> str:
     return f"host=127.0.0.1 port={cluster.port} user=postgres password={PASSWORD} dbname={database}"
 
 
-def write_config(site, store: Path, full_retention: int = 2, max_retained_wal: str = "1GB") -> None:
+def write_config(site, store: Path | str, full_retention: int = 2, max_retained_wal: str = "1GB") -> None:
+    """The site's config; ``store`` is a directory, or an ``s3://`` URL reached through connection aws_test."""
+    s3 = str(store).startswith("s3://")
     site.config.write_text(f"""
 ops_conn_id: dbops_state
 staging_dir: {site.home / 'staging'}
 storage:
-  local: {{url: {store}}}
+  local: {{url: {store}{', aws_conn_id: aws_test' if s3 else ''}}}
 targets:
   {site.name}:
     conn_id: pg_{site.name}
@@ -353,3 +355,20 @@ def test_retention_keeps_the_newest_verified_chain_and_deletes_older_backups_and
     with ops().transaction() as conn:
         status = conn.execute("SELECT status FROM dbops.backups WHERE backup_id = %s", (first["backup_id"],)).fetchone()
     assert status == ("deleted",)
+
+
+def test_base_backup_wal_and_recovery_test_through_s3(site, s3_endpoint, monkeypatch):
+    import boto3
+
+    from tests.backup.test_store import aws_connection
+
+    aws_connection(monkeypatch, "aws_test", s3_endpoint)
+    bucket = f"pitr-{site.name.replace('_', '-')}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    write_config(site, f"s3://{bucket}/prod")
+    full = backup(site, "s3-full")
+    insert(site, 1, 3000)
+    result = pitr_test(site, "s3-verify")
+    assert result["ok"] and result["chain"] == [full["backup_id"]] and result["wal_fetched_bytes"] > 0
+    assert backup(site, "s3-incr")["kind"] == "incremental"
