@@ -40,7 +40,7 @@ from dbops.operators.pitr import (
 )
 from scripts.stack.cluster import cluster as scratch_cluster
 from scripts.stack.paths import ROOT
-from tests.backup.conftest import context
+from tests.backup.conftest import context, on_time
 from tests.conftest import free_port
 
 BIN = embedded_bin_dir()
@@ -112,7 +112,8 @@ def server_time(site) -> datetime:
 
 
 def backup(site, run_id: str, **kwargs) -> dict:
-    return BaseBackupOperator(task_id="basebackup", target=site.name, **kwargs).execute(context(run_id=run_id))
+    """A base backup by a run that starts on time (a past period's run may take none)."""
+    return BaseBackupOperator(task_id="basebackup", target=site.name, **kwargs).execute(on_time(run_id))
 
 
 def ship(site) -> dict:
@@ -275,6 +276,15 @@ def test_incremental_with_a_missing_or_unverified_parent_is_refused_and_a_full_t
         reason = {b.backup_id: b.manifest.extra["reason"] for b in pitr_catalog.base_backups(conn, site.name)}
     assert "not verified" in reason[second["backup_id"]]
     assert "missing" in reason[fourth["backup_id"]]
+
+
+def test_a_backfilled_run_takes_nothing_when_a_newer_base_backup_exists(site):
+    taken = backup(site, "now")
+    ctx = context(run_id="backfill__2026-11-20", run_type="backfill")  # logical date 2026-11-20, long past
+    covered = BaseBackupOperator(task_id="basebackup", target=site.name).execute(ctx)
+    assert covered["backup_id"] == taken["backup_id"] and covered["covered_period"].startswith("2026-11-20")
+    with ops().transaction() as conn:
+        assert len(pitr_catalog.base_backups(conn, site.name)) == 1
 
 
 def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster):

@@ -97,7 +97,8 @@ class BaseBackupOperator(_PitrOperator):
     missing from the store or not verified by a recovery test (an incremental on it is refused, and
     the reason logged). The archive and PostgreSQL's ``backup_manifest`` are stored and read back;
     our manifest (sha256 per file, start/stop LSN and time, parent) is written last and catalogued.
-    A retried task returns the backup its run already made. The WAL slot is created first, so that
+    A retried task returns the backup its run already made; a run for a past period (a backfill) takes
+    nothing when a base backup was taken at or after the period's start, and says which. The WAL slot is created first, so that
     shipping holds every segment the backup needs.
 
     :param full: take a full backup whatever the schedule says.
@@ -123,9 +124,9 @@ class BaseBackupOperator(_PitrOperator):
                 ops: OpsDatabaseHook) -> dict[str, Any]:
         from dbops.backup import catalog
         from dbops.backup.basebackup import ARCHIVE, BACKUP_MANIFEST, choose_parent, take_basebackup
-        from dbops.backup.runs import run_type_of
+        from dbops.backup.runs import is_past_period, run_type_of
         from dbops.backup.staging import fresh_staging
-        from dbops.backup.store_io import remove_incomplete, store_backup, verify_stored
+        from dbops.backup.store_io import read_manifest, remove_incomplete, store_backup, verify_stored
         from dbops.backup.wal_ship import ensure_slot, slot_name
         from dbops.core.manifest import FileEntry, Manifest, backup_prefix
         from dbops.core.runs import run_date
@@ -137,6 +138,14 @@ class BaseBackupOperator(_PitrOperator):
         if own is not None:
             self.log.info("complete, nothing taken: base backup %s of this run is already stored", own.backup_id)
             return _backup_result(own.manifest)
+        period = run_date(context)
+        if is_past_period(policy.schedule, period, run_type_of(context), datetime.now(timezone.utc)):
+            newer = next((b for b in backups if b.taken_at >= period and read_manifest(store, b.backup_id)), None)
+            if newer is not None:
+                self.log.info("complete, nothing taken: run for the past period %s; base backup %s (taken %s) "
+                              "already holds data at least that new", period.isoformat(), newer.backup_id,
+                              newer.taken_at.isoformat(), backup_id=newer.backup_id)
+                return {**_backup_result(newer.manifest), "covered_period": period.isoformat()}
         hook = self._replication_hook(config, policy)
         try:
             for folder, files in remove_incomplete(store, f"{self.target}/basebackup/").items():
