@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from scripts.stack.airflow import airflow, airflow_env
-from scripts.stack.paths import AIRFLOW_HOME, ROOT
+from scripts.stack.paths import AIRFLOW_HOME, ROOT, VAR
 from scripts.stack.postgres import libpq_conninfo
 
 
@@ -18,6 +18,14 @@ def demo_conf(family: str) -> dict | None:
         return {"rule": "replication_lag_.*", "duration": "1h", "comment": "demo: replica rebuild tonight"}
     if family == "pg_restore":
         return {"database": "demo_restored", "overwrite": True}
+    if family == "pg_restore_pitr":  # to the marker the pg_pitr_test__ run (sorted before) just wrote
+        import psycopg
+
+        with psycopg.connect(libpq_conninfo("appdb")) as conn:
+            marker = conn.execute("SELECT max(written_at) FROM dbops_pitr_heartbeat WHERE position = 'before'")
+            target_time = marker.fetchone()[0]
+        return {"target_time": target_time.isoformat(),
+                "data_directory": str(VAR / "demo_pitr_restored" / target_time.strftime("%Y%m%dT%H%M%S"))}
     if family == "pg_tenant_export":
         import psycopg
 

@@ -10,19 +10,21 @@ import sys
 from pathlib import Path
 
 from scripts.stack import log
-from scripts.stack.credentials import pg_password
+from scripts.stack.credentials import pg_password, secret
 from scripts.stack.paths import PG_HOST, PG_PORT, PGDATA, ROOT, VAR, require_free_port
 
 PG_SUPERUSER = "postgres"
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+REPLICATION_ROLE = "dbops_replication"  # base backups and WAL shipping (pitr.replication_conn_id)
 DATABASES = ("airflow", "dbops", "appdb")
 # The test suite gets its own Airflow metadata and ops databases, so it never touches what `make run` shows.
 TEST_DATABASES = {"airflow": "airflow_test", "dbops": "dbops_test"}
 
 
-def conn_uri(database: str) -> str:
-    """Airflow connection URI for one of the local databases."""
-    return f"postgresql://{PG_SUPERUSER}:{pg_password()}@{PG_HOST}:{PG_PORT}/{database}?connect_timeout=5"
+def conn_uri(database: str, user: str = PG_SUPERUSER) -> str:
+    """Airflow connection URI for one of the local databases (as the superuser or ``REPLICATION_ROLE``)."""
+    password = pg_password() if user == PG_SUPERUSER else secret("pg_replication_password")
+    return f"postgresql://{user}:{password}@{PG_HOST}:{PG_PORT}/{database}?connect_timeout=5"
 
 
 def libpq_conninfo(database: str) -> str:
@@ -112,7 +114,28 @@ def start_postgres() -> bool:
          "-o", f"-p {PG_PORT}", "start"],
         check=True, stdout=subprocess.DEVNULL, **_as_pg_user(),
     )
+    ensure_replication()
     return True
+
+
+def ensure_replication() -> None:
+    """What point-in-time recovery needs, also on a data directory made before: WAL summaries (incremental
+    base backups), a 2 GB cap on the WAL a slot may hold, a login role with REPLICATION. initdb's
+    pg_hba.conf already admits replication connections from 127.0.0.1 with a password; wal_level replica
+    and 10 WAL senders and slots are defaults."""
+    from psycopg import sql
+
+    with admin_connection() as conn:
+        # a WAL slot nobody ships from (Airflow stopped) must not fill this machine's disk: 2 GB at most
+        for name, value in {"summarize_wal": "on", "max_slot_wal_keep_size": "2GB"}.items():
+            if conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0] != value:
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
+        role = sql.Identifier(REPLICATION_ROLE)
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICATION_ROLE,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(role))
+        password = sql.Literal(secret("pg_replication_password"))  # in the statement, never in argv
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, password))
 
 
 def stop_postgres() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dbops.alerting.policy import AlertPolicy
+from dbops.backup.pitr_policy import PitrPolicy, check_pitr
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
 from dbops.lifecycle.anonymize_policy import AnonymizePolicy, check_anonymize
@@ -54,6 +55,7 @@ class TargetConfig:
     anonymize: AnonymizePolicy | None = None
     partitions: PartitionsPolicy | None = None
     lifecycle: LifecycleSection | None = None
+    pitr: PitrPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ def _check_references(config: DbopsConfig) -> None:
             check_partitions(target.partitions, f"{key}.partitions", target.backup is not None)
         if target.lifecycle:
             check_lifecycle(target.lifecycle, f"{key}.lifecycle", has_store=target.backup is not None)
+        if target.pitr:
+            check_pitr(target.pitr, f"{key}.pitr", config.storage)
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")
