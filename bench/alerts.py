@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from scripts.bench_output import emit, json_stdout  # noqa: E402
+from scripts.bench_output import emit, json_stdout, progress_printer  # noqa: E402
 from scripts.stack.airflow import airflow, airflow_env  # noqa: E402
 from scripts.stack.bootstrap import up  # noqa: E402
 from scripts.stack.paths import AIRFLOW_HOME  # noqa: E402
@@ -39,8 +39,7 @@ TARGET = "appdb"
 DB_SECONDS_AIM = 1.0
 
 
-def progress(message: str) -> None:
-    print(f"[bench alerts] {message}", file=sys.stderr, flush=True)
+progress = progress_printer("alerts")
 
 
 def main() -> None:

@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from scripts.bench_output import emit, json_stdout  # noqa: E402
+from scripts.bench_output import emit, json_stdout, progress_printer  # noqa: E402
 from scripts.stack.airflow import airflow_env  # noqa: E402
 from scripts.stack.paths import VAR  # noqa: E402
-from scripts.stack.postgres import conn_uri, libpq_conninfo, libpq_env, start_postgres, stop_postgres  # noqa: E402
+from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo, libpq_env, start_postgres, stop_postgres  # noqa: E402
 
 CONN_ID = "bench_backup"
 from dbops.backup.policy import BackupPolicy  # noqa: E402
@@ -46,8 +46,7 @@ LEVEL = BackupPolicy(storage="bench").compression_level  # the policy's defaults
 RESTORE_JOBS = BackupPolicy(storage="bench").jobs
 
 
-def progress(message: str) -> None:
-    print(f"[bench backup] {message}", file=sys.stderr, flush=True)
+progress = progress_printer("backup")
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -63,7 +62,7 @@ def prepare_database(size_mb: int) -> str:
 
     name = f"bench_backup_{size_mb}"
     marker = f"dbops bench data: demo_data.py --size-mb {size_mb}, complete"
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                            (name,)).fetchone()
         if row is not None and row[0] == marker:

@@ -41,9 +41,9 @@ from dbops.maintenance.policy import MaintenancePolicy  # noqa: E402
 from dbops.maintenance.plan import Action, plan_weekly  # noqa: E402
 from dbops.maintenance.execute import execute_action  # noqa: E402
 from dbops.maintenance.scan import scan  # noqa: E402
-from scripts.bench_output import emit, json_stdout  # noqa: E402
+from scripts.bench_output import emit, json_stdout, progress_printer  # noqa: E402
 from scripts.stack.paths import PG_HOST  # noqa: E402
-from scripts.stack.postgres import libpq_conninfo, start_postgres  # noqa: E402
+from scripts.stack.postgres import admin_connection, libpq_conninfo, start_postgres  # noqa: E402
 
 POLICY = MaintenancePolicy(min_bytes=2**20)
 BLOATED = 5
@@ -52,12 +52,7 @@ APP_TABLE = "app_orders"
 BASELINE = "VACUUM FULL (every table, seeds 000/004)"
 
 
-def progress(message: str) -> None:
-    print(f"[bench maintenance] {message}", file=sys.stderr, flush=True)
-
-
-def admin() -> psycopg.Connection:
-    return psycopg.connect(libpq_conninfo("postgres"), autocommit=True)
+progress = progress_printer("maintenance")
 
 
 def _reusable(conn: psycopg.Connection, name: str, marker: str) -> bool:
@@ -92,7 +87,7 @@ def _create_table(conn: psycopg.Connection, name: str, rows: int, keep_every: in
 def prepare_database(size_mb: int, tables: int) -> str:
     name = f"bench_maint_{size_mb}_{tables}"
     marker = f"dbops bench data: maintenance --size-mb {size_mb} --tables {tables}, complete"
-    with admin() as conn:
+    with admin_connection() as conn:
         if _reusable(conn, name, marker):
             progress(f"reusing database {name}")
             return name
@@ -113,7 +108,7 @@ def prepare_database(size_mb: int, tables: int) -> str:
 def prepare_scan_database(tables: int = 1000) -> str:
     name = "bench_maint_scan_1000"
     marker = f"dbops bench data: maintenance scan, {tables} tables, complete"
-    with admin() as conn:
+    with admin_connection() as conn:
         if _reusable(conn, name, marker):
             return name
         progress(f"creating {name}: {tables} small tables")
@@ -130,7 +125,7 @@ def prepare_scan_database(tables: int = 1000) -> str:
 
 
 def clone(source: str, name: str) -> str:
-    with admin() as conn:
+    with admin_connection() as conn:
         _fresh(conn, name, template=source)
     return name
 
@@ -237,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"round {round_no + 1} {side}: {outcome[0]:.2f} s, reclaimed {outcome[1] / 2**20:.1f} MiB, "
                      f"({outcome[3] / 2**20:.1f} MiB counting FSM/VM forks), slowest app query {outcome[2]:.3f} s"
                      + (f", actions {outcome[4]}" if side == "ours" else ""))
-    with admin() as conn:
+    with admin_connection() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(work)))
     med = {side: [statistics.median(r[i] for r in rows) for i in range(3)] for side, rows in results.items()}
     for index, (metric, unit) in enumerate((("maintenance_seconds", "s"), ("reclaimed_bytes", "bytes"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 
@@ -29,3 +30,11 @@ def emit(out: TextIO, bench: str, size_mb: int, metric: str, value: float, unit:
                       "baseline_value": rounded(baseline_value) if baseline_value is not None else None,
                       "ratio": round(value / baseline_value, 3) if baseline_value else None, "size_mb": size_mb}),
           file=out, flush=True)
+
+
+def progress_printer(bench: str) -> Callable[[str], None]:
+    """``progress(message)`` for one bench: ``[bench <name>] message`` on stderr."""
+    def progress(message: str) -> None:
+        print(f"[bench {bench}] {message}", file=sys.stderr, flush=True)
+
+    return progress

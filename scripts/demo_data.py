@@ -297,7 +297,8 @@ def gen_user_events(ctx: Ctx) -> Iterator[str]:
     rng = ctx.rng("user_events")
     n = ctx.counts["user_events"]
     types, sources = weighted(rng, EVENT_TYPES, n), weighted(rng, EVENT_SOURCES, n)
-    for i, created in enumerate(timeline(rng, n, ctx.now - 90 * DAY, ctx.now, 2.0)):
+    # 240 days: page views on both sides of their 180-day retention
+    for i, created in enumerate(timeline(rng, n, ctx.now - 240 * DAY, ctx.now, 2.0)):
         etype = types[i]
         entity, eid = ("course", uuid4(rng)) if etype != "page_view" else (NULL, NULL)
         data = (f'{{"source": "{sources[i]}", "duration_ms": {rng.randint(5, 90_000)}, '
@@ -327,7 +328,8 @@ def gen_orders(ctx: Ctx) -> Iterator[str]:
     statuses = weighted(rng, ORDER_STATUSES, n)
     tenant_weights = [1 / (k + 1) for k in range(len(ctx.tenant_ids))]
     tenants = rng.choices(ctx.tenant_ids, weights=tenant_weights, k=n)
-    for i, created in enumerate(timeline(rng, n, ctx.years_ago(4), ctx.now, 2.0)):
+    # 7.5 years: rows on both sides of the lifecycle cutoffs (archive after 3 years, retention 7 years)
+    for i, created in enumerate(timeline(rng, n, ctx.years_ago(7.5), ctx.now, 2.0)):
         oid, tenant, status = uuid4(rng), tenants[i], statuses[i]
         currency = CURRENCIES[int(tenant[:2], 16) % len(CURRENCIES)]
         lines, subtotal = [], 0.0
@@ -359,7 +361,8 @@ def gen_audit_logs(ctx: Ctx) -> Iterator[str]:
     rng = ctx.rng("audit_logs")
     n = ctx.counts["audit_logs"]
     actions = weighted(rng, AUDIT_ACTIONS, n)
-    for i, created in enumerate(timeline(rng, n, ctx.now - 900 * DAY, ctx.now, 2.0)):
+    # 7.5 years: rows on both sides of the lifecycle cutoffs (archive after 2 years, retention 7 years)
+    for i, created in enumerate(timeline(rng, n, ctx.years_ago(7.5), ctx.now, 2.0)):
         action = actions[i]
         old = f'{{"status": "{rng.choice(ORDER_STATUSES)[0]}", "version": {rng.randint(1, 9)}}}'
         by = rng.choice(("api", "admin", "system"))
@@ -510,6 +513,46 @@ def load(conn: psycopg.Connection, size_mb: float, seed: int, now: dt.date) -> d
             cur.execute(statement)
         log.info("built indexes=%d foreign_keys=%d seconds=%.1f",
                  len(restore_indexes), len(restore_fks), time.monotonic() - started)
+        rows.update(load_partition_demo(cur, now))
+    return rows
+
+
+# Partition-management demo (pg_partitions__appdb): a few rows per partition, some in the DEFAULT
+# partitions (ranges the DAG will create, so it moves them; and ranges it never plans, so they stay and
+# alert), deterministic: generated from the reference date alone.
+PARTITION_DEMO = {
+    "assessment_attempts": """
+        INSERT INTO assessment_attempts (user_id, assessment, started_at, submitted_at, score)
+        SELECT u.ids[1 + g %% array_length(u.ids, 1)], 'quiz ' || (g %% 7),
+               t.at, t.at + interval '25 minutes', (g * 37 %% 100)::numeric
+        FROM (SELECT array_agg(id ORDER BY email) AS ids FROM users) u,
+             generate_series(0, 539) g,
+             LATERAL (SELECT date_trunc('month', %(now)s::timestamptz) - interval '15 months'
+                             + (g / 30) * interval '1 month' + (g %% 30) * interval '20 hours' AS at) t
+        UNION ALL  -- 2 and 3 months ahead: no partition yet, DEFAULT (the DAG creates them and moves these)
+        SELECT u.ids[1 + g %% array_length(u.ids, 1)], 'placement', t.at, NULL, NULL
+        FROM (SELECT array_agg(id ORDER BY email) AS ids FROM users) u, generate_series(0, 23) g,
+             LATERAL (SELECT date_trunc('month', %(now)s::timestamptz) + interval '2 months'
+                             + (g / 12) * interval '1 month' + (g %% 12) * interval '2 days' AS at) t""",
+    "page_views": """
+        INSERT INTO page_views (viewed_at, path)
+        SELECT %(now)s::timestamptz - interval '40 days' + g * interval '1 hour', '/course/' || (g %% 50)
+        FROM generate_series(0, 41 * 24 - 1) g
+        UNION ALL  -- 3 and 4 days ahead: DEFAULT, moved by the DAG
+        SELECT %(now)s::timestamptz + interval '3 days' + g * interval '2 hours', '/launch/' || g
+        FROM generate_series(0, 23) g
+        UNION ALL  -- far in the past: DEFAULT, belongs to no planned range: stays, reported and alerted
+        SELECT %(now)s::timestamptz - interval '400 days' + g * interval '1 hour', '/legacy/' || g
+        FROM generate_series(0, 4) g""",
+}
+
+
+def load_partition_demo(cur: psycopg.Cursor, now: dt.date) -> dict[str, int]:
+    """Fill the partition-management demo tables; returns rows per table."""
+    rows = {}
+    for table, statement in PARTITION_DEMO.items():
+        cur.execute(statement, {"now": midnight_utc(now)})
+        rows[table] = cur.rowcount
     return rows
 
 

@@ -11,7 +11,7 @@ from scripts.stack.paths import VAR
 from scripts.stack.postgres import (
     TEST_DATABASES,
     ensure_databases,
-    load_demo_if_empty,
+    load_demo_unless_current,
     migrate_ops_database,
     start_postgres,
     stop_postgres,
@@ -23,7 +23,7 @@ def up() -> tuple[bool, bool]:
     started = start_postgres()
     ensure_databases()
     migrate_ops_database()
-    load_demo_if_empty()
+    load_demo_unless_current()
     started_mongo = start_mongo()
     load_mongo_demo_if_empty()
     (VAR / "backups").mkdir(exist_ok=True)

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from scripts.stack.airflow import airflow, airflow_env
-from scripts.stack.paths import AIRFLOW_HOME, ROOT
+from scripts.stack.paths import AIRFLOW_HOME, ROOT, VAR
 from scripts.stack.postgres import libpq_conninfo
 
 
@@ -20,11 +20,27 @@ def demo_conf(family: str) -> dict | None:
         return {"database": "demo_restored", "overwrite": True}
     if family == "mongo_restore":
         return {"database": "chatdb_restored", "overwrite": True}
+    if family == "pg_restore_pitr":  # to the marker the pg_pitr_test__ run (sorted before) just wrote
+        import psycopg
+
+        with psycopg.connect(libpq_conninfo("appdb")) as conn:
+            marker = conn.execute("SELECT max(written_at) FROM dbops_pitr_heartbeat WHERE position = 'before'")
+            target_time = marker.fetchone()[0]
+        return {"target_time": target_time.isoformat(),
+                "data_directory": str(VAR / "demo_pitr_restored" / target_time.strftime("%Y%m%dT%H%M%S"))}
     if family == "pg_tenant_export":
         import psycopg
 
         with psycopg.connect(libpq_conninfo("appdb")) as conn:
             return {"tenant_id": str(conn.execute("SELECT id FROM tenants ORDER BY slug LIMIT 1").fetchone()[0])}
+    if family == "pg_anonymize":
+        import psycopg
+
+        with psycopg.connect(libpq_conninfo("appdb")) as conn:  # a user with orders, payments and sessions
+            user = conn.execute("SELECT u.id FROM users u WHERE EXISTS (SELECT FROM orders o JOIN payments p "
+                                "ON p.order_id = o.id WHERE o.user_id = u.id) AND EXISTS (SELECT FROM user_sessions s "
+                                "WHERE s.user_id = u.id) ORDER BY u.id LIMIT 1").fetchone()[0]
+        return {"user_id": str(user), "reason": "demo: erasure request DEMO-1"}
     return None
 
 
@@ -52,6 +68,7 @@ def run_demo() -> int:
     results += [_demo_run(dag_id, again=True) for dag_id in alert_dags]
     print("\n".join(line for line, _ in results))
     print(_alert_transitions_since(started))
+    print(_lifecycle_since(started))
     return 1 if any(not ok for _, ok in results) else 0
 
 
@@ -86,3 +103,17 @@ def _alert_transitions_since(started) -> str:
     return "alerts notified in this demo:\n" + "\n".join(
         f"  {kind.upper():8s} {target}: {rule}: {'was: ' if kind == 'resolved' else ''}{summary}"
         for kind, target, rule, summary in rows)
+
+
+def _lifecycle_since(started) -> str:
+    import psycopg
+
+    with psycopg.connect(libpq_conninfo("dbops")) as conn:
+        rows = conn.execute(
+            "SELECT target, job, table_name, status, rows_moved, rows_purged, rows_held_back, cutoff "
+            "FROM dbops.lifecycle_runs WHERE started_at >= %s ORDER BY id", (started,)).fetchall()
+    if not rows:
+        return "lifecycle: no archive or retention run in this demo"
+    return "lifecycle in this demo:\n" + "\n".join(
+        f"  {target}: {job} {table}: {status}, {moved} moved, {purged} purged, {held} held back, "
+        f"cutoff {cutoff:%Y-%m-%d}" for target, job, table, status, moved, purged, held, cutoff in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -9,23 +10,32 @@ import sys
 from pathlib import Path
 
 from scripts.stack import log
-from scripts.stack.credentials import pg_password
+from scripts.stack.credentials import pg_password, secret
 from scripts.stack.paths import PG_HOST, PG_PORT, PGDATA, ROOT, VAR, require_free_port
 
 PG_SUPERUSER = "postgres"
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+REPLICATION_ROLE = "dbops_replication"  # base backups and WAL shipping (pitr.replication_conn_id)
 DATABASES = ("airflow", "dbops", "appdb")
 # The test suite gets its own Airflow metadata and ops databases, so it never touches what `make run` shows.
 TEST_DATABASES = {"airflow": "airflow_test", "dbops": "dbops_test"}
 
 
-def conn_uri(database: str) -> str:
-    """Airflow connection URI for one of the local databases."""
-    return f"postgresql://{PG_SUPERUSER}:{pg_password()}@{PG_HOST}:{PG_PORT}/{database}?connect_timeout=5"
+def conn_uri(database: str, user: str = PG_SUPERUSER) -> str:
+    """Airflow connection URI for one of the local databases (as the superuser or ``REPLICATION_ROLE``)."""
+    password = pg_password() if user == PG_SUPERUSER else secret("pg_replication_password")
+    return f"postgresql://{user}:{password}@{PG_HOST}:{PG_PORT}/{database}?connect_timeout=5"
 
 
 def libpq_conninfo(database: str) -> str:
     return f"host={PG_HOST} port={PG_PORT} user={PG_SUPERUSER} password={pg_password()} dbname={database}"
+
+
+def admin_connection():
+    """An autocommit superuser connection to the ``postgres`` database of the local server."""
+    import psycopg
+
+    return psycopg.connect(libpq_conninfo("postgres"), autocommit=True)
 
 
 def libpq_env(database: str) -> dict[str, str]:
@@ -104,7 +114,28 @@ def start_postgres() -> bool:
          "-o", f"-p {PG_PORT}", "start"],
         check=True, stdout=subprocess.DEVNULL, **_as_pg_user(),
     )
+    ensure_replication()
     return True
+
+
+def ensure_replication() -> None:
+    """What point-in-time recovery needs, also on a data directory made before: WAL summaries (incremental
+    base backups), a 2 GB cap on the WAL a slot may hold, a login role with REPLICATION. initdb's
+    pg_hba.conf already admits replication connections from 127.0.0.1 with a password; wal_level replica
+    and 10 WAL senders and slots are defaults."""
+    from psycopg import sql
+
+    with admin_connection() as conn:
+        # a WAL slot nobody ships from (Airflow stopped) must not fill this machine's disk: 2 GB at most
+        for name, value in {"summarize_wal": "on", "max_slot_wal_keep_size": "2GB"}.items():
+            if conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0] != value:
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
+        role = sql.Identifier(REPLICATION_ROLE)
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICATION_ROLE,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(role))
+        password = sql.Literal(secret("pg_replication_password"))  # in the statement, never in argv
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, password))
 
 
 def stop_postgres() -> None:
@@ -115,10 +146,9 @@ def stop_postgres() -> None:
 
 
 def ensure_databases(names: tuple[str, ...] = DATABASES) -> None:
-    import psycopg
     from psycopg import sql
 
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
         for name in names:
             if name not in existing:
@@ -136,15 +166,39 @@ def migrate_ops_database(database: str = "dbops") -> None:
     log(f"ops database {database}: {len(applied)} migration(s) applied")
 
 
-def load_demo_if_empty() -> None:
-    """Generate the demo target appdb (scripts/demo_data.py) unless it is loaded already."""
-    import psycopg
+DEMO_SOURCES = (ROOT / "include" / "sql" / "demo" / "schema.sql", ROOT / "scripts" / "demo_data.py")
 
-    with psycopg.connect(libpq_conninfo("appdb")) as conn:
-        loaded = conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()[0]
-    if loaded:
-        return
+
+def demo_version() -> str:
+    """A fingerprint of the demo's schema and generator: a stack built from older ones is reloaded."""
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in DEMO_SOURCES)).hexdigest()[:16]
+    return f"dbops demo {digest}"
+
+
+def load_demo_unless_current(database: str = "appdb") -> None:
+    """Generate the demo target (scripts/demo_data.py) unless this version of the demo is loaded.
+
+    The loaded version is the database's comment. A demo from older sources (after a `git pull`) is
+    dropped whole, with what the DAGs made in it (archive schema, detached partitions), and rebuilt.
+    """
+    import psycopg
+    from psycopg import sql
+
+    version = demo_version()
+    with admin_connection() as conn:
+        loaded = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                              "WHERE datname = %s", (database,)).fetchone()[0]
+        if loaded == version:
+            return
+        with psycopg.connect(libpq_conninfo(database)) as demo:
+            filled = demo.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()[0]
+        if filled:
+            log(f"the demo's sources changed since {database} was loaded: rebuilding it")
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     size = os.environ.get("DBOPS_DEMO_SIZE_MB", "50")
-    log(f"loading the demo target appdb (about {size} MB)")
+    log(f"loading the demo target {database} (about {size} MB)")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_data.py"), "--size-mb", size],
-                   check=True, env={**os.environ, **libpq_env("appdb")})
+                   check=True, env={**os.environ, **libpq_env(database)})
+    with admin_connection() as conn:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(database), sql.Literal(version)))

@@ -23,7 +23,7 @@ from dbops.core.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from dbops.hooks.store import get_store
 from dbops.operators.backup import DUMP_FILE, RestoreBackupOperator, TenantExportOperator
 from scripts.stack.credentials import pg_password
-from scripts.stack.postgres import conn_uri, libpq_conninfo
+from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo
 from tests.backup import conftest as cf
 from tests.backup.conftest import (
     DAY, age_backup, backup, catalog_row, context, dag, full_backups, on_time, ops, raised, retention, store, verify,
@@ -118,7 +118,7 @@ def test_backup_is_named_by_its_snapshot_time_and_catalogs_its_provenance(target
 
 
 def _terminate_pg_dump_when_it_waits(database: str, found: list) -> None:
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not found:
             rows = conn.execute(
@@ -215,7 +215,7 @@ def test_unreachable_store_retries_and_keeps_the_staged_dump(target, monkeypatch
 
 
 def _wait_for_pg_dump_lock_wait(database: str) -> None:
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if conn.execute("SELECT 1 FROM pg_stat_activity WHERE datname = %s AND application_name = 'dbops' "
@@ -412,7 +412,7 @@ def test_restore_on_demand_into_a_new_database(target, scratch_db):
         with psycopg.connect(libpq_conninfo(fresh)) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 30000 - 30000 // 7
     finally:
-        with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+        with admin_connection() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
 
 

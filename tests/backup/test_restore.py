@@ -21,7 +21,7 @@ from psycopg import sql
 
 from dbops.core.manifest import MANIFEST_NAME, Manifest
 from dbops.operators.backup import DUMP_FILE, RestoreBackupOperator, ScratchDatabaseOperator, VerifyBackupOperator
-from scripts.stack.postgres import conn_uri, libpq_conninfo
+from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo
 from tests.backup import conftest as bk
 from tests.backup.conftest import backup, catalog_row, context, ops, store, verify
 
@@ -49,7 +49,7 @@ def databases_like(pattern: str) -> list[str]:
 
 
 def drop_databases(*names: str) -> None:
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         for name in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -155,7 +155,7 @@ INSERT INTO slow SELECT generate_series(1, 30);
 
 def _terminate_restore_when_sleeping(found: list) -> None:
     """Terminate the pg_restore backend that loads the slow table (as a lost connection would)."""
-    with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
+    with admin_connection() as conn:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not found:
             for (pid,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname LIKE 'dbops\\_verify\\_%' "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+from airflow.sdk import Asset
 from airflow.dag_processing.dagbag import DagBag
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+PLUGINS_FOLDER = DAGS_FOLDER.parent / "plugins"
 
 
 def load_dagbag() -> DagBag:
@@ -45,9 +48,40 @@ def expected_schedules() -> dict[str, str | None]:
         if target.maintenance:
             expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}
+        if target.partitions:
+            expected[f"pg_partitions__{name}"] = target.partitions.schedule
+        if target.lifecycle and target.lifecycle.policies:
+            expected |= lifecycle_schedules(name, target.lifecycle)
         if target.alerts:
             expected |= {f"db_alerts__{name}": target.alerts.schedule, "db_alert_silence": None}
+        if target.anonymize:
+            expected[f"pg_anonymize__{name}"] = None
+            if target.anonymize.anonymize_after is not None and target.anonymize.schedule:
+                expected[f"pg_anonymize_inactive__{name}"] = target.anonymize.schedule
+        if target.pitr:
+            expected |= {f"pg_basebackup__{name}": target.pitr.schedule,
+                         f"pg_wal_ship__{name}": target.pitr.wal_ship_schedule,
+                         f"pg_pitr_test__{name}": [Asset(name=f"basebackup__{name}", uri=f"dbops://{name}/basebackup")],
+                         f"pg_restore_pitr__{name}": None}
     return expected
+
+
+def lifecycle_schedules(name, section) -> dict[str, str | None]:
+    policies = section.policies
+    expected = {}
+    if any(p.archive_after and p.cadence == "monthly" for p in policies):
+        expected[f"pg_archive__{name}"] = section.archive_schedule
+    if any(p.retention or (p.archive_after and p.cadence == "daily") for p in policies):
+        expected[f"pg_retention__{name}"] = section.retention_schedule
+    return expected
+
+
+def test_no_plugin_module_shadows_the_standard_library():
+    """Airflow's plugin loader imports every file under plugins/ by its bare name: an ``inspect.py``
+    there replaces the standard ``inspect`` module in every task process."""
+    clashes = sorted(str(p.relative_to(PLUGINS_FOLDER)) for p in PLUGINS_FOLDER.rglob("*.py")
+                     if p.stem in sys.stdlib_module_names)
+    assert clashes == []
 
 
 def test_every_dag_the_config_implies_exists_with_its_schedule(dagbag):

@@ -8,6 +8,20 @@
 --   PGOPTIONS='-c dbops.demo_now=2025-06-15' psql -1 -f schema.sql
 -- Re-runnable: it drops its own objects first (and nothing else).
 
+-- Partition-management demo tables (pg_partitions__appdb), with what earlier runs detached or archived.
+DROP SCHEMA IF EXISTS partition_archive CASCADE;
+DO $$
+DECLARE t record;
+BEGIN
+    FOR t IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind = 'r' AND NOT c.relispartition
+               AND c.relname ~ '^(learning_sessions|assessment_attempts|page_views)_[0-9]'
+    LOOP
+        EXECUTE format('DROP TABLE %I', t.relname);
+    END LOOP;
+END
+$$;
+DROP TABLE IF EXISTS assessment_attempts, page_views CASCADE;
 DROP TABLE IF EXISTS
     reports, analysis_results, documents, programs,
     user_events, learning_sessions,
@@ -191,7 +205,52 @@ END
 $$;
 CREATE TABLE learning_sessions_default PARTITION OF learning_sessions DEFAULT;
 
--- Multi-tenant tables (seed 003); retention: audit_logs 365 days, user_sessions 90 days
+-- Assessment attempts, monthly RANGE partitions on started_at (seed 002): partitions from 15 months
+-- before the reference month to the one after it (the 3 oldest are past the 12 months' retention), and a
+-- DEFAULT partition. Daily page views (RANGE on viewed_at): 40 days back to tomorrow (10 past the 30
+-- days' retention), and a DEFAULT. scripts/demo_data.py puts rows in both DEFAULT partitions.
+CREATE TABLE assessment_attempts (
+    id            bigint GENERATED ALWAYS AS IDENTITY,
+    user_id       uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    assessment    varchar(100) NOT NULL,
+    started_at    timestamptz NOT NULL,
+    submitted_at  timestamptz,
+    score         numeric(5, 2),
+    PRIMARY KEY (id, started_at),
+    CHECK (submitted_at IS NULL OR submitted_at >= started_at)
+) PARTITION BY RANGE (started_at);
+CREATE INDEX idx_assessment_attempts_user ON assessment_attempts (user_id, started_at DESC);
+CREATE TABLE page_views (
+    id         bigint GENERATED ALWAYS AS IDENTITY,
+    viewed_at  timestamptz NOT NULL,
+    path       text NOT NULL,
+    PRIMARY KEY (id, viewed_at)
+) PARTITION BY RANGE (viewed_at);
+
+DO $$
+DECLARE
+    ref    date := coalesce(nullif(current_setting('dbops.demo_now', true), '')::date, current_date);
+    month0 date := make_date(extract(year FROM ref)::int, extract(month FROM ref)::int, 1);
+    m      date;
+BEGIN
+    FOR i IN -15..1 LOOP
+        m := (month0 + make_interval(months => i))::date;
+        EXECUTE format('CREATE TABLE %I PARTITION OF assessment_attempts FOR VALUES FROM (%L) TO (%L)',
+            'assessment_attempts_' || to_char(m, 'YYYY_MM'), m::timestamp AT TIME ZONE 'UTC',
+            (m + interval '1 month') AT TIME ZONE 'UTC');
+    END LOOP;
+    FOR i IN -40..1 LOOP
+        m := ref + i;
+        EXECUTE format('CREATE TABLE %I PARTITION OF page_views FOR VALUES FROM (%L) TO (%L)',
+            'page_views_' || to_char(m, 'YYYYMMDD'), m::timestamp AT TIME ZONE 'UTC',
+            (m + 1)::timestamp AT TIME ZONE 'UTC');
+    END LOOP;
+END
+$$;
+CREATE TABLE assessment_attempts_default PARTITION OF assessment_attempts DEFAULT;
+CREATE TABLE page_views_default PARTITION OF page_views DEFAULT;
+
+-- Multi-tenant tables (seed 003); lifecycle policies in include/config/dbops.yaml (archive and retention)
 CREATE TABLE tenants (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     slug        varchar(63) NOT NULL UNIQUE,
@@ -218,6 +277,7 @@ CREATE TABLE orders (
 CREATE INDEX idx_orders_user ON orders (user_id);
 CREATE INDEX idx_orders_tenant_created ON orders (tenant_id, created_at DESC);
 CREATE INDEX idx_orders_status ON orders (status);
+CREATE INDEX idx_orders_created_at ON orders (created_at);  -- archive batches walk it (data lifecycle)
 
 CREATE TABLE payments (
     id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -234,6 +294,7 @@ CREATE TABLE payments (
 CREATE INDEX idx_payments_order ON payments (order_id);
 CREATE INDEX idx_payments_tenant_created ON payments (tenant_id, created_at DESC);
 CREATE INDEX idx_payments_status ON payments (status);
+CREATE INDEX idx_payments_created_at ON payments (created_at);  -- archive batches walk it (data lifecycle)
 
 CREATE TABLE audit_logs (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

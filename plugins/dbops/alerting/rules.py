@@ -10,13 +10,14 @@ Every problem is a :class:`ConfigError` naming the pack file and the rule.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dbops.core.config import PROJECT_ROOT, QUERIES_DIR, DbopsConfig
+from dbops.core.config import PROJECT_ROOT, QUERIES_DIR, DbopsConfig, TargetConfig
 from dbops.core.schema import ConfigError, Seconds, build_section, load_yaml
 from dbops.mongo.policy import COMMAND_SOURCES, CommandSource
 
@@ -25,7 +26,7 @@ OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operat
              "!=": operator.ne}
 SEVERITIES = ("info", "warning", "critical")
 DATABASES = ("target", "ops")
-POLICIES = ("backup", "maintenance")
+POLICIES = tuple(f.name for f in dataclasses.fields(TargetConfig) if f.name not in ("conn_id", "alerts"))
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -95,9 +96,8 @@ def rules_for(config: DbopsConfig, target: str) -> list[Rule]:
         raise ConfigError(f"{config.path}: targets.{target}.alerts.rules: rule {wrong.name!r} is for "
                           f"{'PostgreSQL' if mongodb else 'MongoDB'} targets; this target's engine is "
                           f"{config.targets[target].engine}")
-    policies = {"backup": config.targets[target].backup, "maintenance": config.targets[target].maintenance}
     return [replace(rule, threshold=policy.thresholds.get(rule.name, rule.threshold)) for rule in rules
-            if rule.requires_policy is None or policies[rule.requires_policy] is not None]
+            if rule.requires_policy is None or getattr(config.targets[target], rule.requires_policy) is not None]
 
 
 def load_pack(name: str, rules_dir: Path = RULES_DIR) -> list[Rule]:

@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from dbops.alerting.policy import AlertPolicy
+from dbops.backup.pitr_policy import PitrPolicy, check_pitr
 from dbops.backup.policy import BackupPolicy, check_backup
 from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
+from dbops.lifecycle.anonymize_policy import AnonymizePolicy, check_anonymize
+from dbops.lifecycle.policy import LifecycleSection, check_lifecycle
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
 from dbops.mongo.policy import MongoPolicy, check_engine
+from dbops.partitions.policy import PartitionsPolicy, check_partitions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "dbops.yaml"
@@ -50,6 +54,10 @@ class TargetConfig:
     backup: BackupPolicy | None = None
     maintenance: MaintenancePolicy | None = None
     alerts: AlertPolicy | None = None
+    anonymize: AnonymizePolicy | None = None
+    partitions: PartitionsPolicy | None = None
+    lifecycle: LifecycleSection | None = None
+    pitr: PitrPolicy | None = None
     mongo: MongoPolicy | None = None
 
 
@@ -140,14 +148,22 @@ def _check_references(config: DbopsConfig) -> None:
         if not target.conn_id:
             raise Invalid(f"{key}.conn_id", "must name an Airflow connection")
         check_engine(target, key)
-        for policy in ("backup", "alerts", "maintenance", "mongo.retention", "mongo.maintenance"):
-            notify = getattr(_section(target, policy), "notify", [])
+        for policy in [*(f.name for f in dataclasses.fields(target)), "mongo.retention", "mongo.maintenance"]:
+            notify = getattr(_section(target, policy), "notify", [])  # every section with a notify list
             for i, channel in enumerate(notify):
                 _check_channel(config.notifications, channel, f"{key}.{policy}.notify[{i}]")
         if target.backup:
             check_backup(target.backup, f"{key}.backup", config.storage)
         if target.maintenance:
             check_maintenance(target.maintenance, f"{key}.maintenance")
+        if target.anonymize:
+            check_anonymize(target.anonymize, f"{key}.anonymize")
+        if target.partitions:
+            check_partitions(target.partitions, f"{key}.partitions", target.backup is not None)
+        if target.lifecycle:
+            check_lifecycle(target.lifecycle, f"{key}.lifecycle", has_store=target.backup is not None)
+        if target.pitr:
+            check_pitr(target.pitr, f"{key}.pitr", config.storage)
 
 
 def _section(target: TargetConfig, path: str) -> Any:

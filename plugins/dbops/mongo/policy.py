@@ -14,6 +14,7 @@ ENGINES = ("postgres", "mongodb")
 # collection, and the oplog's time window.
 COMMAND_SOURCES = ("hello", "serverStatus", "currentOp", "replSetGetStatus", "dbStats", "collStats", "oplogWindow")
 RETENTION_METHODS = ("delete", "ttl")
+POSTGRES_ONLY = ("lifecycle", "partitions", "pitr", "anonymize")  # sections of other capabilities
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ def check_engine(target, key: str) -> None:
         return
     if target.maintenance is not None:
         raise Invalid(f"{key}.maintenance", "is for PostgreSQL targets; a MongoDB target's goes under mongo.maintenance")
+    for section in POSTGRES_ONLY:
+        if getattr(target, section, None) is not None:
+            raise Invalid(f"{key}.{section}", "is for PostgreSQL targets only")
     if target.backup is not None and target.backup.tenant_tables:
         raise Invalid(f"{key}.backup.tenant_tables", "tenant exports are for PostgreSQL targets only")
     if target.mongo is not None:

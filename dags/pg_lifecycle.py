@@ -1,0 +1,92 @@
+"""Data lifecycle, per target, from include/config/dbops.yaml:
+pg_archive__<target> (monthly archive moves) and pg_retention__<target> (daily: retention purges, and the
+archive moves of policies with cadence daily), for a `lifecycle` section;
+pg_anonymize__<target> (on demand: one user, Params user_id and reason) and pg_anonymize_inactive__<target>
+(scheduled: users inactive longer than `anonymize_after`), for an `anonymize` section.
+Runbooks: include/runbooks/.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Param
+
+from dbops.core.config import load_config, pool_name
+from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.notifications.channels import DbopsFailureNotifier
+from dbops.operators.anonymize import AnonymizeInactiveOperator, AnonymizeUserOperator
+from dbops.operators.lifecycle import LifecycleCheckOperator, LifecycleOperator, selected
+
+config = load_config()
+
+for target, settings in config.targets.items():
+    section = settings.lifecycle
+    if section is None or not section.policies:
+        continue
+    notifier = DbopsFailureNotifier(target=target, channels=section.notify)
+    # the task's limit: the time budget (it stops cleanly there) plus the last batch, the checks and the counts
+    work_timeout = timedelta(seconds=section.time_budget + 2 * section.statement_timeout + 600)
+    heavy = {"pool": pool_name(target), "execution_timeout": work_timeout}
+
+    if selected(section, "archive", "monthly"):
+        with DAG(
+            dag_id=f"pg_archive__{target}",
+            schedule=section.archive_schedule,
+            description=f"Monthly archival of {target}: old rows moved to the archive schema in short batches",
+            doc_md=runbook("pg_archive", target),
+            **dag_kwargs(tags=["lifecycle", "archive", target], on_failure=notifier),
+        ):
+            check = LifecycleCheckOperator(task_id="check_policies", target=target, job="archive",
+                                           cadence="monthly", execution_timeout=timedelta(minutes=5))
+            move = LifecycleOperator(task_id="archive", target=target, job="archive", cadence="monthly", **heavy)
+            check >> move
+
+    if selected(section, "retention") or selected(section, "archive", "daily"):
+        with DAG(
+            dag_id=f"pg_retention__{target}",
+            schedule=section.retention_schedule,
+            description=f"Daily retention of {target}: rows past retention purged in short batches",
+            doc_md=runbook("pg_retention", target),
+            **dag_kwargs(tags=["lifecycle", "retention", target], on_failure=notifier),
+        ):
+            previous = LifecycleCheckOperator(task_id="check_policies", target=target, job="retention",
+                                              execution_timeout=timedelta(minutes=5))
+            if selected(section, "archive", "daily"):
+                previous = previous >> LifecycleOperator(task_id="archive_daily", target=target, job="archive",
+                                                         cadence="daily", **heavy)
+            if selected(section, "retention"):
+                previous >> LifecycleOperator(task_id="purge", target=target, job="retention", **heavy)
+
+
+for target, settings in config.targets.items():  # anonymization
+    policy = settings.anonymize
+    if policy is None:
+        continue
+    notifier = DbopsFailureNotifier(target=target, channels=policy.notify)
+    with DAG(
+        dag_id=f"pg_anonymize__{target}",
+        schedule=None,
+        description=f"Anonymize one user of {target}: every row naming them, base and archive tables",
+        doc_md=runbook("pg_anonymize", target),
+        params={
+            "user_id": Param(type="string", minLength=1, maxLength=200,
+                             description=f"the user's {policy.users.key} in {policy.users.table}"),
+            "reason": Param(type="string", minLength=1, maxLength=500,
+                            description="why, e.g. the ticket of the erasure request (no personal data)"),
+        },
+        **dag_kwargs(tags=["lifecycle", "anonymize", target], on_failure=notifier),
+    ):
+        AnonymizeUserOperator(task_id="anonymize", target=target, user_id="{{ params.user_id }}",
+                              reason="{{ params.reason }}", execution_timeout=timedelta(minutes=15))
+
+    if policy.anonymize_after is not None and policy.schedule:
+        with DAG(
+            dag_id=f"pg_anonymize_inactive__{target}",
+            schedule=policy.schedule,
+            description=f"Anonymize the users of {target} inactive longer than anonymize_after, in batches",
+            doc_md=runbook("pg_anonymize_inactive", target),
+            **dag_kwargs(tags=["lifecycle", "anonymize", target], on_failure=notifier),
+        ):
+            AnonymizeInactiveOperator(task_id="anonymize_inactive", target=target, pool=pool_name(target),
+                                      execution_timeout=timedelta(hours=2))

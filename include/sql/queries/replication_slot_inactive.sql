@@ -1,0 +1,11 @@
+-- Seconds since a replication slot was last used (PostgreSQL 17+: pg_replication_slots.inactive_since),
+-- one row per inactive slot, labelled slot_name and slot_type. dbops's own WAL shipping slot
+-- (dbops_wal_<target>) is inactive between two shipping runs (5 minutes by default), so thresholds are
+-- well above the shipping interval. Active slots and servers before 17 return no row.
+-- Cheap: a shared-memory view, no locks.
+SELECT slot_name::text AS slot_name,
+       slot_type,
+       round(extract(epoch FROM now() - inactive_since)::numeric, 0) AS value
+FROM pg_replication_slots
+WHERE NOT active
+  AND inactive_since IS NOT NULL

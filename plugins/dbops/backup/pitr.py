@@ -1,0 +1,308 @@
+"""Point-in-time recovery from the store: the newest full base backup and its incrementals are fetched
+(sha256 checked), combined (``pg_combinebackup``), verified (``pg_verifybackup``) and recovered in a
+scratch data directory on a scratch port with ``recovery_target_time``; then promoted.
+
+``restore_command`` copies from a local WAL directory that is filled from the store before the server
+starts: every stored segment from the newest backup's start on is downloaded, checked against the
+sha256 recorded when it was shipped and decompressed. So a corrupt segment fails the recovery naming it,
+and the server process needs neither Python nor the store's credentials.
+
+The scratch server listens on a Unix socket in its own private directory only (no TCP) and trusts
+local connections there. A server refuses to run as root: when the worker is root, the server runs as
+``$DBOPS_PG_SYSTEM_USER`` (default ``embedded_postgres``), which then owns the scratch directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import zstandard
+
+from dbops.backup.basebackup import ARCHIVE
+from dbops.core.processes import run, supervised
+from dbops.core.streams import CHUNK, ChecksumMismatch, file_sha256, read_decompressed
+
+if TYPE_CHECKING:
+    from dbops.backup.pitr_catalog import BaseBackup
+    from dbops.core.store import BackupStore
+
+_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+_STOPPING = re.compile(r"recovery stopping [^\n]*")
+AUTO_CONF = "postgresql.auto.conf"
+_MARK = "# dbops point-in-time recovery (removed once recovered)\n"
+
+
+class RecoveryFailed(Exception):
+    """The backup chain or the archive cannot recover to the target: the message says what failed."""
+
+
+def lsn_bytes(lsn: str) -> int:
+    high, low = (int(part, 16) for part in lsn.split("/"))
+    return (high << 32) | low
+
+
+def chain_for(backups: list[BaseBackup], target_time: datetime | None) -> list[BaseBackup]:
+    """The chain (full first) of the newest base backup finished before ``target_time`` (any if None)."""
+    from dbops.backup.pitr_catalog import chain_of
+
+    for backup in backups:
+        stop = datetime.fromisoformat(backup.manifest.extra["stop_time"])
+        if target_time is None or stop < target_time:
+            try:
+                return chain_of(backups, backup.backup_id)
+            except LookupError:
+                continue
+    when = f"finished before {target_time.isoformat()}" if target_time else "with a complete chain"
+    raise RecoveryFailed(f"no base backup {when} in the catalog: take one (pg_basebackup__<target>)")
+
+
+def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path, timeout: float) -> int:
+    """Download a base backup's archive (sha256 checked) and unpack it into ``dest``; return raw bytes."""
+    entry = next(f for f in backup.manifest.files if f.name == ARCHIVE)
+    packed = dest.with_name(f"{dest.name}.tar.zst")
+    store.get_file(f"{backup.backup_id}/{ARCHIVE}", packed)
+    try:
+        actual = file_sha256(packed)
+        if actual != entry.sha256:
+            raise ChecksumMismatch(f"{backup.backup_id}/{ARCHIVE}: sha256 {actual} differs from the manifest's "
+                                   f"{entry.sha256}")
+        dest.mkdir(mode=0o700, parents=True)
+        # GNU tar unpacks faster than tarfile; it gets the stream zstd decompresses here
+        with open(packed, "rb") as fh, supervised(["tar", "-x", "-f", "-", "-C", str(dest)], timeout,
+                                                  stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            zstandard.ZstdDecompressor().copy_stream(fh, proc.stdin, write_size=CHUNK)
+            proc.stdin.close()
+            stderr = proc.stderr.read()
+        if proc.returncode != 0:
+            raise RecoveryFailed(f"unpacking {backup.backup_id}/{ARCHIVE} failed: {stderr.decode(errors='replace')}")
+    finally:
+        packed.unlink(missing_ok=True)
+    return entry.raw_bytes
+
+
+def combine_and_verify(bin_dir: Path, parts: list[Path], out: Path, timeout: float) -> dict[str, Any]:
+    """``pg_combinebackup`` the parts (full first) into ``out`` (a lone full is moved), then
+    ``pg_verifybackup`` it (files against backup_manifest, and the WAL it needs)."""
+    started = time.monotonic()
+    if len(parts) == 1:
+        shutil.move(parts[0], out)
+    else:
+        done = run([str(bin_dir / "pg_combinebackup"), "--output", str(out), *map(str, parts)], timeout, _env())
+        if done.returncode != 0:
+            raise RecoveryFailed(f"pg_combinebackup failed: {done.stderr.strip()[-1500:]}")
+        for part in parts:
+            shutil.rmtree(part, ignore_errors=True)
+    combined = time.monotonic()
+    done = run([str(bin_dir / "pg_verifybackup"), "--quiet", str(out)], timeout, _env())
+    if done.returncode != 0:
+        raise RecoveryFailed(f"pg_verifybackup failed: {(done.stdout + done.stderr).strip()[-1500:]}")
+    return {"combine_seconds": round(combined - started, 3), "verify_seconds": round(time.monotonic() - combined, 3)}
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")}
+
+
+def free_port(first: int, last: int) -> int:
+    """The first port of ``first``..``last`` nothing listens on at 127.0.0.1."""
+    for port in range(first, last + 1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RecoveryFailed(f"no free scratch port in {first}-{last} (pitr.scratch_ports)")
+
+
+def server_user() -> str | None:
+    """The system user a server runs as when this process is root (PostgreSQL refuses root)."""
+    return os.environ.get("DBOPS_PG_SYSTEM_USER", "embedded_postgres") if os.geteuid() == 0 else None
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass
+class ScratchServer:
+    """A recovering cluster in ``root/data``: its socket, hba, log and WAL index live in ``root``."""
+
+    root: Path
+    bin_dir: Path
+    port: int
+    data_dir: Path | None = None  # default root/data
+
+    @property
+    def data(self) -> Path:
+        return self.data_dir or self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        """A short private directory for the socket (Unix socket paths hold at most 107 bytes)."""
+        record = self.root / "socket_dir"
+        if not record.exists():
+            record.write_text(tempfile.mkdtemp(prefix="dbops-pitr-"))
+        return Path(record.read_text())
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.root / "wal"
+
+    def fetch_wal(self, store: BackupStore, segments: dict[str, tuple[bool, str, str]]) -> int:
+        """Download, check (sha256) and decompress every segment into :attr:`wal_dir`; return WAL bytes.
+
+        :raises RecoveryFailed: a segment is missing or differs from what was shipped, naming it.
+        """
+        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        raw = 0
+        for name, (_, key, sha256) in segments.items():
+            packed = self.wal_dir / f".{name}.zst"
+            try:
+                store.get_file(key, packed)
+                raw += read_decompressed(packed, self.wal_dir / name, sha256)
+            except (ChecksumMismatch, FileNotFoundError) as err:  # other errors (a store outage) are retried
+                raise RecoveryFailed(f"WAL segment {name} ({key}) cannot be used: {err}") from err
+            finally:
+                packed.unlink(missing_ok=True)
+        return raw
+
+    def configure(self, target_time: datetime) -> None:
+        """Write the hba and the recovery settings; ``recovery.signal``."""
+        (self.root / "pg_hba.conf").write_text("local all all trust\n")
+        command = f"cp {shlex.quote(str(self.wal_dir))}/%f %p"
+        settings = {"port": str(self.port), "listen_addresses": "", "unix_socket_directories": str(self.socket_dir),
+                    "hba_file": str(self.root / "pg_hba.conf"), "restore_command": command,
+                    "recovery_target_time": target_time.isoformat(), "recovery_target_action": "promote",
+                    "archive_mode": "off", "summarize_wal": "off", "cluster_name": "dbops_pitr",
+                    "logging_collector": "off"}
+        with open(self.data / AUTO_CONF, "a") as conf:
+            conf.write("\n" + _MARK + "".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
+        (self.data / "standby.signal").unlink(missing_ok=True)
+        (self.data / "recovery.signal").touch()
+        self._own()
+
+    def _own(self) -> None:
+        user = server_user()
+        for top in {self.root, self.data, self.socket_dir}:
+            top.chmod(0o700)
+            if user:
+                for path in (top, *top.rglob("*")):
+                    shutil.chown(path, user, user)
+
+    def _ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        # a few harmless variables only: the worker's environment holds secrets (AIRFLOW_CONN_*)
+        return subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args], env=_env(), timeout=timeout,
+                              capture_output=True, text=True, user=server_user(), check=False)
+
+    def start(self, timeout: float) -> float:
+        """Start recovery; return the seconds until the server accepts connections (consistent)."""
+        started = time.monotonic()
+        done = self._ctl("-l", str(self.log_path), "-w", "-t", str(int(timeout)), "start", timeout=timeout + 30)
+        if done.returncode != 0:
+            raise RecoveryFailed(f"the scratch server did not become consistent: {self.failure()}")
+        return time.monotonic() - started
+
+    def connect(self, user: str, database: str) -> psycopg.Connection:
+        return psycopg.connect(host=str(self.socket_dir), port=self.port, user=user, dbname=database, autocommit=True,
+                               connect_timeout=10)
+
+    def wait_promoted(self, user: str, database: str, timeout: float) -> None:
+        """Wait until recovery reached its target and the server was promoted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with self.connect(user, database) as conn:
+                    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        return
+            except psycopg.OperationalError:
+                if not (self.data / "postmaster.pid").exists():
+                    raise RecoveryFailed(f"the scratch server stopped during recovery: {self.failure()}") from None
+            time.sleep(0.3)
+        raise RecoveryFailed(f"recovery did not reach its target within {timeout:.0f} s: {self.failure()}")
+
+    def failure(self) -> str:
+        """Why recovery failed: the server log's last errors."""
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        errors = [line for line in log.splitlines() if "FATAL" in line or "ERROR" in line or "PANIC" in line]
+        return " | ".join(errors[-3:]) or f"see {self.log_path}"
+
+    def replay_figures(self, start_lsn: str) -> dict[str, Any]:
+        """What the log says about recovery: where it stopped and how much WAL it replayed."""
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        redo = _REDO_DONE.findall(log)
+        stopping = _STOPPING.findall(log)
+        return {"redo_done_at": redo[-1] if redo else None,
+                "wal_replayed_bytes": lsn_bytes(redo[-1]) - lsn_bytes(start_lsn) if redo else None,
+                "stopped": stopping[-1] if stopping else None}
+
+    def stop(self, timeout: float = 120) -> None:
+        """Stop the server (if it runs) and remove its socket directory."""
+        if (self.data / "postmaster.pid").exists():
+            self._ctl("-m", "fast", "-w", "-t", str(int(timeout)), "stop", timeout=timeout + 30)
+        if (self.root / "socket_dir").exists():
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def forget_recovery_settings(self) -> None:
+        """Take our settings out of postgresql.auto.conf: the directory starts as the source's cluster."""
+        conf = self.data / AUTO_CONF
+        text = conf.read_text()
+        if _MARK in text:
+            conf.write_text(text[:text.index(_MARK)].rstrip("\n") + "\n")
+
+
+def remove_scratch(root: Path, bin_dir: Path | None) -> bool:
+    """Stop a scratch server left in ``root`` and delete the directory; True when there was one."""
+    if not root.exists():
+        return False
+    if bin_dir is not None:
+        ScratchServer(root, bin_dir, 0).stop()
+    shutil.rmtree(root, ignore_errors=True)
+    return True
+
+
+def recover(store: BackupStore, chain: list[BaseBackup],
+            segments: dict[str, tuple[bool, str, str]], server: ScratchServer, target_time: datetime,
+            user: str, database: str, timeout: float) -> dict[str, Any]:
+    """Fetch, combine and verify ``chain`` into ``server.data``, recover it to ``target_time`` and promote it.
+
+    The server is left running; the caller checks it and stops it. Figures: bytes fetched, seconds to
+    consistent and to promoted, WAL replayed.
+    """
+    started = time.monotonic()
+    work = server.root / "parts"
+    work.mkdir(parents=True, exist_ok=True)
+    parts, raw = [], 0
+    for i, backup in enumerate(chain):
+        parts.append(work / f"{i:02d}")
+        raw += fetch_and_extract(store, backup, parts[-1], timeout)
+    fetched = time.monotonic()
+    figures: dict[str, Any] = {"chain": [b.backup_id for b in chain], "bytes": raw,
+                               "fetch_seconds": round(fetched - started, 3),
+                               **combine_and_verify(server.bin_dir, parts, server.data, timeout)}
+    shutil.rmtree(work, ignore_errors=True)
+    figures["wal_fetched_bytes"] = server.fetch_wal(store, segments)
+    server.configure(target_time)
+    recovery_started = time.monotonic()
+    figures["seconds_to_consistent"] = round(server.start(timeout), 3)
+    server.wait_promoted(user, database, timeout)
+    figures["seconds_to_promoted"] = round(time.monotonic() - recovery_started, 3)
+    figures["total_seconds"] = round(time.monotonic() - started, 3)
+    figures.update(server.replay_figures(chain[-1].start_lsn))
+    return figures

@@ -1,0 +1,43 @@
+"""The ``pitr`` section of a target: physical base backups, WAL shipping, recovery tests, retention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dbops.core.schema import ByteSize, Cron, Invalid
+
+
+@dataclass(frozen=True)
+class PitrPolicy:
+    """Point-in-time recovery of a target's cluster.
+
+    ``schedule`` runs ``pg_basebackup__<target>``: each run takes an incremental backup on top of the
+    newest verified one, or a full when ``full_schedule`` ticked since the newest full (or no verified
+    parent exists). ``full_retention`` full backups are kept with their incrementals and WAL.
+    """
+
+    storage: str
+    replication_conn_id: str | None = None  # a role with REPLICATION; default the target's conn_id
+    schedule: Cron | None = "0 1 * * *"
+    full_schedule: Cron = "0 1 * * 0"
+    wal_ship_schedule: Cron | None = "*/5 * * * *"
+    full_retention: int = 2
+    max_retained_wal: ByteSize = 10 * 1024**3
+    scratch_ports: list[int] = field(default_factory=lambda: [55700, 55799])
+    compression_level: int = 3
+    notify: list[str] = field(default_factory=lambda: ["log"])
+
+
+def check_pitr(policy: PitrPolicy, key: str, storage: dict) -> None:
+    """What the types cannot say: the store exists, retention keeps a full, the port range is sane."""
+    if policy.storage not in storage:
+        raise Invalid(f"{key}.storage", f"unknown storage {policy.storage!r} (defined: {', '.join(storage) or 'none'})")
+    if policy.full_retention < 1:
+        raise Invalid(f"{key}.full_retention", "must keep at least 1 full backup")
+    if policy.max_retained_wal <= 0:
+        raise Invalid(f"{key}.max_retained_wal", "must be greater than 0 (e.g. 10GB)")
+    if not 1 <= policy.compression_level <= 19:
+        raise Invalid(f"{key}.compression_level", "must be a zstd level from 1 to 19")
+    ports = policy.scratch_ports
+    if len(ports) != 2 or not 1024 < ports[0] <= ports[1] < 65536:
+        raise Invalid(f"{key}.scratch_ports", f"expected [first, last] with 1024 < first <= last < 65536, got {ports}")

@@ -1,0 +1,218 @@
+"""Ship a target's WAL to the store through a physical replication slot, losing no segment whatever is killed.
+
+Design. ``pg_receivewal --slot <slot> --endpos <current LSN>`` streams WAL into a local staging directory
+that lives as long as the target's shipping (``<staging_dir>/<target>__wal``), not as long as a run.
+Every finished segment is then compressed (zstd, in Python), stored, read back (size and sha256),
+recorded in ``dbops.wal_segments``, and only then deleted locally; the unfinished one is stored too.
+Then the slot is advanced (``pg_replication_slot_advance``) to the end position, all of which is stored.
+``pg_receivewal`` itself confirms to the server only segments it finished and flushed locally (a short
+run confirms little or nothing), and those stay in staging until stored: the slot never moves past WAL
+that is neither in the store nor on local disk. So:
+
+* killed while streaming: the finished segments and the ``.partial`` stay in staging; the next run ships
+  them first, and ``pg_receivewal`` resumes at the start of its ``.partial`` segment (the slot keeps the
+  whole segment it points into);
+* killed while storing or recording: the segment is still in staging and is stored again under the same
+  key (its name); a segment already recorded as finished is never stored twice (no duplicate);
+* store unreachable: the leftovers and a probe write fail before ``pg_receivewal`` starts, so the slot is
+  not advanced at all and staging does not grow.
+
+The unfinished segment is stored as ``<segment>.partial.zst`` (replaced each run, deleted once the
+segment is finished), so the recovery point is at most one shipping interval old on a quiet database.
+Staging must be on persistent disk of the worker(s) that run the target's pool. The slot makes the server
+keep WAL while shipping stops; past ``pitr.max_retained_wal`` the task fails telling what to do.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from dbops.backup import pitr_catalog
+from dbops.backup.store_io import verify_stored
+from dbops.core.processes import run, tool_failed
+from dbops.core.streams import CHUNK, write_compressed
+from dbops.core.units import human_bytes
+
+if TYPE_CHECKING:
+    from dbops.core.store import BackupStore
+    from dbops.hooks.ops import OpsDatabaseHook
+    from dbops.hooks.postgres import DbopsPostgresHook
+    from dbops.hooks.tools import PgTool
+
+SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+PARTIAL_SUFFIX = ".partial"
+
+
+def slot_name(target: str) -> str:
+    """The physical replication slot that holds the target's WAL for shipping."""
+    return f"dbops_wal_{target}"
+
+
+def wal_key(target: str, segment: str, partial: bool = False) -> str:
+    return f"{target}/wal/{segment}{PARTIAL_SUFFIX if partial else ''}.zst"
+
+
+@dataclass
+class ShipResult:
+    segments: list[str] = field(default_factory=list)  # finished segments stored by this run
+    partial: str | None = None  # the unfinished segment stored as .partial
+    bytes: int = 0
+    raw_bytes: int = 0
+    end_lsn: str | None = None
+    retained_bytes: int = 0
+    seconds: float = 0.0
+
+
+def ensure_slot(hook: DbopsPostgresHook, slot: str) -> bool:
+    """Create the physical slot (reserving WAL from now) unless it exists; True when created."""
+    if hook.get_first("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", parameters=(slot,)):
+        return False
+    hook.run("SELECT pg_create_physical_replication_slot(%s, true)", parameters=(slot,))
+    return True
+
+
+def retained_wal(hook: DbopsPostgresHook, slot: str) -> int:
+    """Bytes of WAL the slot makes the server keep (0 when the slot is missing or holds nothing)."""
+    row = hook.get_first("SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint "
+                         "FROM pg_replication_slots WHERE slot_name = %s", parameters=(slot,))
+    return int(row[0]) if row else 0
+
+
+def check_retained(hook: DbopsPostgresHook, slot: str, target: str, cap: int) -> int:
+    """The WAL the slot retains; past ``cap`` fail, saying what the operator can do."""
+    lost = hook.get_first("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND wal_status = 'lost'",
+                          parameters=(slot,))
+    if lost:
+        raise AirflowFailException(
+            f"slot {slot} of {target} lost WAL it held (the server's max_slot_wal_keep_size was reached): the "
+            f"archive has a gap. Drop the slot (SELECT pg_drop_replication_slot('{slot}') on the target), then "
+            f"trigger pg_basebackup__{target} with full=true")
+    retained = retained_wal(hook, slot)
+    if retained > cap:
+        raise AirflowFailException(
+            f"slot {slot} of {target} retains {human_bytes(retained)} of WAL, over pitr.max_retained_wal "
+            f"({human_bytes(cap)}): shipping fell behind and the server's disk fills. Either raise "
+            f"max_retained_wal in dbops.yaml if the disk can take it and let this DAG catch up, or drop the slot "
+            f"(SELECT pg_drop_replication_slot('{slot}') on the target), then trigger pg_basebackup__{target} "
+            "for a new full backup: point-in-time recovery before it is lost")
+    return retained
+
+
+def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store: BackupStore, target: str,
+             staging: Path, level: int, timeout: float) -> ShipResult:
+    """Store what staging holds, stream up to the current LSN, store again; see the module docstring."""
+    started = time.monotonic()
+    staging.mkdir(parents=True, exist_ok=True)
+    result = ShipResult()
+    _store_finished(ops, store, target, staging, level, result)  # a killed run's leftovers first
+    store.check_writable()  # no streaming (slot advance) while the store cannot take what it brings
+    slot = slot_name(target)
+    ensure_slot(hook, slot)
+    # A tiny WAL record, flushed at once: everything inserted before it (asynchronous commits included)
+    # is on disk and can be streamed, and an idle server still has WAL to reach. The function returns the
+    # record's end; pg_receivewal stops once it received WAL *past* --endpos, so one byte before it.
+    end_lsn = hook.get_first("SELECT pg_logical_emit_message(false, 'dbops_wal_ship', '', true)::text")[0]
+    with hook.cli_environment() as env:
+        done = run([tool.path, f"--directory={staging}", f"--slot={slot}", f"--endpos={_lsn(_lsn_int(end_lsn) - 1)}",
+                    "--no-loop", "--no-password"], timeout, env)
+    if done.returncode != 0:
+        error = tool_failed("pg_receivewal", done.returncode, done.stderr)
+        if "is active for PID" in done.stderr:  # a killed run's pg_receivewal still streams to its end position
+            error.transient = True
+        raise error
+    _store_finished(ops, store, target, staging, level, result)
+    _store_partial(ops, store, target, staging, level, result)
+    # everything up to end_lsn is stored now: the slot may let the server recycle it
+    hook.get_first("SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
+                   "WHERE slot_name = %s AND restart_lsn < %s::pg_lsn", parameters=(end_lsn, slot, end_lsn))
+    result.end_lsn = end_lsn
+    result.retained_bytes = retained_wal(hook, slot)
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _store_finished(ops: OpsDatabaseHook, store: BackupStore, target: str, staging: Path, level: int,
+                    result: ShipResult) -> None:
+    names = sorted(p.name for p in staging.iterdir() if SEGMENT.match(p.name))
+    if not names:
+        return
+    with ops.transaction() as conn:
+        known = pitr_catalog.segments(conn, target, names[0])
+    for name in names:
+        if name in known and not known[name][0]:
+            (staging / name).unlink()  # stored and recorded by an earlier run that was killed before this
+            continue
+        _store_one(ops, store, target, staging / name, name, False, level, result)
+        store.delete(wal_key(target, name, partial=True))
+        (staging / name).unlink()
+        result.segments.append(name)
+
+
+def _store_partial(ops: OpsDatabaseHook, store: BackupStore, target: str, staging: Path, level: int,
+                   result: ShipResult) -> None:
+    for path in sorted(staging.glob(f"*{PARTIAL_SUFFIX}")):
+        segment = path.name.removesuffix(PARTIAL_SUFFIX)
+        if SEGMENT.match(segment):
+            _store_one(ops, store, target, path, segment, True, level, result)
+            result.partial = segment
+
+
+def _store_one(ops: OpsDatabaseHook, store: BackupStore, target: str, path: Path, segment: str, partial: bool,
+               level: int, result: ShipResult) -> None:
+    packed = path.with_name(f".{path.name}.zst")
+    try:
+        with open(path, "rb") as fh:
+            stored, raw, sha = write_compressed(iter(lambda: fh.read(CHUNK), b""), packed, level)
+        key = wal_key(target, segment, partial)
+        store.put_file(packed, key)
+        verify_stored(store, key, stored, sha)
+    finally:
+        packed.unlink(missing_ok=True)
+    with ops.transaction() as conn:
+        pitr_catalog.record_segment(conn, target, segment, partial, key, stored, raw, sha)
+    result.bytes += stored
+    result.raw_bytes += raw
+
+
+def _lsn_int(lsn: str) -> int:
+    high, low = (int(part, 16) for part in lsn.split("/"))
+    return (high << 32) | low
+
+
+def _lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def segment_size(hook: DbopsPostgresHook) -> int:
+    """The server's WAL segment size in bytes."""
+    return int(hook.get_first("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'")[0])
+
+
+def segment_number(name: str, segment_size: int) -> tuple[int, int]:
+    """(timeline, segment number) of a WAL file name."""
+    per_id = 0x100000000 // segment_size
+    return int(name[:8], 16), int(name[8:16], 16) * per_id + int(name[16:], 16)
+
+
+def segment_name(timeline: int, number: int, segment_size: int) -> str:
+    per_id = 0x100000000 // segment_size
+    return f"{timeline:08X}{number // per_id:08X}{number % per_id:08X}"
+
+
+def segment_of_lsn(lsn: str, timeline: int, segment_size: int) -> str:
+    return segment_name(timeline, _lsn_int(lsn) // segment_size, segment_size)
+
+
+def find_gaps(names: list[str], first: str, segment_size: int) -> list[str]:
+    """Segments missing between ``first`` and the newest of ``names`` (same timeline as ``first``)."""
+    timeline, start = segment_number(first, segment_size)
+    numbers = {n for t, n in (segment_number(name, segment_size) for name in names) if t == timeline}
+    if not numbers:
+        return [first]
+    return [segment_name(timeline, n, segment_size) for n in range(start, max(numbers)) if n not in numbers]

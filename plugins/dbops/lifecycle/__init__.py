@@ -1,0 +1,1 @@
+"""Data lifecycle: archive moves, retention purges, anonymization."""

@@ -1,0 +1,525 @@
+"""The point-in-time recovery operators: base backup, WAL shipping, recovery test, restore, retention.
+The work lives in :mod:`dbops.backup` (basebackup, wal_ship, pitr, pitr_retention)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from dbops.backup import pitr_catalog
+from dbops.core.errors import classify
+from dbops.core.processes import tool_timeout
+from dbops.core.units import human_bytes
+from dbops.operators.base import TargetOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from dbops.backup.pitr_policy import PitrPolicy
+    from dbops.core.config import DbopsConfig
+    from dbops.core.store import BackupStore
+    from dbops.hooks.ops import OpsDatabaseHook
+    from dbops.hooks.postgres import DbopsPostgresHook
+    from dbops.hooks.tools import PgTool
+
+
+class RecoveryTestFailed(AirflowFailException):
+    """A recovery test proved the archive cannot recover to the target: retrying will not help."""
+
+
+def _run_dir(config: DbopsConfig, target: str, what: str, run_id: str) -> Path:
+    return config.staging_path / f"{target}__{what}__{hashlib.sha1(run_id.encode()).hexdigest()[:12]}"
+
+
+def wal_staging(config: DbopsConfig, target: str) -> Path:
+    """pg_receivewal's directory: lives as long as the target's shipping, not as long as a run."""
+    return config.staging_path / f"{target}__wal"
+
+
+class _PitrOperator(TargetOperator):
+    """A target operator that needs the target's ``pitr`` policy, its store and the ops database."""
+
+    def _setup(self) -> tuple[DbopsConfig, PitrPolicy, BackupStore, OpsDatabaseHook]:
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.hooks.store import get_store
+
+        config = self.load_config()
+        policy = config.targets[self.target].pitr
+        if policy is None:
+            raise AirflowFailException(f"target {self.target!r} has no pitr policy in {config.path}")
+        return (config, policy, get_store(config.storage[policy.storage]),
+                OpsDatabaseHook(postgres_conn_id=config.ops_conn_id))
+
+    def _replication_hook(self, config: DbopsConfig, policy: PitrPolicy) -> DbopsPostgresHook:
+        from dbops.hooks.postgres import DbopsPostgresHook
+
+        return DbopsPostgresHook(postgres_conn_id=policy.replication_conn_id or config.targets[self.target].conn_id)
+
+    def _tool(self, config: DbopsConfig, hook: DbopsPostgresHook, name: str) -> PgTool:
+        from dbops.hooks.tools import ToolVersionError, find_tool
+
+        try:
+            return find_tool(name, hook.server_version_num(), config.tools.bin_dir, config.tools.exclusive)
+        except ToolVersionError as err:
+            raise AirflowFailException(str(err)) from err
+
+
+    def _ship(self, config: DbopsConfig, policy: PitrPolicy, store: BackupStore, ops: OpsDatabaseHook):
+        """One WAL shipping pass (the caller holds the target's ``wal_ship`` lock)."""
+        from dbops.backup.wal_ship import check_retained, ship_wal, slot_name
+
+        hook = self._replication_hook(config, policy)
+        staging = wal_staging(config, self.target)
+        try:
+            check_retained(hook, slot_name(self.target), self.target, policy.max_retained_wal)
+            tool = self._tool(config, hook, "pg_receivewal")
+            return ship_wal(hook, tool, ops, store, self.target, staging, policy.compression_level,
+                            tool_timeout(self.execution_timeout))
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"shipping WAL of {self.target} to {store.describe()} failed; what was received "
+                                f"stays in {staging} and is shipped next run") from err
+
+
+class BaseBackupOperator(_PitrOperator):
+    """Take a physical base backup of the target's cluster and store it with its manifest.
+
+    Incremental (``pg_basebackup --incremental``) on top of the newest base backup, unless a full is due:
+    ``pitr.full_schedule`` ticked since the newest full, ``full`` is set, or the would-be parent is
+    missing from the store or not verified by a recovery test (an incremental on it is refused, and
+    the reason logged). The archive and PostgreSQL's ``backup_manifest`` are stored and read back;
+    our manifest (sha256 per file, start/stop LSN and time, parent) is written last and catalogued.
+    A retried task returns the backup its run already made; a run for a past period (a backfill) takes
+    nothing when a base backup was taken at or after the period's start, and says which. The WAL slot is created first, so that
+    shipping holds every segment the backup needs.
+
+    :param full: take a full backup whatever the schedule says.
+    """
+
+    template_fields: Sequence[str] = ("target", "full")
+
+    def __init__(self, *, full: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.full = full
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.core.locks import job_lock
+
+        config, policy, store, ops = self._setup()
+        with job_lock(config.ops_conn_id, self.target, "basebackup"):
+            result = self._backup(context, config, policy, store, ops)
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra = {"backup_id": result["backup_id"], "kind": result["kind"]}
+        return result
+
+    def _backup(self, context: Context, config: DbopsConfig, policy: PitrPolicy, store: BackupStore,
+                ops: OpsDatabaseHook) -> dict[str, Any]:
+        from dbops.backup import catalog
+        from dbops.backup.basebackup import ARCHIVE, BACKUP_MANIFEST, choose_parent, take_basebackup
+        from dbops.backup.runs import is_past_period, run_type_of
+        from dbops.backup.staging import fresh_staging
+        from dbops.backup.store_io import read_manifest, remove_incomplete, store_backup, verify_stored
+        from dbops.backup.wal_ship import ensure_slot, slot_name
+        from dbops.core.manifest import FileEntry, Manifest, backup_prefix
+        from dbops.core.runs import run_date
+        from dbops.core.streams import file_sha256
+
+        with ops.transaction() as conn:
+            backups = pitr_catalog.base_backups(conn, self.target)
+        own = next((b for b in backups if b.manifest.run_id == context["run_id"]), None)
+        if own is not None:
+            self.log.info("complete, nothing taken: base backup %s of this run is already stored", own.backup_id)
+            return _backup_result(own.manifest)
+        period = run_date(context)
+        if is_past_period(policy.schedule, period, run_type_of(context), datetime.now(timezone.utc)):
+            newer = next((b for b in backups if b.taken_at >= period and read_manifest(store, b.backup_id)), None)
+            if newer is not None:
+                self.log.info("complete, nothing taken: run for the past period %s; base backup %s (taken %s) "
+                              "already holds data at least that new", period.isoformat(), newer.backup_id,
+                              newer.taken_at.isoformat(), backup_id=newer.backup_id)
+                return {**_backup_result(newer.manifest), "covered_period": period.isoformat()}
+        hook = self._replication_hook(config, policy)
+        try:
+            for folder, files in remove_incomplete(store, f"{self.target}/basebackup/").items():
+                self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
+            ensure_slot(hook, slot_name(self.target))
+            parent, reason = choose_parent(backups, store, policy.full_schedule, run_date(context),
+                                           str(self.full).lower() in ("true", "1"))
+            tool = self._tool(config, hook, "pg_basebackup")
+            server_version = hook.get_first("SHOW server_version")[0]
+        except AirflowFailException:
+            raise
+        except Exception as err:
+            raise classify(err, f"preparing the base backup of {self.target} failed") from err
+        self.log.info("%s: %s", "incremental" if parent else "full", reason)
+        staging = _run_dir(config, self.target, "basebackup", context["run_id"])
+        fresh_staging(staging)
+        try:
+            parent_manifest = None
+            if parent is not None:
+                parent_manifest = staging / f"parent_{BACKUP_MANIFEST}"
+                key = f"{parent.backup_id}/{BACKUP_MANIFEST}"
+                store.get_file(key, parent_manifest)
+                entry = next(f for f in parent.manifest.files if f.name == BACKUP_MANIFEST)
+                verify_stored(store, key, entry.bytes, entry.sha256)
+            taken_at = datetime.now(timezone.utc).replace(microsecond=0)
+            while store.list_keys(backup_prefix(self.target, "basebackup", taken_at)):
+                time.sleep(1)
+                taken_at = datetime.now(timezone.utc).replace(microsecond=0)
+            prefix = backup_prefix(self.target, "basebackup", taken_at)
+            with hook.cli_environment() as env:
+                result = take_basebackup(tool, env, staging / ARCHIVE, policy.compression_level, parent_manifest,
+                                         tool_timeout(self.execution_timeout))
+            (staging / BACKUP_MANIFEST).write_bytes(result.backup_manifest)
+            logical_date = context.get("logical_date")
+            manifest = Manifest(
+                backup_id=prefix, target=self.target,
+                kind=pitr_catalog.INCREMENTAL if parent else pitr_catalog.FULL,
+                logical_date=run_date(context).isoformat(), run_id=context["run_id"],
+                location=f"{store.describe()}/{prefix}", server_version=server_version,
+                tool=f"{tool.name} {tool.version}", snapshot_id=result.start_lsn,
+                files=[FileEntry(ARCHIVE, result.bytes, result.sha256, result.raw_bytes),
+                       FileEntry(BACKUP_MANIFEST, len(result.backup_manifest), file_sha256(staging / BACKUP_MANIFEST),
+                                 len(result.backup_manifest))],
+                tables={}, constraints=[], timings={"basebackup_seconds": round(result.seconds, 3)},
+                compression={"codec": "zstd", "level": policy.compression_level,
+                             "archive": "pg_basebackup tar, --wal-method=fetch"},
+                taken_at=taken_at.isoformat(), covers=logical_date.isoformat() if logical_date else None,
+                run_type=run_type_of(context), storage=policy.storage,
+                extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
+                       "parent": parent.backup_id if parent else None, "reason": reason,
+                       "stop_time": datetime.now(timezone.utc).isoformat()})
+            store_backup(store, manifest, staging)
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"base backup of {self.target} into {store.describe()} failed") from err
+        with ops.transaction() as conn:
+            catalog.record_backup(conn, manifest)
+        shutil.rmtree(staging, ignore_errors=True)
+        self.log.info("stored OK: %s base backup %s (parent %s): %s (%s raw), LSN %s..%s, %.1f s backup, "
+                      "%.1f s upload", manifest.kind, manifest.location, manifest.extra["parent"] or "-",
+                      human_bytes(result.bytes), human_bytes(result.raw_bytes), result.start_lsn, result.stop_lsn,
+                      result.seconds, manifest.timings["upload_seconds"], backup_id=prefix, bytes=result.bytes,
+                      raw_bytes=result.raw_bytes, kind=manifest.kind)
+        return _backup_result(manifest)
+
+
+def _backup_result(manifest) -> dict[str, Any]:
+    return {"backup_id": manifest.backup_id, "kind": manifest.kind, "bytes": manifest.total_bytes,
+            "parent": manifest.extra.get("parent"), "start_lsn": manifest.extra.get("start_lsn"),
+            "stop_lsn": manifest.extra.get("stop_lsn"), **manifest.timings}
+
+
+class WalShipOperator(_PitrOperator):
+    """Ship the target's WAL to the store through its replication slot (:mod:`dbops.backup.wal_ship`),
+    then check the archive has no gap since the newest full base backup.
+
+    Fails, saying what to do, when the slot retains more than ``pitr.max_retained_wal``, and when the
+    archive has a gap (a base backup taken after the gap is needed for recovery past it).
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.core.locks import job_lock
+
+        config, policy, store, ops = self._setup()
+        with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=120):
+            result = self._ship(config, policy, store, ops)
+        gaps = archive_gaps(ops, self._replication_hook(config, policy), self.target)
+        self.log.info("shipped OK: %d finished segment(s)%s, %s stored (%s of WAL) up to %s; slot retains %s; "
+                      "%.1f s", len(result.segments), f" and partial {result.partial}" if result.partial else "",
+                      human_bytes(result.bytes), human_bytes(result.raw_bytes), result.end_lsn,
+                      human_bytes(result.retained_bytes), result.seconds, segments=len(result.segments),
+                      bytes=result.bytes, raw_bytes=result.raw_bytes, retained_bytes=result.retained_bytes)
+        if gaps:
+            raise AirflowFailException(
+                f"the WAL archive of {self.target} has a gap: {len(gaps)} segment(s) missing ({gaps[0]}"
+                f"{'..' + gaps[-1] if len(gaps) > 1 else ''}); recovery cannot pass it. Trigger pg_basebackup__"
+                f"{self.target} with full=true: recovery from that backup on needs no WAL before it")
+        return {"segments": result.segments, "partial": result.partial, "bytes": result.bytes,
+                "end_lsn": result.end_lsn, "retained_bytes": result.retained_bytes}
+
+
+def archive_gaps(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str) -> list[str]:
+    """Segments missing from the archive since the newest full base backup's start (or the oldest stored)."""
+    from dbops.backup.wal_ship import find_gaps, segment_of_lsn, segment_size
+
+    size = segment_size(hook)
+    with ops.transaction() as conn:
+        fulls = [b for b in pitr_catalog.base_backups(conn, target) if b.kind == pitr_catalog.FULL]
+        stored = pitr_catalog.segments(conn, target)
+    if not stored:
+        return []
+    first = (segment_of_lsn(fulls[0].start_lsn, fulls[0].manifest.extra["timeline"], size) if fulls
+             else min(stored))
+    return find_gaps([name for name in stored if name >= first], first, size)
+
+
+class ScratchClusterOperator(_PitrOperator):
+    """Create (setup) or stop and delete (teardown) the scratch directory of a run's recovery."""
+
+    def __init__(self, *, drop: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.drop = drop
+
+    def execute(self, context: Context) -> None:
+        from dbops.backup.pitr import remove_scratch
+
+        config = self.load_config()
+        root = _run_dir(config, self.target, "pitr", context["run_id"])
+        if self.drop:
+            removed = remove_scratch(root, _server_bin_dir())
+            self.log.info("%s scratch cluster %s", "stopped and deleted" if removed else "no", root)
+        else:
+            remove_scratch(root, _server_bin_dir())
+            root.mkdir(parents=True)
+            self.log.info("created scratch directory %s", root)
+
+
+def _server_bin_dir() -> Path | None:
+    from dbops.hooks.tools import embedded_bin_dir
+
+    return embedded_bin_dir()
+
+
+class PitrTestOperator(_PitrOperator):
+    """Prove point-in-time recovery: recover the newest base backup chain plus the shipped WAL to a target
+    time in a scratch cluster, and check it stopped exactly there. Records a recovery test.
+
+    Without ``target_time`` (after each base backup): commits a ``before`` marker into the target's
+    heartbeat table, notes the time and every table's rows, commits an ``after`` marker, ships WAL, then
+    recovers to the noted time: the ``before`` marker must be there, the ``after`` one not, the row
+    counts equal. With ``target_time`` (on demand): recovers to it and checks that recovery stopped
+    there. A failed recovery fails the task without retries and names what failed (e.g. a corrupt WAL
+    segment); the scratch cluster is stopped and deleted by the teardown.
+
+    :param target_time: ISO 8601 time with a zone, or empty for the marker test.
+    """
+
+    template_fields: Sequence[str] = ("target", "target_time")
+
+    def __init__(self, *, target_time: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target_time = target_time
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.backup import catalog
+        from dbops.backup.heartbeat import check_markers, write_markers
+        from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover
+        from dbops.core.locks import job_lock
+        from dbops.core.streams import ChecksumMismatch
+        from dbops.hooks.postgres import DbopsPostgresHook
+
+        config, policy, store, ops = self._setup()
+        source = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
+        markers = None
+        if self.target_time:
+            target_time = parse_target_time(self.target_time)
+        else:
+            try:
+                with source.get_conn() as conn:
+                    markers = write_markers(conn, context["run_id"])
+            except Exception as err:
+                raise classify(err, f"writing the heartbeat markers into {self.target} failed") from err
+            target_time = markers.target_time
+            with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=300):
+                self._ship(config, policy, store, ops)
+        root = _run_dir(config, self.target, "pitr", context["run_id"])
+        root.mkdir(parents=True, exist_ok=True)
+        started_at = datetime.now(timezone.utc)
+        checks: dict[str, Any] = {"target_time": target_time.isoformat()}
+        chain, error, server = [], None, None
+        try:
+            with ops.transaction() as conn:
+                backups = pitr_catalog.base_backups(conn, self.target)
+            chain = chain_for(backups, target_time)
+            segments = needed_segments(ops, source, self.target, chain[-1])
+            server = ScratchServer(root, _server_bin_dir(), free_port(*policy.scratch_ports))
+            conn_info = source.connection
+            figures = recover(store, chain, segments, server, target_time,
+                              conn_info.login, source.database or conn_info.schema,
+                              tool_timeout(self.execution_timeout))
+            checks["recovery"] = {"ok": True, **figures}
+            if markers is not None:
+                with server.connect(conn_info.login, source.database or conn_info.schema) as conn:
+                    checks.update(check_markers(conn, markers))
+            else:  # PostgreSQL logs where it stopped; without a stop it would have failed to reach the target
+                checks["target"] = {"ok": bool(figures.get("stopped")), "stopped": figures.get("stopped")}
+        except (RecoveryFailed, ChecksumMismatch) as err:
+            error = str(err)
+            checks["recovery"] = {"ok": False, "error": error}
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"the recovery test of {self.target} could not run") from err
+        finally:
+            if server is not None:
+                server.stop()
+        failed = [f"{name}: {check.get('error') or check}" for name, check in checks.items()
+                  if isinstance(check, dict) and not check.get("ok")]
+        ok = not failed
+        if chain:
+            recovery = checks["recovery"]
+            with ops.transaction() as conn:
+                catalog.record_recovery_test(conn, chain[-1].backup_id, self.target, context["run_id"], started_at,
+                                             recovery.get("seconds_to_consistent"), ok, checks,
+                                             "; ".join(failed) or None)
+        if not ok:
+            raise RecoveryTestFailed(f"FAILED: point-in-time recovery of {self.target} to {target_time.isoformat()}: "
+                                     f"{'; '.join(failed)}")
+        recovery = checks["recovery"]
+        self.log.info("recovered OK: %s to %s from %s: %s fetched, consistent in %.1f s, promoted in %.1f s, %s of "
+                      "WAL replayed; markers %s", self.target, target_time.isoformat(), " + ".join(recovery["chain"]),
+                      human_bytes(recovery["bytes"]), recovery["seconds_to_consistent"],
+                      recovery["seconds_to_promoted"], human_bytes(recovery.get("wal_replayed_bytes")),
+                      "OK" if markers else "not written (on-demand target time)", backup_id=chain[-1].backup_id,
+                      bytes=recovery["bytes"], wal_replayed_bytes=recovery.get("wal_replayed_bytes"))
+        return {"backup_id": chain[-1].backup_id, "target_time": target_time.isoformat(), "ok": True,
+                **{k: v for k, v in recovery.items() if k != "ok"}}
+
+
+def parse_target_time(value: str) -> datetime:
+    """An ISO 8601 time with a zone; anything else fails, saying what to type."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise AirflowFailException(f"target_time {value!r} is not an ISO 8601 time with a zone, "
+                                   "e.g. 2026-11-30T16:05:00+00:00")
+    return parsed
+
+
+def needed_segments(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str, newest) -> dict:
+    """Stored segments from the start of ``newest`` (the chain's last backup) on; a gap among them fails."""
+    from dbops.backup.pitr import RecoveryFailed
+    from dbops.backup.wal_ship import find_gaps, segment_of_lsn, segment_size
+
+    size = segment_size(hook)
+    first = segment_of_lsn(newest.start_lsn, newest.manifest.extra["timeline"], size)
+    with ops.transaction() as conn:
+        segments = pitr_catalog.segments(conn, target, first)
+    gaps = find_gaps(list(segments), first, size)
+    if gaps:
+        raise RecoveryFailed(f"the WAL archive lacks segment(s) {', '.join(gaps[:5])} after base backup "
+                             f"{newest.backup_id}")
+    return segments
+
+
+class RestorePitrOperator(_PitrOperator):
+    """Restore the target's cluster as of ``target_time`` into the data directory ``data_directory``.
+
+    The chain of the newest base backup finished before ``target_time`` is combined and verified into
+    the directory, recovered with the shipped WAL on a scratch port (Unix socket only) to the target time,
+    promoted and stopped cleanly. Our recovery settings are then taken out again: the directory holds a
+    consistent cluster, with the source's configuration, ready to start (``pg_ctl -D <dir> start``; set
+    its port first if the source's is taken on this host). A directory that exists and is not empty is
+    refused, and nothing is changed.
+
+    :param target_time: ISO 8601 time with a zone.
+    :param data_directory: an absolute path that does not exist yet (or is empty).
+    """
+
+    template_fields: Sequence[str] = ("target", "target_time", "data_directory")
+
+    def __init__(self, *, target_time: str, data_directory: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target_time = target_time
+        self.data_directory = data_directory
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover
+        from dbops.core.locks import job_lock
+        from dbops.core.streams import ChecksumMismatch
+        from dbops.hooks.postgres import DbopsPostgresHook
+
+        target_time = parse_target_time(self.target_time)
+        data = Path(self.data_directory)
+        if not data.is_absolute():
+            raise AirflowFailException(f"data_directory {self.data_directory!r} must be an absolute path")
+        if data.exists() and (not data.is_dir() or any(data.iterdir())):
+            raise AirflowFailException(f"data_directory {data} exists and is not empty: name a new directory "
+                                       "(nothing was changed)")
+        config, policy, store, ops = self._setup()
+        source = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
+        root = _run_dir(config, self.target, "restore_pitr", context["run_id"])
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        if data.exists():
+            data.rmdir()
+        server = None
+        try:
+            with job_lock(config.ops_conn_id, self.target, "restore_pitr"):
+                with ops.transaction() as conn:
+                    backups = pitr_catalog.base_backups(conn, self.target)
+                chain = chain_for(backups, target_time)
+                segments = needed_segments(ops, source, self.target, chain[-1])
+                server = ScratchServer(root, _server_bin_dir(), free_port(*policy.scratch_ports), data_dir=data)
+                figures = recover(store, chain, segments, server, target_time,
+                                  source.connection.login, source.database or source.connection.schema,
+                                  tool_timeout(self.execution_timeout))
+                server.stop()
+                server.forget_recovery_settings()
+        except (RecoveryFailed, ChecksumMismatch) as err:
+            if server is not None:
+                server.stop()
+            shutil.rmtree(data, ignore_errors=True)
+            raise AirflowFailException(f"FAILED: restoring {self.target} to {target_time.isoformat()}: {err}") from err
+        except AirflowException:
+            raise
+        except Exception as err:
+            if server is not None:
+                server.stop()
+            shutil.rmtree(data, ignore_errors=True)
+            raise classify(err, f"restoring {self.target} to {target_time.isoformat()} could not run") from err
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        self.log.info("restored OK: %s as of %s into %s (stopped, ready to start): from %s, %s, recovered in %.1f s; "
+                      "%s", self.target, target_time.isoformat(), data, " + ".join(figures["chain"]),
+                      human_bytes(figures["bytes"]), figures["seconds_to_promoted"], figures.get("stopped") or "",
+                      bytes=figures["bytes"], data_directory=str(data))
+        return {"data_directory": str(data), "target_time": target_time.isoformat(), **figures}
+
+
+class PitrRetentionOperator(_PitrOperator):
+    """Delete base backups and WAL that ``pitr.full_retention`` no longer keeps (:mod:`dbops.backup.pitr_retention`).
+
+    A backup is deleted like a logical one (catalog ``deleting``, manifest first, files, ``deleted``); WAL
+    segments before the oldest kept backup's start are deleted from the store, then from the catalog.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.backup.pitr_retention import plan_retention
+        from dbops.backup.store_io import delete_backup
+        from dbops.backup.wal_ship import segment_of_lsn, segment_size
+        from dbops.core.locks import job_lock
+
+        config, policy, store, ops = self._setup()
+        with job_lock(config.ops_conn_id, self.target, "pitr_retention"):
+            with ops.transaction() as conn:
+                plan = plan_retention(pitr_catalog.base_backups(conn, self.target), policy.full_retention)
+            deleted = [b.backup_id for b in plan.delete if delete_backup(ops, store, b.backup_id)]
+            wal_deleted = 0
+            if plan.oldest_kept is not None:
+                size = segment_size(self._replication_hook(config, policy))
+                first = segment_of_lsn(plan.oldest_kept.start_lsn, plan.oldest_kept.manifest.extra["timeline"], size)
+                with ops.transaction() as conn:
+                    old = {name: key for name, (_, key, _) in pitr_catalog.segments(conn, self.target).items()
+                           if name < first}
+                for key in old.values():
+                    store.delete(key)
+                with ops.transaction() as conn:
+                    wal_deleted = pitr_catalog.forget_segments(conn, self.target, first)
+        self.log.info("retention OK: %d base backup(s) kept, %d deleted (%s), %d WAL segment(s) deleted before %s",
+                      len(plan.keep), len(deleted), ", ".join(deleted) or "none", wal_deleted,
+                      plan.oldest_kept.backup_id if plan.oldest_kept else "-", kept=len(plan.keep),
+                      deleted=len(deleted), wal_deleted=wal_deleted)
+        return {"kept": [b.backup_id for b in plan.keep], "deleted": deleted, "wal_deleted": wal_deleted}

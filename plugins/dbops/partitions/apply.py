@@ -1,0 +1,188 @@
+"""One table's run: create (moving rows out of DEFAULT), finish pending detaches, retire, and pick up
+retirements earlier runs left unfinished. Each step's outcome goes to ``record`` as it happens; a step
+skipped or failed does not stop the others."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from dbops.partitions import retire
+from dbops.partitions.create import create_partition
+from dbops.partitions.locks import StepSkipped
+from dbops.partitions.plan import CREATE, Step, TablePlan
+from dbops.partitions.policy import PartitionsPolicy, TablePolicy
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from dbops.core.config import DbopsConfig
+    from dbops.partitions.tree import TableInspection
+
+log = logging.getLogger(__name__)
+Record = Callable[..., None]  # record(step, partition, status, rows=, bytes_=, seconds=, detail=)
+Retirement = Callable[..., None]  # retirement(schema, name, lower, upper, status, **fields)
+
+
+@dataclass
+class Drop:
+    """What dropping needs beyond the target connection: config, context, store, staging, tool timeout."""
+
+    config: DbopsConfig
+    target: str
+    context: Context
+    staging: Path
+    timeout: float
+
+
+def apply_plan(conn: psycopg.Connection, found: TableInspection, plan: TablePlan, policy: PartitionsPolicy,
+               table_policy: TablePolicy, drop: Drop, record: Record, retirement: Retirement,
+               unfinished: list[dict[str, Any]]) -> None:
+    for step in plan.steps:
+        if step.kind == CREATE:
+            _guard(step.label, "create", step, record, lambda s=step: _create(conn, found, s, policy, record))
+        else:
+            _guard(step.label, "detach", step, record,
+                   lambda s=step: _retire(conn, found, s, policy, table_policy, drop, record, retirement))
+    for row in unfinished:
+        step = Step("retire", found.table, row["partition_schema"], row["partition_name"],
+                    row["lower_bound"].isoformat(), row["upper_bound"].isoformat(), expired=True)
+        _guard(f"retire {step.schema}.{step.name} (detached by an earlier run)", _verb(table_policy), step, record,
+               lambda s=step: _after_detach(conn, s, policy, table_policy, drop, record, retirement))
+
+
+def _verb(table_policy: TablePolicy) -> str:
+    return {"detach": "keep", "archive_schema": "archive", "drop": "drop"}[table_policy.retire]
+
+
+def _guard(label: str, kind: str, step: Step, record: Record, work: Callable[[], None]) -> None:
+    """Run one step; a skip or failure is recorded with its reason and the run goes on."""
+    started = time.monotonic()
+    name = f"{step.schema}.{step.name}"
+    try:
+        work()
+    except StepSkipped as err:
+        log.warning("%s skipped: %s", label, err)
+        record(getattr(err, "step", kind), name, "skipped", seconds=time.monotonic() - started, detail=str(err))
+    except Exception as err:  # recorded here; the task fails at the end, after the other steps and tables
+        detail = " ".join(str(err).split()) or type(err).__name__
+        log.error("%s failed: %s", label, detail)
+        record(getattr(err, "step", kind), name, "failed", seconds=time.monotonic() - started, detail=detail)
+
+
+def _create(conn: psycopg.Connection, found: TableInspection, step: Step, policy: PartitionsPolicy,
+            record: Record) -> None:
+    created = create_partition(conn, found, step, policy)
+    if created.existed:
+        return
+    log.info("created %s.%s [%s, %s): %d rows moved out of DEFAULT in %d batches, %.2f s", step.schema, step.name,
+             step.lower, step.upper, created.rows_moved, created.batches, created.seconds)
+    record("create", f"{step.schema}.{step.name}", "done", rows=created.rows_moved, seconds=created.seconds,
+           detail=f"[{step.lower}, {step.upper}); {created.rows_moved} rows moved out of DEFAULT in "
+                  f"{created.batches} batches")
+
+
+def _retire(conn: psycopg.Connection, found: TableInspection, step: Step, policy: PartitionsPolicy,
+            table_policy: TablePolicy, drop: Drop, record: Record, retirement: Retirement) -> None:
+    started = time.monotonic()
+    detached = retire.detach(conn, found, step, policy)
+    if detached.how != "already":
+        record("finalize" if detached.how == "finalize" else "detach", f"{step.schema}.{step.name}", "done",
+               bytes_=detached.bytes, seconds=time.monotonic() - started, detail=f"DETACH ({detached.how})")
+    if not step.expired:
+        return
+    retirement(step.schema, step.name, step.lower, step.upper, "detached")
+    _after_detach(conn, step, policy, table_policy, drop, record, retirement)
+
+
+class _Failed(Exception):
+    """A step failed; ``step`` names which (drop, archive) for the record."""
+
+    def __init__(self, step: str, message: str):
+        super().__init__(message)
+        self.step = step
+
+
+def _after_detach(conn: psycopg.Connection, step: Step, policy: PartitionsPolicy, table_policy: TablePolicy,
+                  drop: Drop, record: Record, retirement: Retirement) -> None:
+    """Keep, archive or drop (after a verified dump) the detached table."""
+    name = f"{step.schema}.{step.name}"
+    started = time.monotonic()
+    if table_policy.retire == "detach":
+        record("keep", name, "done", detail="kept detached (retire: detach)")
+        return
+    if table_policy.retire == "archive_schema":
+        try:
+            retire.archive(conn, step.schema, step.name, table_policy.archive_schema, policy)
+        except StepSkipped as err:
+            err.step = "archive"
+            raise
+        retirement(step.schema, step.name, step.lower, step.upper, "archived")
+        record("archive", name, "done", seconds=time.monotonic() - started,
+               detail=f"moved to schema {table_policy.archive_schema}")
+        return
+    _drop(conn, step, policy, table_policy, drop, record, retirement, started)
+
+
+def _drop(conn: psycopg.Connection, step: Step, policy: PartitionsPolicy, table_policy: TablePolicy, drop: Drop,
+          record: Record, retirement: Retirement, started: float) -> None:
+    from psycopg import sql
+
+    from dbops.hooks.store import get_store
+    from dbops.partitions.dump import dump_partition, verify_dump
+
+    name = f"{step.schema}.{step.name}"
+
+    def refuse(why: str) -> None:
+        retirement(step.schema, step.name, step.lower, step.upper, "drop_refused", error=why)
+        raise _Failed("drop", f"not dropped, left detached: {why}")
+
+    if not table_policy.dump_before_drop:
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(step.schema, step.name))
+                            ).fetchone()[0]
+        freed = _checked_drop(conn, step, rows, policy, refuse)
+        log.warning("dropped %s WITHOUT a dump (dump_before_drop is false): %d rows gone", name, rows)
+        retirement(step.schema, step.name, step.lower, step.upper, "dropped", rows=rows, bytes=freed)
+        record("drop", name, "done", rows=rows, bytes_=freed, seconds=time.monotonic() - started,
+               detail="dropped without a dump (dump_before_drop: false)")
+        return
+    config = drop.config
+    try:
+        store = get_store(config.store_for(drop.target))
+        manifest = dump_partition(config, drop.target, drop.context, store, step.schema, step.name,
+                                  drop.staging / f"{step.schema}.{step.name}", drop.timeout)
+    except Exception as err:
+        refuse(f"the dump could not be stored: {' '.join(str(err).split()) or type(err).__name__}")
+    rows = next(iter(manifest.tables.values()))
+    try:
+        outcome = verify_dump(config, drop.target, store, manifest, step.schema, drop.timeout)
+    except Exception as err:
+        outcome = {"ok": False, "error": " ".join(str(err).split()) or type(err).__name__}
+    if not outcome["ok"]:
+        refuse(f"the dump {manifest.backup_id} could not be verified by a restore: {outcome['error']}")
+    log.info("dump %s of %s verified: restored into a scratch database with %d rows, as the manifest says",
+             manifest.backup_id, name, rows)
+    freed = _checked_drop(conn, step, rows, policy, refuse)
+    retirement(step.schema, step.name, step.lower, step.upper, "dropped", backup_id=manifest.backup_id, rows=rows,
+               sha256=manifest.files[0].sha256, bytes=freed)
+    record("drop", name, "done", rows=rows, bytes_=freed, seconds=time.monotonic() - started,
+           detail=f"dropped after its dump {manifest.backup_id} ({rows} rows, sha256 {manifest.files[0].sha256[:12]}) "
+                  "was restored and counted")
+
+
+def _checked_drop(conn: psycopg.Connection, step: Step, rows: int, policy: PartitionsPolicy,
+                  refuse: Callable[[str], None]) -> int:
+    try:
+        return retire.drop_verified(conn, step.schema, step.name, rows, policy)
+    except retire.DropRefused as err:
+        refuse(str(err))
+    except StepSkipped as err:
+        err.step = "drop"
+        raise
+    return 0

@@ -1,0 +1,117 @@
+"""Retire a partition: detach it without stalling the application, then keep, archive or drop it.
+
+Detach: ``DETACH PARTITION … CONCURRENTLY`` when the table has no DEFAULT partition (it takes only SHARE
+UPDATE EXCLUSIVE locks, which application queries never wait behind); PostgreSQL refuses it when there is
+a DEFAULT partition, and then a plain ``DETACH PARTITION`` runs under lock_timeout, retried with backoff. A
+detach left pending (the concurrent detach's second transaction interrupted: killed, timed out) is
+finished with ``DETACH PARTITION … FINALIZE``.
+
+Then, per ``retire``: ``detach`` keeps the table where it is; ``archive_schema`` moves it to the archive
+schema; ``drop`` drops it only after its dump was stored with a manifest and restored into a scratch
+database with the same row count (:mod:`dbops.partitions.dump`), and only if the table still has that many
+rows when it is locked for the drop. Anything short of that leaves the table detached and fails loudly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from dbops.partitions.tree import TableInspection
+from dbops.partitions.locks import StepSkipped, with_lock_retries
+from dbops.partitions.plan import Step
+from dbops.partitions.policy import PartitionsPolicy
+
+
+class DropRefused(Exception):
+    """The dump could not be proven recoverable: the table stays, detached."""
+
+
+@dataclass
+class Retired:
+    how: str  # concurrently | plain | finalize | already
+    bytes: int = 0
+
+
+def attachment(conn: psycopg.Connection, found: TableInspection, schema: str, name: str) -> str:
+    """``attached``, ``pending`` (detach pending), ``detached`` (a table of its own) or ``absent``."""
+    row = conn.execute(
+        "SELECT (SELECT inhdetachpending FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
+        "JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND pn.nspname = %s "
+        "AND p.relname = %s) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (found.schema, found.name, schema, name)).fetchone()
+    if row is None:
+        return "absent"
+    return {None: "detached", True: "pending", False: "attached"}[row[0]]
+
+
+def detach(conn: psycopg.Connection, found: TableInspection, step: Step, policy: PartitionsPolicy) -> Retired:
+    """Detach the step's partition (autocommit connection), finishing a pending detach first."""
+    conn.autocommit = True
+    parent = sql.Identifier(found.schema, found.name)
+    part = sql.Identifier(step.schema, step.name)
+
+    def attempt() -> str:
+        state = attachment(conn, found, step.schema, step.name)
+        if state in ("detached", "absent"):
+            return "already"
+        if state == "pending":
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(parent, part))
+            return "finalize"
+        if found.default is None:
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(parent, part))
+            return "concurrently"
+        with conn.transaction():
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, part))
+        return "plain"
+
+    size = table_bytes(conn, step.schema, step.name)
+    return Retired(with_lock_retries(f"{step.label}: detach", policy, attempt), size)
+
+
+def table_bytes(conn: psycopg.Connection, schema: str, name: str) -> int:
+    row = conn.execute("SELECT pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n "
+                       "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def archive(conn: psycopg.Connection, schema: str, name: str, archive_schema: str, policy: PartitionsPolicy) -> None:
+    """Move the detached table into ``archive_schema`` (created when missing)."""
+    conn.autocommit = True
+    if archive_schema == schema:
+        return
+    taken = conn.execute("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                         "WHERE n.nspname = %s AND c.relname = %s", (archive_schema, name)).fetchone()
+    if taken:
+        raise StepSkipped(f"archive {schema}.{name}: {archive_schema}.{name} already exists; the table stays "
+                          "detached where it is")
+
+    def attempt() -> None:
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(archive_schema)))
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(schema, name),
+                                                                       sql.Identifier(archive_schema)))
+
+    with_lock_retries(f"archive {schema}.{name}", policy, attempt)
+
+
+def drop_verified(conn: psycopg.Connection, schema: str, name: str, rows: int, policy: PartitionsPolicy) -> int:
+    """Drop the detached table if it still holds exactly the ``rows`` its verified dump holds; return the bytes
+    freed. :raises DropRefused: the count differs (someone wrote to it since the dump)."""
+    conn.autocommit = True
+    table = sql.Identifier(schema, name)
+
+    def attempt() -> int:
+        with conn.transaction():
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+            now = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+            if now != rows:
+                raise DropRefused(f"{schema}.{name} has {now} rows, its verified dump {rows}: it changed after the "
+                                  "dump; not dropped (the next run dumps it again)")
+            size = table_bytes(conn, schema, name)
+            conn.execute(sql.SQL("DROP TABLE {}").format(table))
+            return size
+
+    return with_lock_retries(f"drop {schema}.{name}", policy, attempt)

@@ -1,0 +1,384 @@
+"""Point-in-time recovery against a real PostgreSQL 18 cluster of its own.
+
+The module initdb's a small cluster (1 MB WAL segments, ``summarize_wal = on``, a REPLICATION role) on a
+free port with the embedded binaries: the WAL slots and segment switches of these tests never touch the
+shared test server. The ops database is the suite's (``dbops_state``). Each test has its own target name,
+store and staging. The Airflow context is the FAKE minimal one of tests/backup/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import psycopg
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from dbops.backup import pitr_catalog
+from dbops.backup.pitr import server_user
+from dbops.backup.wal_ship import slot_name
+from dbops.hooks.ops import OpsDatabaseHook
+from dbops.hooks.tools import embedded_bin_dir
+from dbops.operators.pitr import (
+    BaseBackupOperator,
+    PitrRetentionOperator,
+    PitrTestOperator,
+    RecoveryTestFailed,
+    RestorePitrOperator,
+    ScratchClusterOperator,
+    WalShipOperator,
+    archive_gaps,
+)
+from scripts.stack.cluster import cluster as scratch_cluster
+from scripts.stack.paths import ROOT
+from tests.backup.conftest import context, on_time
+from tests.conftest import free_port
+
+BIN = embedded_bin_dir()
+PASSWORD = "pitr-Test-pw-7c1"
+
+
+@pytest.fixture(scope="module")
+def cluster(pg_server):
+    """A PostgreSQL 18 cluster for these tests only (1 MB WAL segments); stopped and deleted at the end."""
+    with scratch_cluster(ROOT / "var" / f"pitr-test-{uuid.uuid4().hex[:8]}", free_port(), PASSWORD,
+                         "shared_buffers = 32MB\nmax_connections = 40\nmin_wal_size = 2MB\nmax_wal_size = 64MB",
+                         wal_segsize_mb=1) as made:
+        yield SimpleNamespace(root=made.root, port=made.port, dsn=made.dsn())
+
+
+@pytest.fixture
+def site(cluster, monkeypatch):
+    """A target on the cluster: its own database, slot, store, staging and config."""
+    name = f"pt_{uuid.uuid4().hex[:8]}"
+    home = cluster.root / name
+    home.mkdir()
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(_dsn(cluster, name)) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
+    uri = f"postgresql://{{}}:{PASSWORD}@127.0.0.1:{cluster.port}/{name}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{name.upper()}", uri.format("postgres"))
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{name.upper()}_REPL", uri.format("dbops_repl"))
+    config = home / "dbops.yaml"
+    monkeypatch.setenv("DBOPS_CONFIG", str(config))
+    site = SimpleNamespace(name=name, home=home, config=config, dsn=_dsn(cluster, name), store=home / "store")
+    write_config(site, site.store)
+    yield site
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                     (slot_name(name),))
+
+
+def _dsn(cluster, database: str) -> str:
+    return f"host=127.0.0.1 port={cluster.port} user=postgres password={PASSWORD} dbname={database}"
+
+
+def write_config(site, store: Path | str, full_retention: int = 2, max_retained_wal: str = "1GB") -> None:
+    """The site's config; ``store`` is a directory, or an ``s3://`` URL reached through connection aws_test."""
+    s3 = str(store).startswith("s3://")
+    site.config.write_text(f"""
+ops_conn_id: dbops_state
+staging_dir: {site.home / 'staging'}
+storage:
+  local: {{url: {store}{', aws_conn_id: aws_test' if s3 else ''}}}
+targets:
+  {site.name}:
+    conn_id: pg_{site.name}
+    pitr: {{storage: local, replication_conn_id: pg_{site.name}_repl, compression_level: 1,
+            full_retention: {full_retention}, max_retained_wal: {max_retained_wal},
+            scratch_ports: [{free_port()}, 65000]}}
+""")
+    os.utime(site.config, (time.time(), time.time() + 1))  # a new mtime: the config cache reloads it
+
+
+def insert(site, first: int, last: int) -> None:
+    with psycopg.connect(site.dsn) as conn:
+        conn.execute("INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(%s::int, %s::int) g", (first, last))
+
+
+def server_time(site) -> datetime:
+    with psycopg.connect(site.dsn) as conn:
+        return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def backup(site, run_id: str, **kwargs) -> dict:
+    """A base backup by a run that starts on time (a past period's run may take none)."""
+    return BaseBackupOperator(task_id="basebackup", target=site.name, **kwargs).execute(on_time(run_id))
+
+
+def ship(site) -> dict:
+    return WalShipOperator(task_id="ship", target=site.name).execute(context(run_id="ship"))
+
+
+def pitr_test(site, run_id: str, target_time: str = "") -> dict:
+    ctx = context(run_id=run_id)
+    try:
+        return PitrTestOperator(task_id="recover", target=site.name, target_time=target_time).execute(ctx)
+    finally:
+        ScratchClusterOperator(task_id="drop", target=site.name, drop=True).execute(ctx)
+
+
+def restart_lsn(site) -> str:
+    with psycopg.connect(site.dsn) as conn:
+        return conn.execute("SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                            (slot_name(site.name),)).fetchone()[0]
+
+
+def ops() -> OpsDatabaseHook:
+    return OpsDatabaseHook(postgres_conn_id="dbops_state")
+
+
+def stored_segments(site) -> dict:
+    with ops().transaction() as conn:
+        return pitr_catalog.segments(conn, site.name)
+
+
+def target_hook(site):
+    from dbops.hooks.postgres import DbopsPostgresHook
+
+    return DbopsPostgresHook(postgres_conn_id=f"pg_{site.name}")
+
+
+def switch_wal(site, times: int) -> None:
+    with psycopg.connect(site.dsn, autocommit=True) as conn:
+        for i in range(times):
+            conn.execute("INSERT INTO items VALUES (%s, 'switch') ON CONFLICT DO NOTHING", (-1 - i,))
+            conn.execute("SELECT pg_switch_wal()")
+
+
+def test_store_unreachable_leaves_the_slot_where_it_was_and_loses_nothing(site):
+    ship(site)
+    switch_wal(site, 3)
+    before = restart_lsn(site)
+    broken = site.home / "not-a-directory"
+    broken.write_text("the store's root is a file: every write fails")
+    write_config(site, broken)
+    with pytest.raises((AirflowException, AirflowFailException)):
+        ship(site)
+    assert restart_lsn(site) == before, "nothing was stored: the slot must not move"
+
+    write_config(site, site.store)
+    result = ship(site)
+    assert len(result["segments"]) >= 3
+    assert result["retained_bytes"] < 1024 * 1024, "the slot moved up to what is stored (the partial segment)"
+    assert archive_gaps(ops(), target_hook(site), site.name) == []
+    assert all((site.store / key).is_file() for _, key, _ in stored_segments(site).values())
+
+
+def test_shipping_past_the_retained_wal_cap_fails_saying_what_to_do(site):
+    ship(site)
+    insert(site, 1, 20000)  # several MB of WAL the slot holds until the next run
+    write_config(site, site.store, max_retained_wal="1MB")
+    with pytest.raises(AirflowFailException, match="over pitr.max_retained_wal .*pg_drop_replication_slot"):
+        ship(site)
+
+
+def test_a_gap_in_the_archive_fails_shipping_naming_it(site):
+    backup(site, "base")
+    switch_wal(site, 4)
+    ship(site)
+    finished = sorted(name for name, (partial, _, _) in stored_segments(site).items() if not partial)
+    lost = finished[-2]
+    (site.store / stored_segments(site)[lost][1]).unlink()  # someone deleted it from the bucket
+    with ops().transaction() as conn:
+        conn.execute("DELETE FROM dbops.wal_segments WHERE target = %s AND segment = %s", (site.name, lost))
+    with pytest.raises(AirflowFailException, match=f"has a gap: 1 segment\\(s\\) missing \\({lost}\\)"):
+        ship(site)
+
+
+def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
+    ship(site)
+    insert(site, 1, 60000)  # about 20 segments of 1 MB
+    keys_before = set(stored_segments(site))
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from tests.backup.test_pitr import ship_in_child; "
+                              "ship_in_child(sys.argv[1])", site.name], cwd=ROOT, env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(set(stored_segments(site)) - keys_before) < 2:
+        time.sleep(0.02)
+    tree = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
+    for proc in tree:  # kill -9, pg_receivewal included (it runs in a session of its own)
+        proc.kill()
+    child.wait()
+    psutil.wait_procs(tree, timeout=10)
+    shipped_by_killed = set(stored_segments(site)) - keys_before
+    assert shipped_by_killed, "the child stored segments before it was killed"
+
+    result = ship(site)
+    assert result["segments"], "the killed run left received segments for the next run to ship"
+    segments = stored_segments(site)
+    finished = sorted(name for name, (partial, _, _) in segments.items() if not partial)
+    assert archive_gaps(ops(), target_hook(site), site.name) == []
+    assert not set(result["segments"]) & {s for s in shipped_by_killed if not segments[s][0]}, "stored twice"
+    # the archive's content is continuous WAL: pg_waldump reads every record from the first to the last
+    wal = site.home / "unpacked"
+    wal.mkdir()
+    from dbops.core.streams import read_decompressed
+
+    for name in finished:
+        read_decompressed(site.store / segments[name][1], wal / name, segments[name][2])
+    done = subprocess.run([str(BIN / "pg_waldump"), "--quiet", "-p", str(wal), finished[0], finished[-1]],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def ship_in_child(name: str) -> None:
+    """Run one shipping pass in a child process (killed by the test)."""
+    WalShipOperator(task_id="ship", target=name).execute(context(run_id="ship"))
+
+
+def test_corrupt_segment_fails_the_recovery_test_naming_it(site):
+    backup(site, "base")
+    insert(site, 1, 20000)
+    ship(site)
+    segments = stored_segments(site)
+    with ops().transaction() as conn:
+        newest = pitr_catalog.base_backups(conn, site.name)[0]
+    from dbops.backup.wal_ship import segment_of_lsn
+
+    after_backup = segment_of_lsn(newest.manifest.extra["stop_lsn"], 1, 1024 * 1024)
+    victim = min(name for name, (partial, _, _) in segments.items() if not partial and name > after_backup)
+    path = site.store / segments[victim][1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(RecoveryTestFailed, match=victim):
+        pitr_test(site, "corrupt")
+    with ops().transaction() as conn:
+        ok, error = conn.execute("SELECT ok, error FROM dbops.recovery_tests WHERE target = %s "
+                                 "ORDER BY id DESC LIMIT 1", (site.name,)).fetchone()
+    assert ok is False and victim in error
+
+
+def test_incremental_with_a_missing_or_unverified_parent_is_refused_and_a_full_taken(site):
+    first = backup(site, "b1")
+    assert first["kind"] == "basebackup"
+    second = backup(site, "b2")
+    assert second["kind"] == "basebackup", "b1 is not verified: no incremental on it"
+    pitr_test(site, "verify-b2")
+    third = backup(site, "b3")
+    assert (third["kind"], third["parent"]) == ("incremental", second["backup_id"])
+    for key in sorted((site.store / third["backup_id"]).iterdir()):
+        key.unlink()
+    fourth = backup(site, "b4")
+    assert fourth["kind"] == "basebackup"
+    with ops().transaction() as conn:
+        reason = {b.backup_id: b.manifest.extra["reason"] for b in pitr_catalog.base_backups(conn, site.name)}
+    assert "not verified" in reason[second["backup_id"]]
+    assert "missing" in reason[fourth["backup_id"]]
+
+
+def test_a_backfilled_run_takes_nothing_when_a_newer_base_backup_exists(site):
+    taken = backup(site, "now")
+    ctx = context(run_id="backfill__2026-11-20", run_type="backfill")  # logical date 2026-11-20, long past
+    covered = BaseBackupOperator(task_id="basebackup", target=site.name).execute(ctx)
+    assert covered["backup_id"] == taken["backup_id"] and covered["covered_period"].startswith("2026-11-20")
+    with ops().transaction() as conn:
+        assert len(pitr_catalog.base_backups(conn, site.name)) == 1
+
+
+def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster):
+    backup(site, "full")
+    first = pitr_test(site, "verify-full")
+    assert first["ok"] and first["wal_replayed_bytes"] > 0
+    incremental = backup(site, "incr")
+    assert incremental["kind"] == "incremental"
+    insert(site, 1, 500)
+    noted = server_time(site)
+    time.sleep(0.05)
+    insert(site, 501, 1000)
+    ship(site)
+
+    data = cluster.root / f"{site.name}-restored"
+    result = RestorePitrOperator(task_id="restore", target=site.name, target_time=noted.isoformat(),
+                                 data_directory=str(data)).execute(context(run_id="restore"))
+    assert result["chain"][-1] == incremental["backup_id"] and len(result["chain"]) == 2
+    port = free_port()
+    user = {"user": server_user()} if server_user() else {}
+    subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(cluster.root / f"{site.name}.log"), "-w",
+                    "-o", f"-p {port} -c unix_socket_directories={cluster.root}", "start"], check=True,
+                   stdout=subprocess.DEVNULL, **user)
+    try:
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres password={PASSWORD} "
+                             f"dbname={site.name}") as conn:
+            ids = [row[0] for row in conn.execute("SELECT id FROM items WHERE id > 0 ORDER BY id")]
+    finally:
+        subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
+                       stdout=subprocess.DEVNULL, **user)
+        shutil.rmtree(data, ignore_errors=True)
+    assert ids == list(range(1, 501))
+    on_demand = pitr_test(site, "on-demand", noted.isoformat())
+    assert on_demand["chain"] == result["chain"] and "recovery stopping before commit" in on_demand["stopped"]
+    with ops().transaction() as conn:
+        tests = conn.execute("SELECT ok, checks FROM dbops.recovery_tests WHERE target = %s ORDER BY id",
+                             (site.name,)).fetchall()
+    assert [ok for ok, _ in tests] == [True, True]  # the marker test after the full, the on-demand one
+    assert tests[0][1]["markers"] == {"ok": True, "before_present": True, "after_absent": True}
+    assert tests[0][1]["recovery"]["wal_replayed_bytes"] > 0 and tests[1][1]["target"]["ok"]
+
+
+def test_slot_rules_see_the_wal_a_stopped_shipper_makes_the_server_keep(site):
+    from dbops.core.config import QUERIES_DIR
+
+    ship(site)
+    insert(site, 1, 20000)
+    with psycopg.connect(site.dsn) as conn:
+        retained = {row[0]: row for row in conn.execute((QUERIES_DIR / "replication_slot_retained_wal.sql").read_text())}
+        inactive = {row[0]: row for row in conn.execute((QUERIES_DIR / "replication_slot_inactive.sql").read_text())}
+    slot = slot_name(site.name)
+    assert retained[slot][2] == "no" and retained[slot][3] > 1  # MB written since the last shipping run
+    assert inactive[slot][2] >= 0
+
+
+def test_retention_keeps_the_newest_verified_chain_and_deletes_older_backups_and_wal(site):
+    write_config(site, site.store, full_retention=1)
+    first = backup(site, "r1")
+    pitr_test(site, "verify-r1")
+    insert(site, 1, 5000)
+    ship(site)
+    second = backup(site, "r2", full=True)
+    retention = PitrRetentionOperator(task_id="retention", target=site.name)
+    kept = retention.execute(context(run_id="ret1"))
+    assert kept["deleted"] == [] and first["backup_id"] in kept["kept"], "r1 is the newest verified recovery"
+
+    pitr_test(site, "verify-r2")
+    done = retention.execute(context(run_id="ret2"))
+    assert done["deleted"] == [first["backup_id"]] and done["wal_deleted"] > 0
+    assert not (site.store / first["backup_id"]).exists()
+    assert (site.store / second["backup_id"] / "manifest.json").is_file()
+    from dbops.backup.wal_ship import segment_of_lsn
+
+    start = segment_of_lsn(second["start_lsn"], 1, 1024 * 1024)
+    remaining = stored_segments(site)
+    assert min(remaining) == start and all((site.store / key).is_file() for _, key, _ in remaining.values())
+    assert not [p for p in (site.store / site.name / "wal").iterdir() if p.name[:24] < start]
+    with ops().transaction() as conn:
+        status = conn.execute("SELECT status FROM dbops.backups WHERE backup_id = %s", (first["backup_id"],)).fetchone()
+    assert status == ("deleted",)
+
+
+def test_base_backup_wal_and_recovery_test_through_s3(site, s3_endpoint, monkeypatch):
+    import boto3
+
+    from tests.backup.test_store import aws_connection
+
+    aws_connection(monkeypatch, "aws_test", s3_endpoint)
+    bucket = f"pitr-{site.name.replace('_', '-')}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    write_config(site, f"s3://{bucket}/prod")
+    full = backup(site, "s3-full")
+    insert(site, 1, 3000)
+    result = pitr_test(site, "s3-verify")
+    assert result["ok"] and result["chain"] == [full["backup_id"]] and result["wal_fetched_bytes"] > 0
+    assert backup(site, "s3-incr")["kind"] == "incremental"
