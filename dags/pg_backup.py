@@ -28,7 +28,7 @@ from dbops.operators.preflight import PreflightOperator
 config = load_config()
 
 for target, settings in config.targets.items():
-    if settings.backup is None:
+    if settings.engine != "postgres" or settings.backup is None:  # MongoDB targets: dags/mongo_backup.py
         continue
     notifier = DbopsFailureNotifier(target=target, channels=settings.backup.notify)
     backup_ids = BACKUP_ID_HELP.replace("<target>", target)

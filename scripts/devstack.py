@@ -1,4 +1,4 @@
-"""The local stack: embedded PostgreSQL 18, the three databases, and Airflow on top.
+"""The local stack: embedded PostgreSQL 18, the three databases, a MongoDB-compatible server, and Airflow on top.
 
 Usage (the Makefile calls these; see README):
     python scripts/devstack.py run      # set up, then serve Airflow until Ctrl-C
@@ -26,12 +26,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 from scripts.stack.airflow import airflow_env, serve, write_pools  # noqa: E402
 from scripts.stack.bootstrap import stack, up, up_test_databases  # noqa: E402
 from scripts.stack.demo import run_demo  # noqa: E402
-from scripts.stack.paths import AIRFLOW_PORT, PG_PORT, require_free_port  # noqa: E402
+from scripts.stack.paths import AIRFLOW_PORT, MONGO_PORT, PG_PORT, require_free_port  # noqa: E402
+from scripts.stack.mongo import stop_mongo  # noqa: E402
 from scripts.stack.postgres import stop_postgres  # noqa: E402
 
 
 def run() -> int:
-    """Serve Airflow until Ctrl-C, then stop every process this started, PostgreSQL included."""
+    """Serve Airflow until Ctrl-C, then stop every process this started, the database servers included."""
     require_free_port(AIRFLOW_PORT, "the Airflow UI", "DBOPS_AIRFLOW_PORT")
     with stack():
         return serve()
@@ -45,7 +46,8 @@ def demo() -> int:
 def test(pytest_args: list[str]) -> int:
     with stack():
         up_test_databases()
-        env = {**os.environ, **airflow_env(test=True), "DBOPS_PG_PORT": str(PG_PORT)}
+        env = {**os.environ, **airflow_env(test=True), "DBOPS_PG_PORT": str(PG_PORT),
+               "DBOPS_MONGO_PORT": str(MONGO_PORT)}
         return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env).returncode
 
 
@@ -64,6 +66,7 @@ def main(argv: list[str]) -> int:
         up()
         return 0
     if command == "down":
+        stop_mongo()
         stop_postgres()
         return 0
     if command == "pools":  # after adding or removing a target in dbops.yaml

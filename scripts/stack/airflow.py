@@ -15,6 +15,7 @@ from pathlib import Path
 from scripts.stack import log
 from scripts.stack.credentials import airflow_admin_password, pg_password, secret
 from scripts.stack.paths import AIRFLOW_HOME, AIRFLOW_PORT, PG_HOST, PG_PORT, POOLS_FILE, ROOT, UI_URL
+from scripts.stack.mongo import DEMO_DATABASE, mongo_conn
 from scripts.stack.postgres import PG_SUPERUSER, REPLICATION_ROLE, TEST_DATABASES, conn_uri
 
 AIRFLOW_USER = "admin"
@@ -55,6 +56,7 @@ def airflow_env(test: bool = False) -> dict[str, str]:
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
         "AIRFLOW_CONN_DBOPS_STATE": conn_uri(ops_db),
         "AIRFLOW_CONN_PG_APPDB": conn_uri("appdb"),
+        "AIRFLOW_CONN_MONGO_CHATDB": mongo_conn(DEMO_DATABASE),
         "AIRFLOW_CONN_DBOPS_ANONYMIZE_SALT": json.dumps({"conn_type": "generic", "password": secret("anonymize_salt")}),
         "AIRFLOW_CONN_PG_APPDB_REPLICATION": conn_uri("appdb", REPLICATION_ROLE),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")])),

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from scripts.stack.airflow import ensure_pools, migrate_airflow_database
+from scripts.stack.mongo import load_mongo_demo_if_empty, start_mongo, stop_mongo
 from scripts.stack.paths import VAR
 from scripts.stack.postgres import (
     TEST_DATABASES,
@@ -17,16 +18,18 @@ from scripts.stack.postgres import (
 )
 
 
-def up() -> bool:
-    """Everything but the Airflow services. Return True when PostgreSQL was started by this call."""
+def up() -> tuple[bool, bool]:
+    """Everything but the Airflow services. Return whether this call started PostgreSQL, and MongoDB."""
     started = start_postgres()
     ensure_databases()
     migrate_ops_database()
     load_demo_unless_current()
+    started_mongo = start_mongo()
+    load_mongo_demo_if_empty()
     (VAR / "backups").mkdir(exist_ok=True)
     migrate_airflow_database()
     ensure_pools()
-    return started
+    return started, started_mongo
 
 
 def up_test_databases() -> None:
@@ -39,10 +42,12 @@ def up_test_databases() -> None:
 
 @contextmanager
 def stack() -> Iterator[None]:
-    """The set-up for the duration of a command; PostgreSQL is stopped after if this started it."""
-    started_pg = up()
+    """The set-up for the duration of a command; each server is stopped after if this started it."""
+    started_pg, started_mongo = up()
     try:
         yield
     finally:
+        if started_mongo:
+            stop_mongo()
         if started_pg:
             stop_postgres()

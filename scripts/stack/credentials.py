@@ -22,6 +22,11 @@ def pg_password() -> str:
     return secret("pg_password")
 
 
+def mongo_password() -> str:
+    """The password of the local MongoDB-compatible server's ``dbops`` user."""
+    return secret("mongo_password")
+
+
 def airflow_admin_password() -> str:
     """The password of the Airflow UI user."""
     return secret("airflow_admin_password")

@@ -18,6 +18,8 @@ def demo_conf(family: str) -> dict | None:
         return {"rule": "replication_lag_.*", "duration": "1h", "comment": "demo: replica rebuild tonight"}
     if family == "pg_restore":
         return {"database": "demo_restored", "overwrite": True}
+    if family == "mongo_restore":
+        return {"database": "chatdb_restored", "overwrite": True}
     if family == "pg_restore_pitr":  # to the marker the pg_pitr_test__ run (sorted before) just wrote
         import psycopg
 

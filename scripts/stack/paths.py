@@ -9,11 +9,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 VAR = ROOT / "var"
 PGDATA = VAR / "pgdata"
+MONGO_DATA = VAR / "mongodata"
 AIRFLOW_HOME = VAR / "airflow"
 SECRETS = VAR / "secrets"
 POOLS_FILE = ROOT / "include" / "config" / "pools.json"
 PG_HOST = "127.0.0.1"
 PG_PORT = int(os.environ.get("DBOPS_PG_PORT", "55432"))
+MONGO_PORT = int(os.environ.get("DBOPS_MONGO_PORT", "27018"))
 AIRFLOW_PORT = int(os.environ.get("DBOPS_AIRFLOW_PORT", "8080"))
 UI_URL = f"http://localhost:{AIRFLOW_PORT}"
 

@@ -10,6 +10,7 @@ from dbops.alerting.rules import RULES_DIR, load_pack
 
 PACKS = sorted(path.stem for path in RULES_DIR.glob("*.yaml"))
 RULES = {rule.name: rule for pack in PACKS for rule in load_pack(pack)}
+SQL_RULES = sorted(name for name, rule in RULES.items() if rule.query)  # the others run a MongoDB server command
 WORSE = {">": 1, ">=": 1, "<": -1, "<=": -1}  # the direction in which a value gets worse
 PAIRS = sorted((name.removesuffix("_warning"), RULES[name], RULES[name.removesuffix("_warning") + "_critical"])
                for name in RULES if name.endswith("_warning") and name.removesuffix("_warning") + "_critical" in RULES)
@@ -20,14 +21,14 @@ def test_the_packs_hold_rules_and_warning_critical_pairs():
     assert PAIRS, "the packs have warning / critical pairs"
 
 
-@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("name", SQL_RULES)
 def test_rule_reads_an_existing_documented_query(name):
     rule = RULES[name]
     assert rule.query_path.is_file(), f"{rule.query_path} is missing"
     assert rule.sql().startswith("-- "), "each query starts with a comment saying what it measures and its unit"
 
 
-@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("name", SQL_RULES)
 def test_rule_text_is_filled_from_its_query(name):
     rule = RULES[name]
     assert rule.runbook.strip() and "\n" not in rule.runbook, "a runbook: one line of what to do"
@@ -43,16 +44,23 @@ def test_ops_rule_binds_the_target_and_needs_a_policy(name):
     assert re.findall(r"%(?!\(target\)s|%)", sql.replace("%%", "")) == []
 
 
-@pytest.mark.parametrize("name", sorted(n for n, r in RULES.items() if r.database == "target"))
+@pytest.mark.parametrize("name", sorted(n for n, r in RULES.items() if r.database == "target" and r.query))
 def test_target_rule_has_no_parameters(name):
     """Run without params: no placeholder would be filled in."""
     assert "%(" not in RULES[name].sql() and RULES[name].requires_policy is None
 
 
-@pytest.mark.parametrize("name", sorted(RULES))
+@pytest.mark.parametrize("name", SQL_RULES)
 def test_rule_requires_the_extension_its_query_reads(name):
     rule = RULES[name]
     assert ("pg_stat_statements" in rule.sql()) == (rule.requires_extension == "pg_stat_statements")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in RULES.items() if r.source))
+def test_command_rule_text_is_filled_from_its_source(name):
+    rule = RULES[name]
+    assert rule.runbook.strip() and "\n" not in rule.runbook, "a runbook: one line of what to do"
+    assert set(re.findall(r"\{(\w+)\}", rule.summary)) <= {"value", "threshold", *rule.source.labels}
 
 
 @pytest.mark.parametrize("name", sorted(n for n, r in RULES.items() if r.op in WORSE))

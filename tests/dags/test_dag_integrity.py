@@ -33,11 +33,18 @@ def expected_schedules() -> dict[str, str | None]:
     config = load_config()
     expected = {"dbops_preflight": config.preflight.schedule}
     for name, target in config.targets.items():
-        if target.backup:
+        if target.backup and target.engine == "postgres":
             expected |= {f"pg_backup__{name}": target.backup.schedule, f"pg_restore__{name}": None,
                          f"pg_verify_backup__{name}": None}
             if target.backup.tenant_tables:
                 expected[f"pg_tenant_export__{name}"] = None
+        if target.backup and target.engine == "mongodb":
+            expected |= {f"mongo_backup__{name}": target.backup.schedule, f"mongo_restore__{name}": None,
+                         f"mongo_verify_backup__{name}": None}
+        if target.engine == "mongodb" and target.mongo and target.mongo.retention:
+            expected[f"mongo_retention__{name}"] = target.mongo.retention.schedule
+        if target.engine == "mongodb" and target.mongo and target.mongo.maintenance:
+            expected[f"mongo_maintenance_weekly__{name}"] = target.mongo.maintenance.weekly
         if target.maintenance:
             expected |= {f"pg_maintenance_weekly__{name}": target.maintenance.weekly,
                          f"pg_maintenance_daily__{name}": target.maintenance.daily}
@@ -117,7 +124,7 @@ def test_preflight_has_one_task_per_target(dagbag):
     from dbops.core.config import load_config
 
     tasks = {t.task_id for t in dagbag.dags["dbops_preflight"].tasks}
-    assert tasks == {f"check__{name}" for name in load_config().targets}
+    assert tasks == {f"check__{name}" for name, target in load_config().targets.items() if target.engine == "postgres"}
 
 
 def test_bad_config_is_one_import_error_and_no_dags(tmp_path, monkeypatch):

@@ -218,13 +218,15 @@ def test_airflow_environment(service: str) -> None:
 def test_dbops_connections() -> None:
     env = environment("airflow-worker")
     conns = {}
-    for key in ("AIRFLOW_CONN_DBOPS_STATE", "AIRFLOW_CONN_PG_APPDB", "AIRFLOW_CONN_AWS_BACKUP"):
+    for key in ("AIRFLOW_CONN_DBOPS_STATE", "AIRFLOW_CONN_PG_APPDB", "AIRFLOW_CONN_AWS_BACKUP", "AIRFLOW_CONN_MONGO_CHATDB"):
         assert key in env, f"{key} missing from the Airflow environment"
         conns[key] = json.loads(env[key])
     assert conns["AIRFLOW_CONN_DBOPS_STATE"]["conn_type"] == "postgres"
     assert conns["AIRFLOW_CONN_DBOPS_STATE"]["schema"] != "airflow", "state must not live in the metadata DB"
     assert conns["AIRFLOW_CONN_PG_APPDB"]["host"] == "target-postgres"
     assert conns["AIRFLOW_CONN_PG_APPDB"]["schema"] == "appdb"
+    mongo = conns["AIRFLOW_CONN_MONGO_CHATDB"]  # the demo MongoDB target: mongod, the official image
+    assert (mongo["conn_type"], mongo["host"], mongo["schema"]) == ("mongo", "mongodb", "chatdb")
     aws = conns["AIRFLOW_CONN_AWS_BACKUP"]
     assert aws["conn_type"] == "aws"
     assert aws["extra"]["endpoint_url"] == "http://minio:9000"

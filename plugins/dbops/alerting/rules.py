@@ -1,6 +1,6 @@
 """Alert rules: reviewed YAML packs in include/config/rules/, each rule running a named SQL query.
 
-A rule compares the value its query returns (or the ``value`` column of each row, the other columns
+A rule compares the value its query (or, on a MongoDB target, its ``source`` server command) returns (or the ``value`` column of each row, the other columns
 being labels: one alert per row) with a threshold, using one operator of a fixed set. A rule's query
 runs on the target (``database: target``) or on the ops database (``database: ops``, with the
 target's name as the ``%(target)s`` parameter). ``requires_extension`` skips a rule where the target
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dbops.core.config import PROJECT_ROOT, QUERIES_DIR, DbopsConfig, TargetConfig
 from dbops.core.schema import ConfigError, Seconds, build_section, load_yaml
+from dbops.mongo.policy import COMMAND_SOURCES, CommandSource
 
 RULES_DIR = PROJECT_ROOT / "include" / "config" / "rules"
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
@@ -33,11 +34,12 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 class Rule:
     name: str
     severity: str
-    query: str  # a file in include/sql/queries/, without .sql
     op: str
     threshold: float
     summary: str
     runbook: str
+    query: str = ""  # a file in include/sql/queries/, without .sql
+    source: CommandSource | None = None  # MongoDB targets: a server command and the value's path in its reply
     for_: Seconds = 0.0  # written `for` in YAML
     repeat: Seconds = 4 * 3600.0
     labels: dict[str, str] = field(default_factory=dict)
@@ -88,6 +90,12 @@ def rules_for(config: DbopsConfig, target: str) -> list[Rule]:
     if unknown:
         raise ConfigError(f"{config.path}: targets.{target}.alerts.thresholds.{unknown[0]}: no rule of that name "
                           f"in the packs {', '.join(policy.rules)}")
+    mongodb = config.targets[target].engine == "mongodb"
+    wrong = next((r for r in rules if r.database == "target" and bool(r.source) != mongodb), None)
+    if wrong is not None:
+        raise ConfigError(f"{config.path}: targets.{target}.alerts.rules: rule {wrong.name!r} is for "
+                          f"{'PostgreSQL' if mongodb else 'MongoDB'} targets; this target's engine is "
+                          f"{config.targets[target].engine}")
     return [replace(rule, threshold=policy.thresholds.get(rule.name, rule.threshold)) for rule in rules
             if rule.requires_policy is None or getattr(config.targets[target], rule.requires_policy) is not None]
 
@@ -142,7 +150,13 @@ def _problem(rule: Rule, seen: set[str]) -> str | None:
         return f"unknown database {rule.database!r} (expected one of: {', '.join(DATABASES)})"
     if rule.requires_policy is not None and rule.requires_policy not in POLICIES:
         return f"unknown requires_policy {rule.requires_policy!r} (expected one of: {', '.join(POLICIES)})"
-    if not rule.query_path.is_file():
+    if bool(rule.query) == bool(rule.source):
+        return "give either query (SQL) or source (a MongoDB server command), not both"
+    if rule.source:
+        if rule.source.command not in COMMAND_SOURCES or rule.database != "target":
+            return (f"unknown source command {rule.source.command!r} (expected one of: {', '.join(COMMAND_SOURCES)}; "
+                    "database: target)")
+    elif not rule.query_path.is_file():
         return f"query {rule.query!r} not found: no {rule.query_path}"
     if rule.for_ < 0 or rule.repeat <= 0:
         return "for must be >= 0 and repeat > 0"

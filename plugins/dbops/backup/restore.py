@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from psycopg import sql
 
 from dbops.core.config import DbopsConfig
-from dbops.core.manifest import Manifest
+from dbops.core.manifest import FileEntry, Manifest
 from dbops.core.processes import DEFAULT_TIMEOUT, run, tool_failed
 from dbops.core.store import BackupStore
 from dbops.core.streams import ChecksumMismatch, read_decompressed
@@ -25,18 +25,8 @@ RESTORED_BY = "dbops restore of "  # the start of the comment a restore puts on 
 def fetch(store: BackupStore, manifest: Manifest, prefix: str, staging: Path, key: bytes | None) -> Path:
     """Download the backup's archive, check size and sha256, decrypt and decompress; return the archive
     (a file, or a directory for a directory-format dump)."""
-    staging.mkdir(parents=True, exist_ok=True)
     (entry,) = manifest.files
-    stored_size = store.size(f"{prefix}/{entry.name}")
-    if stored_size != entry.bytes:
-        raise ChecksumMismatch(f"{entry.name}: stored size {stored_size} differs from the manifest's {entry.bytes}")
-    downloaded = staging / entry.name
-    archive = staging / entry.name.removesuffix(".zst")
-    store.get_file(f"{prefix}/{entry.name}", downloaded)
-    try:
-        read_decompressed(downloaded, archive, entry.sha256, key)
-    finally:
-        downloaded.unlink(missing_ok=True)
+    archive = fetch_file(store, prefix, entry, staging, key)
     if archive.suffix != ".tar":
         return archive
     directory = staging / "archive.d"  # a directory-format archive: pg_restore reads the directory
@@ -44,6 +34,27 @@ def fetch(store: BackupStore, manifest: Manifest, prefix: str, staging: Path, ke
         tar.extractall(directory, filter="data")
     archive.unlink()
     return directory
+
+
+def fetch_file(store: BackupStore, prefix: str, entry: FileEntry, staging: Path, key: bytes | None) -> Path:
+    """Download one file of a backup into ``staging`` (same relative name), check its size and sha256,
+    decrypt and decompress it; return the decompressed file."""
+    stored_size = store.size(f"{prefix}/{entry.name}")
+    if stored_size != entry.bytes:
+        raise ChecksumMismatch(f"{entry.name}: stored size {stored_size} differs from the manifest's {entry.bytes}")
+    downloaded = staging / entry.name
+    downloaded.parent.mkdir(parents=True, exist_ok=True)
+    decompressed = staging / entry.name.removesuffix(".zst")
+    store.get_file(f"{prefix}/{entry.name}", downloaded)
+    try:
+        read_decompressed(downloaded, decompressed, entry.sha256, key)
+    except ChecksumMismatch as err:
+        if entry.name == downloaded.name:
+            raise
+        raise ChecksumMismatch(f"{entry.name} (in the store): {err}") from None
+    finally:
+        downloaded.unlink(missing_ok=True)
+    return decompressed
 
 
 def create_database(admin: DbopsPostgresHook, name: str, replace: bool = False, comment: str | None = None) -> None:

@@ -45,11 +45,15 @@ def verify_stored(store: BackupStore, key: str, size: int, sha256: str) -> None:
 
 def remove_incomplete(store: BackupStore, prefix: str) -> dict[str, int]:
     """Delete the backup folders below ``prefix`` that have no manifest (leftovers of failed attempts);
-    return each removed folder with its number of files."""
+    return each removed folder with its number of files.
+
+    ``prefix`` is a backup folder, or ends with ``/`` and holds backup folders; a backup's files may lie in
+    subfolders of its folder (a MongoDB dump's ``<db>/<collection>.bson``).
+    """
     folders: dict[str, list[str]] = {}
     for key in store.list_keys(prefix):
-        folder, _, name = key.rpartition("/")
-        folders.setdefault(folder, []).append(name)
+        folder = prefix + key[len(prefix):].split("/", 1)[0] if prefix.endswith("/") else prefix
+        folders.setdefault(folder, []).append(key[len(folder) + 1:])
     removed = {}
     for folder, names in folders.items():
         if MANIFEST_NAME not in names:

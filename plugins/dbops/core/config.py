@@ -20,6 +20,7 @@ from dbops.core.schema import ConfigError, Cron, Invalid, build, parse_yaml
 from dbops.lifecycle.anonymize_policy import AnonymizePolicy, check_anonymize
 from dbops.lifecycle.policy import LifecycleSection, check_lifecycle
 from dbops.maintenance.policy import MaintenancePolicy, check_maintenance
+from dbops.mongo.policy import MongoPolicy, check_engine
 from dbops.partitions.policy import PartitionsPolicy, check_partitions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -49,6 +50,7 @@ class StorageConfig:
 @dataclass(frozen=True)
 class TargetConfig:
     conn_id: str
+    engine: str = "postgres"  # or mongodb
     backup: BackupPolicy | None = None
     maintenance: MaintenancePolicy | None = None
     alerts: AlertPolicy | None = None
@@ -56,6 +58,7 @@ class TargetConfig:
     partitions: PartitionsPolicy | None = None
     lifecycle: LifecycleSection | None = None
     pitr: PitrPolicy | None = None
+    mongo: MongoPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,9 @@ def _check_references(config: DbopsConfig) -> None:
             raise Invalid(key, "target names are lowercase letters, digits and _ (used in DAG ids)")
         if not target.conn_id:
             raise Invalid(f"{key}.conn_id", "must name an Airflow connection")
-        for policy in (f.name for f in dataclasses.fields(target)):  # every section with a notify list
-            notify = getattr(getattr(target, policy), "notify", [])
+        check_engine(target, key)
+        for policy in [*(f.name for f in dataclasses.fields(target)), "mongo.retention", "mongo.maintenance"]:
+            notify = getattr(_section(target, policy), "notify", [])  # every section with a notify list
             for i, channel in enumerate(notify):
                 _check_channel(config.notifications, channel, f"{key}.{policy}.notify[{i}]")
         if target.backup:
@@ -160,6 +164,14 @@ def _check_references(config: DbopsConfig) -> None:
             check_lifecycle(target.lifecycle, f"{key}.lifecycle", has_store=target.backup is not None)
         if target.pitr:
             check_pitr(target.pitr, f"{key}.pitr", config.storage)
+
+
+def _section(target: TargetConfig, path: str) -> Any:
+    """A target's section by dotted path (``mongo.retention``), or None where a part is not set."""
+    section: Any = target
+    for name in path.split("."):
+        section = getattr(section, name, None)
+    return section
 
 
 CHANNELS = ("log", "email", "slack", "pg_notify")

@@ -11,6 +11,9 @@ import psycopg
 _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "53400"}
 _TRANSIENT_BOTOCORE_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
                               "ConnectionClosedError"}
+# MongoDB: AuthenticationFailed, Unauthorized; and interrupted, not primary, shutting down, snapshot too old.
+_PERMANENT_MONGO_CODES = {13, 18}
+_TRANSIENT_MONGO_CODES = {11600, 11602, 10107, 13435, 189, 91, 239, 246, 262}
 _PERMANENT_CONNECT_MESSAGES = ("authentication failed", "does not exist", "no pg_hba.conf entry", "permission denied")
 
 
@@ -26,6 +29,8 @@ def is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
+    if type(error).__module__.startswith("pymongo."):
+        return _pymongo_transient(error)
     if type(error).__name__ in _TRANSIENT_BOTOCORE_ERRORS:
         return True
     response = getattr(error, "response", None)
@@ -33,6 +38,16 @@ def is_transient(error: BaseException) -> bool:
         code = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return code >= 500 or code == 429
     return False
+
+
+def _pymongo_transient(error: BaseException) -> bool:
+    """Network trouble, no primary, and errors the server labels transient; never authentication."""
+    from pymongo.errors import ConnectionFailure, OperationFailure
+
+    if isinstance(error, OperationFailure) and error.code in _PERMANENT_MONGO_CODES:
+        return False
+    labelled = any(error.has_error_label(label) for label in ("TransientTransactionError", "RetryableWriteError"))
+    return isinstance(error, ConnectionFailure) or labelled or getattr(error, "code", None) in _TRANSIENT_MONGO_CODES
 
 
 def retries_left(context: Mapping[str, Any] | None = None) -> bool | None:

@@ -73,8 +73,9 @@ class AlertEvaluationOperator(TargetOperator):
                     closing(ops.get_conn()) as state_conn, closing(ops.get_conn()) as read_conn:
                 previous = latest_values(state_conn, self.target,
                                          {r.query for r in rules if r.counter} | {SKIPPED_METRIC})
-                on_target = self._evaluate_target(config.targets[self.target].conn_id, policy,
-                                                  [r for r in rules if r.database == "target"], previous)
+                on_target = (self._evaluate_mongo if config.targets[self.target].engine == "mongodb" else
+                             self._evaluate_target)(config.targets[self.target].conn_id, policy,
+                                                    [r for r in rules if r.database == "target"], previous)
                 on_ops = evaluate(read_conn, [r for r in rules if r.database == "ops"], **policy.query_limits(),
                                   params={"target": self.target}, previous=previous)
                 samples, metrics, unevaluated = combine(on_target, on_ops, rules)
@@ -124,6 +125,27 @@ class AlertEvaluationOperator(TargetOperator):
             with closing(hook.get_conn()) as conn:
                 result = evaluate(conn, rules, **policy.query_limits(), previous=previous)
         except psycopg.OperationalError as err:  # refused, timed out, or lost mid-evaluation
+            message = " ".join(str(err).split()) or type(err).__name__
+            self.log.error("target %s does not answer: %s", self.target, message)
+            return unreachable(rules, message)
+        return reachable(result)
+
+    def _evaluate_mongo(self, conn_id: str, policy: AlertPolicy, rules: list[Rule],
+                        previous: dict[tuple[str, str], float]) -> Evaluation:
+        """The MongoDB target's rules (:mod:`dbops.mongo.rules`); a server that does not answer is down."""
+        from pymongo.errors import ConnectionFailure, OperationFailure
+
+        from dbops.hooks.mongo import DbopsMongoHook
+        from dbops.mongo.rules import evaluate_commands
+
+        timeout_ms = int(policy.connect_timeout * 1000)
+        hook = DbopsMongoHook(mongo_conn_id=conn_id)
+        hook.extras.update(serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                           socketTimeoutMS=int(policy.statement_timeout * 1000))
+        try:
+            with hook:
+                result = evaluate_commands(hook.get_conn(), hook.database, rules, previous)
+        except (ConnectionFailure, OperationFailure) as err:  # refused, timed out, lost, or refused our login
             message = " ".join(str(err).split()) or type(err).__name__
             self.log.error("target %s does not answer: %s", self.target, message)
             return unreachable(rules, message)

@@ -47,6 +47,38 @@ class _BackupTargetOperator(TargetOperator):
             raise AirflowFailException(f"target {self.target!r} has no backup policy in {config.path}")
         return config, policy, get_store(config.storage[policy.storage])
 
+    def _existing_backup(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
+                         store: BackupStore) -> dict[str, Any] | None:
+        """This run's own complete backup (a retry), or for a past period one taken since its scheduled time."""
+        from dbops.core.runs import run_date
+
+        with ops.transaction() as conn:
+            own = catalog.backup_of_run(conn, self.target, context["run_id"])
+        if own is not None and read_manifest(store, own.backup_id) is not None:
+            self.log.info("complete, nothing dumped: backup %s of this run is already stored", own.location,
+                          backup_id=own.backup_id, bytes=own.total_bytes)
+            return backup_result(own)
+        period = run_date(context)
+        if not is_past_period(policy.schedule, period, run_type_of(context), datetime.now(timezone.utc)):
+            return None
+        with ops.transaction() as conn:
+            candidates = catalog.backups_taken_since(conn, self.target, period)
+        newer = None
+        for candidate in candidates:  # the store is the truth: a catalogued backup may be gone from it
+            if read_manifest(store, candidate.backup_id) is not None:
+                newer = candidate
+                break
+            self.log.warning("the catalog lists backup %s as complete but %s has no manifest for it: not using it",
+                             candidate.backup_id, store.describe())
+        if newer is not None:
+            self.log.info("complete, nothing dumped: run for the past period %s; backup %s (snapshot %s) already "
+                          "holds data at least that new", period.isoformat(), newer.location, newer.taken_at,
+                          backup_id=newer.backup_id, bytes=newer.total_bytes)
+            return {**backup_result(newer), "covered_period": period.isoformat()}
+        self.log.info("run for the past period %s: no backup was taken since; dumping now, named by its snapshot "
+                      "time (a dump cannot read the past)", period.isoformat())
+        return None
+
 
 class PgBackupOperator(_BackupTargetOperator):
     """Dump the target in one snapshot, store the archive, verify what was stored, write the manifest last.
@@ -102,38 +134,6 @@ class PgBackupOperator(_BackupTargetOperator):
                       dump.seconds, manifest.timings["upload_seconds"], bytes=dump.bytes, raw_bytes=dump.raw_bytes,
                       tables=len(dump.tables), rows=manifest.total_rows, backup_id=manifest.backup_id)
         return backup_result(manifest)
-
-    def _existing_backup(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
-                         store: BackupStore) -> dict[str, Any] | None:
-        """This run's own complete backup (a retry), or for a past period one taken since its scheduled time."""
-        from dbops.core.runs import run_date
-
-        with ops.transaction() as conn:
-            own = catalog.backup_of_run(conn, self.target, context["run_id"])
-        if own is not None and read_manifest(store, own.backup_id) is not None:
-            self.log.info("complete, nothing dumped: backup %s of this run is already stored", own.location,
-                          backup_id=own.backup_id, bytes=own.total_bytes)
-            return backup_result(own)
-        period = run_date(context)
-        if not is_past_period(policy.schedule, period, run_type_of(context), datetime.now(timezone.utc)):
-            return None
-        with ops.transaction() as conn:
-            candidates = catalog.backups_taken_since(conn, self.target, period)
-        newer = None
-        for candidate in candidates:  # the store is the truth: a catalogued backup may be gone from it
-            if read_manifest(store, candidate.backup_id) is not None:
-                newer = candidate
-                break
-            self.log.warning("the catalog lists backup %s as complete but %s has no manifest for it: not using it",
-                             candidate.backup_id, store.describe())
-        if newer is not None:
-            self.log.info("complete, nothing dumped: run for the past period %s; backup %s (snapshot %s) already "
-                          "holds data at least that new", period.isoformat(), newer.location, newer.taken_at,
-                          backup_id=newer.backup_id, bytes=newer.total_bytes)
-            return {**backup_result(newer), "covered_period": period.isoformat()}
-        self.log.info("run for the past period %s: no backup was taken since; dumping now, named by its snapshot "
-                      "time (a dump cannot read the past)", period.isoformat())
-        return None
 
     def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
                             ops: OpsDatabaseHook, staging: Path) -> tuple[DumpResult, datetime]:

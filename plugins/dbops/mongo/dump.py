@@ -1,0 +1,258 @@
+"""Dump a MongoDB database in mongodump's directory layout, reading raw BSON (no decode/encode).
+
+Files (each zstd-compressed, optionally encrypted, with its sha256; see :mod:`dbops.core.streams`):
+``<db>/<collection>.bson`` (the documents back to back), ``<db>/<collection>.metadata.json`` (indexes
+and options, canonical extended JSON) and, on a replica set, ``oplog.bson``: the oplog entries of the
+database from the dump's start to its end, as ``mongodump --oplog`` writes them. Decompressed, the
+directory is what ``mongorestore --oplogReplay`` restores.
+
+Consistency: on a replica set each collection is read inside one snapshot transaction (its count is
+the count of that snapshot) and the oplog captured beside the dump brings every collection to the
+state at the dump's end when replayed. A standalone server has no oplog and no snapshot transactions:
+such a dump is not point-in-time consistent, and the manifest says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bson import Timestamp, json_util
+from bson.raw_bson import RawBSONDocument
+from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import ReadPreference
+
+from dbops.core.manifest import FileEntry
+from dbops.core.streams import write_compressed
+
+TOOL = "dbops mongo dump (raw BSON batches, mongodump layout)"
+OPLOG_FILE = "oplog.bson"
+CONSISTENT = "oplog"  # snapshot per collection + oplog from the dump's start to its end
+NOT_CONSISTENT = "none"
+_HASH_MODULUS = 2**128
+
+
+class OplogOverflow(Exception):
+    """The oplog no longer holds the dump's start: the captured oplog would have a gap."""
+
+
+def file_name(database: str, collection: str, suffix: str) -> str:
+    """A collection's file in the dump, escaped like mongodump (``%`` and ``/`` percent-encoded)."""
+    return f"{database}/{collection.replace('%', '%25').replace('/', '%2F')}{suffix}"
+
+
+def documents(batch: bytes) -> Iterator[memoryview]:
+    """The BSON documents of a raw batch (documents back to back, each starting with its int32 length)."""
+    view, position = memoryview(batch), 0
+    while position < len(batch):
+        size = int.from_bytes(view[position:position + 4], "little")
+        yield view[position:position + size]
+        position += size
+
+
+class DocumentHash:
+    """Order-independent hash of a set of BSON documents: the sum of their blake2b digests."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0
+
+    def add_batch(self, batch: bytes) -> None:
+        for doc in documents(batch):
+            self.total += int.from_bytes(hashlib.blake2b(doc, digest_size=16).digest(), "big")
+            self.count += 1
+
+    @property
+    def hexdigest(self) -> str:
+        return f"{self.total % _HASH_MODULUS:032x}"
+
+
+def collection_hash(collection, session=None) -> DocumentHash:
+    """Count and hash every document of ``collection`` as the server returns it (raw, not decoded)."""
+    digest = DocumentHash()
+    for batch in collection.find_raw_batches({}, session=session):
+        digest.add_batch(batch)
+    return digest
+
+
+def index_specs(collection) -> list[str]:
+    """The collection's indexes as sorted canonical JSON (name, key in its order, options; no version fields)."""
+    specs = (index_spec(dict(spec), drop_version=True) for spec in collection.list_indexes())
+    return sorted(json_util.dumps({k: spec[k] for k in sorted(spec)}, json_options=json_util.CANONICAL_JSON_OPTIONS)
+                  for spec in specs)
+
+
+def index_spec(spec: dict, drop_version: bool = False) -> dict:
+    dropped = ("ns", "entryFormat", "v") if drop_version else ("ns", "entryFormat")
+    return {k: v for k, v in spec.items() if k not in dropped}
+
+
+@dataclass
+class MongoDump:
+    files: list[FileEntry]
+    counts: dict[str, int]
+    hashes: dict[str, str]
+    indexes: dict[str, list[str]]  # canonical JSON of each index (see index_specs)
+    consistency: str
+    server_version: str
+    seconds: float
+    oplog: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def ts_text(ts: Timestamp) -> str:
+    return f"{ts.time}.{ts.inc}"
+
+
+def last_write(client) -> Timestamp:
+    """The time of the replica set's last write (``hello``): where an oplog capture starts and ends."""
+    return client.admin.command("hello")["lastWrite"]["opTime"]["ts"]
+
+
+def dump_database(client, database: str, staging: Path, level: int, key: bytes | None, replica_set: bool,
+                  progress: Callable[[str, int], None] = lambda collection, documents: None) -> MongoDump:
+    """Dump ``database`` into ``staging``; ``progress(collection, documents)`` is called after each batch."""
+    started = time.monotonic()
+    db = client.get_database(database)
+    start = last_write(client) if replica_set else None
+    files, counts, hashes, indexes, skipped = [], {}, {}, {}, {}
+    for info in sorted(db.list_collections(), key=lambda c: c["name"]):
+        name = info["name"]
+        if info.get("type", "collection") != "collection" or name.startswith("system."):
+            skipped[name] = f"{info.get('type', 'system')} collections are not dumped"
+            continue
+        collection = db.get_collection(name)
+        digest = DocumentHash()
+        files.append(_write(staging, file_name(database, name, ".bson"), level, key,
+                            _read_collection(client, collection, digest, replica_set, progress)))
+        counts[name], hashes[name] = digest.count, digest.hexdigest
+        specs = [index_spec(dict(index)) for index in collection.list_indexes()]
+        indexes[name] = index_specs(collection)
+        metadata = {"indexes": specs, "options": info.get("options", {}), "collectionName": name,
+                    "type": "collection"}
+        if "uuid" in info.get("info", {}):
+            metadata["uuid"] = info["info"]["uuid"].hex()
+        text = json_util.dumps(metadata, json_options=json_util.CANONICAL_JSON_OPTIONS).encode()
+        files.append(_write(staging, file_name(database, name, ".metadata.json"), level, key, [text]))
+    oplog = None
+    if replica_set:
+        end = last_write(client)
+        entry, entries = capture_oplog(client, database, start, end, staging, level, key)
+        files.append(entry)
+        oplog = {"start": ts_text(start), "end": ts_text(end), "entries": entries}
+    return MongoDump(files=files, counts=counts, hashes=hashes, indexes=indexes,
+                     consistency=CONSISTENT if replica_set else NOT_CONSISTENT,
+                     server_version=client.server_info()["version"], seconds=time.monotonic() - started,
+                     oplog=oplog, skipped=skipped)
+
+
+def _read_collection(client, collection, digest: DocumentHash, replica_set: bool,
+                     progress: Callable[[str, int], None]) -> Iterator[bytes]:
+    """The collection's raw batches, read in one snapshot transaction on a replica set.
+
+    A reader thread fetches the next batches while this one hashes, compresses and writes.
+    """
+    def read(put: Callable[[bytes], None]) -> None:
+        if not replica_set:
+            for batch in collection.find_raw_batches({}):
+                put(batch)
+            return
+        with client.start_session(causal_consistency=False) as session:
+            with session.start_transaction(read_concern=ReadConcern("snapshot"),
+                                           read_preference=ReadPreference.PRIMARY):
+                for batch in collection.find_raw_batches({}, session=session):
+                    put(batch)
+
+    for batch in prefetched(read):
+        digest.add_batch(batch)
+        yield batch
+        progress(collection.name, digest.count)
+
+
+def prefetched(read: Callable[[Callable[[bytes], None]], None], depth: int = 4) -> Iterator[bytes]:
+    """What ``read(put)`` puts, produced in a thread ``depth`` items ahead; its exception is raised here.
+
+    Stopping early (the consumer failed) makes the thread's next ``put`` raise, which ends it.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: bytes) -> None:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def run() -> None:
+        try:
+            read(put)
+            put(done)
+        except _Stopped:
+            pass
+        except BaseException as err:  # handed to the consumer
+            with contextlib.suppress(_Stopped):
+                put(err)
+
+    thread = threading.Thread(target=run, name="dbops-mongo-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Stopped(Exception):
+    """The consumer of :func:`prefetched` stopped."""
+
+
+def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, staging: Path, level: int,
+                  key: bytes | None) -> tuple[FileEntry, int]:
+    """Write the oplog entries of ``database`` after ``start`` up to ``end`` as ``oplog.bson`` (oldest first).
+
+    One read of the oplog backwards from ``end``, stopping at the first entry at or before ``start``:
+    the oplog is truncated from its oldest end only, so finding that entry proves no entry after
+    ``start`` was lost. The entries of the window are held in memory until written.
+
+    :raises OplogOverflow: no entry at or before ``start`` is left (entries were lost).
+    """
+    prefix = f"{database}."
+    kept: list[bytes] = []
+    covered = False
+    cursor = client.local["oplog.rs"].find_raw_batches({"ts": {"$lte": end}}, sort=[("$natural", -1)])
+    with contextlib.closing(cursor):
+        for batch in cursor:
+            for doc in documents(batch):
+                entry = RawBSONDocument(bytes(doc))
+                if entry["ts"] <= start:
+                    covered = True
+                    break
+                if entry["ns"].startswith(prefix):
+                    kept.append(bytes(doc))
+            if covered:
+                break
+    if not covered:
+        raise OplogOverflow(f"the oplog no longer holds the dump's start {ts_text(start)}: it rolled over during "
+                            "the dump; enlarge it (replSetResizeOplog) or dump at a quieter time")
+    return _write(staging, OPLOG_FILE, level, key, [b"".join(reversed(kept))]), len(kept)
+
+
+def _write(staging: Path, name: str, level: int, key: bytes | None, chunks: Iterable[bytes]) -> FileEntry:
+    dest = staging / f"{name}.zst"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stored, raw, sha256 = write_compressed(chunks, dest, level, key)
+    return FileEntry(name=f"{name}.zst", bytes=stored, sha256=sha256, raw_bytes=raw)

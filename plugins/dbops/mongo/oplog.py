@@ -1,0 +1,126 @@
+"""Replay a dump's ``oplog.bson`` with ordinary CRUD (no ``applyOps``): inserts, deletes, updates.
+
+Every operation is idempotent, as oplog application must be: an insert replaces the document with
+the same ``_id`` (it may already be in the dumped collection), a delete of a missing document does
+nothing, an update applies its change to the document whatever it held. Updates come as ``$v: 2``
+diffs in mongod's compact form (``u``/``i``/``d``/``s<field>``) or as an update description
+(``updatedFields``/``removedFields``/``truncatedArrays``), as ``$v: 1`` operators, or as a whole
+replacement document.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bson
+
+from dbops.mongo.dump import index_spec
+
+
+class UnsupportedOplogEntry(Exception):
+    """An oplog entry that this replay cannot apply faithfully."""
+
+
+def read_bson_file(path: Path, raw: bool = False) -> Iterator[Any]:
+    """The documents of a ``.bson`` file (documents back to back), decoded or as raw bytes."""
+    with open(path, "rb") as fh:
+        while header := fh.read(4):
+            size = int.from_bytes(header, "little")
+            data = header + fh.read(size - 4)
+            if len(data) != size:
+                raise ValueError(f"{path.name}: truncated document at the end")
+            yield data if raw else bson.decode(data)
+
+
+def replay_oplog(db, entries: Iterator[dict], source_db: str) -> dict[str, int]:
+    """Apply ``entries`` (oplog entries of ``source_db``) to the same collections in ``db``; return what was done."""
+    done: Counter[str] = Counter()
+    for entry in entries:
+        op, ns = entry["op"], entry["ns"]
+        collection = db.get_collection(ns[len(source_db) + 1:])
+        if op == "i":
+            collection.replace_one({"_id": entry["o"]["_id"]}, entry["o"], upsert=True)
+        elif op == "d":
+            collection.delete_one({"_id": entry["o"]["_id"]})
+        elif op == "u":
+            for update in update_of(entry["o"]):
+                if any(name.startswith("$") for name in update):
+                    collection.update_one(entry["o2"], update)
+                else:
+                    collection.replace_one(entry["o2"], update)
+        elif op == "c":
+            _command(db, entry["o"], done)
+            continue
+        elif op != "n":
+            raise UnsupportedOplogEntry(f"oplog entry {entry.get('ts')}: unknown op {op!r}")
+        done[{"i": "inserts", "d": "deletes", "u": "updates", "n": "noops"}[op]] += 1
+    return dict(done)
+
+
+def update_of(o: dict) -> list[dict]:
+    """The update(s) an ``u`` entry's ``o`` makes: a replacement document or update operators."""
+    if o.get("$v") == 2:
+        diff = o["diff"]
+        if "updatedFields" in diff or "removedFields" in diff or "truncatedArrays" in diff:
+            return _description_updates(diff)
+        sets, unsets = {}, {}
+        _compact_diff(diff, "", sets, unsets)
+        return [u for u in ({"$set": sets} if sets else None, {"$unset": unsets} if unsets else None) if u]
+    if any(k.startswith("$") for k in o):
+        return [{k: v for k, v in o.items() if k != "$v"}]
+    return [o]  # a whole replacement document
+
+
+def _description_updates(diff: dict) -> list[dict]:
+    updates = [{"$push": {t["field"]: {"$each": [], "$slice": t["newSize"]}}} for t in diff.get("truncatedArrays", [])]
+    change: dict[str, Any] = {}
+    if diff.get("updatedFields"):
+        change["$set"] = dict(diff["updatedFields"])
+    if diff.get("removedFields"):
+        change["$unset"] = {name: "" for name in diff["removedFields"]}
+    return updates + ([change] if change else [])
+
+
+def _compact_diff(diff: dict, prefix: str, sets: dict, unsets: dict) -> None:
+    if diff.get("a") is True:  # an array diff: u<index> / s<index>; a new length 'l' needs a truncation
+        if "l" in diff:
+            raise UnsupportedOplogEntry(f"array diff of {prefix.rstrip('.')!r} resizes the array")
+        for key, value in diff.items():
+            if key == "a":
+                continue
+            index = key[1:]
+            if key[0] == "u":
+                sets[f"{prefix}{index}"] = value
+            else:
+                _compact_diff(value, f"{prefix}{index}.", sets, unsets)
+        return
+    for kind in ("u", "i"):
+        for name, value in diff.get(kind, {}).items():
+            sets[f"{prefix}{name}"] = value
+    for name in diff.get("d", {}):
+        unsets[f"{prefix}{name}"] = ""
+    for key, sub in diff.items():
+        if key.startswith("s"):
+            _compact_diff(sub, f"{prefix}{key[1:]}.", sets, unsets)
+
+
+def _command(db, o: dict, done: Counter[str]) -> None:
+    """Collection-level commands of the oplog; others are counted as skipped."""
+    name = next(iter(o))
+    if name == "create":
+        if o["create"] not in db.list_collection_names():
+            db.create_collection(o["create"], **{k: v for k, v in o.items() if k not in ("create", "idIndex")})
+    elif name == "drop":
+        db.drop_collection(o["drop"])
+    elif name == "createIndexes":
+        indexes = o.get("indexes") or [{k: v for k, v in o.items() if k != "createIndexes"}]
+        db.command("createIndexes", o["createIndexes"], indexes=[index_spec(i) for i in indexes])
+    elif name == "dropIndexes":
+        db.get_collection(o["dropIndexes"]).drop_index(o["index"])
+    else:
+        done[f"skipped {name}"] += 1
+        return
+    done["commands"] += 1

@@ -1,0 +1,132 @@
+"""Restore a stored MongoDB dump: fetch (checksums), collections with options and indexes, oplog
+replay; the checks against the manifest; the swap of an on-demand restore into its database."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+from bson import CodecOptions, json_util
+from bson.raw_bson import RawBSONDocument
+
+from dbops.backup.restore import fetch_file
+from dbops.core.manifest import Manifest
+from dbops.core.store import BackupStore
+from dbops.mongo.dump import OPLOG_FILE, collection_hash, file_name, index_spec, index_specs
+from dbops.mongo.oplog import read_bson_file, replay_oplog
+
+INSERT_BATCH = 5000
+NEVER_REPLACED = ("admin", "local", "config")
+RESTORING, REPLACED = "__dbops_restoring", "__dbops_replaced"
+_BAD_DATABASE_CHARS = re.compile(r'[/\\. "$*<>:|?\x00]')
+_RAW = CodecOptions(document_class=RawBSONDocument)
+
+
+def scratch_database_name(target: str, run_id: str) -> str:
+    """A per-run scratch database name, within MongoDB's 63-byte limit."""
+    return f"dbops_verify_{target[:30]}_{hashlib.sha1(run_id.encode()).hexdigest()[:10]}"
+
+
+def fetch_dump(store: BackupStore, manifest: Manifest, staging: Path, key: bytes | None) -> Path:
+    """Download every file of the dump into ``staging`` (size and sha256 checked), decompressed."""
+    for entry in manifest.files:
+        fetch_file(store, manifest.backup_id, entry, staging, key)
+    return staging
+
+
+def restore_collections(client, dump_dir: Path, manifest: Manifest, database: str) -> None:
+    """Create every collection of the dump in ``database`` with its options, insert its documents as they
+    were dumped (raw BSON), then build its indexes."""
+    source = manifest.extra["database"]
+    db = client.get_database(database, codec_options=_RAW)
+    for name in manifest.tables:
+        metadata = json_util.loads((dump_dir / file_name(source, name, ".metadata.json")).read_text())
+        db.create_collection(name, **metadata.get("options", {}))
+        collection = db.get_collection(name)
+        batch: list[RawBSONDocument] = []
+        for raw in read_bson_file(dump_dir / file_name(source, name, ".bson"), raw=True):
+            batch.append(RawBSONDocument(raw))
+            if len(batch) == INSERT_BATCH:
+                collection.insert_many(batch, ordered=False, bypass_document_validation=True)
+                batch = []
+        if batch:
+            collection.insert_many(batch, ordered=False, bypass_document_validation=True)
+        indexes = [index_spec(spec) for spec in metadata["indexes"] if spec["name"] != "_id_"]
+        if indexes:
+            db.command("createIndexes", name, indexes=indexes)
+
+
+def replay(client, dump_dir: Path, manifest: Manifest, database: str) -> dict[str, int] | None:
+    """Replay the dump's oplog into ``database`` (None when the dump has none: a standalone server's)."""
+    if not any(entry.name == f"{OPLOG_FILE}.zst" for entry in manifest.files):
+        return None
+    return replay_oplog(client.get_database(database), read_bson_file(dump_dir / OPLOG_FILE),
+                        manifest.extra["database"])
+
+
+def check_restored(client, database: str, manifest: Manifest) -> dict[str, Any]:
+    """Compare ``database`` with the dump's snapshots: documents per collection, their hash, the indexes."""
+    db = client.get_database(database, codec_options=_RAW)
+    restored = {}
+    for name in sorted(set(db.list_collection_names()) | set(manifest.tables)):
+        digest = collection_hash(db.get_collection(name))
+        restored[name] = (digest.count, digest.hexdigest)
+    expected_hashes = manifest.extra["hashes"]
+    counts = {name: {"expected": manifest.tables.get(name), "restored": restored[name][0]}
+              for name in restored if manifest.tables.get(name) != restored[name][0]}
+    hashes = sorted(name for name in restored if expected_hashes.get(name) != restored[name][1])
+    indexes = {name: {"expected": specs, "restored": restored_specs}
+               for name, specs in manifest.extra["index_specs"].items()
+               if (restored_specs := index_specs(db.get_collection(name))) != specs}
+    return {
+        "row_counts": {"ok": not counts, "collections": len(manifest.tables),
+                       "documents": sum(count for count, _ in restored.values()), "mismatched": counts},
+        "document_hashes": {"ok": not hashes, "collections": len(expected_hashes), "mismatched": hashes},
+        "indexes": {"ok": not indexes, "count": sum(len(s) for s in manifest.extra["index_specs"].values()),
+                    "mismatched": indexes},
+    }
+
+
+def check_database_name(name: str, target_database: str) -> None:
+    """Refuse a name MongoDB rejects, too long for the temporary names, or a database never replaced."""
+    if not name or _BAD_DATABASE_CHARS.search(name) or len(name.encode()) > 63 - len(RESTORING):
+        raise AirflowFailException(f"database {name!r}: use at most {63 - len(RESTORING)} bytes and none of "
+                                   "/\\. \"$*<>:|? (MongoDB's rule, with room for the temporary name)")
+    if name in NEVER_REPLACED or name == target_database:
+        raise AirflowFailException(f"database {name!r} is never restored into (admin, local, config and the target's "
+                                   "own database); restore into a new database and switch the application to it")
+
+
+def swap_into(client, temporary: str, database: str) -> str | None:
+    """Give ``temporary``'s collections to ``database``; its former collections move aside first into
+    ``<database>__dbops_replaced`` (returned, or None when ``database`` was empty), dropped by the caller.
+
+    If a move fails, the moves done are undone, so ``database`` holds its former collections again and
+    the restored ones are back in ``temporary``; either way no collection is ever dropped here. A
+    ``<database>__dbops_replaced`` that holds collections (left by a swap interrupted beyond undoing) is
+    never overwritten: the restore stops before moving anything.
+    """
+    retired = f"{database}{REPLACED}"
+    if client.get_database(retired).list_collection_names():
+        raise AirflowFailException(f"database {retired} holds collections moved aside by an interrupted restore: "
+                                   f"move them back into {database} or drop {retired}, then run again")
+    old = client.get_database(database).list_collection_names()
+    new = client.get_database(temporary).list_collection_names()
+    moves = [(database, retired, name) for name in old] + [(temporary, database, name) for name in new]
+    done: list[tuple[str, str, str]] = []
+    try:
+        for source, dest, name in moves:
+            _rename(client, source, dest, name)
+            done.append((source, dest, name))
+    except Exception:
+        for source, dest, name in reversed(done):
+            _rename(client, dest, source, name)
+        raise
+    return retired if old else None
+
+
+def _rename(client, source: str, dest: str, name: str) -> None:
+    client.admin.command("renameCollection", f"{source}.{name}", to=f"{dest}.{name}", dropTarget=False)

@@ -1,0 +1,478 @@
+"""Operators of MongoDB targets: backup, verification restore and its scratch database, restore on demand.
+
+The backups share the store, manifest, catalog, retention (:class:`BackupRetentionOperator`) and report
+(:class:`BackupReportOperator`) of PostgreSQL backups; the work lives in :mod:`dbops.mongo`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from dbops.backup import catalog
+from dbops.backup.runs import backup_result, new_manifest
+from dbops.backup.store_io import remove_incomplete, store_backup
+from dbops.core.errors import classify
+from dbops.core.manifest import MANIFEST_NAME, backup_prefix
+from dbops.core.units import human_bytes
+from dbops.operators.backup import _BackupTargetOperator
+from dbops.operators.base import TargetOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from dbops.core.config import DbopsConfig
+    from dbops.core.manifest import Manifest
+    from dbops.core.store import BackupStore
+    from dbops.hooks.mongo import DbopsMongoHook
+    from dbops.hooks.ops import OpsDatabaseHook
+    from dbops.mongo.policy import MongoRetentionPolicy
+
+CONSISTENCY_NOTES = {"oplog": "point-in-time consistent at the dump's end (snapshot per collection + oplog replay)",
+                     "none": "NOT point-in-time consistent (standalone server: no oplog, no snapshot reads)"}
+
+
+def _mongo_hook(operator: TargetOperator) -> DbopsMongoHook:
+    """The target's MongoHook, built when the task runs (MongoHook looks its connection up at once)."""
+    from dbops.hooks.mongo import DbopsMongoHook
+
+    return DbopsMongoHook(mongo_conn_id=operator.load_config().targets[operator.target].conn_id)
+
+
+class _MongoTargetOperator(_BackupTargetOperator):
+    def _hook(self) -> DbopsMongoHook:
+        return _mongo_hook(self)
+
+
+class MongoBackupOperator(_MongoTargetOperator):
+    """Dump the target's database (:func:`dbops.mongo.dump.dump_database`), store it, write the manifest last.
+
+    Named by its start time like PostgreSQL backups (``<target>/full/<UTC time>/``) and catalogued the
+    same way, so retention (GFS) and the report treat both alike. A retried task finds the backup its
+    run already made; a run for a past period reuses a backup taken since. A failed attempt leaves no
+    manifest; its files are removed by the next attempt before it dumps.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.backup.staging import fresh_staging, staging_dir
+        from dbops.backup.store_io import free_snapshot_time
+        from dbops.hooks.keys import encryption_key
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.mongo.dump import TOOL, dump_database
+
+        config, policy, store = self._setup()
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        try:
+            existing = self._existing_backup(context, policy, ops, store)
+            if existing is not None:
+                return existing
+            stored = self._stored_not_recorded(context, store, ops)
+            if stored is not None:
+                with ops.transaction() as conn:
+                    catalog.record_backup(conn, stored)
+                self.log.info("complete, nothing dumped: backup %s of this run was stored by an earlier attempt that "
+                              "could not record it; recorded now", stored.location, backup_id=stored.backup_id)
+                return {**backup_result(stored), "consistency": stored.extra["consistency"]}
+            for folder, files in remove_incomplete(store, f"{self.target}/full/").items():
+                self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
+        except AirflowFailException:
+            raise
+        except Exception as err:
+            raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
+        staging = staging_dir(config, self.target, context["run_id"])
+        fresh_staging(staging)
+        try:
+            hook = self._hook()
+            database = hook.database
+            replica_set = hook.replica_set() is not None
+            taken_at = free_snapshot_time(store, ops, self.target)
+            dump = dump_database(hook.get_conn(), database, staging, policy.compression_level,
+                                 encryption_key(policy.encryption_conn_id), replica_set, self.progress)
+            prefix = backup_prefix(self.target, "full", taken_at)
+            manifest = new_manifest(
+                context, policy, store, prefix, self.target, kind="full", taken_at=taken_at,
+                snapshot_id=f"oplog {dump.oplog['start']}..{dump.oplog['end']}" if dump.oplog else "none",
+                server_version=dump.server_version, tool=TOOL, files=dump.files, tables=dump.counts,
+                dump_seconds=dump.seconds, archive="mongodump directory layout, raw BSON")
+            manifest.extra.update({"engine": "mongodb", "database": database, "consistency": dump.consistency,
+                                   "oplog": dump.oplog, "hashes": dump.hashes, "index_specs": dump.indexes,
+                                   "skipped": dump.skipped})
+            store_backup(store, manifest, staging)
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"backing up {self.target} failed; no manifest was written, the next attempt "
+                                "removes what was stored") from err
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with ops.transaction() as conn:
+                catalog.record_backup(conn, manifest)
+        except psycopg.Error as err:
+            raise classify(err, f"recording backup {manifest.backup_id} in the catalog failed; it is stored "
+                                "complete and the retry records it") from err
+        self.log.info("stored OK: backup %s of database %s: %s (%s raw BSON), %d collections, %d documents, "
+                      "dump %.1f s, upload %.1f s; %s%s", manifest.location, database, human_bytes(manifest.total_bytes),
+                      human_bytes(sum(f.raw_bytes for f in dump.files)), len(dump.counts), manifest.total_rows,
+                      dump.seconds, manifest.timings["upload_seconds"], CONSISTENCY_NOTES[dump.consistency],
+                      f", {dump.oplog['entries']} oplog entries" if dump.oplog else "",
+                      backup_id=manifest.backup_id, bytes=manifest.total_bytes, collections=len(dump.counts),
+                      documents=manifest.total_rows, consistency=dump.consistency)
+        return {**backup_result(manifest), "consistency": dump.consistency}
+
+    def _stored_not_recorded(self, context: Context, store: BackupStore, ops: OpsDatabaseHook) -> Manifest | None:
+        """A complete backup an earlier attempt of this run stored but could not record in the catalog."""
+        from dbops.backup.store_io import read_manifest
+
+        folders = sorted({key.rsplit("/", 1)[0] for key in store.list_keys(f"{self.target}/full/")
+                          if key.endswith(f"/{MANIFEST_NAME}")})
+        with ops.transaction() as conn:
+            unknown = [folder for folder in folders if not catalog.is_catalogued(conn, folder)]
+        for folder in unknown:
+            manifest = read_manifest(store, folder)
+            if manifest is not None and manifest.run_id == context["run_id"]:
+                return manifest
+        return None
+
+    def progress(self, collection: str, documents: int) -> None:
+        """Called after each batch the dump reads; logs every 100 000 documents of a collection."""
+        if documents and documents % 100_000 < 1000:
+            self.log.info("dumping %s: %d documents so far", collection, documents)
+
+
+class MongoScratchDatabaseOperator(_MongoTargetOperator):
+    """Drop the scratch database a verification restores into: as setup (a leftover) and as teardown.
+
+    :param database: the scratch database; default one per run
+        (:func:`dbops.mongo.restore.scratch_database_name`).
+    """
+
+    template_fields: Sequence[str] = ("target", "database")
+
+    def __init__(self, *, database: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.database = database
+
+    def execute(self, context: Context) -> None:
+        from dbops.mongo.restore import scratch_database_name
+
+        database = self.database or scratch_database_name(self.target, context["run_id"])
+        try:
+            self._hook().get_conn().drop_database(database)
+        except Exception as err:
+            raise classify(err, f"dropping scratch database {database} failed") from err
+        self.log.info("scratch database %s is empty (dropped)", database)
+
+
+class MongoVerifyBackupOperator(_MongoTargetOperator):
+    """Restore a *stored* dump into a scratch database, prove it, and record the recovery test.
+
+    Checks every file's size and sha256, restores every collection with its options and indexes,
+    compares each collection's documents (count and an order-independent hash of the raw BSON) and
+    indexes with its snapshot in the manifest, then replays the captured oplog. The outcome goes into
+    ``dbops.recovery_tests`` and the manifest; a failed verification fails at once, without retries.
+
+    :param backup_id: a folder name, a full id, ``latest`` or ``latest-verified``.
+    :param database: the scratch database; default one per run.
+    :param reverify: restore a backup already verified OK again.
+    """
+
+    template_fields: Sequence[str] = ("target", "backup_id", "database")
+
+    def __init__(self, *, backup_id: str, database: str | None = None, reverify: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_id = backup_id
+        self.database = database
+        self.reverify = reverify
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.backup.lookup import load_manifest, resolve_backup_id
+        from dbops.backup.verify import VerificationFailed, check_line
+        from dbops.hooks.keys import encryption_key
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.mongo.restore import scratch_database_name
+        from dbops.mongo.verify import restore_and_check
+
+        config, policy, store = self._setup()
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        database = self.database or scratch_database_name(self.target, context["run_id"])
+        backup_id = resolve_backup_id(ops, self.target, self.backup_id)
+        manifest = load_manifest(ops, store, self.target, backup_id)
+        earlier = manifest.verification or {}
+        if not self.reverify and earlier.get("ok"):
+            self.log.info("verified OK earlier: backup %s passed its recovery test of %s; not restoring it again",
+                          manifest.location, earlier.get("started_at"), backup_id=backup_id)
+            return {"backup_id": backup_id, "verified": True, "restore_seconds": earlier.get("restore_seconds"),
+                    "verified_earlier": True}
+        started_at = datetime.now(timezone.utc)
+        try:
+            client = self._hook().get_conn()
+            client.drop_database(database)  # the restore needs it empty; it is ours (scratch)
+            outcome = restore_and_check(client, store, manifest, database, config.staging_path / f"verify__{database}",
+                                        encryption_key(policy.encryption_conn_id))
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"verifying {backup_id} could not run") from err
+        manifest.verification = {"started_at": started_at.isoformat(), "run_id": context["run_id"], **outcome}
+        with ops.transaction() as conn:
+            catalog.record_recovery_test(conn, backup_id, self.target, context["run_id"], started_at,
+                                         outcome["restore_seconds"], outcome["ok"], outcome["checks"], outcome["error"])
+        with ops.transaction() as conn:
+            catalog.rewrite_manifest(conn, store, manifest)
+        for name, check in outcome["checks"].items():
+            self.log.info(check_line(name, check))
+        if not outcome["ok"]:
+            raise VerificationFailed(f"FAILED: {outcome['error']} (verification of backup {manifest.location})")
+        counts = outcome["checks"]["row_counts"]
+        self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d collections, documents, hashes and indexes "
+                      "match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
+                      outcome["restore_seconds"], counts["collections"],
+                      CONSISTENCY_NOTES[manifest.extra["consistency"]], backup_id=backup_id,
+                      bytes=manifest.total_bytes, restore_seconds=outcome["restore_seconds"])
+        return {"backup_id": backup_id, "verified": True, "restore_seconds": outcome["restore_seconds"]}
+
+
+class MongoRestoreOperator(_MongoTargetOperator):
+    """Restore a backup on demand into ``database`` on the target's server.
+
+    The dump is restored and checked under ``<database>__dbops_restoring``, its oplog replayed, and only
+    then do its collections move into ``database`` (renameCollection). An existing ``database`` is
+    replaced only with ``overwrite``: its collections move aside into ``<database>__dbops_replaced`` first
+    and are dropped once the new ones are in place; a failed move is undone. At no moment are both the
+    old and the new data gone. Never restored into: admin, local, config, the target's own database.
+
+    :param backup_id: a folder name, a full id, ``latest`` or ``latest-verified``.
+    :param database: the database to restore into.
+    :param overwrite: replace ``database`` if it holds collections.
+    """
+
+    template_fields: Sequence[str] = ("target", "backup_id", "database", "overwrite")
+
+    def __init__(self, *, backup_id: str, database: str, overwrite: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_id = backup_id
+        self.database = database
+        self.overwrite = overwrite
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.core.locks import job_lock
+
+        config, _, _ = self._setup()
+        with job_lock(config.ops_conn_id, self.target, "restore"):
+            return self._restore(context)
+
+    def _restore(self, context: Context) -> dict[str, Any]:
+        from dbops.backup.lookup import load_manifest, resolve_backup_id
+        from dbops.hooks.keys import encryption_key
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.mongo.restore import RESTORING, check_database_name, swap_into
+        from dbops.mongo.verify import restore_and_check
+
+        config, policy, store = self._setup()
+        hook = self._hook()
+        check_database_name(self.database, hook.database)
+        overwrite = str(self.overwrite).lower() == "true"
+        client = hook.get_conn()
+        if client.get_database(self.database).list_collection_names() and not overwrite:
+            raise AirflowFailException(f"database {self.database} exists and holds collections; set overwrite to "
+                                       "replace it (it is replaced only once the restore is checked)")
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        backup_id = resolve_backup_id(ops, self.target, self.backup_id)
+        manifest = load_manifest(ops, store, self.target, backup_id)
+        temporary = f"{self.database}{RESTORING}"
+        client.drop_database(temporary)  # a leftover of an interrupted restore
+        try:
+            outcome = restore_and_check(client, store, manifest, temporary, config.staging_path / f"restore__{temporary}",
+                                        encryption_key(policy.encryption_conn_id))
+            if not outcome["ok"]:
+                raise AirflowFailException(f"FAILED: restore of {manifest.location}: {outcome['error']}; "
+                                           f"{self.database} is unchanged")
+            retired = swap_into(client, temporary, self.database)
+        except BaseException as err:
+            client.drop_database(temporary)  # only the temporary database: the target database is unchanged
+            if isinstance(err, AirflowException) or not isinstance(err, Exception):
+                raise
+            raise classify(err, f"restoring {backup_id} into {self.database} could not finish; "
+                                f"{self.database} is unchanged") from err
+        if retired:
+            client.drop_database(retired)
+        client.drop_database(temporary)
+        self.log.info("restored OK: backup %s (%s) into database %s in %.1f s%s: %d collections, documents, hashes "
+                      "and indexes match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
+                      self.database, outcome["restore_seconds"], " (the collections it replaced were dropped)"
+                      if retired else "", len(manifest.tables), CONSISTENCY_NOTES[manifest.extra["consistency"]],
+                      backup_id=backup_id, database=self.database, restore_seconds=outcome["restore_seconds"])
+        return {"backup_id": backup_id, "database": self.database, "restore_seconds": outcome["restore_seconds"],
+                "replaced": bool(retired)}
+
+
+class MongoRetentionOperator(TargetOperator):
+    """Apply the target's ``mongo.retention`` policies: purge due documents, or ensure a TTL index.
+
+    The cutoff of each policy is the run's data interval end (its logical date when it has none) minus
+    the policy's retention, never "now": a backfill over past days deletes each day's due documents on
+    that day's run, and a re-run or retry deletes only what is still due. Deletes go in batches of
+    ``batch_size`` ``_id`` values with ``w: majority``; each batch's figures are added to the run's row
+    in ``dbops.mongo_retention_log`` as it commits. One retention per target runs at a time.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.core.locks import job_lock
+
+        config = self.load_config()
+        policy = config.targets[self.target].mongo.retention if config.targets[self.target].mongo else None
+        if policy is None:
+            raise AirflowFailException(f"target {self.target!r} has no mongo.retention section in {config.path}")
+        with job_lock(config.ops_conn_id, self.target, "mongo_retention"):
+            try:
+                return self._apply(context, config, policy)
+            except AirflowException:
+                raise
+            except Exception as err:
+                raise classify(err, f"retention of {self.target} could not finish; what was deleted is recorded, "
+                                    "the retry deletes only what is still due") from err
+
+    def _apply(self, context: Context, config: DbopsConfig, policy: MongoRetentionPolicy) -> dict[str, Any]:
+        from datetime import timedelta
+
+        from dbops.core.runs import run_date
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.mongo.retention import due_filter, ensure_ttl, policy_key, purge, record
+
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        hook = _mongo_hook(self)
+        db = hook.get_conn().get_database(hook.database)
+        until = context.get("data_interval_end") or run_date(context)
+        logical_date = run_date(context)
+        results = {}
+        for rule in policy.policies:
+            collection = db.get_collection(rule.collection)
+            name = f"{rule.collection} ({policy_key(rule)})"
+            if rule.method == "ttl":
+                detail = ensure_ttl(collection, rule)
+                with ops.transaction() as conn:
+                    record(conn, self.target, context["run_id"], logical_date, rule.collection, rule, None, 0, 0,
+                           detail)
+                self.log.info("%s: %s", name, detail)
+                results[name] = {"method": "ttl", "detail": detail}
+                continue
+            cutoff = until - timedelta(seconds=rule.retention)
+
+            def on_batch(deleted: int, batches: int, rule=rule, cutoff=cutoff) -> None:
+                with ops.transaction() as conn:
+                    record(conn, self.target, context["run_id"], logical_date, rule.collection, rule, cutoff,
+                           deleted, 1, None)
+                if batches % 10 == 0:
+                    self.log.info("purging %s: %d batches so far", rule.collection, batches)
+
+            done = purge(collection, due_filter(rule, cutoff), policy.batch_size, on_batch)
+            self.log.info("%s: deleted %d documents older than %s in %d batches", name, done.deleted,
+                          cutoff.isoformat(), done.batches, collection=rule.collection, deleted=done.deleted)
+            results[name] = {"method": "delete", "cutoff": cutoff.isoformat(), "deleted": done.deleted,
+                             "batches": done.batches}
+        deleted = sum(r.get("deleted", 0) for r in results.values())
+        self.log.info("retention OK: %s: %d policies, %d documents deleted (cutoffs from %s), %d TTL indexes ensured",
+                      self.target, len(results), deleted, until.isoformat(),
+                      sum(r["method"] == "ttl" for r in results.values()), deleted=deleted, policies=len(results))
+        return {"deleted": deleted, "policies": results}
+
+
+class MongoMaintenanceOperator(TargetOperator):
+    """Weekly maintenance of the target's database (``mongo.maintenance``).
+
+    ``validate`` every collection (all of them, then the task fails naming each invalid one with its
+    problems); ``compact`` the collections whose free storage is above ``compact_free_pct`` and
+    ``compact_min_bytes`` (a server without ``compact`` is reported, not a failure; a compaction this
+    logical date already finished is not redone); indexes never used (``$indexStats``) are reported.
+    Each action is recorded in ``dbops.maintenance_log`` and the run's report in ``dbops.maintenance_runs``
+    (kind ``weekly``); the summary gives the bytes reclaimed.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self.load_config()
+        target = config.targets[self.target]
+        policy = target.mongo.maintenance if target.mongo else None
+        if policy is None:
+            raise AirflowFailException(f"target {self.target!r} has no mongo.maintenance section in {config.path}")
+        try:
+            report = self._maintain(context, config, policy)
+        except AirflowException:
+            raise
+        except Exception as err:
+            raise classify(err, f"maintenance of {self.target} could not finish") from err
+        invalid = {v["collection"]: v["problems"] for v in report["validate"] if not v["valid"]}
+        self.log.info("maintenance %s: %d collections validated (%d invalid), %d compacted, %d not compacted (%s), "
+                      "%d bytes reclaimed, %d unused indexes", "FAILED" if invalid else "OK",
+                      len(report["validate"]), len(invalid), len(report["compacted"]), len(report["compact_skipped"]),
+                      "; ".join(sorted(set(report["compact_skipped"].values()))) or "none due",
+                      report["bytes_reclaimed"], sum(len(v) for v in report["unused_indexes"].values()),
+                      invalid=len(invalid), bytes_reclaimed=report["bytes_reclaimed"])
+        if invalid:
+            raise AirflowFailException("FAILED: validate found invalid collections: " + "; ".join(
+                f"{name}: {', '.join(problems) or 'valid: false'}" for name, problems in sorted(invalid.items()))
+                + ". Restore them from the newest verified backup or repair (see the runbook)")
+        return report
+
+    def _maintain(self, context: Context, config: DbopsConfig, policy) -> dict[str, Any]:
+        from dbops.core.runs import run_date
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.maintenance import log
+        from dbops.maintenance.plan import Action
+        from dbops.mongo.maintenance import compact, compact_due, unused_indexes, validate
+
+        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
+        hook = _mongo_hook(self)
+        database = hook.database
+        db = hook.get_conn().get_database(database)
+        logical_date = run_date(context)
+        names = sorted(n for n in db.list_collection_names() if not n.startswith("system."))
+        with ops.transaction() as conn:
+            done = log.finished(conn, self.target, "weekly", logical_date)
+            log.record_plan(conn, self.target, "weekly", logical_date, context["run_id"], False,
+                            {"engine": "mongodb", "database": database, "collections": names})
+        report: dict[str, Any] = {"validate": [], "compacted": {}, "compact_skipped": {}, "unused_indexes": {},
+                                  "bytes_reclaimed": 0}
+        for name in names:
+            result = validate(db, name)
+            report["validate"].append({"collection": name, "valid": result.valid, "problems": result.problems})
+            if not result.valid:
+                self.log.error("validate %s.%s: INVALID: %s", database, name, ", ".join(result.problems))
+            stats = db.command("collStats", name)
+            reason = compact_due(stats, policy.compact_free_pct, policy.compact_min_bytes)
+            if reason is None:
+                report["compact_skipped"][name] = "free storage below the thresholds or not reported by the server"
+            elif (database, name, "compact") in done:
+                report["compact_skipped"][name] = "already compacted for this logical date"
+            else:
+                action = Action("table", database, name, name, "compact", reason, int(stats.get("storageSize") or 0))
+                with ops.transaction() as conn:
+                    entry = log.start(conn, self.target, "weekly", logical_date, context["run_id"],
+                                      context["ti"].try_number, action)
+                compacted, freed = compact(db, name)
+                after = int(db.command("collStats", name).get("storageSize") or 0)
+                reclaimed = freed if freed is not None else max(action.bytes - after, 0)
+                with ops.transaction() as conn:
+                    log.finish(conn, entry, "done" if compacted else "skipped", action.bytes, after,
+                               error=None if compacted else "compact is not supported by the server")
+                if compacted:
+                    report["compacted"][name] = reclaimed
+                    report["bytes_reclaimed"] += reclaimed
+                else:
+                    report["compact_skipped"][name] = "compact is not supported by the server"
+                self.log.info("compact %s.%s (%s): %s", database, name, reason,
+                              f"{reclaimed} bytes reclaimed" if compacted else "not supported by the server")
+            unused = unused_indexes(db.get_collection(name))
+            if unused:
+                report["unused_indexes"][name] = unused
+                self.log.info("unused indexes of %s.%s (no access since the server started counting): %s",
+                              database, name, ", ".join(unused))
+        with ops.transaction() as conn:
+            log.record_report(conn, self.target, "weekly", logical_date, report)
+        return report

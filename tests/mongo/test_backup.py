@@ -1,0 +1,280 @@
+"""MongoDB backup, verification restore and restore against the local MongoDB-compatible server.
+
+Failure paths first. Each test says which guarantee it checks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from dbops.backup.verify import VerificationFailed
+from dbops.core.manifest import MANIFEST_NAME
+from dbops.operators.mongo import (
+    MongoBackupOperator,
+    MongoRestoreOperator,
+    MongoScratchDatabaseOperator,
+    MongoVerifyBackupOperator,
+)
+from tests.backup.conftest import context
+from scripts.stack.mongo import MongoServer
+from tests.conftest import free_port
+from tests.mongo.conftest import fill, make_target, ops, state, store
+
+
+def backup(name: str, run_id: str = "test_run", operator=MongoBackupOperator) -> dict:
+    return operator(task_id="dump_and_store", target=name).execute(context(run_id=run_id))
+
+
+def verify(name: str, backup_id: str, run_id: str = "verify_run") -> dict:
+    return MongoVerifyBackupOperator(task_id="verify", target=name, backup_id=backup_id).execute(context(run_id=run_id))
+
+
+def recovery_test(backup_id: str):
+    return ops().get_first("SELECT ok, error FROM dbops.recovery_tests WHERE backup_id = %s ORDER BY id DESC LIMIT 1",
+                           parameters=(backup_id,))
+
+
+def test_wrong_password_fails_at_once_without_retry_and_never_logs_it(monkeypatch, tmp_path, stack_mongo, pg_server,
+                                                                       caplog):
+    """Guarantee: authentication is a permanent failure (AirflowFailException: no retries), and the password
+    appears in no message or log line. The local server runs with SCRAM authentication (--auth)."""
+    from scripts.stack.paths import MONGO_PORT
+
+    password = "Wr0ng-pa55word-7c1d"
+    bad = make_target(monkeypatch, tmp_path, MONGO_PORT, password=password)
+    with pytest.raises(AirflowFailException) as exc:
+        backup(bad.name)
+    assert "uthentication failed" in str(exc.value)
+    assert password not in str(exc.value) and password not in caplog.text
+    assert store().list_keys(f"{bad.name}/") == []
+
+
+class KillServerMidDump(MongoBackupOperator):
+    """FAULT INJECTION: kills the server (SIGKILL) once the dump has read the first batch of a collection."""
+
+    server = None
+
+    def progress(self, collection: str, documents: int) -> None:
+        if collection == "people":
+            os.kill(self.server.running_pid(), signal.SIGKILL)
+
+
+def test_server_killed_mid_dump_is_retried_leaves_no_manifest_and_the_retry_stores_one_backup(
+        monkeypatch, tmp_path, own_mongo, pg_server):
+    """Guarantee: a dump cut off by the server's death is transient (retried), stores nothing and no
+    manifest; the retry of the same run makes exactly one complete backup."""
+    facts = make_target(monkeypatch, tmp_path, own_mongo.port)
+    fill(facts.client[facts.database], documents=1500)
+    KillServerMidDump.server = own_mongo
+    with pytest.raises(AirflowException) as exc:
+        backup(facts.name, run_id="killed_run", operator=KillServerMidDump)
+    assert not isinstance(exc.value, AirflowFailException)  # transient: Airflow retries it
+    assert "will retry" in str(exc.value) or "transient" in str(exc.value)
+    assert store().list_keys(f"{facts.name}/") == []  # nothing half-stored, no manifest
+    assert not list((tmp_path / "staging").glob("*"))
+    own_mongo.stop()  # reaps the killed process
+    own_mongo.start()
+    made = backup(facts.name, run_id="killed_run")
+    keys = store().list_keys(f"{facts.name}/")
+    assert {k.rsplit("/", 1)[-1] for k in keys if k.endswith(MANIFEST_NAME)} == {MANIFEST_NAME}
+    assert all(k.startswith(made["backup_id"] + "/") for k in keys)
+    assert made["rows"] == 1500 + 1500 + 500
+    assert verify(facts.name, made["backup_id"])["verified"] is True
+
+
+def test_a_backup_stored_but_not_recorded_by_an_earlier_attempt_is_recorded_by_the_retry(target):
+    """Guarantee: an attempt that stored a complete backup but lost the ops database before recording it
+    is finished by the retry (recorded, nothing dumped again), never left as an uncatalogued copy."""
+    from dbops.backup.runs import new_manifest
+    from dbops.backup.store_io import store_backup
+    from dbops.core.config import load_config
+    from dbops.core.manifest import backup_prefix
+    from dbops.mongo.dump import TOOL, dump_database
+
+    # the earlier attempt, up to the catalog: dumped and stored with the library, not recorded
+    ctx = context(run_id="lost_ops")
+    policy = load_config().targets[target.name].backup
+    staging = target.tmp / "earlier"
+    staging.mkdir()
+    dump = dump_database(target.client, target.database, staging, 3, None, True)
+    prefix = backup_prefix(target.name, "full", datetime(2026, 11, 20, 2, 0, 5, tzinfo=timezone.utc))
+    manifest = new_manifest(ctx, policy, store(), prefix, target.name, kind="full", taken_at=datetime.now(timezone.utc),
+                            snapshot_id="s", server_version=dump.server_version, tool=TOOL, files=dump.files,
+                            tables=dump.counts, dump_seconds=dump.seconds, archive="a")
+    manifest.extra.update({"database": target.database, "consistency": dump.consistency, "oplog": dump.oplog,
+                           "hashes": dump.hashes, "index_specs": dump.indexes})
+    store_backup(store(), manifest, staging)
+    retried = backup(target.name, run_id="lost_ops")
+    assert retried["backup_id"] == prefix
+    assert {k.split("/")[2] for k in store().list_keys(f"{target.name}/full/")} == {prefix.rsplit("/", 1)[1]}
+    assert ops().get_first("SELECT status FROM dbops.backups WHERE backup_id = %s", parameters=(prefix,))[0] == "complete"
+    assert verify(target.name, prefix)["verified"] is True
+
+
+def test_corrupt_stored_file_fails_the_verification_naming_it(target):
+    """Guarantee: a stored file that is not what the manifest says fails the verification (no retry),
+    names the file, and is recorded as a failed recovery test."""
+    made = backup(target.name)
+    stored = target.tmp / "store" / made["backup_id"] / target.database / "people.bson.zst"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    with pytest.raises(VerificationFailed) as exc:
+        verify(target.name, made["backup_id"])
+    assert f"{target.database}/people.bson.zst" in str(exc.value)
+    ok, error = recovery_test(made["backup_id"])
+    assert ok is False and "people.bson.zst" in error
+    assert ops().get_first("SELECT verified FROM dbops.backups WHERE backup_id = %s",
+                           parameters=(made["backup_id"],))[0] is False
+
+
+class WriteDuringDump(MongoBackupOperator):
+    """Writes to the database (another client) while the dump reads ``events``: inserts, deletes and
+    updates in ``events``, in ``audit.log`` (read before it: collections are read by name) and in
+    ``people`` (read after it)."""
+
+    client = None
+    database = None
+    before = None
+
+    def progress(self, collection: str, documents: int) -> None:
+        if collection != "events" or self.before is not None:
+            return
+        db = self.client[self.database]
+        type(self).before = state(db)
+        db.events.insert_many([{"kind": "late", "at": -i} for i in range(50)])
+        db.events.delete_many({"kind": "view", "at": {"$lt": 10}})
+        db.events.update_many({"at": {"$gte": 100, "$lt": 105}}, {"$set": {"kind": "changed"}, "$unset": {"payload": 1}})
+        db.people.insert_many([{"_id": 10_000 + i, "name": "late"} for i in range(7)])
+        db.people.update_one({"_id": 1}, {"$set": {"tags.1": "c", "n": 99}})
+        db["audit.log"].delete_many({"v": {"$lt": 3}})
+
+
+def test_writes_during_the_dump_counts_match_the_snapshot_and_the_replay_reaches_the_dump_end(target):
+    """Guarantees: (1) snapshot: each collection's count and hash in the manifest are those of the snapshot it
+    was read in (``events`` without the writes made while it was read, as the server isolates snapshot
+    transactions); the verification restore matches them. (2) oplog: replaying the captured oplog brings
+    the scratch database to the source's state at the dump's end (no writes happen after it here)."""
+    WriteDuringDump.client, WriteDuringDump.database, WriteDuringDump.before = target.client, target.database, None
+    made = backup(target.name, operator=WriteDuringDump)
+    db = target.client[target.database]
+    after = state(db)
+    from dbops.backup.lookup import load_manifest
+
+    manifest = load_manifest(ops(), store(), target.name, made["backup_id"])
+    assert manifest.tables["events"] == WriteDuringDump.before["events"][0] == 600  # not 600 + 50 - 10
+    assert manifest.extra["hashes"]["events"] == WriteDuringDump.before["events"][1]
+    assert manifest.tables["audit.log"] == 200  # read before the writes
+    assert manifest.tables["people"] == after["people"][0] == 607  # read after them
+    assert after["events"][0] == 640 and after["audit.log"][0] == 197
+    assert manifest.extra["consistency"] == "oplog" and manifest.extra["oplog"]["entries"] >= 50 + 10 + 5 + 7 + 1 + 3
+    run_id = "verify_writes"
+    result = verify(target.name, made["backup_id"], run_id=run_id)
+    assert result["verified"] is True
+    from dbops.mongo.restore import scratch_database_name
+
+    scratch = target.client[scratch_database_name(target.name, run_id)]
+    assert state(scratch) == after  # the oplog replay reached the state at the dump's end
+    MongoScratchDatabaseOperator(task_id="drop_scratch", target=target.name).execute(context(run_id=run_id))
+    assert scratch.name not in target.client.list_database_names()
+
+
+HOSTILE = ["a.b.c", "ünï €", "sl/ash", "100%", "sp ace", "x" * 100]
+
+
+def test_hostile_database_and_collection_names_round_trip(monkeypatch, tmp_path, stack_mongo, pg_server):
+    """Guarantee: names with dots, slashes, percent signs, spaces and unicode (``$`` is refused by the
+    server) are dumped into escaped file names, verified and restored under their own names."""
+    from scripts.stack.paths import MONGO_PORT
+
+    facts = make_target(monkeypatch, tmp_path, MONGO_PORT, database=f"dbops_ünï_{uuid.uuid4().hex[:8]}")
+    db = facts.client[facts.database]
+    try:
+        for i, name in enumerate(HOSTILE):
+            db[name].insert_many([{"_id": k, "i": i, "s": "ü" * k} for k in range(20 + i)])
+        db["a.b.c"].create_index([("s", 1)], name="we\"ird; $name")
+        made = backup(facts.name)
+        assert verify(facts.name, made["backup_id"])["verified"] is True
+        files = {k.split(made["backup_id"] + "/", 1)[1] for k in store().list_keys(made["backup_id"])}
+        assert f"{facts.database}/sl%2Fash.bson.zst" in files and f"{facts.database}/100%25.bson.zst" in files
+        MongoRestoreOperator(task_id="restore", target=facts.name, backup_id="latest",
+                             database="restored_ünï").execute(context(run_id="restore_hostile"))
+        assert state(facts.client["restored_ünï"]) == state(db)
+    finally:
+        for name in (facts.database, "restored_ünï"):
+            facts.client.drop_database(name)
+        for name in facts.client.list_database_names():
+            if name.startswith("dbops_verify_"):
+                facts.client.drop_database(name)
+
+
+def test_restore_refuses_an_existing_database_unless_overwrite_then_replaces_it_whole(target):
+    """Guarantee: an existing database is kept unless overwrite; with overwrite it holds exactly the
+    backup's data afterwards, its former collections are gone, nothing temporary is left."""
+    made = backup(target.name)
+    source = state(target.client[target.database])
+    restored = target.client["restored_x"]
+    restored.keep.insert_one({"mine": True})
+
+    def restore(overwrite: bool):
+        return MongoRestoreOperator(task_id="restore", target=target.name, backup_id=made["backup_id"],
+                                    database="restored_x", overwrite=overwrite).execute(context(run_id="r"))
+
+    with pytest.raises(AirflowFailException, match="exists and holds collections; set overwrite"):
+        restore(False)
+    assert restored.list_collection_names() == ["keep"]
+    with pytest.raises(AirflowFailException, match="never restored into"):
+        MongoRestoreOperator(task_id="restore", target=target.name, backup_id="latest",
+                             database=target.database).execute(context(run_id="r"))
+    assert restore(True)["replaced"] is True
+    assert state(restored) == source
+    assert not [n for n in target.client.list_database_names() if "__dbops_" in n]
+
+
+def test_restore_never_overwrites_collections_an_interrupted_swap_moved_aside(target):
+    """Guarantee: old collections left in ``<database>__dbops_replaced`` (a swap interrupted beyond undoing)
+    are never dropped by a later restore: it stops before moving anything."""
+    made = backup(target.name)
+    target.client["restored_y"].now.insert_one({"n": 1})
+    target.client["restored_y__dbops_replaced"].before.insert_one({"old": True})
+    with pytest.raises(AirflowFailException, match="holds collections moved aside by an interrupted restore"):
+        MongoRestoreOperator(task_id="restore", target=target.name, backup_id=made["backup_id"],
+                             database="restored_y", overwrite=True).execute(context(run_id="r"))
+    assert target.client["restored_y"].list_collection_names() == ["now"]
+    assert target.client["restored_y__dbops_replaced"].list_collection_names() == ["before"]
+    assert "restored_y__dbops_restoring" not in target.client.list_database_names()
+
+
+class WriteManyDuringDump(MongoBackupOperator):
+    """Writes more documents (one oplog entry each) than the server's oplog holds while the dump runs."""
+
+    client = None
+    database = None
+
+    def progress(self, collection: str, documents: int) -> None:
+        if collection == "events" and documents <= 101:
+            for i in range(3):
+                self.client[self.database].flood.insert_many([{"i": i, "k": k} for k in range(200)])
+
+
+def test_an_oplog_that_rolls_over_during_the_dump_fails_it_without_a_manifest(monkeypatch, tmp_path, pg_server,
+                                                                             tmp_path_factory):
+    """Guarantee: when the oplog no longer holds the dump's start, the captured oplog would have a gap:
+    the backup fails at once saying to enlarge the oplog, and stores nothing."""
+    server = MongoServer(free_port(), tmp_path_factory.mktemp("small_oplog"), oplog_max_entries=100)
+    server.start()
+    try:
+        facts = make_target(monkeypatch, tmp_path, server.port)
+        fill(facts.client[facts.database], documents=300)
+        WriteManyDuringDump.client, WriteManyDuringDump.database = facts.client, facts.database
+        with pytest.raises(AirflowFailException, match="the oplog no longer holds the dump's start"):
+            backup(facts.name, operator=WriteManyDuringDump)
+        assert store().list_keys(f"{facts.name}/") == []
+    finally:
+        server.stop()
