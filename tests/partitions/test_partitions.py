@@ -459,6 +459,19 @@ def test_dry_run_changes_nothing(target):
     assert fingerprint(target) == before and steps(target) == []
 
 
+def test_drop_without_a_dump_counts_and_drops_under_the_write_lock(target):
+    with connect(target) as conn:
+        conn.execute("CREATE TABLE logs (at date NOT NULL) PARTITION BY RANGE (at); "
+                     "CREATE TABLE logs_old PARTITION OF logs FOR VALUES FROM ('2025-01-01') TO ('2025-02-01'); "
+                     "INSERT INTO logs SELECT date '2025-01-01' + g % 31 FROM generate_series(1, 500) g")
+    write_config(target, retire="detach", extra_table="        logs: {interval: monthly, premake: 1, "
+                                                      "retention: 3 months, retire: drop, dump_before_drop: false}\n")
+    run(target)
+    assert not table_exists(target, "public", "logs_old")
+    status, backup_id, rows, _, _ = retirements(target)["public.logs_old"]
+    assert (status, backup_id, rows) == ("dropped", None, 500)
+
+
 def test_table_not_range_partitioned_is_an_error_naming_file_target_table_and_key(target):
     write_config(target, retire="detach",
                  extra_table="        plain_table: {interval: monthly, premake: 1, retention: 3 months}\n")

@@ -165,9 +165,10 @@ def _drop(conn: psycopg.Connection, step: Step, policy: PartitionsPolicy, table_
         with retire.writes_blocked(conn, step.schema, step.name, policy):
             if table_policy.dump_before_drop:
                 manifest, rows = _verified_dump(step, drop, refuse)
+                freed = _checked_drop(conn, step, rows, drop, policy, refuse)
             else:
                 manifest, rows = None, retire.count_rows(conn, step.schema, step.name, drop.timeout, policy)
-            freed = _checked_drop(conn, step, rows, drop, policy, refuse)
+                freed = retire.drop_locked(conn, step.schema, step.name, policy)
     except StepSkipped as err:
         err.step = "drop"
         raise

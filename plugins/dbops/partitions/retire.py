@@ -143,16 +143,18 @@ def count_rows(conn: psycopg.Connection, schema: str, name: str, timeout: float,
 def drop_verified(conn: psycopg.Connection, schema: str, name: str, rows: int, count_timeout: float,
                   policy: PartitionsPolicy) -> int:
     """Inside :func:`writes_blocked`: drop the detached table if it still holds exactly the ``rows`` its verified
-    dump holds; return the bytes freed. The count runs under SHARE (writes were blocked since before the dump),
-    only the DROP takes ACCESS EXCLUSIVE, in a savepoint so that a lock timeout keeps the SHARE lock.
-
-    :raises DropRefused: the count differs.
-    """
-    table = sql.Identifier(schema, name)
+    dump holds; return the bytes freed. :raises DropRefused: the count differs."""
     now = count_rows(conn, schema, name, count_timeout, policy)
     if now != rows:
         raise DropRefused(f"{schema}.{name} has {now} rows, its verified dump {rows}: not dropped (the next run "
                           "dumps it again)")
+    return drop_locked(conn, schema, name, policy)
+
+
+def drop_locked(conn: psycopg.Connection, schema: str, name: str, policy: PartitionsPolicy) -> int:
+    """Inside :func:`writes_blocked`: take ACCESS EXCLUSIVE and drop the table; return the bytes freed. Runs in a
+    savepoint, so that a lock timeout (retried, then skipped) gives up only this, not the SHARE lock."""
+    table = sql.Identifier(schema, name)
 
     def attempt() -> int:
         with conn.transaction():
