@@ -108,27 +108,27 @@ def writes_blocked(conn: psycopg.Connection, schema: str, name: str, policy: Par
 
     :raises StepSkipped: the lock was not granted after the retries.
     """
-    conn.autocommit = True
     table = sql.Identifier(schema, name)
 
     def attempt() -> None:
-        conn.autocommit = False
         try:
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(table))
-        except BaseException:
+        except psycopg.Error:
             conn.rollback()
             raise
 
-    with_lock_retries(f"lock {schema}.{name} against writes", policy, attempt)
+    conn.autocommit = False
     try:
+        with_lock_retries(f"lock {schema}.{name} against writes", policy, attempt)
         yield
-    except BaseException:
-        conn.rollback()
-        raise
-    else:
         conn.commit()
+    except BaseException:
+        if not conn.closed:  # a killed connection has nothing to roll back; its error goes up as it is
+            conn.rollback()
+        raise
     finally:
-        conn.autocommit = True
+        if not conn.closed:
+            conn.autocommit = True
 
 
 def count_rows(conn: psycopg.Connection, schema: str, name: str, timeout: float, policy: PartitionsPolicy) -> int:
