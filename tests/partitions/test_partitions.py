@@ -7,6 +7,9 @@ Operators run the way the task runner runs them, ``execute(context)`` with a FAK
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -269,6 +272,130 @@ def test_long_query_on_parent_application_waits_at_most_lock_timeout(target):
     assert "ev_202510" not in partitions(target) and table_exists(target, "public", "ev_202510")
 
 
+def test_attach_skipped_after_the_move_puts_the_rows_back_into_default(target):
+    """A session holds the parent (and so DEFAULT) in ACCESS SHARE: the rows of April move out of DEFAULT (row
+    locks only), then the attach's lock is never granted. The step is skipped and every row is still visible
+    through the parent, back in DEFAULT."""
+    write_config(target, retire="detach", lock_timeout="300ms", retries=1)
+    before = fingerprint(target)
+    holder = connect(target)
+    holder.autocommit = False
+    holder.execute("LOCK TABLE events IN ACCESS SHARE MODE")
+    try:
+        with pytest.raises(AirflowException, match="skipped"):
+            run(target)
+        during = fingerprint(target)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert during == before and fingerprint(target) == before
+    assert "events_2026_04" not in partitions(target)
+    with connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM ONLY events_default WHERE at >= '2026-04-01' "
+                            "AND at < '2026-05-01'").fetchone()[0] == 2500
+    skipped = {s[2]: s[5] for s in steps(target) if s[1] == "create" and s[3] == "skipped"}
+    assert "lock not granted" in skipped["public.events_2026_04"]
+    assert "2500 rows moved back into DEFAULT" in skipped["public.events_2026_04"]
+    run(target, run_id="later")  # nothing holds the parent any more: the marked table is resumed and attached
+    assert "events_2026_04" in partitions(target)
+    with connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM events_2026_04").fetchone()[0] == 2500
+
+
+def test_update_of_the_detached_table_after_its_dump_is_not_lost(target):
+    """Between the dump of ev_202510 (its manifest is in the store) and its drop, an application updates the
+    detached table: the update must wait (the dropping session holds the table against writes since before
+    the dump) and then fail with the table gone; it must never succeed on a table that is then dropped."""
+    errors: list[BaseException] = []
+    worker = threading.Thread(target=lambda: _catch(errors, lambda: run(target)))
+    worker.start()
+    updated: list[int] = []
+    failures: list[BaseException] = []
+    with connect(target) as conn:
+        conn.execute("SET lock_timeout = '20s'")
+        for _ in range(600):
+            if any(b'"public.ev_202510"' in m.read_bytes() for m in (target.tmp / "store").rglob("manifest.json")):
+                break
+            time.sleep(0.05)
+        try:
+            updated.append(conn.execute("UPDATE ev_202510 SET payload = 'changed after the dump'").rowcount)
+        except psycopg.Error as err:
+            failures.append(err)
+    worker.join(120)
+    assert errors == []
+    assert updated == [] and isinstance(failures[0], psycopg.errors.UndefinedTable)
+    assert retirements(target)["public.ev_202510"][:1] == ("dropped",)
+
+
+def test_task_killed_around_the_detach_leaves_nothing_untracked(target):
+    """The task runs in a child process; the ops database's retirements table is locked, so the task blocks
+    on its first retirement record, and is killed (SIGKILL) there. Whatever it had done to ev_202510, the next
+    run retires it: dropped after a verified dump, recorded, no detached table left behind."""
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    script = ("import sys; from types import SimpleNamespace; from tests.partitions.test_partitions import run; "
+              "run(SimpleNamespace(name=sys.argv[1]), run_id='killed')")
+    with OpsDatabaseHook(postgres_conn_id="dbops_state").transaction() as ops:
+        ops.execute("LOCK TABLE dbops.partition_retirements IN EXCLUSIVE MODE")
+        child = subprocess.Popen([sys.executable, "-c", script, target.name], env=child_env)
+        try:
+            for _ in range(1200):
+                waiting = ops.execute("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                      "WHERE c.relname = 'partition_retirements' AND NOT l.granted").fetchone()[0]
+                if waiting or child.poll() is not None:
+                    break
+                time.sleep(0.05)
+            assert waiting, "the task never tried to record a retirement"
+        finally:
+            child.kill()
+            child.wait(30)
+    run(target, run_id="next")
+    assert "ev_202510" not in partitions(target) and not table_exists(target, "public", "ev_202510")
+    assert retirements(target)["public.ev_202510"][:1] == ("dropped",)
+
+
+def test_detach_recorded_then_task_killed_next_run_retires_the_detached_table(target):
+    """The pieces in the order a killed task leaves them: the retirement recorded as 'detaching', the DETACH
+    committed, nothing after it. The next run finds the table (no longer a partition) and drops it after a
+    verified dump."""
+    from dbops.partitions.record import record_retirement
+
+    with OpsDatabaseHook(postgres_conn_id="dbops_state").transaction() as ops:
+        record_retirement(ops, target.name, "events", "public", "ev_202510", "2025-10-01T00:00:00+00:00",
+                          "2025-11-01T00:00:00+00:00", "drop", "detaching")
+    with connect(target) as conn:
+        conn.execute("ALTER TABLE events DETACH PARTITION ev_202510")
+    run(target)
+    assert not table_exists(target, "public", "ev_202510")
+    status, backup_id, rows, _, _ = retirements(target)["public.ev_202510"]
+    assert (status, rows) == ("dropped", 744) and backup_id
+
+
+def test_pending_detach_within_retention_is_finalized_and_recorded_then_retired_when_due(target):
+    """A detach left pending on a partition this run's date still keeps: finalized (a pending detach blocks
+    every other concurrent detach of the table) and recorded as detached; a run on a date it is due archives it."""
+    write_config(target, retire="archive_schema")
+    holder = connect(target)
+    holder.autocommit = False
+    holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    holder.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE)))
+    with connect(target) as conn:
+        conn.execute("SET statement_timeout = '1s'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
+                sql.Identifier(HOSTILE_SCHEMA, HOSTILE_TABLE), sql.Identifier(HOSTILE_SCHEMA, 'p"202602')))
+    holder.rollback()
+    holder.close()
+    assert partitions(target, HOSTILE_TABLE, HOSTILE_SCHEMA)['p"202602'].endswith("PENDING")
+    run(target)
+    assert 'p"202602' not in partitions(target, HOSTILE_TABLE, HOSTILE_SCHEMA)
+    assert table_exists(target, HOSTILE_SCHEMA, 'p"202602'), "within retention: kept detached, not archived"
+    assert retirements(target)[f'{HOSTILE_SCHEMA}.p"202602'][0] == "detached"
+    assert table_exists(target, 'Arch "ive"', 'p"202510'), "the other retirements of the table went on"
+    run(target, logical_date=datetime(2026, 6, 2, tzinfo=timezone.utc), run_id="june")  # cutoff 2026-03-02
+    assert table_exists(target, 'Arch "ive"', 'p"202602')
+    assert retirements(target)[f'{HOSTILE_SCHEMA}.p"202602'][0] == "archived"
+
+
 # --- what it does ---
 
 def test_backfill_creates_what_the_date_needed_moves_default_rows_and_drops_nothing_newer(target):
@@ -330,6 +457,19 @@ def test_dry_run_changes_nothing(target):
                             "WHERE relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, "
                             "'pg_toast'::regnamespace) ORDER BY 1").fetchall() == catalog
     assert fingerprint(target) == before and steps(target) == []
+
+
+def test_drop_without_a_dump_counts_and_drops_under_the_write_lock(target):
+    with connect(target) as conn:
+        conn.execute("CREATE TABLE logs (at date NOT NULL) PARTITION BY RANGE (at); "
+                     "CREATE TABLE logs_old PARTITION OF logs FOR VALUES FROM ('2025-01-01') TO ('2025-02-01'); "
+                     "INSERT INTO logs SELECT date '2025-01-01' + g % 31 FROM generate_series(1, 500) g")
+    write_config(target, retire="detach", extra_table="        logs: {interval: monthly, premake: 1, "
+                                                      "retention: 3 months, retire: drop, dump_before_drop: false}\n")
+    run(target)
+    assert not table_exists(target, "public", "logs_old")
+    status, backup_id, rows, _, _ = retirements(target)["public.logs_old"]
+    assert (status, backup_id, rows) == ("dropped", None, 500)
 
 
 def test_table_not_range_partitioned_is_an_error_naming_file_target_table_and_key(target):

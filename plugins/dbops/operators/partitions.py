@@ -149,6 +149,7 @@ class PartitionsApplyOperator(_PartitionsOperator):
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.partitions import record
         from dbops.partitions.apply import Drop, apply_plan
+        from dbops.partitions.plan import retention_cutoff
         from dbops.partitions.report import summarize
 
         logical_date = run_date(context)
@@ -176,7 +177,8 @@ class PartitionsApplyOperator(_PartitionsOperator):
                         continue
                     table_policy = policy.tables[found.table]
                     with ops.transaction() as oconn:
-                        unfinished = record.unfinished_retirements(oconn, self.target, found.table)
+                        unfinished = record.unfinished_retirements(oconn, self.target, found.table,
+                                                                   retention_cutoff(logical_date, table_policy))
                     apply_plan(conn, found, plan, policy, table_policy, drop, partial(step, found.table),
                                partial(retired, found.table, table_policy.retire), unfinished)
                     conn.autocommit = False

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from dbops.core.config import DbopsConfig
+    from dbops.core.manifest import Manifest
     from dbops.partitions.tree import TableInspection
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,16 @@ def apply_plan(conn: psycopg.Connection, found: TableInspection, plan: TablePlan
         else:
             _guard(step.label, "detach", step, record,
                    lambda s=step: _retire(conn, found, s, policy, table_policy, drop, record, retirement))
+    planned = {(s.schema, s.name) for s in plan.steps}
     for row in unfinished:
         step = Step("retire", found.table, row["partition_schema"], row["partition_name"],
                     row["lower_bound"].isoformat(), row["upper_bound"].isoformat(), expired=True)
+        if row["status"] == "detaching":
+            if (step.schema, step.name) not in planned:
+                _guard(f"retire {step.schema}.{step.name} (detach started by an earlier run)", "detach", step,
+                       record, lambda s=step: _resume_detach(conn, found, s, policy, table_policy, drop, record,
+                                                             retirement))
+            continue
         _guard(f"retire {step.schema}.{step.name} (detached by an earlier run)", _verb(table_policy), step, record,
                lambda s=step: _after_detach(conn, s, policy, table_policy, drop, record, retirement))
 
@@ -91,11 +99,26 @@ def _create(conn: psycopg.Connection, found: TableInspection, step: Step, policy
 def _retire(conn: psycopg.Connection, found: TableInspection, step: Step, policy: PartitionsPolicy,
             table_policy: TablePolicy, drop: Drop, record: Record, retirement: Retirement) -> None:
     started = time.monotonic()
+    # recorded first: a task killed after the DETACH leaves a row the next run resumes
+    retirement(step.schema, step.name, step.lower, step.upper, "detaching")
     detached = retire.detach(conn, found, step, policy)
     if detached.how != "already":
         record("finalize" if detached.how == "finalize" else "detach", f"{step.schema}.{step.name}", "done",
                bytes_=detached.bytes, seconds=time.monotonic() - started, detail=f"DETACH ({detached.how})")
-    if not step.expired:
+    retirement(step.schema, step.name, step.lower, step.upper, "detached")
+    if step.expired:  # else a pending detach finalized within retention: recorded, retired once it is due
+        _after_detach(conn, step, policy, table_policy, drop, record, retirement)
+
+
+def _resume_detach(conn: psycopg.Connection, found: TableInspection, step: Step, policy: PartitionsPolicy,
+                   table_policy: TablePolicy, drop: Drop, record: Record, retirement: Retirement) -> None:
+    """A detach an earlier run started and did not record the end of: retire the table if it is detached."""
+    state = retire.attachment(conn, found, step.schema, step.name)
+    if state == "absent":
+        raise _Failed("detach", f"{step.schema}.{step.name} was being detached by an earlier run and no longer "
+                                "exists; find out what removed it, then delete its row from "
+                                "dbops.partition_retirements")
+    if state != "detached":  # still attached or pending, yet not in this run's plan: a later run does it
         return
     retirement(step.schema, step.name, step.lower, step.upper, "detached")
     _after_detach(conn, step, policy, table_policy, drop, record, retirement)
@@ -132,26 +155,41 @@ def _after_detach(conn: psycopg.Connection, step: Step, policy: PartitionsPolicy
 
 def _drop(conn: psycopg.Connection, step: Step, policy: PartitionsPolicy, table_policy: TablePolicy, drop: Drop,
           record: Record, retirement: Retirement, started: float) -> None:
-    from psycopg import sql
-
-    from dbops.hooks.store import get_store
-    from dbops.partitions.dump import dump_partition, verify_dump
-
     name = f"{step.schema}.{step.name}"
 
     def refuse(why: str) -> None:
         retirement(step.schema, step.name, step.lower, step.upper, "drop_refused", error=why)
         raise _Failed("drop", f"not dropped, left detached: {why}")
 
-    if not table_policy.dump_before_drop:
-        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(step.schema, step.name))
-                            ).fetchone()[0]
-        freed = _checked_drop(conn, step, rows, policy, refuse)
+    try:
+        with retire.writes_blocked(conn, step.schema, step.name, policy):
+            if table_policy.dump_before_drop:
+                manifest, rows = _verified_dump(step, drop, refuse)
+                freed = _checked_drop(conn, step, rows, drop, policy, refuse)
+            else:
+                manifest, rows = None, retire.count_rows(conn, step.schema, step.name, drop.timeout, policy)
+                freed = retire.drop_locked(conn, step.schema, step.name, policy)
+    except StepSkipped as err:
+        err.step = "drop"
+        raise
+    if manifest is None:
         log.warning("dropped %s WITHOUT a dump (dump_before_drop is false): %d rows gone", name, rows)
         retirement(step.schema, step.name, step.lower, step.upper, "dropped", rows=rows, bytes=freed)
         record("drop", name, "done", rows=rows, bytes_=freed, seconds=time.monotonic() - started,
                detail="dropped without a dump (dump_before_drop: false)")
         return
+    retirement(step.schema, step.name, step.lower, step.upper, "dropped", backup_id=manifest.backup_id, rows=rows,
+               sha256=manifest.files[0].sha256, bytes=freed)
+    record("drop", name, "done", rows=rows, bytes_=freed, seconds=time.monotonic() - started,
+           detail=f"dropped after its dump {manifest.backup_id} ({rows} rows, sha256 {manifest.files[0].sha256[:12]}) "
+                  "was restored and counted")
+
+
+def _verified_dump(step: Step, drop: Drop, refuse: Callable[[str], None]) -> tuple[Manifest, int]:
+    """Dump the detached table to the store and restore it into a scratch database; return (manifest, rows)."""
+    from dbops.hooks.store import get_store
+    from dbops.partitions.dump import dump_partition, verify_dump
+
     config = drop.config
     try:
         store = get_store(config.store_for(drop.target))
@@ -166,23 +204,16 @@ def _drop(conn: psycopg.Connection, step: Step, policy: PartitionsPolicy, table_
         outcome = {"ok": False, "error": " ".join(str(err).split()) or type(err).__name__}
     if not outcome["ok"]:
         refuse(f"the dump {manifest.backup_id} could not be verified by a restore: {outcome['error']}")
-    log.info("dump %s of %s verified: restored into a scratch database with %d rows, as the manifest says",
-             manifest.backup_id, name, rows)
-    freed = _checked_drop(conn, step, rows, policy, refuse)
-    retirement(step.schema, step.name, step.lower, step.upper, "dropped", backup_id=manifest.backup_id, rows=rows,
-               sha256=manifest.files[0].sha256, bytes=freed)
-    record("drop", name, "done", rows=rows, bytes_=freed, seconds=time.monotonic() - started,
-           detail=f"dropped after its dump {manifest.backup_id} ({rows} rows, sha256 {manifest.files[0].sha256[:12]}) "
-                  "was restored and counted")
+    log.info("dump %s of %s.%s verified: restored into a scratch database with %d rows, as the manifest says",
+             manifest.backup_id, step.schema, step.name, rows)
+    return manifest, rows
 
 
-def _checked_drop(conn: psycopg.Connection, step: Step, rows: int, policy: PartitionsPolicy,
+def _checked_drop(conn: psycopg.Connection, step: Step, rows: int, drop: Drop, policy: PartitionsPolicy,
                   refuse: Callable[[str], None]) -> int:
+    """Drop under the SHARE lock held since before the dump; the row count gets the dump's time budget."""
     try:
-        return retire.drop_verified(conn, step.schema, step.name, rows, policy)
+        return retire.drop_verified(conn, step.schema, step.name, rows, drop.timeout, policy)
     except retire.DropRefused as err:
         refuse(str(err))
-    except StepSkipped as err:
-        err.step = "drop"
-        raise
     return 0

@@ -5,8 +5,9 @@ the storage parameters of the newest partition (partitioned parents cannot hold 
 newest partition is the template), and marked with a comment. Rows of its range that sit in DEFAULT are
 moved by :mod:`dbops.partitions.default_moves`; then, in one short transaction, a CHECK constraint matching
 the bounds is added (so ATTACH PARTITION skips its validation scan), the table is attached (the parent's
-partitioned indexes are attached or built by PostgreSQL) and the CHECK and the comment are dropped. A run
-killed half-way leaves the marked table, which the next run resumes. Every statement runs under the
+partitioned indexes are attached or built by PostgreSQL) and the CHECK and the comment are dropped. When
+the attach's lock is not granted after the retries, the moved rows go back into DEFAULT before the step
+is reported skipped. A run killed half-way leaves the marked table, which the next run resumes. Every statement runs under the
 session's lock_timeout and statement_timeout (:func:`dbops.partitions.tree.session`).
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from dbops.partitions.default_moves import move_batches
+from dbops.partitions.default_moves import move_back, move_batches
 from dbops.partitions.tree import TableInspection, literal
 from dbops.partitions.locks import StepSkipped, with_lock_retries
 from dbops.partitions.plan import Step
@@ -83,8 +84,22 @@ def create_partition(conn: psycopg.Connection, found: TableInspection, step: Ste
     if state == "absent":
         with_lock_retries(f"{step.label}: create", policy, lambda: _create_table(conn, found, step, table))
     moved, batches = move_batches(conn, found, step, table, policy)
-    last = with_lock_retries(f"{step.label}: attach", policy, lambda: _attach(conn, found, step, table))
+    try:
+        last = with_lock_retries(f"{step.label}: attach", policy, lambda: _attach(conn, found, step, table))
+    except StepSkipped as err:
+        raise StepSkipped(f"{err}; {_undo_move(conn, found, step, table, policy)}") from err
     return Created(moved + last, batches + 1, time.monotonic() - started)
+
+
+def _undo_move(conn: psycopg.Connection, found: TableInspection, step: Step, table: sql.Identifier,
+               policy: PartitionsPolicy) -> str:
+    """The attach was skipped: put the moved rows back into DEFAULT, where the parent sees them; say what was done."""
+    try:
+        back = move_back(conn, found, step, table, policy)
+    except StepSkipped as err:
+        return (f"the rows moved out of DEFAULT could not be moved back ({err}): they stay in the unattached "
+                f"table {step.schema}.{step.name}, invisible through the parent until the next run attaches it")
+    return f"{back} rows moved back into DEFAULT (visible through the parent); the empty table stays for the next run"
 
 
 def _create_table(conn: psycopg.Connection, found: TableInspection, step: Step, table: sql.Identifier) -> None:

@@ -3,7 +3,8 @@
 Each batch is one transaction (``DELETE … RETURNING`` into the new, not yet attached table) under
 lock_timeout, so no lock is held longer than one batch. Between the first batch and the attach the
 moved rows are not visible through the parent; the attach moves whatever arrived in DEFAULT meanwhile
-in its own transaction (:func:`move_rest`).
+in its own transaction (:func:`move_rest`). When the attach cannot be done, :func:`move_back` returns the
+rows to DEFAULT the same way, so a skipped attach leaves no row out of the parent's sight.
 """
 
 from __future__ import annotations
@@ -22,41 +23,58 @@ if TYPE_CHECKING:
     from psycopg.sql import Identifier
 
 
-def _move(conn: psycopg.Connection, found: TableInspection, step: Step, table: Identifier,
+def _move(conn: psycopg.Connection, found: TableInspection, step: Step, source: Identifier, dest: Identifier,
           limit: int | None) -> int:
-    """Move up to ``limit`` rows (all when None) of the step's range from DEFAULT into ``table``."""
+    """Move up to ``limit`` rows (all when None) of the step's range from ``source`` into ``dest``."""
     lower, upper = step.bounds
     key = sql.Identifier(found.key)
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in found.columns)
-    default = sql.Identifier(found.default.schema, found.default.name)
     where = sql.SQL("{k} >= {lo} AND {k} < {hi}").format(k=key, lo=literal(lower, found.key_type),
                                                           hi=literal(upper, found.key_type))
     if limit is not None:
-        where = sql.SQL("ctid = ANY (ARRAY(SELECT ctid FROM {d} WHERE {w} LIMIT {n}))").format(
-            d=default, w=where, n=sql.Literal(limit))
-    return conn.execute(sql.SQL("WITH moved AS (DELETE FROM {d} WHERE {w} RETURNING {c}) "
-                                "INSERT INTO {t} ({c}) SELECT {c} FROM moved").format(
-        d=default, w=where, c=columns, t=table)).rowcount
+        where = sql.SQL("ctid = ANY (ARRAY(SELECT ctid FROM {s} WHERE {w} LIMIT {n}))").format(
+            s=source, w=where, n=sql.Literal(limit))
+    return conn.execute(sql.SQL("WITH moved AS (DELETE FROM {s} WHERE {w} RETURNING {c}) "
+                                "INSERT INTO {d} ({c}) OVERRIDING SYSTEM VALUE SELECT {c} FROM moved").format(
+        s=source, w=where, c=columns, d=dest)).rowcount
 
 
-def move_batches(conn: psycopg.Connection, found: TableInspection, step: Step, table: Identifier,
-                 policy: PartitionsPolicy) -> tuple[int, int]:
-    """Move the range's rows out of DEFAULT, ``batch_rows`` per transaction; return (rows, batches)."""
-    if found.default is None:
-        return 0, 0
+def _default(found: TableInspection) -> Identifier:
+    return sql.Identifier(found.default.schema, found.default.name)
+
+
+def _batches(conn: psycopg.Connection, found: TableInspection, step: Step, source: Identifier, dest: Identifier,
+             policy: PartitionsPolicy, what: str) -> tuple[int, int]:
+    """Move the range's rows from ``source`` to ``dest``, ``batch_rows`` per transaction; return (rows, batches)."""
     moved = batches = 0
     while True:
         def batch() -> int:
             with conn.transaction():
-                return _move(conn, found, step, table, policy.batch_rows)
+                return _move(conn, found, step, source, dest, policy.batch_rows)
 
-        rows = with_lock_retries(f"{step.label}: move batch {batches + 1}", policy, batch)
+        rows = with_lock_retries(f"{step.label}: {what} batch {batches + 1}", policy, batch)
         if rows == 0:
             return moved, batches
         moved += rows
         batches += 1
 
 
+def move_batches(conn: psycopg.Connection, found: TableInspection, step: Step, table: Identifier,
+                 policy: PartitionsPolicy) -> tuple[int, int]:
+    """Move the range's rows out of DEFAULT into ``table``, in batches; return (rows, batches)."""
+    if found.default is None:
+        return 0, 0
+    return _batches(conn, found, step, _default(found), table, policy, "move")
+
+
+def move_back(conn: psycopg.Connection, found: TableInspection, step: Step, table: Identifier,
+              policy: PartitionsPolicy) -> int:
+    """Return the rows of the not attached ``table`` to DEFAULT, in batches; return how many."""
+    if found.default is None:
+        return 0
+    return _batches(conn, found, step, table, _default(found), policy, "move back")[0]
+
+
 def move_rest(conn: psycopg.Connection, found: TableInspection, step: Step, table: Identifier) -> int:
     """Inside the attaching transaction: the rows that reached DEFAULT since the last batch."""
-    return 0 if found.default is None else _move(conn, found, step, table, None)
+    return 0 if found.default is None else _move(conn, found, step, _default(found), table, None)

@@ -34,7 +34,7 @@ class Step:
     upper: str
     default_rows: int = 0
     reason: str = ""
-    expired: bool = False  # a finalized detach is then retired as the policy says
+    expired: bool = False  # a finalized detach is then retired as the policy says (else only recorded as detached)
 
     @property
     def bounds(self) -> tuple[datetime, datetime]:
@@ -151,12 +151,14 @@ def plan_table(found: TableInspection, policy: TablePolicy, logical_date: dateti
                                f"{k} interval(s) ahead of the logical date" + (
                                    f"; {rows} rows move out of DEFAULT" if rows else "")))
     cutoff = retention_cutoff(logical_date, policy)
-    for part in found.partitions:
+    pending = [p for p in found.partitions if p.detach_pending]  # first: PostgreSQL detaches no other meanwhile
+    for part in pending + [p for p in found.partitions if not p.detach_pending]:
         expired = cutoff is not None and part.upper is not None and part.upper <= cutoff
         if part.detach_pending:
             plan.steps.append(Step(FINALIZE, found.table, part.schema, part.name, _iso(part.lower), _iso(part.upper),
                                    reason="detach left pending by an interrupted run"
-                                   + ("; then retired" if expired else ""), expired=expired))
+                                   + ("; then retired" if expired else "; kept detached until due"),
+                                   expired=expired))
         elif expired:
             plan.steps.append(Step(RETIRE, found.table, part.schema, part.name, _iso(part.lower), _iso(part.upper),
                                    reason=f"upper bound {part.upper:%Y-%m-%d} <= cutoff {cutoff:%Y-%m-%d} "

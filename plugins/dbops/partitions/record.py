@@ -1,4 +1,4 @@
-"""The partitions history in the ops database (include/sql/ops/010_partitions.sql).
+"""The partitions history in the ops database (include/sql/ops/010_partitions.sql, 013_partition_detaching.sql).
 
 Each function works in the transaction of the ops-database connection it is given
 (``OpsDatabaseHook.transaction()``).
@@ -63,14 +63,20 @@ def record_retirement(conn: psycopg.Connection, target: str, table: str, schema:
         (target, table, schema, name, lower, upper, mode, status, *values))
 
 
-def unfinished_retirements(conn: psycopg.Connection, target: str, table: str) -> list[dict[str, Any]]:
-    """Partitions detached by earlier runs whose archive or drop is still to do (or was refused)."""
+def unfinished_retirements(conn: psycopg.Connection, target: str, table: str,
+                           cutoff: datetime | None) -> list[dict[str, Any]]:
+    """Partitions due for retirement (upper bound at or before ``cutoff``; None: none) whose detach an earlier
+    run started (``detaching``: it may have been killed before recording the outcome), or detached by earlier
+    runs with their archive or drop still to do (or refused)."""
+    if cutoff is None:
+        return []
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
             "SELECT partition_schema, partition_name, lower_bound, upper_bound, mode, status "
-            "FROM dbops.partition_retirements WHERE target = %s AND table_name = %s "
-            "AND ((status = 'detached' AND mode <> 'detach') OR status = 'drop_refused') ORDER BY lower_bound",
-            (target, table)).fetchall()
+            "FROM dbops.partition_retirements WHERE target = %s AND table_name = %s AND upper_bound <= %s "
+            "AND ((status = 'detached' AND mode <> 'detach') OR status IN ('detaching', 'drop_refused')) "
+            "ORDER BY lower_bound",
+            (target, table, cutoff)).fetchall()
 
 
 def record_status(conn: psycopg.Connection, target: str, found: TableInspection, policy: TablePolicy,

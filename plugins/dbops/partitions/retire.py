@@ -8,12 +8,16 @@ finished with ``DETACH PARTITION … FINALIZE``.
 
 Then, per ``retire``: ``detach`` keeps the table where it is; ``archive_schema`` moves it to the archive
 schema; ``drop`` drops it only after its dump was stored with a manifest and restored into a scratch
-database with the same row count (:mod:`dbops.partitions.dump`), and only if the table still has that many
-rows when it is locked for the drop. Anything short of that leaves the table detached and fails loudly.
+database with the same row count (:mod:`dbops.partitions.dump`). From before the dump until the DROP the
+dropping session holds the table in SHARE mode (:func:`writes_blocked`), so nothing written after the dump
+can be lost; the row count is checked once more under that lock. Anything short of that leaves the table
+detached and fails loudly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -97,19 +101,64 @@ def archive(conn: psycopg.Connection, schema: str, name: str, archive_schema: st
     with_lock_retries(f"archive {schema}.{name}", policy, attempt)
 
 
-def drop_verified(conn: psycopg.Connection, schema: str, name: str, rows: int, policy: PartitionsPolicy) -> int:
-    """Drop the detached table if it still holds exactly the ``rows`` its verified dump holds; return the bytes
-    freed. :raises DropRefused: the count differs (someone wrote to it since the dump)."""
-    conn.autocommit = True
+@contextmanager
+def writes_blocked(conn: psycopg.Connection, schema: str, name: str, policy: PartitionsPolicy) -> Iterator[None]:
+    """Hold ``SHARE`` on the detached table in a transaction of ``conn`` for the block: readers (pg_dump's ACCESS
+    SHARE) go on, writers wait until the block ends; it commits what the block did (the DROP) or rolls back.
+
+    :raises StepSkipped: the lock was not granted after the retries.
+    """
+    table = sql.Identifier(schema, name)
+
+    def attempt() -> None:
+        try:
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(table))
+        except psycopg.Error:
+            conn.rollback()
+            raise
+
+    conn.autocommit = False
+    try:
+        with_lock_retries(f"lock {schema}.{name} against writes", policy, attempt)
+        yield
+        conn.commit()
+    except BaseException:
+        if not conn.closed:  # a killed connection has nothing to roll back; its error goes up as it is
+            conn.rollback()
+        raise
+    finally:
+        if not conn.closed:
+            conn.autocommit = True
+
+
+def count_rows(conn: psycopg.Connection, schema: str, name: str, timeout: float, policy: PartitionsPolicy) -> int:
+    """Exact row count inside :func:`writes_blocked`, under its own statement_timeout ``timeout`` (a large table
+    may need far longer than the DDL cap); the DDL cap is set back after."""
+    conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(timeout * 1000)}ms",))
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))).fetchone()[0]
+    conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{int(policy.statement_timeout * 1000)}ms",))
+    return rows
+
+
+def drop_verified(conn: psycopg.Connection, schema: str, name: str, rows: int, count_timeout: float,
+                  policy: PartitionsPolicy) -> int:
+    """Inside :func:`writes_blocked`: drop the detached table if it still holds exactly the ``rows`` its verified
+    dump holds; return the bytes freed. :raises DropRefused: the count differs."""
+    now = count_rows(conn, schema, name, count_timeout, policy)
+    if now != rows:
+        raise DropRefused(f"{schema}.{name} has {now} rows, its verified dump {rows}: not dropped (the next run "
+                          "dumps it again)")
+    return drop_locked(conn, schema, name, policy)
+
+
+def drop_locked(conn: psycopg.Connection, schema: str, name: str, policy: PartitionsPolicy) -> int:
+    """Inside :func:`writes_blocked`: take ACCESS EXCLUSIVE and drop the table; return the bytes freed. Runs in a
+    savepoint, so that a lock timeout (retried, then skipped) gives up only this, not the SHARE lock."""
     table = sql.Identifier(schema, name)
 
     def attempt() -> int:
         with conn.transaction():
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
-            now = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
-            if now != rows:
-                raise DropRefused(f"{schema}.{name} has {now} rows, its verified dump {rows}: it changed after the "
-                                  "dump; not dropped (the next run dumps it again)")
             size = table_bytes(conn, schema, name)
             conn.execute(sql.SQL("DROP TABLE {}").format(table))
             return size
