@@ -14,10 +14,11 @@ from types import SimpleNamespace
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from psycopg import sql
 
 from dbops.core.config import load_config
+from dbops.core.locks import job_lock
 from dbops.operators.anonymize import AnonymizeInactiveOperator, AnonymizeUserOperator
 from dbops.operators.backup import PgBackupOperator
 from scripts.stack.postgres import conn_uri, libpq_conninfo
@@ -200,6 +201,23 @@ def test_lock_on_a_users_row_times_out_rolls_back_everything_and_the_retry_succe
     result = request(target).execute(context())  # Airflow's retry
     assert result["outcome"] == "anonymized"
     assert text_columns_holding(target.database, ALICE["email"]) == []
+
+
+def test_anonymization_lock_held_by_another_run_fails_the_try_to_be_retried_never_skips(target):
+    """A skipped erasure request would end green with the user not anonymized."""
+    before = snapshot(target.database)
+    operators = [AnonymizeUserOperator(task_id="anonymize", target=target.name, user_id="1", reason="TICKET-42",
+                                       lock_wait=0),
+                 AnonymizeInactiveOperator(task_id="anonymize_inactive", target=target.name, lock_wait=0)]
+    with job_lock("dbops_state", target.name, "anonymize"):  # another run of the target, on its own connection
+        for operator in operators:
+            with pytest.raises(AirflowException, match=rf"anonymize of {target.name} is already running in another "
+                                                       r"run \(ops-database backend pid \d+.*nothing was done.*retr"
+                               ) as busy:
+                operator.execute(context())
+            assert not isinstance(busy.value, (AirflowSkipException, AirflowFailException))
+    assert snapshot(target.database) == before
+    assert ops_rows(target) == ([], [])
 
 
 def test_salt_is_never_in_logs_xcom_or_the_ops_database(target, capsys, caplog):

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from dbops.lifecycle.anonymize_policy import AnonymizePolicy
 
 MAX_REASON = 500
-LOCK_WAIT_SECONDS = 60  # a second anonymization of the same target waits this long, then skips
+LOCK_WAIT_SECONDS = 60  # a second anonymization of the same target waits this long, then fails to be retried
 
 
 def validate_request(user_id: Any, reason: Any) -> tuple[str, str]:
@@ -37,7 +37,17 @@ def validate_request(user_id: Any, reason: Any) -> tuple[str, str]:
 
 
 class _AnonymizeOperator(TargetOperator):
-    """A target operator that needs the target's anonymize policy, its salt and the ops database."""
+    """A target operator that needs the target's anonymize policy, its salt and the ops database.
+
+    One anonymization runs at a time per target; another waits ``lock_wait`` seconds, then fails its try
+    (never skips: the request must not end green undone) and Airflow retries it.
+
+    :param lock_wait: seconds to wait for another anonymization of the target to finish.
+    """
+
+    def __init__(self, *, lock_wait: float = LOCK_WAIT_SECONDS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lock_wait = lock_wait
 
     def _setup(self) -> tuple[DbopsConfig, AnonymizePolicy, OpsDatabaseHook]:
         from dbops.hooks.ops import OpsDatabaseHook
@@ -102,7 +112,8 @@ class AnonymizeUserOperator(_AnonymizeOperator):
         user_id, reason = validate_request(self.user_id, self.reason)
         config, policy, ops = self._setup()
         anonymizer = Anonymizer(load_salt(policy.salt_conn_id))
-        with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=LOCK_WAIT_SECONDS):
+        with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=self.lock_wait,
+                      retry_when_busy=True):
             try:
                 with closing(self._target_conn(config)) as conn, conn.transaction():
                     found = relations(conn, policy)
@@ -147,7 +158,8 @@ class AnonymizeInactiveOperator(_AnonymizeOperator):
             raise AirflowFailException(f"target {self.target!r} has no anonymize.anonymize_after in {config.path}")
         end = context.get("data_interval_end") or context["dag_run"].run_after
         cutoff = end - timedelta(seconds=policy.anonymize_after)
-        with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=LOCK_WAIT_SECONDS):
+        with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=self.lock_wait,
+                      retry_when_busy=True):
             return self._run(context, config, policy, ops, cutoff)
 
     def _run(self, context: Context, config: DbopsConfig, policy: AnonymizePolicy, ops: OpsDatabaseHook,
