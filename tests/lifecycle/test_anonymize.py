@@ -300,6 +300,16 @@ def test_inactive_users_are_anonymized_in_batches_relative_to_the_data_interval_
     assert [(u[0], u[1]) for u in users] == [("3", "inactive"), ("4", "inactive")]
 
 
+def test_inactive_run_without_data_interval_counts_back_from_its_logical_date_not_the_trigger_time(target):
+    """A manual run for a past date (no data interval) uses that date, as every other cutoff of dbops does."""
+    run = context("manual__past") | {"data_interval_end": None,
+                                     "logical_date": datetime(2025, 6, 1, tzinfo=timezone.utc)}
+    result = AnonymizeInactiveOperator(task_id="anonymize_inactive", target=target.name).execute(run)
+    assert result["cutoff"] == "2023-06-02T00:00:00+00:00"  # 2025-06-01 - 730 days
+    users, _ = ops_rows(target)
+    assert [u[0] for u in users] == ["3"]  # carol (2023-01); dave (2024-06) was active after that cutoff
+
+
 def test_report_names_the_real_backups_still_holding_the_data_and_when_retention_deletes_them(target):
     backup = PgBackupOperator(task_id="dump_and_store", target=target.name).execute(
         context("manual__backup") | {"logical_date": datetime.now(timezone.utc) - timedelta(minutes=1)})

@@ -152,12 +152,12 @@ class AnonymizeInactiveOperator(_AnonymizeOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.core.locks import job_lock
+        from dbops.core.runs import interval_end
 
         config, policy, ops = self._setup()
         if policy.anonymize_after is None:
             raise AirflowFailException(f"target {self.target!r} has no anonymize.anonymize_after in {config.path}")
-        end = context.get("data_interval_end") or context["dag_run"].run_after
-        cutoff = end - timedelta(seconds=policy.anonymize_after)
+        cutoff = interval_end(context) - timedelta(seconds=policy.anonymize_after)
         with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=self.lock_wait,
                       retry_when_busy=True):
             return self._run(context, config, policy, ops, cutoff)

@@ -32,13 +32,6 @@ def selected(section: LifecycleSection, job: str, cadence: str | None = None) ->
     return [p for p in section.policies if p.retention is not None]
 
 
-def cutoff_base(context: Context) -> datetime:
-    """Where every cutoff counts back from: the run's data interval end (never now())."""
-    from dbops.core.runs import run_date
-
-    return context.get("data_interval_end") or run_date(context)
-
-
 class _LifecycleOperator(TargetOperator):
     """A target operator that needs the target's lifecycle section and a connection to the target.
 
@@ -134,10 +127,11 @@ class LifecycleOperator(_LifecycleOperator):
 
     def _execute(self, context: Context, config: DbopsConfig, section: LifecycleSection,
                  policies: list[LifecyclePolicy]) -> dict[str, Any]:
+        from dbops.core.runs import interval_end
         from dbops.lifecycle.batches import Limits
         from dbops.lifecycle.catalog import fk_order
 
-        base = cutoff_base(context)
+        base = interval_end(context)
         limits = Limits(section.batch_seconds, section.pause, time.monotonic() + section.time_budget,
                         section.lock_timeout, section.statement_timeout, section.lock_retries,
                         section.progress_every)
