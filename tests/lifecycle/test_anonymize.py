@@ -325,6 +325,66 @@ def test_report_names_the_real_backups_still_holding_the_data_and_when_retention
     assert backup["backup_id"] in events[-1][3]
 
 
+PITR_AND_LIFECYCLE = """
+    pitr: {storage: local, full_schedule: "0 1 * * 0", full_retention: 2}
+    lifecycle:
+      retention_schedule: "30 3 * * *"
+      policies:
+        - {table: orders, time_column: ordered_at, archive_after: 365d, retention: 700d, archive_storage: store}
+"""
+
+
+def base_backup(target, backup_id: str, kind: str, taken_at: datetime, parent: str | None = None):
+    from dbops.core.manifest import Manifest
+
+    return Manifest(backup_id, target.name, kind, taken_at.isoformat(), "scheduled__x", f"{target.name}/{kind}/x",
+                    "18", "pg_basebackup", "", [], {}, [], {}, {}, taken_at=taken_at.isoformat(),
+                    extra={"start_lsn": "0/2000028", "timeline": 1, "parent": parent})
+
+
+def test_report_lists_pitr_backups_wal_partition_dumps_and_lifecycle_exports_with_their_deletion(target):
+    from croniter import croniter
+
+    from dbops.backup import catalog, pitr_catalog
+    from dbops.hooks.store import get_store
+    from dbops.lifecycle.export import Exporter
+    from dbops.partitions.record import record_retirement
+
+    target.tmp.joinpath("dbops.yaml").write_text(config_text(target.name, target.tmp) + PITR_AND_LIFECYCLE)
+    config = load_config()
+    before = datetime.now(timezone.utc) - timedelta(days=2)
+    with psycopg.connect(libpq_conninfo("dbops_test")) as ops:  # the copies the catalog knows, recorded as dbops does
+        catalog.record_backup(ops, base_backup(target, f"{target.name}-bb-full", "basebackup", before))
+        catalog.record_backup(ops, base_backup(target, f"{target.name}-bb-incr", "incremental",
+                                               before + timedelta(hours=1), parent=f"{target.name}-bb-full"))
+        record_retirement(ops, target.name, "public.events", "public", "events_2025_01", "2025-01-01", "2025-02-01",
+                          "drop", "dropped", backup_id=f"{target.name}-part", rows=3, sha256="ef", bytes=100)
+        pitr_catalog.record_segment(ops, target.name, "000000010000000000000007", False, "wal/7", 10, 16, "ab")
+        pitr_catalog.record_segment(ops, target.name, "000000010000000000000008", False, "wal/8", 10, 16, "cd")
+    with psycopg.connect(libpq_conninfo(target.database)) as conn:  # pg_archive__ exported alice's orders
+        conn.execute("ALTER TABLE orders ADD ordered_at timestamptz NOT NULL DEFAULT '2026-01-10T00:00:00Z'")
+        lines = [json.dumps(r) for (r,) in conn.execute("SELECT row_to_json(o) FROM orders o WHERE user_id = 1")]
+        [policy] = config.targets[target.name].lifecycle.policies
+        key = Exporter(get_store(config.store_for(target.name)), target.name, policy, before).write(conn, lines)
+
+    result = request(target).execute(context())
+
+    holding = {b["backup_id"]: b for b in result["backups_holding"]}
+    nth_sunday = croniter("0 1 * * 0", datetime.fromisoformat(result["anonymized_at"]))
+    pitr_gone = [nth_sunday.get_next(datetime) for _ in range(2)][-1].isoformat()  # full_retention: 2
+    wal = "WAL 000000010000000000000007..000000010000000000000008 (2 segments)"
+    assert {k: (holding[k]["kind"], holding[k]["deleted_by"]) for k in
+            (f"{target.name}-bb-full", f"{target.name}-bb-incr", wal)} == {
+        f"{target.name}-bb-full": ("basebackup", pitr_gone), f"{target.name}-bb-incr": ("incremental", pitr_gone),
+        wal: ("wal", pitr_gone)}
+    dump = holding[f"{target.name}-part"]
+    assert (dump["kind"], dump["deleted_by"]) == ("partition", None) and "kept for ever" in dump["note"]
+    # the export's newest row (2026-01-10) + 700 days, at the next retention purge (03:30)
+    assert (holding[key]["kind"], holding[key]["deleted_by"]) == ("lifecycle_export", "2027-12-11T03:30:00+00:00")
+    _, events = ops_rows(target)
+    assert all(name in events[-1][3] for name in (key, wal, f"{target.name}-part"))
+
+
 def test_config_section_is_validated_with_file_target_and_key(target):
     from dbops.core.schema import ConfigError
 

@@ -69,12 +69,15 @@ class _AnonymizeOperator(TargetOperator):
         from dbops.core.errors import classify
         from dbops.lifecycle import anonymize_backups, anonymize_log
 
+        settings = config.targets[self.target]
+        exports = self._exports(config, at)
         try:
             with ops.transaction() as conn:
                 anonymize_log.record_anonymized(conn, self.target, recorded, at, context["run_id"], source, reason)
                 if len(keys) == 1:
                     at = anonymize_log.anonymized_at(conn, self.target, keys[0]) or at
-                holding = anonymize_backups.backups_holding(conn, self.target, config.targets[self.target].backup, at)
+                holding = anonymize_backups.copies_holding(conn, self.target, settings.backup, settings.pitr, at,
+                                                           exports)
                 backups = anonymize_backups.as_dicts(holding)
                 if keys:
                     anonymize_log.record_event(conn, self.target, context["run_id"], source, outcome, reason, keys,
@@ -83,6 +86,21 @@ class _AnonymizeOperator(TargetOperator):
             raise classify(err, "recording the anonymization in the ops database failed (the target's part is "
                                 "committed; a retry finds it done and records it)") from err
         return at, backups, anonymize_backups.describe(holding)
+
+    def _exports(self, config: DbopsConfig, until: datetime) -> list[Any]:
+        """The lifecycle exports of the anonymized tables written to the store before ``until``."""
+        from dbops.core.errors import classify
+        from dbops.lifecycle.anonymize_backups import exports_holding
+
+        lifecycle, policy = config.targets[self.target].lifecycle, config.targets[self.target].anonymize
+        if lifecycle is None:
+            return []
+        try:
+            with closing(self._target_conn(config)) as conn:
+                return exports_holding(conn, lifecycle, set(policy.tables), until)
+        except Exception as err:
+            raise classify(err, "listing the lifecycle exports still holding the data failed (the target's part "
+                                "is committed; a retry finds it done and records it)") from err
 
 
 class AnonymizeUserOperator(_AnonymizeOperator):
