@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from dbops.core.locks import JobBusy, job_lock
+from airflow.sdk.exceptions import AirflowSkipException
+
+from dbops.core.locks import JobBusy, JobBusyRetry, job_lock
 
 OPS = "dbops_state"
 
@@ -26,6 +28,15 @@ def test_second_holder_waits_then_skips_naming_the_holder(pg_server):
             pass
         with job_lock(OPS, "lock_t2", "retention", wait_seconds=0):  # another target: independent
             pass
+
+
+def test_retry_when_busy_fails_the_try_instead_of_skipping(pg_server):
+    with job_lock(OPS, "lock_t6", "anonymize"):
+        with pytest.raises(JobBusyRetry, match=r"anonymize of lock_t6 is already running .*pid \d+.*nothing was done"
+                                               r".*Airflow retries it") as busy:
+            with job_lock(OPS, "lock_t6", "anonymize", wait_seconds=0, retry_when_busy=True):
+                pytest.fail("the block must not run while another run holds the lock")
+        assert not isinstance(busy.value, AirflowSkipException)
 
 
 def test_released_after_the_block_and_after_an_error(pg_server):

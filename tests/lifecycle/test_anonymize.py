@@ -14,10 +14,11 @@ from types import SimpleNamespace
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from psycopg import sql
 
 from dbops.core.config import load_config
+from dbops.core.locks import job_lock
 from dbops.operators.anonymize import AnonymizeInactiveOperator, AnonymizeUserOperator
 from dbops.operators.backup import PgBackupOperator
 from scripts.stack.postgres import conn_uri, libpq_conninfo
@@ -202,6 +203,23 @@ def test_lock_on_a_users_row_times_out_rolls_back_everything_and_the_retry_succe
     assert text_columns_holding(target.database, ALICE["email"]) == []
 
 
+def test_anonymization_lock_held_by_another_run_fails_the_try_to_be_retried_never_skips(target):
+    """A skipped erasure request would end green with the user not anonymized."""
+    before = snapshot(target.database)
+    operators = [AnonymizeUserOperator(task_id="anonymize", target=target.name, user_id="1", reason="TICKET-42",
+                                       lock_wait=0),
+                 AnonymizeInactiveOperator(task_id="anonymize_inactive", target=target.name, lock_wait=0)]
+    with job_lock("dbops_state", target.name, "anonymize"):  # another run of the target, on its own connection
+        for operator in operators:
+            with pytest.raises(AirflowException, match=rf"anonymize of {target.name} is already running in another "
+                                                       r"run \(ops-database backend pid \d+.*nothing was done.*retr"
+                               ) as busy:
+                operator.execute(context())
+            assert not isinstance(busy.value, (AirflowSkipException, AirflowFailException))
+    assert snapshot(target.database) == before
+    assert ops_rows(target) == ([], [])
+
+
 def test_salt_is_never_in_logs_xcom_or_the_ops_database(target, capsys, caplog):
     result = request(target).execute(context())
     result |= AnonymizeInactiveOperator(task_id="inactive", target=target.name).execute(context("scheduled__x"))
@@ -282,6 +300,16 @@ def test_inactive_users_are_anonymized_in_batches_relative_to_the_data_interval_
     assert [(u[0], u[1]) for u in users] == [("3", "inactive"), ("4", "inactive")]
 
 
+def test_inactive_run_without_data_interval_counts_back_from_its_logical_date_not_the_trigger_time(target):
+    """A manual run for a past date (no data interval) uses that date, as every other cutoff of dbops does."""
+    run = context("manual__past") | {"data_interval_end": None,
+                                     "logical_date": datetime(2025, 6, 1, tzinfo=timezone.utc)}
+    result = AnonymizeInactiveOperator(task_id="anonymize_inactive", target=target.name).execute(run)
+    assert result["cutoff"] == "2023-06-02T00:00:00+00:00"  # 2025-06-01 - 730 days
+    users, _ = ops_rows(target)
+    assert [u[0] for u in users] == ["3"]  # carol (2023-01); dave (2024-06) was active after that cutoff
+
+
 def test_report_names_the_real_backups_still_holding_the_data_and_when_retention_deletes_them(target):
     backup = PgBackupOperator(task_id="dump_and_store", target=target.name).execute(
         context("manual__backup") | {"logical_date": datetime.now(timezone.utc) - timedelta(minutes=1)})
@@ -295,6 +323,66 @@ def test_report_names_the_real_backups_still_holding_the_data_and_when_retention
     assert datetime.fromisoformat(holding["deleted_by"]) == expected
     _, events = ops_rows(target)
     assert backup["backup_id"] in events[-1][3]
+
+
+PITR_AND_LIFECYCLE = """
+    pitr: {storage: local, full_schedule: "0 1 * * 0", full_retention: 2}
+    lifecycle:
+      retention_schedule: "30 3 * * *"
+      policies:
+        - {table: orders, time_column: ordered_at, archive_after: 365d, retention: 700d, archive_storage: store}
+"""
+
+
+def base_backup(target, backup_id: str, kind: str, taken_at: datetime, parent: str | None = None):
+    from dbops.core.manifest import Manifest
+
+    return Manifest(backup_id, target.name, kind, taken_at.isoformat(), "scheduled__x", f"{target.name}/{kind}/x",
+                    "18", "pg_basebackup", "", [], {}, [], {}, {}, taken_at=taken_at.isoformat(),
+                    extra={"start_lsn": "0/2000028", "timeline": 1, "parent": parent})
+
+
+def test_report_lists_pitr_backups_wal_partition_dumps_and_lifecycle_exports_with_their_deletion(target):
+    from croniter import croniter
+
+    from dbops.backup import catalog, pitr_catalog
+    from dbops.hooks.store import get_store
+    from dbops.lifecycle.export import Exporter
+    from dbops.partitions.record import record_retirement
+
+    target.tmp.joinpath("dbops.yaml").write_text(config_text(target.name, target.tmp) + PITR_AND_LIFECYCLE)
+    config = load_config()
+    before = datetime.now(timezone.utc) - timedelta(days=2)
+    with psycopg.connect(libpq_conninfo("dbops_test")) as ops:  # the copies the catalog knows, recorded as dbops does
+        catalog.record_backup(ops, base_backup(target, f"{target.name}-bb-full", "basebackup", before))
+        catalog.record_backup(ops, base_backup(target, f"{target.name}-bb-incr", "incremental",
+                                               before + timedelta(hours=1), parent=f"{target.name}-bb-full"))
+        record_retirement(ops, target.name, "public.events", "public", "events_2025_01", "2025-01-01", "2025-02-01",
+                          "drop", "dropped", backup_id=f"{target.name}-part", rows=3, sha256="ef", bytes=100)
+        pitr_catalog.record_segment(ops, target.name, "000000010000000000000007", False, "wal/7", 10, 16, "ab")
+        pitr_catalog.record_segment(ops, target.name, "000000010000000000000008", False, "wal/8", 10, 16, "cd")
+    with psycopg.connect(libpq_conninfo(target.database)) as conn:  # pg_archive__ exported alice's orders
+        conn.execute("ALTER TABLE orders ADD ordered_at timestamptz NOT NULL DEFAULT '2026-01-10T00:00:00Z'")
+        lines = [json.dumps(r) for (r,) in conn.execute("SELECT row_to_json(o) FROM orders o WHERE user_id = 1")]
+        [policy] = config.targets[target.name].lifecycle.policies
+        key = Exporter(get_store(config.store_for(target.name)), target.name, policy, before).write(conn, lines)
+
+    result = request(target).execute(context())
+
+    holding = {b["backup_id"]: b for b in result["backups_holding"]}
+    nth_sunday = croniter("0 1 * * 0", datetime.fromisoformat(result["anonymized_at"]))
+    pitr_gone = [nth_sunday.get_next(datetime) for _ in range(2)][-1].isoformat()  # full_retention: 2
+    wal = "WAL 000000010000000000000007..000000010000000000000008 (2 segments)"
+    assert {k: (holding[k]["kind"], holding[k]["deleted_by"]) for k in
+            (f"{target.name}-bb-full", f"{target.name}-bb-incr", wal)} == {
+        f"{target.name}-bb-full": ("basebackup", pitr_gone), f"{target.name}-bb-incr": ("incremental", pitr_gone),
+        wal: ("wal", pitr_gone)}
+    dump = holding[f"{target.name}-part"]
+    assert (dump["kind"], dump["deleted_by"]) == ("partition", None) and "kept for ever" in dump["note"]
+    # the export's newest row (2026-01-10) + 700 days, at the next retention purge (03:30)
+    assert (holding[key]["kind"], holding[key]["deleted_by"]) == ("lifecycle_export", "2027-12-11T03:30:00+00:00")
+    _, events = ops_rows(target)
+    assert all(name in events[-1][3] for name in (key, wal, f"{target.name}-part"))
 
 
 def test_config_section_is_validated_with_file_target_and_key(target):

@@ -12,14 +12,15 @@ import time
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from psycopg import sql
 
 from dbops.lifecycle.archive import archive_policy
 from dbops.lifecycle.archive_table import ensure_archive_table
 from dbops.lifecycle.batches import Limits, Scope
+from dbops.core.locks import job_lock
 from dbops.lifecycle.catalog import describe
-from dbops.operators.lifecycle import APPLICATION_NAME
+from dbops.operators.lifecycle import APPLICATION_NAME, LifecycleOperator
 from scripts.stack.paths import ROOT
 from tests.lifecycle.conftest import (
     DAYS,
@@ -28,6 +29,7 @@ from tests.lifecycle.conftest import (
     HOSTILE_TIME,
     by_table,
     check,
+    context,
     count,
     day,
     fingerprint,
@@ -66,6 +68,18 @@ from tests.lifecycle.conftest import run
 from types import SimpleNamespace
 run(SimpleNamespace(name=sys.argv[1]), "archive", datetime.fromisoformat(sys.argv[2]))
 """
+
+
+@pytest.mark.parametrize("job", ["archive", "retention"])
+def test_lifecycle_lock_held_by_another_run_fails_the_try_to_be_retried_never_skips(lab, job):
+    before = fingerprint(lab.dsn)
+    with job_lock("dbops_state", lab.name, "lifecycle"):  # another run of the target, on its own connection
+        with pytest.raises(AirflowException, match=rf"lifecycle of {lab.name} is already running in another run "
+                                                   r"\(ops-database backend pid \d+.*nothing was done.*retr") as busy:
+            LifecycleOperator(task_id=job, target=lab.name, job=job, lock_wait=0).execute(context(END))
+    assert not isinstance(busy.value, (AirflowSkipException, AirflowFailException))
+    assert fingerprint(lab.dsn) == before
+    assert ops_rows(lab.name) == []
 
 
 def test_killed_task_then_rerun_moves_every_row_exactly_once(lab):

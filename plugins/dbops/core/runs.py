@@ -15,5 +15,10 @@ def run_date(context: Context) -> datetime:
     return logical_date if logical_date is not None else context["dag_run"].run_after
 
 
+def interval_end(context: Context) -> datetime:
+    """Where a run's cutoffs count back from: its data interval end, else :func:`run_date` (never now())."""
+    return context.get("data_interval_end") or run_date(context)
+
+
 def run_id(context: Context) -> str:
     return context["run_id"]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from dbops.lifecycle.anonymize_policy import AnonymizePolicy
 
 MAX_REASON = 500
-LOCK_WAIT_SECONDS = 60  # a second anonymization of the same target waits this long, then skips
+LOCK_WAIT_SECONDS = 60  # a second anonymization of the same target waits this long, then fails to be retried
 
 
 def validate_request(user_id: Any, reason: Any) -> tuple[str, str]:
@@ -37,7 +37,17 @@ def validate_request(user_id: Any, reason: Any) -> tuple[str, str]:
 
 
 class _AnonymizeOperator(TargetOperator):
-    """A target operator that needs the target's anonymize policy, its salt and the ops database."""
+    """A target operator that needs the target's anonymize policy, its salt and the ops database.
+
+    One anonymization runs at a time per target; another waits ``lock_wait`` seconds, then fails its try
+    (never skips: the request must not end green undone) and Airflow retries it.
+
+    :param lock_wait: seconds to wait for another anonymization of the target to finish.
+    """
+
+    def __init__(self, *, lock_wait: float = LOCK_WAIT_SECONDS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lock_wait = lock_wait
 
     def _setup(self) -> tuple[DbopsConfig, AnonymizePolicy, OpsDatabaseHook]:
         from dbops.hooks.ops import OpsDatabaseHook
@@ -59,12 +69,15 @@ class _AnonymizeOperator(TargetOperator):
         from dbops.core.errors import classify
         from dbops.lifecycle import anonymize_backups, anonymize_log
 
+        settings = config.targets[self.target]
+        exports = self._exports(config, at)
         try:
             with ops.transaction() as conn:
                 anonymize_log.record_anonymized(conn, self.target, recorded, at, context["run_id"], source, reason)
                 if len(keys) == 1:
                     at = anonymize_log.anonymized_at(conn, self.target, keys[0]) or at
-                holding = anonymize_backups.backups_holding(conn, self.target, config.targets[self.target].backup, at)
+                holding = anonymize_backups.copies_holding(conn, self.target, settings.backup, settings.pitr, at,
+                                                           exports)
                 backups = anonymize_backups.as_dicts(holding)
                 if keys:
                     anonymize_log.record_event(conn, self.target, context["run_id"], source, outcome, reason, keys,
@@ -73,6 +86,21 @@ class _AnonymizeOperator(TargetOperator):
             raise classify(err, "recording the anonymization in the ops database failed (the target's part is "
                                 "committed; a retry finds it done and records it)") from err
         return at, backups, anonymize_backups.describe(holding)
+
+    def _exports(self, config: DbopsConfig, until: datetime) -> list[Any]:
+        """The lifecycle exports of the anonymized tables written to the store before ``until``."""
+        from dbops.core.errors import classify
+        from dbops.lifecycle.anonymize_backups import exports_holding
+
+        lifecycle, policy = config.targets[self.target].lifecycle, config.targets[self.target].anonymize
+        if lifecycle is None:
+            return []
+        try:
+            with closing(self._target_conn(config)) as conn:
+                return exports_holding(conn, lifecycle, set(policy.tables), until)
+        except Exception as err:
+            raise classify(err, "listing the lifecycle exports still holding the data failed (the target's part "
+                                "is committed; a retry finds it done and records it)") from err
 
 
 class AnonymizeUserOperator(_AnonymizeOperator):
@@ -102,7 +130,8 @@ class AnonymizeUserOperator(_AnonymizeOperator):
         user_id, reason = validate_request(self.user_id, self.reason)
         config, policy, ops = self._setup()
         anonymizer = Anonymizer(load_salt(policy.salt_conn_id))
-        with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=LOCK_WAIT_SECONDS):
+        with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=self.lock_wait,
+                      retry_when_busy=True):
             try:
                 with closing(self._target_conn(config)) as conn, conn.transaction():
                     found = relations(conn, policy)
@@ -141,13 +170,14 @@ class AnonymizeInactiveOperator(_AnonymizeOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.core.locks import job_lock
+        from dbops.core.runs import interval_end
 
         config, policy, ops = self._setup()
         if policy.anonymize_after is None:
             raise AirflowFailException(f"target {self.target!r} has no anonymize.anonymize_after in {config.path}")
-        end = context.get("data_interval_end") or context["dag_run"].run_after
-        cutoff = end - timedelta(seconds=policy.anonymize_after)
-        with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=LOCK_WAIT_SECONDS):
+        cutoff = interval_end(context) - timedelta(seconds=policy.anonymize_after)
+        with job_lock(config.ops_conn_id, self.target, "anonymize", wait_seconds=self.lock_wait,
+                      retry_when_busy=True):
             return self._run(context, config, policy, ops, cutoff)
 
     def _run(self, context: Context, config: DbopsConfig, policy: AnonymizePolicy, ops: OpsDatabaseHook,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 JOBS = ("archive", "retention")
 APPLICATION_NAME = "dbops_lifecycle"
-LOCK_WAIT_SECONDS = 120  # a lifecycle task of another run of the target waits this long, then skips
+LOCK_WAIT_SECONDS = 120  # another lifecycle task of the target waits this long, then fails to be retried
 
 
 def selected(section: LifecycleSection, job: str, cadence: str | None = None) -> list[LifecyclePolicy]:
@@ -32,24 +32,21 @@ def selected(section: LifecycleSection, job: str, cadence: str | None = None) ->
     return [p for p in section.policies if p.retention is not None]
 
 
-def cutoff_base(context: Context) -> datetime:
-    """Where every cutoff counts back from: the run's data interval end (never now())."""
-    from dbops.core.runs import run_date
-
-    return context.get("data_interval_end") or run_date(context)
-
-
 class _LifecycleOperator(TargetOperator):
     """A target operator that needs the target's lifecycle section and a connection to the target.
 
     :param job: ``archive`` (moves) or ``retention`` (purges).
     :param cadence: archive only the policies of this cadence (``monthly`` or ``daily``); None: all.
+    :param lock_wait: seconds to wait for another lifecycle task of the target to finish; then this try
+        fails (never skips: the moves and purges must not end green undone) and Airflow retries it.
     """
 
     template_fields: Sequence[str] = ("target",)
 
-    def __init__(self, *, job: str, cadence: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, job: str, cadence: str | None = None, lock_wait: float = LOCK_WAIT_SECONDS,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.lock_wait = lock_wait
         if job not in JOBS:
             raise ValueError(f"job must be one of {JOBS}, not {job!r}")
         self.job = job
@@ -124,15 +121,17 @@ class LifecycleOperator(_LifecycleOperator):
         from dbops.core.locks import job_lock
 
         config, section, policies = self._setup()
-        with job_lock(config.ops_conn_id, self.target, "lifecycle", wait_seconds=LOCK_WAIT_SECONDS):
+        with job_lock(config.ops_conn_id, self.target, "lifecycle", wait_seconds=self.lock_wait,
+                      retry_when_busy=True):
             return self._execute(context, config, section, policies)
 
     def _execute(self, context: Context, config: DbopsConfig, section: LifecycleSection,
                  policies: list[LifecyclePolicy]) -> dict[str, Any]:
+        from dbops.core.runs import interval_end
         from dbops.lifecycle.batches import Limits
         from dbops.lifecycle.catalog import fk_order
 
-        base = cutoff_base(context)
+        base = interval_end(context)
         limits = Limits(section.batch_seconds, section.pause, time.monotonic() + section.time_budget,
                         section.lock_timeout, section.statement_timeout, section.lock_retries,
                         section.progress_every)

@@ -342,14 +342,14 @@ class MongoRetentionOperator(TargetOperator):
     def _apply(self, context: Context, config: DbopsConfig, policy: MongoRetentionPolicy) -> dict[str, Any]:
         from datetime import timedelta
 
-        from dbops.core.runs import run_date
+        from dbops.core.runs import interval_end, run_date
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.mongo.retention import due_filter, ensure_ttl, policy_key, purge, record
 
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
         hook = _mongo_hook(self)
         db = hook.get_conn().get_database(hook.database)
-        until = context.get("data_interval_end") or run_date(context)
+        until = interval_end(context)
         logical_date = run_date(context)
         results = {}
         for rule in policy.policies:
