@@ -177,7 +177,7 @@ def test_writes_during_the_dump_counts_match_the_snapshot_and_the_replay_reaches
     run_id = "verify_writes"
     result = verify(target.name, made["backup_id"], run_id=run_id)
     assert result["verified"] is True
-    from dbops.mongo.restore import scratch_database_name
+    from dbops.backup.verify import scratch_database_name
 
     scratch = target.client[scratch_database_name(target.name, run_id)]
     assert state(scratch) == after  # the oplog replay reached the state at the dump's end

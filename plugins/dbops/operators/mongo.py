@@ -149,7 +149,7 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
     """Drop the scratch database a verification restores into: as setup (a leftover) and as teardown.
 
     :param database: the scratch database; default one per run
-        (:func:`dbops.mongo.restore.scratch_database_name`).
+        (:func:`dbops.backup.verify.scratch_database_name`).
     """
 
     template_fields: Sequence[str] = ("target", "database")
@@ -159,7 +159,7 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
         self.database = database
 
     def execute(self, context: Context) -> None:
-        from dbops.mongo.restore import scratch_database_name
+        from dbops.backup.verify import scratch_database_name
 
         database = self.database or scratch_database_name(self.target, context["run_id"])
         try:
@@ -193,10 +193,9 @@ class MongoVerifyBackupOperator(_MongoTargetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
-        from dbops.backup.verify import VerificationFailed, check_line
+        from dbops.backup.verify import VerificationFailed, check_line, scratch_database_name
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.mongo.restore import scratch_database_name
         from dbops.mongo.verify import restore_and_check
 
         config, policy, store = self._setup()
