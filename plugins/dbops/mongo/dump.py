@@ -230,7 +230,6 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
 
     :raises OplogOverflow: no entry at or before ``start`` is left (entries were lost).
     """
-    prefix = f"{database}."
     kept: list[bytes] = []
     covered = False
     cursor = client.local["oplog.rs"].find_raw_batches({"ts": {"$lte": end}}, sort=[("$natural", -1)])
@@ -241,7 +240,7 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
                 if entry["ts"] <= start:
                     covered = True
                     break
-                if entry["ns"].startswith(prefix):
+                if belongs_to(entry, database):
                     kept.append(bytes(doc))
             if covered:
                 break
@@ -249,6 +248,15 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
         raise OplogOverflow(f"the oplog no longer holds the dump's start {ts_text(start)}: it rolled over during "
                             "the dump; enlarge it (replSetResizeOplog) or dump at a quieter time")
     return _write(staging, OPLOG_FILE, level, key, [b"".join(reversed(kept))]), len(kept)
+
+
+def belongs_to(entry, database: str) -> bool:
+    """Whether an oplog entry writes to ``database``: its namespace, or a transaction's ``applyOps``
+    (logged in ``admin.$cmd``) with an operation in it."""
+    if entry["ns"].startswith(f"{database}."):
+        return True
+    operations = entry["o"].get("applyOps") if entry["op"] == "c" and entry["ns"] == "admin.$cmd" else None
+    return any(belongs_to(inner, database) for inner in operations or ())
 
 
 def _write(staging: Path, name: str, level: int, key: bytes | None, chunks: Iterable[bytes]) -> FileEntry:
