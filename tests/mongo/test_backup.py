@@ -278,3 +278,26 @@ def test_an_oplog_that_rolls_over_during_the_dump_fails_it_without_a_manifest(mo
         assert store().list_keys(f"{facts.name}/") == []
     finally:
         server.stop()
+
+
+class RenameDuringDump(MongoBackupOperator):
+    """Renames a collection (another client) while the dump reads ``events``: an oplog command the replay cannot apply."""
+
+    client = None
+    database = None
+
+    def progress(self, collection: str, documents: int) -> None:
+        db = self.client[self.database]
+        if collection == "events" and "audit.log" in db.list_collection_names():
+            self.client.admin.command("renameCollection", f"{self.database}.audit.log", to=f"{self.database}.renamed")
+
+
+def test_an_oplog_command_the_replay_cannot_apply_fails_the_verification_naming_it(target):
+    """Guarantee: a change during the dump that the replay cannot apply (here a renameCollection, in the
+    server's own oplog) fails the oplog_replay check naming it; never a silently incomplete restore."""
+    RenameDuringDump.client, RenameDuringDump.database = target.client, target.database
+    made = backup(target.name, operator=RenameDuringDump)
+    with pytest.raises(VerificationFailed, match="oplog_replay: .*renameCollection"):
+        verify(target.name, made["backup_id"])
+    ok, error = recovery_test(made["backup_id"])
+    assert ok is False and "renameCollection" in error
