@@ -174,10 +174,11 @@ def test_writes_during_the_dump_counts_match_the_snapshot_and_the_replay_reaches
     assert manifest.tables["people"] == after["people"][0] == 607  # read after them
     assert after["events"][0] == 640 and after["audit.log"][0] == 197
     assert manifest.extra["consistency"] == "oplog" and manifest.extra["oplog"]["entries"] >= 50 + 10 + 5 + 7 + 1 + 3
+    assert manifest.extra["snapshot_reads"] == ["audit.log", "events", "people"]  # small: snapshot reads
     run_id = "verify_writes"
     result = verify(target.name, made["backup_id"], run_id=run_id)
     assert result["verified"] is True
-    from dbops.mongo.restore import scratch_database_name
+    from dbops.backup.verify import scratch_database_name
 
     scratch = target.client[scratch_database_name(target.name, run_id)]
     assert state(scratch) == after  # the oplog replay reached the state at the dump's end
@@ -278,3 +279,55 @@ def test_an_oplog_that_rolls_over_during_the_dump_fails_it_without_a_manifest(mo
         assert store().list_keys(f"{facts.name}/") == []
     finally:
         server.stop()
+
+
+class RenameDuringDump(MongoBackupOperator):
+    """Renames a collection (another client) while the dump reads ``events``: an oplog command the replay cannot apply."""
+
+    client = None
+    database = None
+
+    def progress(self, collection: str, documents: int) -> None:
+        db = self.client[self.database]
+        if collection == "events" and "audit.log" in db.list_collection_names():
+            self.client.admin.command("renameCollection", f"{self.database}.audit.log", to=f"{self.database}.renamed")
+
+
+def test_an_oplog_command_the_replay_cannot_apply_fails_the_verification_naming_it(target):
+    """Guarantee: a change during the dump that the replay cannot apply (here a renameCollection, in the
+    server's own oplog) fails the oplog_replay check naming it; never a silently incomplete restore."""
+    RenameDuringDump.client, RenameDuringDump.database = target.client, target.database
+    made = backup(target.name, operator=RenameDuringDump)
+    with pytest.raises(VerificationFailed, match="oplog_replay: .*renameCollection"):
+        verify(target.name, made["backup_id"])
+    ok, error = recovery_test(made["backup_id"])
+    assert ok is False and "renameCollection" in error
+
+
+def test_collections_read_outside_a_transaction_give_a_verified_backup_at_the_dump_end(monkeypatch, tmp_path,
+                                                                                      stack_mongo, pg_server):
+    """Guarantee: with ``mongo.snapshot_max_bytes: 0`` every collection is read outside a transaction (as a
+    collection too large for mongod's 60 s transaction limit is); with writes during the dump, the manifest
+    says no collection was a snapshot read, the documents read match the restore, and the oplog replay
+    brings the scratch database to the source's state at the dump's end."""
+    from scripts.stack.paths import MONGO_PORT
+
+    facts = make_target(monkeypatch, tmp_path, MONGO_PORT, sections="    mongo: {snapshot_max_bytes: 0}\n")
+    try:
+        fill(facts.client[facts.database])
+        WriteDuringDump.client, WriteDuringDump.database, WriteDuringDump.before = facts.client, facts.database, None
+        made = backup(facts.name, operator=WriteDuringDump)
+        after = state(facts.client[facts.database])
+        from dbops.backup.lookup import load_manifest
+
+        manifest = load_manifest(ops(), store(), facts.name, made["backup_id"])
+        assert manifest.extra["snapshot_reads"] == [] and manifest.extra["consistency"] == "oplog"
+        assert after["events"][0] == 640 and manifest.extra["oplog"]["entries"] >= 50 + 10 + 5 + 7 + 1 + 3
+        assert verify(facts.name, made["backup_id"], run_id="verify_unsnapshot")["verified"] is True
+        from dbops.backup.verify import scratch_database_name
+
+        assert state(facts.client[scratch_database_name(facts.name, "verify_unsnapshot")]) == after
+    finally:
+        for name in facts.client.list_database_names():
+            if name.startswith((facts.database, "dbops_verify_")):
+                facts.client.drop_database(name)

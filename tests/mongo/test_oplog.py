@@ -62,3 +62,56 @@ def test_v1_operators_and_whole_replacements(db):
     assert db.docs.find_one()["a"] == 7
     replay_oplog(db, iter(entries({"_id": 1, "only": True})), "src")
     assert db.docs.find_one() == {"_id": 1, "only": True}
+
+
+# FAKE (constructed by hand): entries shaped like mongod's applyOps, which the local server does not emit.
+# mongod logs a transaction's writes as one command entry in admin.$cmd whose inner operations carry
+# their own namespaces; they are applied here to real documents on the local server.
+def transaction(*inner: dict, **options) -> dict:
+    return {"op": "c", "ns": "admin.$cmd", "ts": "T1", "o": {"applyOps": list(inner), **options}}
+
+
+TRANSACTION = transaction(
+    {"op": "i", "ns": "src.docs", "ui": "uuid", "o": {"_id": 2, "v": 1}},
+    {"op": "u", "ns": "src.docs", "ui": "uuid", "o2": {"_id": 1}, "o": {"$v": 2, "diff": {"u": {"a": 5}}}},
+    {"op": "i", "ns": "other.docs", "ui": "uuid", "o": {"_id": 50, "not": "ours"}},
+    {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": [{"op": "d", "ns": "src.docs", "o": {"_id": 3}}]}},
+)
+
+
+def test_the_capture_keeps_transactions_that_touch_the_database_and_only_those():
+    from bson import encode
+    from bson.raw_bson import RawBSONDocument
+
+    from dbops.mongo.dump import belongs_to
+
+    def raw(entry: dict) -> RawBSONDocument:  # as the capture reads them: raw BSON from the oplog
+        return RawBSONDocument(encode(entry))
+
+    assert belongs_to(raw(TRANSACTION), "src")
+    assert belongs_to(raw(transaction(transaction({"op": "d", "ns": "src.x", "o": {"_id": 1}}))), "src")  # nested
+    assert not belongs_to(raw(transaction({"op": "i", "ns": "srcother.docs", "o": {"_id": 1}})), "src")
+    assert not belongs_to(raw({"op": "c", "ns": "admin.$cmd", "o": {"create": "src.x"}}), "src")
+    assert belongs_to(raw({"op": "i", "ns": "src.docs", "o": {"_id": 1}}), "src")
+
+
+def test_a_transactions_applyops_is_replayed_with_its_inner_operations_of_the_database_only(db):
+    db.docs.insert_one({"_id": 3, "gone": True})
+    done = replay_oplog(db, iter([TRANSACTION]), "src")
+    assert list(db.docs.find().sort("_id")) == [{**DOC, "a": 5}, {"_id": 2, "v": 1}]
+    assert db.list_collection_names() == ["docs"]  # the other database's write is not applied here
+    assert done == {"inserts": 1, "updates": 1, "deletes": 1, "transactions": 2}
+
+
+@pytest.mark.parametrize("entry, named", [
+    ({"op": "c", "ns": "src.$cmd", "o": {"renameCollection": "src.docs", "to": "src.new"}}, "renameCollection"),
+    ({"op": "c", "ns": "src.$cmd", "o": {"collMod": "docs", "validator": {}}}, "collMod"),
+    ({"op": "c", "ns": "src.$cmd", "o": {"dropDatabase": 1}}, "dropDatabase"),
+    ({"op": "c", "ns": "src.$cmd", "o": {"frobnicate": "docs"}}, "frobnicate"),
+    (transaction({"op": "c", "ns": "src.$cmd", "o": {"collMod": "docs"}}), "collMod"),
+    (transaction({"op": "i", "ns": "src.docs", "o": {"_id": 9}}, prepare=True), "prepared transaction"),
+])
+def test_an_entry_the_replay_cannot_apply_is_refused_naming_it(db, entry, named):
+    with pytest.raises(UnsupportedOplogEntry, match=named):
+        replay_oplog(db, iter([entry]), "src")
+    assert list(db.docs.find()) == [DOC]

@@ -102,7 +102,7 @@ def evaluate(conn: psycopg.Connection, rules: list[Rule], statement_timeout_ms: 
         else:
             for metric in metrics:
                 result.metrics.append(metric)
-                result.samples += [_sample(rule, metric, previous.get(metric.key)) for rule in query_rules]
+                result.samples += [rule_sample(rule, metric, previous.get(metric.key)) for rule in query_rules]
         finally:
             result.db_seconds += time.perf_counter() - started
     return result
@@ -155,7 +155,7 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
-def _sample(rule: Rule, metric: Metric, previous: float | None) -> Sample:
+def rule_sample(rule: Rule, metric: Metric, previous: float | None) -> Sample:
     value = metric.value
     if rule.counter:  # a counter that went down was reset: all of its value is new
         value = 0.0 if previous is None else value - previous if value >= previous else value

@@ -32,7 +32,7 @@ class VerificationFailed(AirflowFailException):
 
 
 def scratch_database_name(target: str, run_id: str) -> str:
-    """A per-run scratch database name, within PostgreSQL's 63-byte limit."""
+    """A per-run scratch database name, within the 63-byte limit of PostgreSQL and MongoDB names."""
     return f"dbops_verify_{target[:30]}_{hashlib.sha1(run_id.encode()).hexdigest()[:10]}"
 
 
@@ -105,7 +105,7 @@ def restore_and_check(config: DbopsConfig, policy: BackupPolicy, store: BackupSt
                 checks["roles"]["error"] = (
                     f"roles {', '.join(missing)} own objects of the backup or hold grants in it but do not exist "
                     "on the server; create them (pg_dumpall --roles-only on the source lists them), then run again")
-                return _outcome(checks, restore_seconds, run_amcheck)
+                return verification_outcome(checks, restore_seconds, run_amcheck)
         restore_seconds = round(pg_restore(tool, admin, database, archive, policy.jobs, owners, timeout), 3)
         checks["restore"] = {"ok": True, "seconds": restore_seconds, "jobs": policy.jobs,
                              "owners_and_grants": "restored" if owners else "skipped (--no-owner --no-privileges)"}
@@ -121,10 +121,10 @@ def restore_and_check(config: DbopsConfig, policy: BackupPolicy, store: BackupSt
         checks["restore"] = {"ok": False, "error": str(err)}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return _outcome(checks, restore_seconds, run_amcheck)
+    return verification_outcome(checks, restore_seconds, run_amcheck)
 
 
-def _outcome(checks: dict[str, Any], restore_seconds: float | None, run_amcheck: bool) -> dict[str, Any]:
+def verification_outcome(checks: dict[str, Any], restore_seconds: float | None, run_amcheck: bool) -> dict[str, Any]:
     failed = [f"{name}: {check.get('error') or _describe_failure(check)}"
               for name, check in checks.items() if not check.get("ok")]
     complete = "row_counts" in checks and (not run_amcheck or "amcheck" in checks)

@@ -6,9 +6,11 @@ and options, canonical extended JSON) and, on a replica set, ``oplog.bson``: the
 database from the dump's start to its end, as ``mongodump --oplog`` writes them. Decompressed, the
 directory is what ``mongorestore --oplogReplay`` restores.
 
-Consistency: on a replica set each collection is read inside one snapshot transaction (its count is
-the count of that snapshot) and the oplog captured beside the dump brings every collection to the
-state at the dump's end when replayed. A standalone server has no oplog and no snapshot transactions:
+Consistency: on a replica set each collection up to ``snapshot_max_bytes`` is read inside one snapshot
+transaction (its count is the count of that snapshot); a larger one is read outside a transaction (read
+concern majority), as mongod aborts transactions after ``transactionLifetimeLimitSeconds``, and its count
+is of the documents read. The oplog captured beside the dump brings every collection to the state at the
+dump's end when replayed (idempotent, as for ``mongodump --oplog``). A standalone server has no oplog and no snapshot transactions:
 such a dump is not point-in-time consistent, and the manifest says so.
 """
 
@@ -105,6 +107,7 @@ class MongoDump:
     seconds: float
     oplog: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    snapshot_reads: list[str] = field(default_factory=list)  # collections read in one snapshot transaction
 
 
 def ts_text(ts: Timestamp) -> str:
@@ -117,21 +120,32 @@ def last_write(client) -> Timestamp:
 
 
 def dump_database(client, database: str, staging: Path, level: int, key: bytes | None, replica_set: bool,
-                  progress: Callable[[str, int], None] = lambda collection, documents: None) -> MongoDump:
-    """Dump ``database`` into ``staging``; ``progress(collection, documents)`` is called after each batch."""
+                  progress: Callable[[str, int], None] = lambda collection, documents: None,
+                  snapshot_max_bytes: int | None = None) -> MongoDump:
+    """Dump ``database`` into ``staging``; ``progress(collection, documents)`` is called after each batch.
+
+    On a replica set a collection of at most ``snapshot_max_bytes`` (None: any size) is read in one snapshot
+    transaction, a larger one outside a transaction.
+    """
     started = time.monotonic()
     db = client.get_database(database)
     start = last_write(client) if replica_set else None
-    files, counts, hashes, indexes, skipped = [], {}, {}, {}, {}
+    files, counts, hashes, indexes, skipped, snapshot_reads = [], {}, {}, {}, {}, []
     for info in sorted(db.list_collections(), key=lambda c: c["name"]):
         name = info["name"]
         if info.get("type", "collection") != "collection" or name.startswith("system."):
             skipped[name] = f"{info.get('type', 'system')} collections are not dumped"
             continue
         collection = db.get_collection(name)
+        snapshot = replica_set and (snapshot_max_bytes is None
+                                    or db.command("collStats", name)["size"] <= snapshot_max_bytes)
+        if snapshot:
+            snapshot_reads.append(name)
+        elif replica_set:
+            collection = collection.with_options(read_concern=ReadConcern("majority"))
         digest = DocumentHash()
         files.append(_write(staging, file_name(database, name, ".bson"), level, key,
-                            _read_collection(client, collection, digest, replica_set, progress)))
+                            _read_collection(client, collection, digest, snapshot, progress)))
         counts[name], hashes[name] = digest.count, digest.hexdigest
         specs = [index_spec(dict(index)) for index in collection.list_indexes()]
         indexes[name] = index_specs(collection)
@@ -150,17 +164,18 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
     return MongoDump(files=files, counts=counts, hashes=hashes, indexes=indexes,
                      consistency=CONSISTENT if replica_set else NOT_CONSISTENT,
                      server_version=client.server_info()["version"], seconds=time.monotonic() - started,
-                     oplog=oplog, skipped=skipped)
+                     oplog=oplog, skipped=skipped, snapshot_reads=snapshot_reads)
 
 
-def _read_collection(client, collection, digest: DocumentHash, replica_set: bool,
+def _read_collection(client, collection, digest: DocumentHash, snapshot: bool,
                      progress: Callable[[str, int], None]) -> Iterator[bytes]:
-    """The collection's raw batches, read in one snapshot transaction on a replica set.
+    """The collection's raw batches, read in one snapshot transaction or (not ``snapshot``) with read
+    concern majority on a replica set, plain on a standalone server.
 
     A reader thread fetches the next batches while this one hashes, compresses and writes.
     """
     def read(put: Callable[[bytes], None]) -> None:
-        if not replica_set:
+        if not snapshot:
             for batch in collection.find_raw_batches({}):
                 put(batch)
             return
@@ -230,7 +245,6 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
 
     :raises OplogOverflow: no entry at or before ``start`` is left (entries were lost).
     """
-    prefix = f"{database}."
     kept: list[bytes] = []
     covered = False
     cursor = client.local["oplog.rs"].find_raw_batches({"ts": {"$lte": end}}, sort=[("$natural", -1)])
@@ -241,7 +255,7 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
                 if entry["ts"] <= start:
                     covered = True
                     break
-                if entry["ns"].startswith(prefix):
+                if belongs_to(entry, database):
                     kept.append(bytes(doc))
             if covered:
                 break
@@ -249,6 +263,15 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
         raise OplogOverflow(f"the oplog no longer holds the dump's start {ts_text(start)}: it rolled over during "
                             "the dump; enlarge it (replSetResizeOplog) or dump at a quieter time")
     return _write(staging, OPLOG_FILE, level, key, [b"".join(reversed(kept))]), len(kept)
+
+
+def belongs_to(entry, database: str) -> bool:
+    """Whether an oplog entry writes to ``database``: its namespace, or a transaction's ``applyOps``
+    (logged in ``admin.$cmd``) with an operation in it."""
+    if entry["ns"].startswith(f"{database}."):
+        return True
+    operations = entry["o"].get("applyOps") if entry["op"] == "c" and entry["ns"] == "admin.$cmd" else None
+    return any(belongs_to(inner, database) for inner in operations or ())
 
 
 def _write(staging: Path, name: str, level: int, key: bytes | None, chunks: Iterable[bytes]) -> FileEntry:

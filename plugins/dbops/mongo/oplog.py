@@ -1,5 +1,9 @@
 """Replay a dump's ``oplog.bson`` with ordinary CRUD (no ``applyOps``): inserts, deletes, updates.
 
+A transaction's writes are one ``applyOps`` command entry (in ``admin.$cmd``); its inner operations of
+the dumped database are applied the same way. Collection creation and drops, index builds and drops are
+replayed; any other entry (``renameCollection``, ``collMod``, ``dropDatabase``, unknown ones) is refused.
+
 Every operation is idempotent, as oplog application must be: an insert replaces the document with
 the same ``_id`` (it may already be in the dumped collection), a delete of a missing document does
 nothing, an update applies its change to the document whatever it held. Updates come as ``$v: 2``
@@ -17,7 +21,7 @@ from typing import Any
 
 import bson
 
-from dbops.mongo.dump import index_spec
+from dbops.mongo.dump import belongs_to, index_spec
 
 
 class UnsupportedOplogEntry(Exception):
@@ -36,28 +40,36 @@ def read_bson_file(path: Path, raw: bool = False) -> Iterator[Any]:
 
 
 def replay_oplog(db, entries: Iterator[dict], source_db: str) -> dict[str, int]:
-    """Apply ``entries`` (oplog entries of ``source_db``) to the same collections in ``db``; return what was done."""
+    """Apply ``entries`` (oplog entries of ``source_db``) to the same collections in ``db``; return what was done.
+
+    :raises UnsupportedOplogEntry: an entry this replay cannot apply (named), so the restore is never
+        silently incomplete.
+    """
     done: Counter[str] = Counter()
     for entry in entries:
-        op, ns = entry["op"], entry["ns"]
-        collection = db.get_collection(ns[len(source_db) + 1:])
-        if op == "i":
-            collection.replace_one({"_id": entry["o"]["_id"]}, entry["o"], upsert=True)
-        elif op == "d":
-            collection.delete_one({"_id": entry["o"]["_id"]})
-        elif op == "u":
-            for update in update_of(entry["o"]):
-                if any(name.startswith("$") for name in update):
-                    collection.update_one(entry["o2"], update)
-                else:
-                    collection.replace_one(entry["o2"], update)
-        elif op == "c":
-            _command(db, entry["o"], done)
-            continue
-        elif op != "n":
-            raise UnsupportedOplogEntry(f"oplog entry {entry.get('ts')}: unknown op {op!r}")
-        done[{"i": "inserts", "d": "deletes", "u": "updates", "n": "noops"}[op]] += 1
+        _apply(db, entry, source_db, done, entry.get("ts"))
     return dict(done)
+
+
+def _apply(db, entry: dict, source_db: str, done: Counter[str], ts: Any) -> None:
+    op, ns = entry["op"], entry["ns"]
+    if op == "c":
+        _command(db, entry["o"], source_db, done, ts)
+        return
+    collection = db.get_collection(ns[len(source_db) + 1:])
+    if op == "i":
+        collection.replace_one({"_id": entry["o"]["_id"]}, entry["o"], upsert=True)
+    elif op == "d":
+        collection.delete_one({"_id": entry["o"]["_id"]})
+    elif op == "u":
+        for update in update_of(entry["o"]):
+            if any(name.startswith("$") for name in update):
+                collection.update_one(entry["o2"], update)
+            else:
+                collection.replace_one(entry["o2"], update)
+    elif op != "n":
+        raise UnsupportedOplogEntry(f"oplog entry {ts}: unknown op {op!r}")
+    done[{"i": "inserts", "d": "deletes", "u": "updates", "n": "noops"}[op]] += 1
 
 
 def update_of(o: dict) -> list[dict]:
@@ -107,20 +119,28 @@ def _compact_diff(diff: dict, prefix: str, sets: dict, unsets: dict) -> None:
             _compact_diff(sub, f"{prefix}{key[1:]}.", sets, unsets)
 
 
-def _command(db, o: dict, done: Counter[str]) -> None:
-    """Collection-level commands of the oplog; others are counted as skipped."""
+def _command(db, o: dict, source_db: str, done: Counter[str], ts: Any) -> None:
+    """Collection-level commands and the ``applyOps`` of transactions; any other command is refused."""
     name = next(iter(o))
+    if name == "applyOps":  # a transaction's writes; only those of ``source_db`` belong to the dump
+        if o.get("prepare"):
+            raise UnsupportedOplogEntry(f"oplog entry {ts}: a prepared transaction's applyOps cannot be replayed")
+        for inner in o["applyOps"]:
+            if belongs_to(inner, source_db):
+                _apply(db, inner, source_db, done, ts)
+        done["transactions"] += 1
+        return
     if name == "create":
         if o["create"] not in db.list_collection_names():
             db.create_collection(o["create"], **{k: v for k, v in o.items() if k not in ("create", "idIndex")})
     elif name == "drop":
         db.drop_collection(o["drop"])
-    elif name == "createIndexes":
+    elif name in ("createIndexes", "commitIndexBuild"):
         indexes = o.get("indexes") or [{k: v for k, v in o.items() if k != "createIndexes"}]
-        db.command("createIndexes", o["createIndexes"], indexes=[index_spec(i) for i in indexes])
+        db.command("createIndexes", o[name], indexes=[index_spec(i) for i in indexes])
     elif name == "dropIndexes":
         db.get_collection(o["dropIndexes"]).drop_index(o["index"])
-    else:
-        done[f"skipped {name}"] += 1
-        return
+    elif name not in ("startIndexBuild", "abortIndexBuild"):  # an index build takes effect at its commit
+        raise UnsupportedOplogEntry(f"oplog entry {ts}: command {name!r} cannot be replayed; restore this backup "
+                                    "with mongorestore --oplogReplay, or take a backup outside the change")
     done["commands"] += 1

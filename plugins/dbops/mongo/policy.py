@@ -1,4 +1,5 @@
-"""The ``mongo`` section of a MongoDB target: per-collection retention and weekly maintenance.
+"""The ``mongo`` section of a MongoDB target: per-collection retention, weekly maintenance, and the largest
+collection the backup reads in one snapshot transaction.
 
 Backups and alerts of a MongoDB target use the common ``backup`` and ``alerts`` sections.
 """
@@ -77,6 +78,9 @@ class MongoMaintenancePolicy:
 class MongoPolicy:
     retention: MongoRetentionPolicy | None = None
     maintenance: MongoMaintenancePolicy | None = None
+    # larger collections are read outside a transaction (mongod aborts one after 60 s), the oplog replay
+    # bringing them to the dump's end as mongodump --oplog does.
+    snapshot_max_bytes: ByteSize = 256 * 1024**2
 
 
 def check_engine(target, key: str) -> None:

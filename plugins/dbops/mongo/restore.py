@@ -3,7 +3,6 @@ replay; the checks against the manifest; the swap of an on-demand restore into i
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,6 @@ NEVER_REPLACED = ("admin", "local", "config")
 RESTORING, REPLACED = "__dbops_restoring", "__dbops_replaced"
 _BAD_DATABASE_CHARS = re.compile(r'[/\\. "$*<>:|?\x00]')
 _RAW = CodecOptions(document_class=RawBSONDocument)
-
-
-def scratch_database_name(target: str, run_id: str) -> str:
-    """A per-run scratch database name, within MongoDB's 63-byte limit."""
-    return f"dbops_verify_{target[:30]}_{hashlib.sha1(run_id.encode()).hexdigest()[:10]}"
 
 
 def fetch_dump(store: BackupStore, manifest: Manifest, staging: Path, key: bytes | None) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 
 from bson import Timestamp
 
-from dbops.alerting.evaluate import Evaluation, EvaluationError, Metric, _sample
+from dbops.alerting.evaluate import Evaluation, EvaluationError, Metric, rule_sample
 from dbops.alerting.rules import Rule
 
 STANDALONE = "standalone server: no replica set"
@@ -117,5 +117,5 @@ def evaluate_commands(client, database: str, rules: list[Rule],
             for metric in metrics_of(rule, reply):
                 if metric.key not in {m.key for m in result.metrics}:
                     result.metrics.append(metric)
-                result.samples.append(_sample(rule, metric, previous.get(metric.key)))
+                result.samples.append(rule_sample(rule, metric, previous.get(metric.key)))
     return result

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dbops.backup.verify import _outcome
+from dbops.backup.verify import verification_outcome
 from dbops.core.manifest import Manifest
 from dbops.core.store import BackupStore
 from dbops.core.streams import ChecksumMismatch
@@ -51,4 +51,4 @@ def restore_and_check(client, store: BackupStore, manifest: Manifest, database: 
         checks["restore"] = {"ok": False, "error": " ".join(str(err).split())[:2000]}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return _outcome(checks, restore_seconds, run_amcheck=False)
+    return verification_outcome(checks, restore_seconds, run_amcheck=False)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from dbops.hooks.ops import OpsDatabaseHook
     from dbops.mongo.policy import MongoRetentionPolicy
 
-CONSISTENCY_NOTES = {"oplog": "point-in-time consistent at the dump's end (snapshot per collection + oplog replay)",
+CONSISTENCY_NOTES = {"oplog": "point-in-time consistent at the dump's end (collections read, each up to "
+                               "mongo.snapshot_max_bytes in one snapshot, + oplog replay)",
                      "none": "NOT point-in-time consistent (standalone server: no oplog, no snapshot reads)"}
 
 
@@ -64,6 +65,7 @@ class MongoBackupOperator(_MongoTargetOperator):
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.mongo.dump import TOOL, dump_database
+        from dbops.mongo.policy import MongoPolicy
 
         config, policy, store = self._setup()
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
@@ -91,8 +93,10 @@ class MongoBackupOperator(_MongoTargetOperator):
             database = hook.database
             replica_set = hook.replica_set() is not None
             taken_at = free_snapshot_time(store, ops, self.target)
+            mongo = config.targets[self.target].mongo or MongoPolicy()
             dump = dump_database(hook.get_conn(), database, staging, policy.compression_level,
-                                 encryption_key(policy.encryption_conn_id), replica_set, self.progress)
+                                 encryption_key(policy.encryption_conn_id), replica_set, self.progress,
+                                 mongo.snapshot_max_bytes)
             prefix = backup_prefix(self.target, "full", taken_at)
             manifest = new_manifest(
                 context, policy, store, prefix, self.target, kind="full", taken_at=taken_at,
@@ -101,7 +105,7 @@ class MongoBackupOperator(_MongoTargetOperator):
                 dump_seconds=dump.seconds, archive="mongodump directory layout, raw BSON")
             manifest.extra.update({"engine": "mongodb", "database": database, "consistency": dump.consistency,
                                    "oplog": dump.oplog, "hashes": dump.hashes, "index_specs": dump.indexes,
-                                   "skipped": dump.skipped})
+                                   "skipped": dump.skipped, "snapshot_reads": dump.snapshot_reads})
             store_backup(store, manifest, staging)
         except AirflowException:
             raise
@@ -149,7 +153,7 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
     """Drop the scratch database a verification restores into: as setup (a leftover) and as teardown.
 
     :param database: the scratch database; default one per run
-        (:func:`dbops.mongo.restore.scratch_database_name`).
+        (:func:`dbops.backup.verify.scratch_database_name`).
     """
 
     template_fields: Sequence[str] = ("target", "database")
@@ -159,7 +163,7 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
         self.database = database
 
     def execute(self, context: Context) -> None:
-        from dbops.mongo.restore import scratch_database_name
+        from dbops.backup.verify import scratch_database_name
 
         database = self.database or scratch_database_name(self.target, context["run_id"])
         try:
@@ -193,10 +197,9 @@ class MongoVerifyBackupOperator(_MongoTargetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
-        from dbops.backup.verify import VerificationFailed, check_line
+        from dbops.backup.verify import VerificationFailed, check_line, scratch_database_name
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.mongo.restore import scratch_database_name
         from dbops.mongo.verify import restore_and_check
 
         config, policy, store = self._setup()
