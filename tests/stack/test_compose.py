@@ -218,13 +218,15 @@ def test_airflow_environment(service: str) -> None:
 def test_dbops_connections() -> None:
     env = environment("airflow-worker")
     conns = {}
-    for key in ("AIRFLOW_CONN_DBOPS_STATE", "AIRFLOW_CONN_PG_APPDB", "AIRFLOW_CONN_AWS_BACKUP", "AIRFLOW_CONN_MONGO_CHATDB"):
+    for key in ("AIRFLOW_CONN_DBOPS_STATE", "AIRFLOW_CONN_PG_APPDB", "AIRFLOW_CONN_AWS_BACKUP", "AIRFLOW_CONN_MONGO_CHATDB",
+                "AIRFLOW_CONN_PG_APPDB_REPLICATION"):
         assert key in env, f"{key} missing from the Airflow environment"
         conns[key] = json.loads(env[key])
     assert conns["AIRFLOW_CONN_DBOPS_STATE"]["conn_type"] == "postgres"
     assert conns["AIRFLOW_CONN_DBOPS_STATE"]["schema"] != "airflow", "state must not live in the metadata DB"
     assert conns["AIRFLOW_CONN_PG_APPDB"]["host"] == "target-postgres"
     assert conns["AIRFLOW_CONN_PG_APPDB"]["schema"] == "appdb"
+    assert conns["AIRFLOW_CONN_PG_APPDB_REPLICATION"]["host"] == "target-postgres"
     mongo = conns["AIRFLOW_CONN_MONGO_CHATDB"]  # the demo MongoDB target: mongod, the official image
     assert (mongo["conn_type"], mongo["host"], mongo["schema"]) == ("mongo", "mongodb", "chatdb")
     aws = conns["AIRFLOW_CONN_AWS_BACKUP"]
@@ -366,3 +368,12 @@ def test_worker_is_scalable() -> None:
 def test_no_container_names_on_airflow_services() -> None:
     named = [name for name in AIRFLOW_SERVICES if "container_name" in services()[name]]
     assert not named, f"container_name set on {named}: prevents scaling and parallel stacks"
+
+
+def test_pitr_needs_are_in_the_compose_file() -> None:
+    """Incremental base backups need WAL summaries; shipped WAL waits in staging shared by every worker."""
+    target = compose()["services"]["target-postgres"]
+    assert "summarize_wal=on" in target["command"]
+    for service in ("airflow-worker", "airflow-scheduler"):
+        mounts = [str(v) for v in compose()["services"][service].get("volumes", [])]
+        assert any(m.endswith(":/opt/airflow/var/staging") for m in mounts), service
