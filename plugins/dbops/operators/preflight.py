@@ -112,15 +112,16 @@ def _mongo_checks(config: DbopsConfig, target: str) -> list[CheckResult]:
     """Connectivity and authentication, server version, replica set and oplog of a MongoDB target."""
     from dbops.hooks.mongo import DbopsMongoHook
 
-    hook = DbopsMongoHook(mongo_conn_id=config.targets[target].conn_id)
-    connectivity = _check("connectivity", lambda: _mongo_connect(hook))
-    if connectivity.verdict != "PASS":
-        return [connectivity, *_unreachable(MONGO_CHECKS)]
-    client = hook.get_conn()
-    replica_set = _check("replica_set", lambda: _replica_set(client))
-    oplog = (CheckResult("oplog", "SKIP", "standalone server: no oplog") if replica_set.verdict == "WARN"
-             else _check("oplog", lambda: _oplog(client)))
-    return [connectivity, _check("server_version", lambda: _mongo_version(client.admin.command("buildInfo"))), replica_set, oplog]
+    with DbopsMongoHook(mongo_conn_id=config.targets[target].conn_id) as hook:  # closes the client
+        connectivity = _check("connectivity", lambda: _mongo_connect(hook))
+        if connectivity.verdict != "PASS":
+            return [connectivity, *_unreachable(MONGO_CHECKS)]
+        client = hook.get_conn()
+        version = _check("server_version", lambda: _mongo_version(client.admin.command("buildInfo")))
+        replica_set = _check("replica_set", lambda: _replica_set(client))
+        oplog = (CheckResult("oplog", "SKIP", "standalone server: no oplog") if replica_set.verdict == "WARN"
+                 else _check("oplog", lambda: _oplog(client)))
+    return [connectivity, version, replica_set, oplog]
 
 
 def _unreachable(names: tuple[str, ...]) -> list[CheckResult]:
@@ -168,7 +169,7 @@ def _mongo_connect(hook: DbopsMongoHook) -> str:
         if err.code != 18:  # AuthenticationFailed
             raise
         raise ValueError(f"authentication as {conn.login!r} failed: fix the login and password of Airflow "
-                         f"connection {hook.mongo_conn_id} (or the user on the server)") from None
+                         f"connection {hook.mongo_conn_id} (or the user on the server)") from err
     elapsed_ms = (time.monotonic() - started) * 1000
     return f"{conn.host}:{conn.port}/{hook.database} as {conn.login!r} answered in {elapsed_ms:.0f} ms"
 
