@@ -20,7 +20,7 @@ with DAG(
     doc_md=runbook("dbops_preflight"),
     **dag_kwargs(tags=["preflight"]),
 ):
-    for target in (name for name, settings in config.targets.items() if settings.engine == "postgres"):
+    for target in config.targets:
         PreflightOperator(
             task_id=f"check__{target}",
             target=target,

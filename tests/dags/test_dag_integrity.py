@@ -124,7 +124,7 @@ def test_preflight_has_one_task_per_target(dagbag):
     from dbops.core.config import load_config
 
     tasks = {t.task_id for t in dagbag.dags["dbops_preflight"].tasks}
-    assert tasks == {f"check__{name}" for name, target in load_config().targets.items() if target.engine == "postgres"}
+    assert tasks == {f"check__{name}" for name in load_config().targets}
 
 
 def test_bad_config_is_one_import_error_and_no_dags(tmp_path, monkeypatch):

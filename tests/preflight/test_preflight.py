@@ -1,4 +1,5 @@
-"""dbops_preflight end to end on the real stack: a healthy target passes, a dead one fails alone."""
+"""dbops_preflight end to end on the real stack: healthy targets (PostgreSQL and MongoDB) pass, a dead one
+fails alone."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from dbops.core.config import DEFAULT_CONFIG_PATH
 from dbops.operators.preflight import PreflightOperator
+from scripts.stack.mongo import start_mongo
 from scripts.stack.paths import ROOT
 from scripts.stack.postgres import TEST_DATABASES, libpq_conninfo
 
 CHECKS = ["connectivity", "server_version", "pg_dump", "pg_restore", "psql", "backup_store", "ops_migrations"]
+MONGO_CHECKS = ["connectivity", "server_version", "replica_set", "oplog", "backup_store", "ops_migrations"]
 
 
 DEBIAN_15_BIN = "/usr/lib/postgresql/15/bin"  # Debian's client tools on this machine kind
@@ -29,7 +32,8 @@ def closed_port() -> int:
 
 @pytest.fixture
 def two_targets(tmp_path, monkeypatch, pg_server):
-    """Config with the demo target and one whose server is down; DAG files parse with it."""
+    """Config with the demo targets (appdb, chatdb) and one whose server is down; DAG files parse with it."""
+    start_mongo()
     config = DEFAULT_CONFIG_PATH.read_text() + (
         "  downdb:\n    conn_id: pg_down\n    backup: {storage: local}\n")
     path = tmp_path / "dbops.yaml"
@@ -54,9 +58,10 @@ def test_dead_target_fails_alone_and_everything_is_recorded(two_targets):
         task.retries = 0
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states == {"check__appdb": "success", "check__downdb": "failed"}
+    assert states == {"check__appdb": "success", "check__chatdb": "success", "check__downdb": "failed"}
     recorded = verdicts(run.run_id)
     assert all(recorded[("appdb", check)] for check in CHECKS)
+    assert all(recorded[("chatdb", check)] for check in MONGO_CHECKS)
     assert recorded[("downdb", "connectivity")] is False
     assert recorded[("downdb", "ops_migrations")] is True
     assert recorded[("downdb", "backup_store")] is True

@@ -1,4 +1,8 @@
-"""Preflight: can dbops do its work on a target? One verdict per check, recorded in the ops database."""
+"""Preflight: can dbops do its work on a target? One verdict per check, recorded in the ops database.
+
+PostgreSQL and MongoDB targets have their own server checks; the backup store and ops migrations
+checks, the recording and the summary are the same for both.
+"""
 
 from __future__ import annotations
 
@@ -14,18 +18,28 @@ from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from pymongo import MongoClient
 
     from dbops.core.config import DbopsConfig, ToolsConfig
+    from dbops.hooks.mongo import DbopsMongoHook
     from dbops.hooks.postgres import DbopsPostgresHook
 
 MIN_SERVER_VERSION_NUM = 130000
 CLIENT_TOOLS = ("pg_dump", "pg_restore", "psql")
+# MongoDB 4.4.2: the dump reads collections in snapshot transactions (4.0) within mongod's snapshot history
+# window (minSnapshotHistoryWindowInSeconds, 4.4) and asks the server ``hello`` (4.4.2); pymongo needs 4.4.
+MIN_MONGO_VERSION = (4, 4, 2)
+MONGO_CHECKS = ("server_version", "replica_set", "oplog")
+
+
+class PreflightWarning(Exception):
+    """A probe's finding that does not stop dbops but weakens what it does (verdict WARN)."""
 
 
 @dataclass(frozen=True)
 class CheckResult:
     name: str
-    verdict: str  # PASS, FAIL or SKIP
+    verdict: str  # PASS, WARN, FAIL or SKIP
     detail: str
     transient: bool = False
 
@@ -35,7 +49,8 @@ class CheckResult:
 
 
 class PreflightOperator(TargetOperator):
-    """Check one target: connectivity, server version, client tools, backup store, ops migrations.
+    """Check one target: connectivity, server version, client tools (PostgreSQL) or replica set and oplog
+    (MongoDB), backup store, ops migrations.
 
     Every check runs even when an earlier one fails (those that need the target are skipped when it is
     unreachable), the log ends with one verdict line per check, and the results are recorded in the
@@ -47,17 +62,18 @@ class PreflightOperator(TargetOperator):
     """
 
     def execute(self, context: Context) -> dict[str, str]:
-        from dbops.hooks.postgres import DbopsPostgresHook
-
         config = self.load_config()
-        hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
-        results = self._run_checks(config, hook)
+        server_checks = _mongo_checks if config.targets[self.target].engine == "mongodb" else _postgres_checks
+        results = [*server_checks(config, self.target),
+                   _check("backup_store", lambda: _store(config, self.target)),
+                   _check("ops_migrations", lambda: _ops_migrations(config.ops_conn_id))]
         self._record(config, context, results)
         for result in results:
             self.log.info("%s", result.line)
         failed = [r for r in results if r.verdict == "FAIL"]
+        warned = sum(r.verdict == "WARN" for r in results)
         summary = (f"preflight {self.target}: {len(results) - len(failed)} of {len(results)} checks passed "
-                   f"or skipped, {len(failed)} failed")
+                   f"or skipped, {len(failed)} failed" + (f", {warned} with a warning" if warned else ""))
         self.log.info("%s", summary)
         if failed:
             message = f"{summary}: " + "; ".join(r.line for r in failed)
@@ -65,21 +81,6 @@ class PreflightOperator(TargetOperator):
                 raise AirflowException(message)
             raise AirflowFailException(message)
         return {r.name: r.verdict for r in results}
-
-    def _run_checks(self, config: DbopsConfig, hook: DbopsPostgresHook) -> list[CheckResult]:
-        connectivity = _check("connectivity", lambda: _connect(hook))
-        results = [connectivity]
-        if connectivity.verdict == "PASS":
-            version = hook.server_version_num()
-            results.append(_check("server_version", lambda: _server_version(version)))
-            for tool in CLIENT_TOOLS:
-                results.append(_check(tool, lambda tool=tool: _tool(tool, version, config.tools)))
-        else:
-            skipped = ("server_version", *CLIENT_TOOLS)
-            results += [CheckResult(name, "SKIP", "target unreachable") for name in skipped]
-        results.append(_check("backup_store", lambda: _store(config, self.target)))
-        results.append(_check("ops_migrations", lambda: _ops_migrations(config.ops_conn_id)))
-        return results
 
     def _record(self, config: DbopsConfig, context: Context, results: list[CheckResult]) -> None:
         """Store the verdicts in the ops database; an unreachable ops database is already a FAIL."""
@@ -94,10 +95,46 @@ class PreflightOperator(TargetOperator):
             self.log.warning("could not record preflight results in the ops database: %s", err)
 
 
+def _postgres_checks(config: DbopsConfig, target: str) -> list[CheckResult]:
+    """Connectivity, server version and client tools of a PostgreSQL target."""
+    from dbops.hooks.postgres import DbopsPostgresHook
+
+    hook = DbopsPostgresHook(postgres_conn_id=config.targets[target].conn_id)
+    connectivity = _check("connectivity", lambda: _connect(hook))
+    if connectivity.verdict != "PASS":
+        return [connectivity, *_unreachable(("server_version", *CLIENT_TOOLS))]
+    version = hook.server_version_num()
+    return [connectivity, _check("server_version", lambda: _server_version(version)),
+            *(_check(tool, lambda tool=tool: _tool(tool, version, config.tools)) for tool in CLIENT_TOOLS)]
+
+
+def _mongo_checks(config: DbopsConfig, target: str) -> list[CheckResult]:
+    """Connectivity and authentication, server version, replica set and oplog of a MongoDB target."""
+    from dbops.hooks.mongo import DbopsMongoHook
+
+    with DbopsMongoHook(mongo_conn_id=config.targets[target].conn_id) as hook:  # closes the client
+        connectivity = _check("connectivity", lambda: _mongo_connect(hook))
+        if connectivity.verdict != "PASS":
+            return [connectivity, *_unreachable(MONGO_CHECKS)]
+        client = hook.get_conn()
+        version = _check("server_version", lambda: _mongo_version(client.admin.command("buildInfo")))
+        replica_set = _check("replica_set", lambda: _replica_set(client))
+        oplog = (CheckResult("oplog", "SKIP", "standalone server: no oplog") if replica_set.verdict == "WARN"
+                 else _check("oplog", lambda: _oplog(client)))
+    return [connectivity, version, replica_set, oplog]
+
+
+def _unreachable(names: tuple[str, ...]) -> list[CheckResult]:
+    return [CheckResult(name, "SKIP", "target unreachable") for name in names]
+
+
 def _check(name: str, probe: Callable[[], str]) -> CheckResult:
-    """Run one probe; its return value is the detail, any exception a FAIL."""
+    """Run one probe; its return value is the detail, a :class:`PreflightWarning` a WARN, any other
+    exception a FAIL."""
     try:
         return CheckResult(name, "PASS", probe())
+    except PreflightWarning as warning:
+        return CheckResult(name, "WARN", str(warning))
     except Exception as err:
         detail = " ".join(str(err).split()) or type(err).__name__
         return CheckResult(name, "FAIL", detail, transient=is_transient(err))
@@ -118,6 +155,56 @@ def _server_version(version: int) -> str:
         raise ValueError(f"PostgreSQL {format_server_version(version)} is older than the supported minimum "
                          f"{format_server_version(MIN_SERVER_VERSION_NUM)}")
     return f"PostgreSQL {format_server_version(version)}"
+
+
+def _mongo_connect(hook: DbopsMongoHook) -> str:
+    """Connect and authenticate (a ``ping`` needs an authenticated connection)."""
+    from pymongo.errors import OperationFailure
+
+    conn = hook.connection
+    started = time.monotonic()
+    try:
+        hook.get_conn().admin.command("ping")
+    except OperationFailure as err:
+        if err.code != 18:  # AuthenticationFailed
+            raise
+        raise ValueError(f"authentication as {conn.login!r} failed: fix the login and password of Airflow "
+                         f"connection {hook.mongo_conn_id} (or the user on the server)") from err
+    elapsed_ms = (time.monotonic() - started) * 1000
+    return f"{conn.host}:{conn.port}/{hook.database} as {conn.login!r} answered in {elapsed_ms:.0f} ms"
+
+
+def _mongo_version(info: dict) -> str:
+    """The server's version from its ``buildInfo``, refused below :data:`MIN_MONGO_VERSION`."""
+    version = tuple(info["versionArray"][:3])
+    minimum = ".".join(map(str, MIN_MONGO_VERSION))
+    if version < MIN_MONGO_VERSION:
+        raise ValueError(f"MongoDB {info['version']} is older than the supported minimum {minimum} (snapshot "
+                         "transactions, snapshot history window, the hello command)")
+    return f"MongoDB {info['version']}"
+
+
+def _replica_set(client: MongoClient) -> str:
+    """The connected member must be the primary of a replica set; a standalone server is a warning."""
+    hello = client.admin.command("hello")
+    name = hello.get("setName")
+    if name is None:
+        raise PreflightWarning("standalone server: no oplog and no snapshot transactions, so backups are NOT "
+                               "point-in-time consistent; run it as a replica set")
+    if not hello.get("isWritablePrimary"):
+        raise ConnectionError(f"replica set {name}: {hello.get('me')} is not the primary "
+                              f"(primary: {hello.get('primary') or 'none'}); backups read from the primary")
+    return f"replica set {name}: {hello['me']} is the primary of {len(hello.get('hosts', []))} member(s)"
+
+
+def _oplog(client: MongoClient) -> str:
+    """The oplog can be read (as the dump does) and how many hours it spans."""
+    oplog = client.local["oplog.rs"]
+    first, last = (oplog.find_one({}, {"ts": 1}, sort=[("$natural", order)]) for order in (1, -1))
+    if first is None or last is None:
+        raise ValueError("local.oplog.rs is empty: the server keeps no oplog")
+    hours = (last["ts"].time - first["ts"].time) / 3600
+    return f"local.oplog.rs readable, {hours:.1f} h of history"
 
 
 def _tool(name: str, server_version_num: int, tools: ToolsConfig) -> str:
