@@ -263,6 +263,41 @@ def test_killed_shipping_rerun_on_another_worker_without_its_staging_loses_nothi
     assert_shipped_once_without_gap(site, result, shipped_by_killed)
 
 
+def test_a_killed_runs_pg_receivewal_still_streaming_is_retried_and_moves_nothing(site, cluster):
+    ship(site)
+    insert(site, 1, 3000)
+    before = restart_lsn(site)
+    receive = receive_slot_name(site.name)
+    with psycopg.connect(site.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_copy_physical_replication_slot(%s, %s)", (slot_name(site.name), receive))
+    orphan_dir = site.home / "orphan"
+    orphan_dir.mkdir()
+    orphan = subprocess.Popen([str(BIN / "pg_receivewal"), f"--directory={orphan_dir}", f"--slot={receive}",
+                               "--no-password", f"--dbname=host=127.0.0.1 port={cluster.port} user=dbops_repl "
+                               f"password={PASSWORD}"], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_slot(site, receive, active=True)
+        busy = f'replication slot "{receive}" is active for PID .*\\(transient'
+        with pytest.raises(AirflowException, match=busy) as raised:
+            ship(site)
+        assert not isinstance(raised.value, AirflowFailException)
+        assert restart_lsn(site) == before, "nothing was stored: the hold slot must not move"
+    finally:
+        orphan.kill()
+        orphan.wait()
+    wait_for_slot(site, receive, active=False)  # its walsender exits once it notices
+    assert ship(site)["segments"], "once the orphan is gone the next run ships the backlog"
+    assert archive_gaps(ops(), target_hook(site), site.name) == []
+
+
+def wait_for_slot(site, slot: str, active: bool) -> None:
+    deadline = time.monotonic() + 30
+    with psycopg.connect(site.dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline and conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0] != active:
+            time.sleep(0.05)
+
+
 def set_wal_sender_timeout(cluster, value: str | None) -> None:
     """Set (or reset) the cluster's wal_sender_timeout; returns once new sessions see it."""
     with psycopg.connect(cluster.dsn, autocommit=True) as conn:

@@ -8,11 +8,12 @@ through a disposable *receive* slot ``dbops_wal_<target>_recv`` instead: the flu
 (on its status interval, or when the server asks) moves only that slot.
 
 Each run: the receive slot is dropped, finished segments a killed run left in the staging directory
-(``<staging_dir>/<target>__wal``) are stored, the directory is emptied and the receive slot copied from the hold slot (``pg_copy_physical_replication_slot``, same
-``restart_lsn``). With an empty directory ``pg_receivewal --slot <receive> --endpos <current LSN>`` starts
-at the segment that holds the slot's ``restart_lsn`` (PostgreSQL 15+), i.e. at the first WAL not stored
-yet. Every finished segment is then compressed (zstd, in Python), stored, read back (size and sha256),
-recorded in ``dbops.wal_segments`` and deleted locally; the unfinished one is stored as
+(``<staging_dir>/<target>__wal``) are stored, the directory is emptied and the receive slot copied from
+the hold slot (``pg_copy_physical_replication_slot``, same ``restart_lsn``). With an empty directory
+``pg_receivewal --slot <receive> --endpos <current LSN>`` starts at the segment that holds the slot's
+``restart_lsn`` (PostgreSQL 15+), i.e. at the first WAL not stored yet. Every finished segment is then
+compressed (zstd, in Python), stored, read back (size and sha256), recorded in ``dbops.wal_segments`` and
+deleted locally; the unfinished one is stored as
 ``<segment>.partial.zst`` (replaced each run, deleted once the segment is finished), so the recovery point
 is at most one shipping interval old on a quiet database. Then the hold slot is advanced to the end
 position and the receive slot dropped (no idle slot between runs). So:
@@ -101,26 +102,28 @@ def drop_slot(hook: DbopsPostgresHook, slot: str) -> None:
         hook.get_first("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
                        parameters=(slot,))
     except psycopg.errors.ObjectInUse as err:  # a killed run's pg_receivewal streams to its end position
-        raise ToolError(f"replication slot {slot} is active: {err}", transient=True) from err
+        raise ToolError(str(err).strip(), transient=True) from err
 
 
 def check_retained(hook: DbopsPostgresHook, slot: str, target: str, cap: int) -> int:
     """The WAL the slot retains; past ``cap`` fail, saying what the operator can do."""
+    drop = ("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN "
+            f"('{slot}', '{receive_slot_name(target)}')")
     lost = hook.get_first("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND wal_status = 'lost'",
                           parameters=(slot,))
     if lost:
         raise AirflowFailException(
             f"slot {slot} of {target} lost WAL it held (the server's max_slot_wal_keep_size was reached): the "
-            f"archive has a gap. Drop the slot (SELECT pg_drop_replication_slot('{slot}') on the target), then "
-            f"trigger pg_basebackup__{target} with full=true")
+            f"archive has a gap. Drop the slot and its receive slot ({drop} on the target), then trigger "
+            f"pg_basebackup__{target} with full=true")
     retained = retained_wal(hook, slot)
     if retained > cap:
         raise AirflowFailException(
             f"slot {slot} of {target} retains {human_bytes(retained)} of WAL, over pitr.max_retained_wal "
             f"({human_bytes(cap)}): shipping fell behind and the server's disk fills. Either raise "
             f"max_retained_wal in dbops.yaml if the disk can take it and let this DAG catch up, or drop the slot "
-            f"(SELECT pg_drop_replication_slot('{slot}') on the target), then trigger pg_basebackup__{target} "
-            "for a new full backup: point-in-time recovery before it is lost")
+            f"and its receive slot ({drop} on the target), then trigger pg_basebackup__{target} for a new full "
+            "backup: point-in-time recovery before it is lost")
     return retained
 
 
