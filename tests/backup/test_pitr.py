@@ -25,7 +25,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from dbops.backup import pitr_catalog
 from dbops.backup.pitr import server_user
-from dbops.backup.wal_ship import slot_name
+from dbops.backup.wal_ship import receive_slot_name, slot_name
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.tools import embedded_bin_dir
 from dbops.operators.pitr import (
@@ -75,8 +75,8 @@ def site(cluster, monkeypatch):
     write_config(site, site.store)
     yield site
     with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                     (slot_name(name),))
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                     "WHERE slot_name IN (%s, %s)", (slot_name(name), receive_slot_name(name)))
 
 
 def _dsn(cluster, database: str) -> str:
@@ -196,30 +196,45 @@ def test_a_gap_in_the_archive_fails_shipping_naming_it(site):
         ship(site)
 
 
-def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
+def kill_shipping(site, cluster=None, rows: int = 60000) -> set[str]:
+    """Start a shipping pass in a child process and kill -9 it (pg_receivewal too) once it stored two new
+    segments of a backlog (60000 rows: about 20 segments): what it received but did not store yet is in
+    staging only.
+
+    With ``cluster``, the server asks the child's pg_receivewal for its flush position every 0.15 s (a long
+    run reports it every 10 s on its own): the server learns that what is in staging was received."""
     ship(site)
-    insert(site, 1, 60000)  # about 20 segments of 1 MB
+    insert(site, 1, rows)
     keys_before = set(stored_segments(site))
-    child = subprocess.Popen([sys.executable, "-c", "import sys; from tests.backup.test_pitr import ship_in_child; "
-                              "ship_in_child(sys.argv[1])", site.name], cwd=ROOT, env=os.environ.copy())
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(set(stored_segments(site)) - keys_before) < 2:
-        time.sleep(0.02)
-    tree = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
-    for proc in tree:  # kill -9, pg_receivewal included (it runs in a session of its own)
-        proc.kill()
-    child.wait()
-    psutil.wait_procs(tree, timeout=10)
+    if cluster is not None:
+        set_wal_sender_timeout(cluster, "300ms")
+    try:
+        child = subprocess.Popen([sys.executable, "-c", "import sys; from tests.backup.test_pitr import "
+                                  "ship_in_child; ship_in_child(sys.argv[1])", site.name], cwd=ROOT,
+                                 env=os.environ.copy())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(set(stored_segments(site)) - keys_before) < 2:
+            time.sleep(0.02)
+        tree = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
+        for proc in tree:  # kill -9, pg_receivewal included (it runs in a session of its own)
+            proc.kill()
+        child.wait()
+        psutil.wait_procs(tree, timeout=10)
+    finally:
+        if cluster is not None:
+            set_wal_sender_timeout(cluster, None)
     shipped_by_killed = set(stored_segments(site)) - keys_before
     assert shipped_by_killed, "the child stored segments before it was killed"
+    return shipped_by_killed
 
-    result = ship(site)
-    assert result["segments"], "the killed run left received segments for the next run to ship"
+
+def assert_shipped_once_without_gap(site, result: dict, shipped_by_killed: set[str]) -> None:
+    """The archive has no gap, the rerun stored no segment twice, and its content is continuous WAL."""
     segments = stored_segments(site)
     finished = sorted(name for name, (partial, _, _) in segments.items() if not partial)
     assert archive_gaps(ops(), target_hook(site), site.name) == []
     assert not set(result["segments"]) & {s for s in shipped_by_killed if not segments[s][0]}, "stored twice"
-    # the archive's content is continuous WAL: pg_waldump reads every record from the first to the last
+    # pg_waldump reads every record from the first stored segment to the last
     wal = site.home / "unpacked"
     wal.mkdir()
     from dbops.core.streams import read_decompressed
@@ -229,6 +244,76 @@ def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
     done = subprocess.run([str(BIN / "pg_waldump"), "--quiet", "-p", str(wal), finished[0], finished[-1]],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
+    shipped_by_killed = kill_shipping(site)
+    result = ship(site)
+    assert result["segments"], "the killed run left received segments for the next run to ship"
+    assert_shipped_once_without_gap(site, result, shipped_by_killed)
+
+
+def test_killed_shipping_rerun_on_another_worker_without_its_staging_loses_nothing(site, cluster):
+    shipped_by_killed = kill_shipping(site, cluster, rows=200000)  # streaming lasts several pings
+    staging = site.home / "staging" / f"{site.name}__wal"
+    assert any(staging.iterdir()), "the killed run left received, unstored WAL in its staging"
+    shutil.rmtree(staging)  # the retry runs on another worker (or the disk was lost)
+    result = ship(site)
+    assert result["segments"], "the rerun streamed again what the killed run received but did not store"
+    assert_shipped_once_without_gap(site, result, shipped_by_killed)
+
+
+def test_a_killed_runs_pg_receivewal_still_streaming_is_retried_and_moves_nothing(site, cluster):
+    ship(site)
+    insert(site, 1, 3000)
+    before = restart_lsn(site)
+    receive = receive_slot_name(site.name)
+    with psycopg.connect(site.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_copy_physical_replication_slot(%s, %s)", (slot_name(site.name), receive))
+    orphan_dir = site.home / "orphan"
+    orphan_dir.mkdir()
+    orphan = subprocess.Popen([str(BIN / "pg_receivewal"), f"--directory={orphan_dir}", f"--slot={receive}",
+                               "--no-password", f"--dbname=host=127.0.0.1 port={cluster.port} user=dbops_repl "
+                               f"password={PASSWORD}"], stderr=subprocess.DEVNULL)
+    try:
+        wait_for_slot(site, receive, active=True)
+        busy = f'replication slot "{receive}" is active for PID .*\\(transient'
+        with pytest.raises(AirflowException, match=busy) as raised:
+            ship(site)
+        assert not isinstance(raised.value, AirflowFailException)
+        assert restart_lsn(site) == before, "nothing was stored: the hold slot must not move"
+    finally:
+        orphan.kill()
+        orphan.wait()
+    wait_for_slot(site, receive, active=False)  # its walsender exits once it notices
+    assert ship(site)["segments"], "once the orphan is gone the next run ships the backlog"
+    assert archive_gaps(ops(), target_hook(site), site.name) == []
+
+
+def wait_for_slot(site, slot: str, active: bool) -> None:
+    deadline = time.monotonic() + 30
+    with psycopg.connect(site.dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline and conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0] != active:
+            time.sleep(0.05)
+
+
+def set_wal_sender_timeout(cluster, value: str | None) -> None:
+    """Set (or reset) the cluster's wal_sender_timeout; returns once new sessions see it."""
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        if value is None:
+            conn.execute("ALTER SYSTEM RESET wal_sender_timeout")
+        else:
+            conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET wal_sender_timeout = {}").format(value))
+        conn.execute("SELECT pg_reload_conf()")
+    expected = value or "1min"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with psycopg.connect(cluster.dsn) as conn:
+            if conn.execute("SHOW wal_sender_timeout").fetchone()[0] == expected:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"wal_sender_timeout is not {expected} after a reload")
 
 
 def ship_in_child(name: str) -> None:
@@ -338,6 +423,7 @@ def test_slot_rules_see_the_wal_a_stopped_shipper_makes_the_server_keep(site):
     slot = slot_name(site.name)
     assert retained[slot][2] == "no" and retained[slot][3] > 1  # MB written since the last shipping run
     assert inactive[slot][2] >= 0
+    assert receive_slot_name(site.name) not in retained | inactive, "no idle receive slot between runs"
 
 
 def test_retention_keeps_the_newest_verified_chain_and_deletes_older_backups_and_wal(site):

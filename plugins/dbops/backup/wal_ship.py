@@ -1,41 +1,48 @@
-"""Ship a target's WAL to the store through a physical replication slot, losing no segment whatever is killed.
+"""Ship a target's WAL to the store through physical replication slots, losing no segment whatever is killed.
 
-Design. ``pg_receivewal --slot <slot> --endpos <current LSN>`` streams WAL into a local staging directory
-that lives as long as the target's shipping (``<staging_dir>/<target>__wal``), not as long as a run.
-Every finished segment is then compressed (zstd, in Python), stored, read back (size and sha256),
-recorded in ``dbops.wal_segments``, and only then deleted locally; the unfinished one is stored too.
-Then the slot is advanced (``pg_replication_slot_advance``) to the end position, all of which is stored.
-``pg_receivewal`` itself confirms to the server only segments it finished and flushed locally (a short
-run confirms little or nothing), and those stay in staging until stored: the slot never moves past WAL
-that is neither in the store nor on local disk. So:
+Design. Two physical slots per target. The *hold* slot ``dbops_wal_<target>`` marks what is stored: no
+client ever streams from it, and dbops moves it only with ``pg_replication_slot_advance`` once every
+segment before the new position is stored and recorded. The server keeps all WAL from it on, so WAL that
+is not in the store is never recycled, whatever happens to a worker or its disk. ``pg_receivewal`` streams
+through a disposable *receive* slot ``dbops_wal_<target>_recv`` instead: the flush position it confirms
+(on its status interval, or when the server asks) moves only that slot.
 
-* killed while streaming: the finished segments and the ``.partial`` stay in staging; the next run ships
-  them first, and ``pg_receivewal`` resumes at the start of its ``.partial`` segment (the slot keeps the
-  whole segment it points into);
-* killed while storing or recording: the segment is still in staging and is stored again under the same
-  key (its name); a segment already recorded as finished is never stored twice (no duplicate);
-* store unreachable: the leftovers and a probe write fail before ``pg_receivewal`` starts, so the slot is
-  not advanced at all and staging does not grow.
+Each run: the receive slot is dropped, finished segments a killed run left in the staging directory
+(``<staging_dir>/<target>__wal``) are stored, the directory is emptied and the receive slot copied from
+the hold slot (``pg_copy_physical_replication_slot``, same ``restart_lsn``). With an empty directory
+``pg_receivewal --slot <receive> --endpos <current LSN>`` starts at the segment that holds the slot's
+``restart_lsn`` (PostgreSQL 15+), i.e. at the first WAL not stored yet. Every finished segment is then
+compressed (zstd, in Python), stored, read back (size and sha256), recorded in ``dbops.wal_segments`` and
+deleted locally; the unfinished one is stored as
+``<segment>.partial.zst`` (replaced each run, deleted once the segment is finished), so the recovery point
+is at most one shipping interval old on a quiet database. Then the hold slot is advanced to the end
+position and the receive slot dropped (no idle slot between runs). So:
 
-The unfinished segment is stored as ``<segment>.partial.zst`` (replaced each run, deleted once the
-segment is finished), so the recovery point is at most one shipping interval old on a quiet database.
-Staging must be on persistent disk of the worker(s) that run the target's pool. The slot makes the server
+* killed at any point, on this worker or another, with or without its staging directory: the next run
+  streams again from the hold slot everything not stored yet; a segment already recorded as finished is
+  skipped (no duplicate), one stored but not recorded is stored again under the same key (its name);
+* store unreachable: a probe write fails before ``pg_receivewal`` starts; the hold slot does not move;
+* a killed run's ``pg_receivewal`` still streaming holds the receive slot: dropping it fails, retried.
+
+Staging is scratch space of one run (at most the backlog plus one segment). The hold slot makes the server
 keep WAL while shipping stops; past ``pitr.max_retained_wal`` the task fails telling what to do.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psycopg
 from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.backup import pitr_catalog
 from dbops.backup.store_io import verify_stored
-from dbops.core.processes import run, tool_failed
+from dbops.core.processes import ToolError, run, tool_failed
 from dbops.core.streams import CHUNK, write_compressed
 from dbops.core.units import human_bytes
 
@@ -50,8 +57,13 @@ PARTIAL_SUFFIX = ".partial"
 
 
 def slot_name(target: str) -> str:
-    """The physical replication slot that holds the target's WAL for shipping."""
+    """The physical replication slot that holds the target's WAL until it is stored (never streamed from)."""
     return f"dbops_wal_{target}"
+
+
+def receive_slot_name(target: str) -> str:
+    """The disposable physical slot ``pg_receivewal`` streams through, copied from the hold slot each run."""
+    return f"{slot_name(target)}_recv"
 
 
 def wal_key(target: str, segment: str, partial: bool = False) -> str:
@@ -84,55 +96,73 @@ def retained_wal(hook: DbopsPostgresHook, slot: str) -> int:
     return int(row[0]) if row else 0
 
 
+def drop_slot(hook: DbopsPostgresHook, slot: str) -> None:
+    """Drop the slot if it exists; a slot a client still streams from fails transiently."""
+    try:
+        hook.get_first("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                       parameters=(slot,))
+    except psycopg.errors.ObjectInUse as err:  # a killed run's pg_receivewal streams to its end position
+        raise ToolError(str(err).strip(), transient=True) from err
+
+
 def check_retained(hook: DbopsPostgresHook, slot: str, target: str, cap: int) -> int:
     """The WAL the slot retains; past ``cap`` fail, saying what the operator can do."""
+    drop = ("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN "
+            f"('{slot}', '{receive_slot_name(target)}')")
     lost = hook.get_first("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND wal_status = 'lost'",
                           parameters=(slot,))
     if lost:
         raise AirflowFailException(
             f"slot {slot} of {target} lost WAL it held (the server's max_slot_wal_keep_size was reached): the "
-            f"archive has a gap. Drop the slot (SELECT pg_drop_replication_slot('{slot}') on the target), then "
-            f"trigger pg_basebackup__{target} with full=true")
+            f"archive has a gap. Drop the slot and its receive slot ({drop} on the target), then trigger "
+            f"pg_basebackup__{target} with full=true")
     retained = retained_wal(hook, slot)
     if retained > cap:
         raise AirflowFailException(
             f"slot {slot} of {target} retains {human_bytes(retained)} of WAL, over pitr.max_retained_wal "
             f"({human_bytes(cap)}): shipping fell behind and the server's disk fills. Either raise "
             f"max_retained_wal in dbops.yaml if the disk can take it and let this DAG catch up, or drop the slot "
-            f"(SELECT pg_drop_replication_slot('{slot}') on the target), then trigger pg_basebackup__{target} "
-            "for a new full backup: point-in-time recovery before it is lost")
+            f"and its receive slot ({drop} on the target), then trigger pg_basebackup__{target} for a new full "
+            "backup: point-in-time recovery before it is lost")
     return retained
 
 
 def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store: BackupStore, target: str,
              staging: Path, level: int, timeout: float) -> ShipResult:
-    """Store what staging holds, stream up to the current LSN, store again; see the module docstring."""
+    """Stream from the hold slot's position up to the current LSN, store it all, advance the hold slot;
+    see the module docstring."""
     started = time.monotonic()
-    staging.mkdir(parents=True, exist_ok=True)
     result = ShipResult()
-    _store_finished(ops, store, target, staging, level, result)  # a killed run's leftovers first
-    store.check_writable()  # no streaming (slot advance) while the store cannot take what it brings
-    slot = slot_name(target)
-    ensure_slot(hook, slot)
+    hold, receive = slot_name(target), receive_slot_name(target)
+    ensure_slot(hook, hold)
+    drop_slot(hook, receive)
+    if staging.is_dir():
+        _store_finished(ops, store, target, staging, level, result)  # a killed run's leftovers need no re-streaming
+    store.check_writable()  # nothing streamed while the store cannot take it
+    shutil.rmtree(staging, ignore_errors=True)  # pg_receivewal must start at the receive slot, not at a file
+    staging.mkdir(parents=True)
+    hook.get_first("SELECT pg_copy_physical_replication_slot(%s, %s)", parameters=(hold, receive))
     # A tiny WAL record, flushed at once: everything inserted before it (asynchronous commits included)
     # is on disk and can be streamed, and an idle server still has WAL to reach. The function returns the
     # record's end; pg_receivewal stops once it received WAL *past* --endpos, so one byte before it.
     end_lsn = hook.get_first("SELECT pg_logical_emit_message(false, 'dbops_wal_ship', '', true)::text")[0]
     with hook.cli_environment() as env:
-        done = run([tool.path, f"--directory={staging}", f"--slot={slot}", f"--endpos={_lsn(_lsn_int(end_lsn) - 1)}",
+        done = run([tool.path, f"--directory={staging}", f"--slot={receive}", f"--endpos={_lsn(_lsn_int(end_lsn) - 1)}",
                     "--no-loop", "--no-password"], timeout, env)
     if done.returncode != 0:
         error = tool_failed("pg_receivewal", done.returncode, done.stderr)
-        if "is active for PID" in done.stderr:  # a killed run's pg_receivewal still streams to its end position
+        if "is active for PID" in done.stderr:  # another pg_receivewal took the receive slot meanwhile
             error.transient = True
         raise error
     _store_finished(ops, store, target, staging, level, result)
     _store_partial(ops, store, target, staging, level, result)
-    # everything up to end_lsn is stored now: the slot may let the server recycle it
+    # everything up to end_lsn is stored now: the hold slot may let the server recycle it
     hook.get_first("SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
-                   "WHERE slot_name = %s AND restart_lsn < %s::pg_lsn", parameters=(end_lsn, slot, end_lsn))
+                   "WHERE slot_name = %s AND restart_lsn < %s::pg_lsn", parameters=(end_lsn, hold, end_lsn))
+    drop_slot(hook, receive)
+    shutil.rmtree(staging, ignore_errors=True)
     result.end_lsn = end_lsn
-    result.retained_bytes = retained_wal(hook, slot)
+    result.retained_bytes = retained_wal(hook, hold)
     result.seconds = round(time.monotonic() - started, 3)
     return result
 
@@ -146,7 +176,7 @@ def _store_finished(ops: OpsDatabaseHook, store: BackupStore, target: str, stagi
         known = pitr_catalog.segments(conn, target, names[0])
     for name in names:
         if name in known and not known[name][0]:
-            (staging / name).unlink()  # stored and recorded by an earlier run that was killed before this
+            (staging / name).unlink()  # recorded by an earlier run killed before it advanced the hold slot
             continue
         _store_one(ops, store, target, staging / name, name, False, level, result)
         store.delete(wal_key(target, name, partial=True))

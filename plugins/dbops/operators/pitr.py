@@ -39,7 +39,7 @@ def _run_dir(config: DbopsConfig, target: str, what: str, run_id: str) -> Path:
 
 
 def wal_staging(config: DbopsConfig, target: str) -> Path:
-    """pg_receivewal's directory: lives as long as the target's shipping, not as long as a run."""
+    """pg_receivewal's directory: scratch space of one shipping run (emptied at its start and end)."""
     return config.staging_path / f"{target}__wal"
 
 
@@ -85,8 +85,9 @@ class _PitrOperator(TargetOperator):
         except AirflowException:
             raise
         except Exception as err:
-            raise classify(err, f"shipping WAL of {self.target} to {store.describe()} failed; what was received "
-                                f"stays in {staging} and is shipped next run") from err
+            raise classify(err, f"shipping WAL of {self.target} to {store.describe()} failed; the slot "
+                                f"{slot_name(self.target)} keeps what is not stored, the next run streams it "
+                                "again") from err
 
 
 class BaseBackupOperator(_PitrOperator):
