@@ -47,3 +47,11 @@ def test_mistakes_name_file_target_and_key(pitr, expected):
         parse(pitr)
     assert str(info.value).startswith(f"{PATH}: target 'appdb': ")
     assert expected in str(info.value)
+
+
+def test_a_target_name_too_long_for_its_replication_slots_is_refused():
+    name = "t" * 50  # a valid target name (63 at most), but dbops_wal_<name>_recv would be 65 bytes
+    with pytest.raises(ConfigError) as info:
+        parse_config(BASE.replace("appdb", name).replace("{PITR}", "{storage: local}"), PATH)
+    assert str(info.value).startswith(f"{PATH}: target '{name}': key 'pitr': the target name is too long")
+    assert "at most 48 characters" in str(info.value)

@@ -371,7 +371,7 @@ def test_no_container_names_on_airflow_services() -> None:
 
 
 def test_pitr_needs_are_in_the_compose_file() -> None:
-    """Incremental base backups need WAL summaries; shipped WAL waits in staging shared by every worker."""
+    """Incremental base backups need WAL summaries; staged dumps survive a worker restart."""
     target = compose()["services"]["target-postgres"]
     assert "summarize_wal=on" in target["command"]
     for service in ("airflow-worker", "airflow-scheduler"):

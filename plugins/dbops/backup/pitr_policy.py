@@ -28,8 +28,26 @@ class PitrPolicy:
     notify: list[str] = field(default_factory=lambda: ["log"])
 
 
-def check_pitr(policy: PitrPolicy, key: str, storage: dict) -> None:
-    """What the types cannot say: the store exists, retention keeps a full, the port range is sane."""
+MAX_IDENTIFIER = 63  # bytes of a PostgreSQL name, replication slots included
+
+
+def slot_name(target: str) -> str:
+    """The physical replication slot that holds the target's WAL until it is stored (never streamed from)."""
+    return f"dbops_wal_{target}"
+
+
+def receive_slot_name(target: str) -> str:
+    """The disposable physical slot ``pg_receivewal`` streams through, copied from the hold slot each run."""
+    return f"{slot_name(target)}_recv"
+
+
+def check_pitr(policy: PitrPolicy, key: str, storage: dict, target: str) -> None:
+    """What the types cannot say: the store exists, retention keeps a full, the port range is sane, the
+    target's replication slot names fit PostgreSQL's limit."""
+    if len(receive_slot_name(target).encode()) > MAX_IDENTIFIER:
+        raise Invalid(key, f"the target name is too long for its replication slot {receive_slot_name(target)!r} "
+                           f"(at most {MAX_IDENTIFIER} bytes): use a target name of at most "
+                           f"{MAX_IDENTIFIER - len(receive_slot_name('').encode())} characters")
     if policy.storage not in storage:
         raise Invalid(f"{key}.storage", f"unknown storage {policy.storage!r} (defined: {', '.join(storage) or 'none'})")
     if policy.full_retention < 1:

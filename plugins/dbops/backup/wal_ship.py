@@ -41,6 +41,7 @@ import psycopg
 from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.backup import pitr_catalog
+from dbops.backup.pitr_policy import receive_slot_name, slot_name
 from dbops.backup.store_io import verify_stored
 from dbops.core.processes import ToolError, run, tool_failed
 from dbops.core.streams import CHUNK, write_compressed
@@ -54,16 +55,6 @@ if TYPE_CHECKING:
 
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 PARTIAL_SUFFIX = ".partial"
-
-
-def slot_name(target: str) -> str:
-    """The physical replication slot that holds the target's WAL until it is stored (never streamed from)."""
-    return f"dbops_wal_{target}"
-
-
-def receive_slot_name(target: str) -> str:
-    """The disposable physical slot ``pg_receivewal`` streams through, copied from the hold slot each run."""
-    return f"{slot_name(target)}_recv"
 
 
 def wal_key(target: str, segment: str, partial: bool = False) -> str:

@@ -163,7 +163,7 @@ def _check_references(config: DbopsConfig) -> None:
         if target.lifecycle:
             check_lifecycle(target.lifecycle, f"{key}.lifecycle", has_store=target.backup is not None)
         if target.pitr:
-            check_pitr(target.pitr, f"{key}.pitr", config.storage)
+            check_pitr(target.pitr, f"{key}.pitr", config.storage, name)
 
 
 def _section(target: TargetConfig, path: str) -> Any:
