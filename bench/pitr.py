@@ -22,10 +22,8 @@ stdout, progress on stderr.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from scripts.bench_output import emit, json_stdout  # noqa: E402
+from scripts.bench_output import emit, json_stdout, medians, round_args  # noqa: E402
 from scripts.stack.airflow import airflow_env  # noqa: E402
 from scripts.stack.cluster import cluster  # noqa: E402
 from scripts.stack.paths import VAR, port_taken  # noqa: E402
@@ -204,10 +202,7 @@ class Round:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
+    args = round_args(__doc__, rounds=2)
     out = json_stdout()
     for key, value in airflow_env().items():
         os.environ.setdefault(key, value)
@@ -243,8 +238,7 @@ def main() -> None:
     finally:
         if started_pg:
             stop_postgres()
-    med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-    progress("medians: " + ", ".join(f"{k}={v:.3f}" for k, v in med.items()))
+    med = medians(rounds, progress)
     n = args.size_mb
     emit(out, "pitr", n, "basebackup_seconds", med["ours_backup"], "s", "pg_basebackup -Ft -z", med["plain_backup"])
     emit(out, "pitr", n, "basebackup_bytes", med["ours_bytes"], "bytes", "pg_basebackup -Ft -z", med["plain_bytes"])
