@@ -31,10 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from scripts.bench_output import emit, json_stdout, medians, round_args, progress_printer  # noqa: E402
-from scripts.stack.airflow import airflow_env  # noqa: E402
+from scripts.bench_output import bench_postgres, emit, json_stdout, medians, round_args, progress_printer  # noqa: E402
 from scripts.stack.paths import VAR  # noqa: E402
-from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo, libpq_env, start_postgres, stop_postgres  # noqa: E402
+from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo, libpq_env  # noqa: E402
 
 CONN_ID = "bench_backup"
 from dbops.backup.policy import BackupPolicy  # noqa: E402
@@ -212,10 +211,7 @@ def main() -> None:
     # stdout carries the JSON lines only: everything else writing to fd 1 (Airflow's logging, tools) goes
     # to stderr.
     out = json_stdout()
-    for key, value in airflow_env().items():
-        os.environ.setdefault(key, value)
-    started_pg = start_postgres()
-    try:
+    with bench_postgres():
         database = prepare_database(args.size_mb)
         os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = conn_uri(database)
 
@@ -232,9 +228,6 @@ def main() -> None:
         for index in range(args.rounds):
             work = Path(tempfile.mkdtemp(prefix="bench-backup-", dir=VAR))
             rounds.append(Round(index, database, work, tools, hook, admin).run())
-    finally:
-        if started_pg:
-            stop_postgres()
 
     med = medians(rounds, progress)
     n = args.size_mb

@@ -7,7 +7,8 @@ import json
 import os
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 
@@ -18,6 +19,23 @@ def json_stdout() -> TextIO:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     return out
+
+
+@contextmanager
+def bench_postgres() -> Iterator[None]:
+    """Airflow's environment (what is not set already) and the stack's PostgreSQL, stopped again afterwards if
+    this started it."""
+    from scripts.stack.airflow import airflow_env
+    from scripts.stack.postgres import start_postgres, stop_postgres
+
+    for key, value in airflow_env().items():
+        os.environ.setdefault(key, value)
+    started = start_postgres()
+    try:
+        yield
+    finally:
+        if started:
+            stop_postgres()
 
 
 def round_args(doc: str | None, rounds: int, size_mb: int = 50) -> argparse.Namespace:
