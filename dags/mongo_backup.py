@@ -13,7 +13,7 @@ from dbops.backup.lookup import BACKUP_ID_HELP, LATEST_VERIFIED
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
 from dbops.notifications.channels import DbopsFailureNotifier
-from dbops.operators.backup_dags import nightly_backup_tasks, verify_tasks
+from dbops.operators.backup_dags import nightly_backup_tasks, verify_backup_dag
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.mongo import (
     MongoBackupOperator,
@@ -58,13 +58,8 @@ for target, settings in config.targets.items():
                              database="{{ params.database }}", overwrite="{{ params.overwrite }}",
                              pool=pool_name(target), execution_timeout=timedelta(hours=6))
 
-    with DAG(
-        dag_id=f"mongo_verify_backup__{target}",
-        schedule=None,
+    verify_backup_dag(
+        "mongo", target, tags=["mongodb"], on_failure=notifier,
         description=f"Prove a stored backup of MongoDB {target} restores: checksums, documents, hashes, indexes",
-        doc_md=runbook("mongo_verify_backup", target),
-        params={"backup_id": Param("latest", type="string", description=f"backup to verify: {backup_ids}")},
-        **dag_kwargs(tags=["backup", "verify", "mongodb", target], on_failure=notifier),
-    ):
-        verify_tasks(target, create_scratch=MongoScratchDatabaseOperator, drop_scratch=MongoScratchDatabaseOperator,
-                     verify=MongoVerifyBackupOperator, backup_id="{{ params.backup_id }}")
+        create_scratch=MongoScratchDatabaseOperator, drop_scratch=MongoScratchDatabaseOperator,
+        verify=MongoVerifyBackupOperator)

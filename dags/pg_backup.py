@@ -21,7 +21,7 @@ from dbops.operators.backup import (
     TenantExportOperator,
     VerifyBackupOperator,
 )
-from dbops.operators.backup_dags import nightly_backup_tasks, verify_tasks
+from dbops.operators.backup_dags import nightly_backup_tasks, verify_backup_dag
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.preflight import PreflightOperator
 
@@ -67,17 +67,10 @@ for target, settings in config.targets.items():
             overwrite="{{ params.overwrite }}", confirm_database="{{ params.confirm_database }}",
             pool=pool_name(target), execution_timeout=timedelta(hours=6))
 
-    with DAG(
-        dag_id=f"pg_verify_backup__{target}",
-        schedule=None,
-        description=f"Prove a stored backup of {target} restores: checksums, rows, constraints, amcheck",
-        doc_md=runbook("pg_verify_backup", target),
-        params={"backup_id": Param("latest", type="string", description=f"backup to verify: {backup_ids}")},
-        **dag_kwargs(tags=["backup", "verify", target], on_failure=notifier),
-    ):
-        verify_tasks(target, create_scratch=ScratchDatabaseOperator,
-                     drop_scratch=partial(ScratchDatabaseOperator, drop=True), verify=VerifyBackupOperator,
-                     backup_id="{{ params.backup_id }}")
+    verify_backup_dag("pg", target, tags=[], on_failure=notifier,
+                      description=f"Prove a stored backup of {target} restores: checksums, rows, constraints, amcheck",
+                      create_scratch=ScratchDatabaseOperator, drop_scratch=partial(ScratchDatabaseOperator, drop=True),
+                      verify=VerifyBackupOperator)
 
     if settings.backup.tenant_tables:
         with DAG(

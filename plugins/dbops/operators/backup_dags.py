@@ -1,4 +1,4 @@
-"""The task chains the PostgreSQL and MongoDB backup DAGs share; each engine passes its operator classes."""
+"""The task chains and DAGs the PostgreSQL and MongoDB backup DAGs share; each engine passes its operator classes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, BaseOperator
+from airflow.sdk import DAG, Asset, BaseOperator, Param
 
+from dbops.backup.lookup import BACKUP_ID_HELP
 from dbops.core.config import pool_name
+from dbops.core.dag_defaults import dag_kwargs, runbook
 from dbops.operators.backup import BackupReportOperator, BackupRetentionOperator
 
 OperatorFactory = Callable[..., BaseOperator]
@@ -16,7 +18,7 @@ OperatorFactory = Callable[..., BaseOperator]
 
 def verify_tasks(target: str, *, create_scratch: OperatorFactory, drop_scratch: OperatorFactory,
                  verify: OperatorFactory, **verify_kwargs: Any) -> tuple[BaseOperator, BaseOperator]:
-    """create_scratch >> verify_restore >> drop_scratch (the teardown of create_scratch); returns (create_scratch, verify_restore)."""
+    """create_scratch >> verify_restore >> drop_scratch (the teardown of create_scratch); returns the first two."""
     create = create_scratch(task_id="create_scratch", target=target, execution_timeout=timedelta(minutes=5))
     check = verify(task_id="verify_restore", target=target, pool=pool_name(target), retries=1,
                    execution_timeout=timedelta(hours=4), **verify_kwargs)
@@ -43,3 +45,22 @@ def nightly_backup_tasks(target: str, *, dump: OperatorFactory, create_scratch: 
     stored >> create
     check >> retention >> report
     return stored
+
+
+def verify_backup_dag(prefix: str, target: str, *, description: str, tags: list[str], on_failure: Any,
+                      create_scratch: OperatorFactory, drop_scratch: OperatorFactory,
+                      verify: OperatorFactory) -> DAG:
+    """<prefix>_verify_backup__<target> (on demand): :func:`verify_tasks` for the backup its Param ``backup_id``
+    names; documented by include/runbooks/<prefix>_verify_backup.md."""
+    backup_ids = BACKUP_ID_HELP.replace("<target>", target)
+    with DAG(
+        dag_id=f"{prefix}_verify_backup__{target}",
+        schedule=None,
+        description=description,
+        doc_md=runbook(f"{prefix}_verify_backup", target),
+        params={"backup_id": Param("latest", type="string", description=f"backup to verify: {backup_ids}")},
+        **dag_kwargs(tags=["backup", "verify", *tags, target], on_failure=on_failure),
+    ) as dag:
+        verify_tasks(target, create_scratch=create_scratch, drop_scratch=drop_scratch, verify=verify,
+                     backup_id="{{ params.backup_id }}")
+    return dag
