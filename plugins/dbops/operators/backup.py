@@ -47,6 +47,29 @@ class _BackupTargetOperator(TargetOperator):
             raise AirflowFailException(f"target {self.target!r} has no backup policy in {config.path}")
         return config, policy, get_store(config.storage[policy.storage])
 
+    def _reuse_or_clean(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
+                        store: BackupStore) -> dict[str, Any] | None:
+        """Before a dump: the result of a backup that makes it needless (:meth:`_existing_backup`, then
+        :meth:`_recovered_backup`), or None once the folders incomplete attempts left are removed."""
+        try:
+            existing = self._existing_backup(context, policy, ops, store)
+            if existing is None:
+                existing = self._recovered_backup(context, store, ops)
+            if existing is not None:
+                return existing
+            for folder, files in remove_incomplete(store, f"{self.target}/full/").items():
+                self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
+        except AirflowFailException:
+            raise
+        except Exception as err:
+            raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
+        return None
+
+    def _recovered_backup(self, context: Context, store: BackupStore, ops: OpsDatabaseHook) -> dict[str, Any] | None:
+        """A backup an earlier attempt of this run stored but could not record, recorded now; none here (a stored
+        PostgreSQL dump is found again after the staged dump is reused)."""
+        return None
+
     def _existing_backup(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
                          store: BackupStore) -> dict[str, Any] | None:
         """This run's own complete backup (a retry), or for a past period one taken since its scheduled time."""
@@ -98,16 +121,9 @@ class PgBackupOperator(_BackupTargetOperator):
 
         config, policy, store = self._setup()
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
-        try:
-            existing = self._existing_backup(context, policy, ops, store)
-            if existing is not None:
-                return existing
-            for folder, files in remove_incomplete(store, f"{self.target}/full/").items():
-                self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
-        except AirflowFailException:
-            raise
-        except Exception as err:
-            raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
+        existing = self._reuse_or_clean(context, policy, ops, store)
+        if existing is not None:
+            return existing
 
         staging = staging_dir(config, self.target, context["run_id"])
         dump, taken_at = self._staged_or_new_dump(config, policy, store, ops, staging)
