@@ -14,7 +14,7 @@ from dbops.backup import catalog
 from dbops.backup.runs import backup_result, is_past_period, new_manifest, run_type_of
 from dbops.backup.store_io import read_manifest, remove_incomplete, store_backup
 from dbops.core.errors import classify
-from dbops.core.manifest import FileEntry, backup_prefix
+from dbops.core.manifest import FileEntry, Manifest, backup_prefix
 from dbops.core.processes import tool_timeout
 from dbops.core.units import human_bytes
 from dbops.operators.base import TargetOperator
@@ -69,6 +69,24 @@ class _BackupTargetOperator(TargetOperator):
         """A backup an earlier attempt of this run stored but could not record, recorded now; none here (a stored
         PostgreSQL dump is found again after the staged dump is reused)."""
         return None
+
+    def _record_verification(self, context: Context, ops: OpsDatabaseHook, store: BackupStore, manifest: Manifest,
+                             backup_id: str, started_at: datetime, outcome: dict[str, Any]) -> None:
+        """Record a verification's outcome in ``dbops.recovery_tests`` and the manifest, log each check; raise
+        :class:`VerificationFailed` when it failed."""
+        from dbops.backup.verify import VerificationFailed, check_line
+
+        manifest.verification = {"started_at": started_at.isoformat(), "run_id": context["run_id"], **outcome}
+        with ops.transaction() as conn:
+            catalog.record_recovery_test(conn, backup_id, self.target, context["run_id"], started_at,
+                                         outcome["restore_seconds"], outcome["ok"], outcome["checks"],
+                                         outcome["error"])
+        with ops.transaction() as conn:
+            catalog.rewrite_manifest(conn, store, manifest)
+        for name, check in outcome["checks"].items():
+            self.log.info(check_line(name, check))
+        if not outcome["ok"]:
+            raise VerificationFailed(f"FAILED: {outcome['error']} (verification of backup {manifest.location})")
 
     def _existing_backup(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
                          store: BackupStore) -> dict[str, Any] | None:
@@ -286,13 +304,7 @@ class VerifyBackupOperator(_BackupTargetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
-        from dbops.backup.verify import (
-            VerificationFailed,
-            check_line,
-            restore_and_check,
-            scratch_database_name,
-            verification_server,
-        )
+        from dbops.backup.verify import restore_and_check, scratch_database_name, verification_server
         from dbops.hooks.ops import OpsDatabaseHook
 
         config, policy, store = self._setup()
@@ -316,17 +328,7 @@ class VerifyBackupOperator(_BackupTargetOperator):
             raise
         except Exception as err:
             raise classify(err, f"verifying {self.backup_id} could not run") from err
-        manifest.verification = {"started_at": started_at.isoformat(), "run_id": context["run_id"], **outcome}
-        with ops.transaction() as conn:
-            catalog.record_recovery_test(conn, self.backup_id, self.target, context["run_id"], started_at,
-                                         outcome["restore_seconds"], outcome["ok"], outcome["checks"],
-                                         outcome["error"])
-        with ops.transaction() as conn:
-            catalog.rewrite_manifest(conn, store, manifest)
-        for name, check in outcome["checks"].items():
-            self.log.info(check_line(name, check))
-        if not outcome["ok"]:
-            raise VerificationFailed(f"FAILED: {outcome['error']} (verification of backup {manifest.location})")
+        self._record_verification(context, ops, store, manifest, self.backup_id, started_at, outcome)
         self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d tables and %d rows match the snapshot",
                       manifest.location, human_bytes(manifest.total_bytes), outcome["restore_seconds"],
                       outcome["checks"]["row_counts"]["tables"], outcome["checks"]["row_counts"]["rows"],

@@ -187,7 +187,7 @@ class MongoVerifyBackupOperator(_MongoTargetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
-        from dbops.backup.verify import VerificationFailed, check_line, scratch_database_name
+        from dbops.backup.verify import scratch_database_name
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.mongo.verify import restore_and_check
@@ -213,16 +213,7 @@ class MongoVerifyBackupOperator(_MongoTargetOperator):
             raise
         except Exception as err:
             raise classify(err, f"verifying {backup_id} could not run") from err
-        manifest.verification = {"started_at": started_at.isoformat(), "run_id": context["run_id"], **outcome}
-        with ops.transaction() as conn:
-            catalog.record_recovery_test(conn, backup_id, self.target, context["run_id"], started_at,
-                                         outcome["restore_seconds"], outcome["ok"], outcome["checks"], outcome["error"])
-        with ops.transaction() as conn:
-            catalog.rewrite_manifest(conn, store, manifest)
-        for name, check in outcome["checks"].items():
-            self.log.info(check_line(name, check))
-        if not outcome["ok"]:
-            raise VerificationFailed(f"FAILED: {outcome['error']} (verification of backup {manifest.location})")
+        self._record_verification(context, ops, store, manifest, backup_id, started_at, outcome)
         counts = outcome["checks"]["row_counts"]
         self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d collections, documents, hashes and indexes "
                       "match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
