@@ -20,10 +20,8 @@ sides alike. Medians over rounds; one JSON object per metric on stdout, progress
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,10 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from scripts.bench_output import emit, json_stdout, progress_printer  # noqa: E402
-from scripts.stack.airflow import airflow_env  # noqa: E402
+from scripts.bench_output import bench_postgres, emit, json_stdout, medians, round_args, progress_printer  # noqa: E402
 from scripts.stack.paths import VAR  # noqa: E402
-from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo, libpq_env, start_postgres, stop_postgres  # noqa: E402
+from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo, libpq_env  # noqa: E402
 
 CONN_ID = "bench_backup"
 from dbops.backup.policy import BackupPolicy  # noqa: E402
@@ -209,18 +206,12 @@ class Round:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = round_args(__doc__, rounds=3)
 
     # stdout carries the JSON lines only: everything else writing to fd 1 (Airflow's logging, tools) goes
     # to stderr.
     out = json_stdout()
-    for key, value in airflow_env().items():
-        os.environ.setdefault(key, value)
-    started_pg = start_postgres()
-    try:
+    with bench_postgres():
         database = prepare_database(args.size_mb)
         os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = conn_uri(database)
 
@@ -237,12 +228,8 @@ def main() -> None:
         for index in range(args.rounds):
             work = Path(tempfile.mkdtemp(prefix="bench-backup-", dir=VAR))
             rounds.append(Round(index, database, work, tools, hook, admin).run())
-    finally:
-        if started_pg:
-            stop_postgres()
 
-    med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-    progress("medians: " + ", ".join(f"{k}={v:.3f}" for k, v in med.items()))
+    med = medians(rounds, progress)
     n = args.size_mb
     emit(out, "backup", n, "dump_seconds", med["ours_dump"], "s", "pg_dump -Fc", med["plain_dump"])
     emit(out, "backup", n, "dump_limit_seconds", med["ours_dump"], "s", "pg_dump -Fc -Z0 > /dev/null", med["limit_dump"])

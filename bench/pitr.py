@@ -22,10 +22,8 @@ stdout, progress on stderr.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,11 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from scripts.bench_output import emit, json_stdout  # noqa: E402
-from scripts.stack.airflow import airflow_env  # noqa: E402
+from scripts.bench_output import bench_postgres, emit, json_stdout, medians, round_args  # noqa: E402
 from scripts.stack.cluster import cluster  # noqa: E402
 from scripts.stack.paths import VAR, port_taken  # noqa: E402
-from scripts.stack.postgres import start_postgres, stop_postgres  # noqa: E402
 
 from dbops.backup.pitr_policy import PitrPolicy  # noqa: E402
 
@@ -204,16 +200,10 @@ class Round:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
+    args = round_args(__doc__, rounds=2)
     out = json_stdout()
-    for key, value in airflow_env().items():
-        os.environ.setdefault(key, value)
-    started_pg = start_postgres()
     root = VAR / f"bench-pitr-{args.size_mb}"
-    try:
+    with bench_postgres():
         with cluster(root, free_port(), PASSWORD, "shared_buffers = 256MB\nmax_wal_size = 4GB", keep=True) as made:
             prepare(made, args.size_mb)
             os.environ["AIRFLOW_CONN_BENCH_PITR"] = made.uri(DATABASE, "dbops_repl")
@@ -240,11 +230,7 @@ def main() -> None:
                 hook.run("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
                 with ops.transaction() as conn:
                     conn.execute("DELETE FROM dbops.wal_segments WHERE target = %s", (TARGET,))
-    finally:
-        if started_pg:
-            stop_postgres()
-    med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-    progress("medians: " + ", ".join(f"{k}={v:.3f}" for k, v in med.items()))
+    med = medians(rounds, progress)
     n = args.size_mb
     emit(out, "pitr", n, "basebackup_seconds", med["ours_backup"], "s", "pg_basebackup -Ft -z", med["plain_backup"])
     emit(out, "pitr", n, "basebackup_bytes", med["ours_bytes"], "bytes", "pg_basebackup -Ft -z", med["plain_bytes"])

@@ -11,15 +11,13 @@ from airflow.sdk import DAG
 
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.mongo.policy import mongo_sections
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.mongo import MongoMaintenanceOperator
 
 config = load_config()
 
-for target, settings in config.targets.items():
-    policy = settings.mongo.maintenance if settings.engine == "mongodb" and settings.mongo else None
-    if policy is None:
-        continue
+for target, policy in mongo_sections(config, "maintenance"):
     with DAG(
         dag_id=f"mongo_maintenance_weekly__{target}",
         schedule=policy.weekly,

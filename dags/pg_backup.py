@@ -6,22 +6,22 @@ What each does and what to do when a task fails: include/runbooks/ (shown in the
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import DAG, Param
 
 from dbops.backup.lookup import BACKUP_ID_HELP, LATEST_VERIFIED
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.backup import (
-    BackupReportOperator,
-    BackupRetentionOperator,
     PgBackupOperator,
     RestoreBackupOperator,
     ScratchDatabaseOperator,
     TenantExportOperator,
     VerifyBackupOperator,
 )
+from dbops.operators.backup_dags import nightly_backup_tasks, verify_backup_dag
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.preflight import PreflightOperator
 
@@ -40,23 +40,9 @@ for target, settings in config.targets.items():
         **dag_kwargs(tags=["backup", target], on_failure=notifier),
     ) as backup_dag:
         preflight = PreflightOperator(task_id="preflight", target=target, execution_timeout=timedelta(minutes=5))
-        dump = PgBackupOperator(task_id="dump_and_store", target=target, pool=pool_name(target),
-                                execution_timeout=timedelta(hours=4))
-        create = ScratchDatabaseOperator(task_id="create_scratch", target=target,
-                                         execution_timeout=timedelta(minutes=5))
-        verify = VerifyBackupOperator(
-            task_id="verify_restore", target=target, pool=pool_name(target), execution_timeout=timedelta(hours=4),
-            backup_id="{{ ti.xcom_pull(task_ids='dump_and_store')['backup_id'] }}", reverify=False, retries=1)
-        drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
-                                       execution_timeout=timedelta(minutes=10))
-        retention = BackupRetentionOperator(task_id="retention", target=target, pool=pool_name(target),
-                                            execution_timeout=timedelta(minutes=30))
-        report = BackupReportOperator(
-            task_id="report", target=target, backup_task_id="dump_and_store", verify_task_id="verify_restore",
-            outlets=[Asset(name=f"backup__{target}", uri=f"dbops://{target}/backup")], trigger_rule="all_done",
-            execution_timeout=timedelta(minutes=5))
-        preflight >> dump >> create >> verify >> drop.as_teardown(setups=create)
-        verify >> retention >> report
+        preflight >> nightly_backup_tasks(target, dump=PgBackupOperator, create_scratch=ScratchDatabaseOperator,
+                                          drop_scratch=partial(ScratchDatabaseOperator, drop=True),
+                                          verify=VerifyBackupOperator)
         fail_run_on_any_failure(backup_dag)  # report runs after failures: the run must still show failed
 
     with DAG(
@@ -81,21 +67,10 @@ for target, settings in config.targets.items():
             overwrite="{{ params.overwrite }}", confirm_database="{{ params.confirm_database }}",
             pool=pool_name(target), execution_timeout=timedelta(hours=6))
 
-    with DAG(
-        dag_id=f"pg_verify_backup__{target}",
-        schedule=None,
-        description=f"Prove a stored backup of {target} restores: checksums, rows, constraints, amcheck",
-        doc_md=runbook("pg_verify_backup", target),
-        params={"backup_id": Param("latest", type="string", description=f"backup to verify: {backup_ids}")},
-        **dag_kwargs(tags=["backup", "verify", target], on_failure=notifier),
-    ):
-        create = ScratchDatabaseOperator(task_id="create_scratch", target=target,
-                                         execution_timeout=timedelta(minutes=5))
-        verify = VerifyBackupOperator(task_id="verify_restore", target=target, backup_id="{{ params.backup_id }}",
-                                      pool=pool_name(target), retries=1, execution_timeout=timedelta(hours=4))
-        drop = ScratchDatabaseOperator(task_id="drop_scratch", target=target, drop=True,
-                                       execution_timeout=timedelta(minutes=10))
-        create >> verify >> drop.as_teardown(setups=create)
+    verify_backup_dag("pg", target, tags=[], on_failure=notifier,
+                      description=f"Prove a stored backup of {target} restores: checksums, rows, constraints, amcheck",
+                      create_scratch=ScratchDatabaseOperator, drop_scratch=partial(ScratchDatabaseOperator, drop=True),
+                      verify=VerifyBackupOperator)
 
     if settings.backup.tenant_tables:
         with DAG(

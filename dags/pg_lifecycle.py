@@ -9,6 +9,7 @@ Runbooks: include/runbooks/.
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 from airflow.sdk import DAG, Param
 
@@ -17,6 +18,14 @@ from dbops.core.dag_defaults import dag_kwargs, runbook
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.anonymize import AnonymizeInactiveOperator, AnonymizeUserOperator
 from dbops.operators.lifecycle import LifecycleCheckOperator, LifecycleOperator, selected
+
+
+def lifecycle_dag(target: str, job: str, schedule: str, notifier: DbopsFailureNotifier, description: str) -> DAG:
+    """pg_<job>__<target>, documented by include/runbooks/pg_<job>.md."""
+    return DAG(dag_id=f"pg_{job}__{target}", schedule=schedule, description=description,
+               doc_md=runbook(f"pg_{job}", target),
+               **dag_kwargs(tags=["lifecycle", job, target], on_failure=notifier))
+
 
 config = load_config()
 
@@ -28,30 +37,19 @@ for target, settings in config.targets.items():
     # the task's limit: the time budget (it stops cleanly there) plus the last batch, the checks and the counts
     work_timeout = timedelta(seconds=section.time_budget + 2 * section.statement_timeout + 600)
     heavy = {"pool": pool_name(target), "execution_timeout": work_timeout}
+    check = partial(LifecycleCheckOperator, task_id="check_policies", target=target,
+                    execution_timeout=timedelta(minutes=5))
 
     if selected(section, "archive", "monthly"):
-        with DAG(
-            dag_id=f"pg_archive__{target}",
-            schedule=section.archive_schedule,
-            description=f"Monthly archival of {target}: old rows moved to the archive schema in short batches",
-            doc_md=runbook("pg_archive", target),
-            **dag_kwargs(tags=["lifecycle", "archive", target], on_failure=notifier),
-        ):
-            check = LifecycleCheckOperator(task_id="check_policies", target=target, job="archive",
-                                           cadence="monthly", execution_timeout=timedelta(minutes=5))
-            move = LifecycleOperator(task_id="archive", target=target, job="archive", cadence="monthly", **heavy)
-            check >> move
+        with lifecycle_dag(target, "archive", section.archive_schedule, notifier,
+                           f"Monthly archival of {target}: old rows moved to the archive schema in short batches"):
+            check(job="archive", cadence="monthly") >> LifecycleOperator(
+                task_id="archive", target=target, job="archive", cadence="monthly", **heavy)
 
     if selected(section, "retention") or selected(section, "archive", "daily"):
-        with DAG(
-            dag_id=f"pg_retention__{target}",
-            schedule=section.retention_schedule,
-            description=f"Daily retention of {target}: rows past retention purged in short batches",
-            doc_md=runbook("pg_retention", target),
-            **dag_kwargs(tags=["lifecycle", "retention", target], on_failure=notifier),
-        ):
-            previous = LifecycleCheckOperator(task_id="check_policies", target=target, job="retention",
-                                              execution_timeout=timedelta(minutes=5))
+        with lifecycle_dag(target, "retention", section.retention_schedule, notifier,
+                           f"Daily retention of {target}: rows past retention purged in short batches"):
+            previous = check(job="retention")
             if selected(section, "archive", "daily"):
                 previous = previous >> LifecycleOperator(task_id="archive_daily", target=target, job="archive",
                                                          cadence="daily", **heavy)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 
@@ -16,6 +19,38 @@ def json_stdout() -> TextIO:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     return out
+
+
+@contextmanager
+def bench_postgres() -> Iterator[None]:
+    """Airflow's environment (what is not set already) and the stack's PostgreSQL, stopped again afterwards if
+    this started it."""
+    from scripts.stack.airflow import airflow_env
+    from scripts.stack.postgres import start_postgres, stop_postgres
+
+    for key, value in airflow_env().items():
+        os.environ.setdefault(key, value)
+    started = start_postgres()
+    try:
+        yield
+    finally:
+        if started:
+            stop_postgres()
+
+
+def round_args(doc: str | None, rounds: int, size_mb: int = 50) -> argparse.Namespace:
+    """The command line of a bench that repeats its measurements: ``--size-mb`` and ``--rounds``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=size_mb)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser.parse_args()
+
+
+def medians(rounds: list[dict[str, float]], progress: Callable[[str], None]) -> dict[str, float]:
+    """Each figure's median over the rounds, reported as one progress line."""
+    med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    progress("medians: " + ", ".join(f"{k}={v:.3f}" for k, v in med.items()))
+    return med
 
 
 def emit(out: TextIO, bench: str, size_mb: int, metric: str, value: float, unit: str,

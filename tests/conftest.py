@@ -69,6 +69,18 @@ def scratch_db(pg_admin_dsn) -> Iterator[Callable[[], str]]:
 
 
 
+def config_yaml(tmp: Path, targets: str) -> str:
+    """A dbops.yaml text for a test: the ops database, staging and a local store under ``tmp``, then ``targets``
+    (the YAML under ``targets:``, each target indented two spaces)."""
+    return f"""
+ops_conn_id: dbops_state
+staging_dir: {tmp / 'staging'}
+storage:
+  local: {{url: {tmp / 'store'}}}
+targets:
+{targets}"""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (once this returns)."""
     with socket.socket() as sock:

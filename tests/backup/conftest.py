@@ -24,6 +24,7 @@ from dbops.operators.backup import (
 )
 from scripts.stack.paths import ROOT
 from scripts.stack.postgres import conn_uri, libpq_conninfo
+from tests.conftest import config_yaml
 
 NAME = "set by the target fixture"
 DAY = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
@@ -65,16 +66,11 @@ def target(scratch_db, tmp_path, monkeypatch, pg_server):
         conn.execute(SCHEMA)
     monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", conn_uri(database))
     config_path = tmp_path / "dbops.yaml"
-    config_path.write_text(f"""
-ops_conn_id: dbops_state
-staging_dir: {tmp_path / 'staging'}
-storage:
-  local: {{url: {tmp_path / 'store'}}}
-targets:
+    config_path.write_text(config_yaml(tmp_path, f"""\
   {NAME}:
     conn_id: pg_{NAME}
     backup: {{storage: local, retention: {{daily: 2, weekly: 0, monthly: 0}}, jobs: 2, lock_wait_timeout: 2s}}
-""")
+"""))
     monkeypatch.setenv("DBOPS_CONFIG", str(config_path))
     return SimpleNamespace(database=database, config_path=config_path, tmp=tmp_path)
 

@@ -13,6 +13,7 @@ import pytest
 
 from scripts.stack.paths import ROOT
 from scripts.stack.postgres import conn_uri
+from tests.conftest import config_yaml
 
 TARGET = "gone"
 DAY = datetime(2026, 11, 20, 4, 0, tzinfo=timezone.utc)
@@ -25,17 +26,12 @@ def dags(pg_server, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("run_state")
     config = tmp / "dbops.yaml"
-    config.write_text(f"""
-ops_conn_id: dbops_state
-staging_dir: {tmp / 'staging'}
-storage:
-  local: {{url: {tmp / 'store'}}}
-targets:
+    config.write_text(config_yaml(tmp, f"""\
   {TARGET}:
     conn_id: pg_gone
     backup: {{storage: local}}
     maintenance: {{weekly: "0 1 * * 0", daily: "0 3 * * *"}}
-""")
+"""))
     patch = pytest.MonkeyPatch()
     patch.setenv("DBOPS_CONFIG", str(config))
     patch.setenv("AIRFLOW_CONN_PG_GONE", conn_uri("dbops_no_such_database"))

@@ -22,6 +22,7 @@ from dbops.core.locks import job_lock
 from dbops.operators.anonymize import AnonymizeInactiveOperator, AnonymizeUserOperator
 from dbops.operators.backup import PgBackupOperator
 from scripts.stack.postgres import conn_uri, libpq_conninfo
+from tests.conftest import config_yaml
 
 SALT = "test-salt-Q7f9Zr2LwXk3Vb8N"
 HOSTILE_TABLE, HOSTILE_USER, HOSTILE_COLUMN = 'we"ird; DROP', 'us"er', 'no"te; --'
@@ -60,12 +61,7 @@ WITH moved AS (DELETE FROM orders WHERE id = 11 RETURNING *) INSERT INTO archive
 
 def config_text(name: str, tmp_path) -> str:
     hostile = json.dumps({"user_column": HOSTILE_USER, "columns": {HOSTILE_COLUMN: "hash"}})
-    return f"""
-ops_conn_id: dbops_state
-staging_dir: {tmp_path / 'staging'}
-storage:
-  local: {{url: {tmp_path / 'store'}}}
-targets:
+    return config_yaml(tmp_path, f"""\
   {name}:
     conn_id: pg_{name}
     backup: {{storage: local, schedule: "0 2 * * *", retention: {{daily: 2, weekly: 0, monthly: 1}}}}
@@ -85,7 +81,7 @@ targets:
                    columns: {{card_holder: "null", provider_ref: hash}}}}
         audit_logs: {{user_column: user_id, columns: {{ip_address: "null", details: {{constant: {{}}}}}}}}
         {json.dumps(HOSTILE_TABLE)}: {hostile}
-"""
+""")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from dbops.core.config import load_config
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.store import get_store
 from scripts.stack.mongo import MongoServer, mongo_client, mongo_conn, start_mongo
-from tests.conftest import free_port
+from tests.conftest import config_yaml, free_port
 
 
 @pytest.fixture(scope="session")
@@ -40,17 +40,12 @@ def make_target(monkeypatch, tmp_path, port: int, database: str | None = None, p
     database = database or f"dbops_test_{name}"
     monkeypatch.setenv(f"AIRFLOW_CONN_MONGO_{name.upper()}", mongo_conn(database, port, password))
     config_path = tmp_path / "dbops.yaml"
-    config_path.write_text(f"""
-ops_conn_id: dbops_state
-staging_dir: {tmp_path / 'staging'}
-storage:
-  local: {{url: {tmp_path / 'store'}}}
-targets:
+    config_path.write_text(config_yaml(tmp_path, f"""\
   {name}:
     engine: mongodb
     conn_id: mongo_{name}
     backup: {{storage: local, retention: {{daily: 2, weekly: 0, monthly: 0}}}}
-{sections}""")
+{sections}"""))
     monkeypatch.setenv("DBOPS_CONFIG", str(config_path))
     return SimpleNamespace(name=name, database=database, client=mongo_client(port=port), tmp=tmp_path, port=port)
 

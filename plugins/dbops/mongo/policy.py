@@ -6,7 +6,9 @@ Backups and alerts of a MongoDB target use the common ``backup`` and ``alerts`` 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from dbops.core.schema import ByteSize, Cron, Invalid, Seconds
 
@@ -81,6 +83,14 @@ class MongoPolicy:
     # larger collections are read outside a transaction (mongod aborts one after 60 s), the oplog replay
     # bringing them to the dump's end as mongodump --oplog does.
     snapshot_max_bytes: ByteSize = 256 * 1024**2
+
+
+def mongo_sections(config, name: str) -> Iterator[tuple[str, Any]]:
+    """``(target, section)`` for every MongoDB target of ``config`` whose ``mongo.<name>`` section is set."""
+    for target, settings in config.targets.items():
+        section = getattr(settings.mongo, name, None) if settings.engine == "mongodb" else None
+        if section is not None:
+            yield target, section
 
 
 def check_engine(target, key: str) -> None:

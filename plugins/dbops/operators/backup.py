@@ -14,7 +14,7 @@ from dbops.backup import catalog
 from dbops.backup.runs import backup_result, is_past_period, new_manifest, run_type_of
 from dbops.backup.store_io import read_manifest, remove_incomplete, store_backup
 from dbops.core.errors import classify
-from dbops.core.manifest import FileEntry, backup_prefix
+from dbops.core.manifest import FileEntry, Manifest, backup_prefix
 from dbops.core.processes import tool_timeout
 from dbops.core.units import human_bytes
 from dbops.operators.base import TargetOperator
@@ -46,6 +46,47 @@ class _BackupTargetOperator(TargetOperator):
         if policy is None:
             raise AirflowFailException(f"target {self.target!r} has no backup policy in {config.path}")
         return config, policy, get_store(config.storage[policy.storage])
+
+    def _reuse_or_clean(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
+                        store: BackupStore) -> dict[str, Any] | None:
+        """Before a dump: the result of a backup that makes it needless (:meth:`_existing_backup`, then
+        :meth:`_recovered_backup`), or None once the folders incomplete attempts left are removed."""
+        try:
+            existing = self._existing_backup(context, policy, ops, store)
+            if existing is None:
+                existing = self._recovered_backup(context, store, ops)
+            if existing is not None:
+                return existing
+            for folder, files in remove_incomplete(store, f"{self.target}/full/").items():
+                self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
+        except AirflowFailException:
+            raise
+        except Exception as err:
+            raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
+        return None
+
+    def _recovered_backup(self, context: Context, store: BackupStore, ops: OpsDatabaseHook) -> dict[str, Any] | None:
+        """A backup an earlier attempt of this run stored but could not record, recorded now; none here (a stored
+        PostgreSQL dump is found again after the staged dump is reused)."""
+        return None
+
+    def _record_verification(self, context: Context, ops: OpsDatabaseHook, store: BackupStore, manifest: Manifest,
+                             backup_id: str, started_at: datetime, outcome: dict[str, Any]) -> None:
+        """Record a verification's outcome in ``dbops.recovery_tests`` and the manifest, log each check; raise
+        :class:`VerificationFailed` when it failed."""
+        from dbops.backup.verify import VerificationFailed, check_line
+
+        manifest.verification = {"started_at": started_at.isoformat(), "run_id": context["run_id"], **outcome}
+        with ops.transaction() as conn:
+            catalog.record_recovery_test(conn, backup_id, self.target, context["run_id"], started_at,
+                                         outcome["restore_seconds"], outcome["ok"], outcome["checks"],
+                                         outcome["error"])
+        with ops.transaction() as conn:
+            catalog.rewrite_manifest(conn, store, manifest)
+        for name, check in outcome["checks"].items():
+            self.log.info(check_line(name, check))
+        if not outcome["ok"]:
+            raise VerificationFailed(f"FAILED: {outcome['error']} (verification of backup {manifest.location})")
 
     def _existing_backup(self, context: Context, policy: BackupPolicy, ops: OpsDatabaseHook,
                          store: BackupStore) -> dict[str, Any] | None:
@@ -98,16 +139,9 @@ class PgBackupOperator(_BackupTargetOperator):
 
         config, policy, store = self._setup()
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
-        try:
-            existing = self._existing_backup(context, policy, ops, store)
-            if existing is not None:
-                return existing
-            for folder, files in remove_incomplete(store, f"{self.target}/full/").items():
-                self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
-        except AirflowFailException:
-            raise
-        except Exception as err:
-            raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
+        existing = self._reuse_or_clean(context, policy, ops, store)
+        if existing is not None:
+            return existing
 
         staging = staging_dir(config, self.target, context["run_id"])
         dump, taken_at = self._staged_or_new_dump(config, policy, store, ops, staging)
@@ -270,13 +304,7 @@ class VerifyBackupOperator(_BackupTargetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
-        from dbops.backup.verify import (
-            VerificationFailed,
-            check_line,
-            restore_and_check,
-            scratch_database_name,
-            verification_server,
-        )
+        from dbops.backup.verify import restore_and_check, scratch_database_name, verification_server
         from dbops.hooks.ops import OpsDatabaseHook
 
         config, policy, store = self._setup()
@@ -300,17 +328,7 @@ class VerifyBackupOperator(_BackupTargetOperator):
             raise
         except Exception as err:
             raise classify(err, f"verifying {self.backup_id} could not run") from err
-        manifest.verification = {"started_at": started_at.isoformat(), "run_id": context["run_id"], **outcome}
-        with ops.transaction() as conn:
-            catalog.record_recovery_test(conn, self.backup_id, self.target, context["run_id"], started_at,
-                                         outcome["restore_seconds"], outcome["ok"], outcome["checks"],
-                                         outcome["error"])
-        with ops.transaction() as conn:
-            catalog.rewrite_manifest(conn, store, manifest)
-        for name, check in outcome["checks"].items():
-            self.log.info(check_line(name, check))
-        if not outcome["ok"]:
-            raise VerificationFailed(f"FAILED: {outcome['error']} (verification of backup {manifest.location})")
+        self._record_verification(context, ops, store, manifest, self.backup_id, started_at, outcome)
         self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d tables and %d rows match the snapshot",
                       manifest.location, human_bytes(manifest.total_bytes), outcome["restore_seconds"],
                       outcome["checks"]["row_counts"]["tables"], outcome["checks"]["row_counts"]["rows"],

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from dbops.backup import catalog
 from dbops.backup.runs import backup_result, new_manifest
-from dbops.backup.store_io import remove_incomplete, store_backup
+from dbops.backup.store_io import store_backup
 from dbops.core.errors import classify
 from dbops.core.manifest import MANIFEST_NAME, backup_prefix
 from dbops.core.units import human_bytes
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from dbops.core.config import DbopsConfig
-    from dbops.core.manifest import Manifest
     from dbops.core.store import BackupStore
     from dbops.hooks.mongo import DbopsMongoHook
     from dbops.hooks.ops import OpsDatabaseHook
@@ -69,23 +68,9 @@ class MongoBackupOperator(_MongoTargetOperator):
 
         config, policy, store = self._setup()
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
-        try:
-            existing = self._existing_backup(context, policy, ops, store)
-            if existing is not None:
-                return existing
-            stored = self._stored_not_recorded(context, store, ops)
-            if stored is not None:
-                with ops.transaction() as conn:
-                    catalog.record_backup(conn, stored)
-                self.log.info("complete, nothing dumped: backup %s of this run was stored by an earlier attempt that "
-                              "could not record it; recorded now", stored.location, backup_id=stored.backup_id)
-                return {**backup_result(stored), "consistency": stored.extra["consistency"]}
-            for folder, files in remove_incomplete(store, f"{self.target}/full/").items():
-                self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
-        except AirflowFailException:
-            raise
-        except Exception as err:
-            raise classify(err, f"reading the catalog or {store.describe()} failed before dumping") from err
+        existing = self._reuse_or_clean(context, policy, ops, store)
+        if existing is not None:
+            return existing
         staging = staging_dir(config, self.target, context["run_id"])
         fresh_staging(staging)
         try:
@@ -129,8 +114,9 @@ class MongoBackupOperator(_MongoTargetOperator):
                       documents=manifest.total_rows, consistency=dump.consistency)
         return {**backup_result(manifest), "consistency": dump.consistency}
 
-    def _stored_not_recorded(self, context: Context, store: BackupStore, ops: OpsDatabaseHook) -> Manifest | None:
-        """A complete backup an earlier attempt of this run stored but could not record in the catalog."""
+    def _recovered_backup(self, context: Context, store: BackupStore, ops: OpsDatabaseHook) -> dict[str, Any] | None:
+        """A complete backup an earlier attempt of this run stored but could not record in the catalog, recorded
+        now."""
         from dbops.backup.store_io import read_manifest
 
         folders = sorted({key.rsplit("/", 1)[0] for key in store.list_keys(f"{self.target}/full/")
@@ -138,9 +124,13 @@ class MongoBackupOperator(_MongoTargetOperator):
         with ops.transaction() as conn:
             unknown = [folder for folder in folders if not catalog.is_catalogued(conn, folder)]
         for folder in unknown:
-            manifest = read_manifest(store, folder)
-            if manifest is not None and manifest.run_id == context["run_id"]:
-                return manifest
+            stored = read_manifest(store, folder)
+            if stored is not None and stored.run_id == context["run_id"]:
+                with ops.transaction() as conn:
+                    catalog.record_backup(conn, stored)
+                self.log.info("complete, nothing dumped: backup %s of this run was stored by an earlier attempt "
+                              "that could not record it; recorded now", stored.location, backup_id=stored.backup_id)
+                return {**backup_result(stored), "consistency": stored.extra["consistency"]}
         return None
 
     def progress(self, collection: str, documents: int) -> None:
@@ -197,7 +187,7 @@ class MongoVerifyBackupOperator(_MongoTargetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
-        from dbops.backup.verify import VerificationFailed, check_line, scratch_database_name
+        from dbops.backup.verify import scratch_database_name
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.mongo.verify import restore_and_check
@@ -223,16 +213,7 @@ class MongoVerifyBackupOperator(_MongoTargetOperator):
             raise
         except Exception as err:
             raise classify(err, f"verifying {backup_id} could not run") from err
-        manifest.verification = {"started_at": started_at.isoformat(), "run_id": context["run_id"], **outcome}
-        with ops.transaction() as conn:
-            catalog.record_recovery_test(conn, backup_id, self.target, context["run_id"], started_at,
-                                         outcome["restore_seconds"], outcome["ok"], outcome["checks"], outcome["error"])
-        with ops.transaction() as conn:
-            catalog.rewrite_manifest(conn, store, manifest)
-        for name, check in outcome["checks"].items():
-            self.log.info(check_line(name, check))
-        if not outcome["ok"]:
-            raise VerificationFailed(f"FAILED: {outcome['error']} (verification of backup {manifest.location})")
+        self._record_verification(context, ops, store, manifest, backup_id, started_at, outcome)
         counts = outcome["checks"]["row_counts"]
         self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d collections, documents, hashes and indexes "
                       "match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
