@@ -11,6 +11,7 @@ from scripts.stack.paths import VAR
 from scripts.stack.postgres import (
     TEST_DATABASES,
     ensure_databases,
+    ensure_replication,
     load_demo_unless_current,
     migrate_ops_database,
     start_postgres,
@@ -21,6 +22,7 @@ from scripts.stack.postgres import (
 def up() -> tuple[bool, bool]:
     """Everything but the Airflow services. Return whether this call started PostgreSQL, and MongoDB."""
     started = start_postgres()
+    ensure_replication()  # also on a server started before: a pull may have added what PITR needs
     ensure_databases()
     migrate_ops_database()
     load_demo_unless_current()

@@ -114,7 +114,6 @@ def start_postgres() -> bool:
          "-o", f"-p {PG_PORT}", "start"],
         check=True, stdout=subprocess.DEVNULL, **_as_pg_user(),
     )
-    ensure_replication()
     return True
 
 
