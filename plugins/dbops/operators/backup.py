@@ -274,7 +274,20 @@ class ScratchDatabaseOperator(_BackupTargetOperator):
             self.log.info("created scratch database %s", database)
 
 
-class VerifyBackupOperator(_BackupTargetOperator):
+class _VerifyTargetOperator(_BackupTargetOperator):
+    """A verification restore of one stored backup into a scratch database; the engine's subclass restores."""
+
+    template_fields: Sequence[str] = ("target", "backup_id", "database")
+
+    def __init__(self, *, backup_id: str, database: str | None = None, reverify: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_id = backup_id
+        self.database = database
+        self.reverify = reverify
+
+
+class VerifyBackupOperator(_VerifyTargetOperator):
     """Restore a *stored* backup into a scratch database and prove it, then record the recovery test.
 
     Downloads the archive from the store (size and sha256 checked), restores it with parallel
@@ -292,15 +305,6 @@ class VerifyBackupOperator(_BackupTargetOperator):
     :param reverify: restore a backup that an earlier recovery test already verified OK again (the
         nightly DAG sets False: a backfill reusing last night's backup does not restore it once more).
     """
-
-    template_fields: Sequence[str] = ("target", "backup_id", "database")
-
-    def __init__(self, *, backup_id: str, database: str | None = None, reverify: bool = True,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.backup_id = backup_id
-        self.database = database
-        self.reverify = reverify
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id

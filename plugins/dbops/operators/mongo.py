@@ -20,7 +20,7 @@ from dbops.backup.store_io import store_backup
 from dbops.core.errors import classify
 from dbops.core.manifest import MANIFEST_NAME, backup_prefix
 from dbops.core.units import human_bytes
-from dbops.operators.backup import _BackupTargetOperator
+from dbops.operators.backup import _BackupTargetOperator, _VerifyTargetOperator
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
         self.log.info("scratch database %s is empty (dropped)", database)
 
 
-class MongoVerifyBackupOperator(_MongoTargetOperator):
+class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
     """Restore a *stored* dump into a scratch database, prove it, and record the recovery test.
 
     Checks every file's size and sha256, restores every collection with its options and indexes,
@@ -175,15 +175,6 @@ class MongoVerifyBackupOperator(_MongoTargetOperator):
     :param database: the scratch database; default one per run.
     :param reverify: restore a backup already verified OK again.
     """
-
-    template_fields: Sequence[str] = ("target", "backup_id", "database")
-
-    def __init__(self, *, backup_id: str, database: str | None = None, reverify: bool = True,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.backup_id = backup_id
-        self.database = database
-        self.reverify = reverify
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
