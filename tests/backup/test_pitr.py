@@ -460,11 +460,45 @@ def test_base_backup_wal_and_recovery_test_through_s3(site, s3_endpoint, monkeyp
 
     aws_connection(monkeypatch, "aws_test", s3_endpoint)
     bucket = f"pitr-{site.name.replace('_', '-')}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.create_bucket(Bucket=bucket)
     write_config(site, f"s3://{bucket}/prod")
     full = backup(site, "s3-full")
     insert(site, 1, 3000)
     result = pitr_test(site, "s3-verify")
     assert result["ok"] and result["chain"] == [full["backup_id"]] and result["wal_fetched_bytes"] > 0
     assert backup(site, "s3-incr")["kind"] == "incremental"
+
+    insert(site, 3001, 6000)
+    ship(site)
+    victim = max(name for name, (partial, _, _) in stored_segments(site).items() if not partial)
+    s3.delete_object(Bucket=bucket, Key=f"prod/{stored_segments(site)[victim][1]}")
+    with pytest.raises(RecoveryTestFailed, match=f"WAL segment {victim} .* is missing from the store"):
+        pitr_test(site, "s3-missing")
+
+
+def test_recovery_fetches_only_the_wal_up_to_its_target(site):
+    """restore_command reads the store lazily: a corrupt segment far past the target is never fetched."""
+    backup(site, "base")
+    insert(site, 1, 500)
+    noted = server_time(site)
+    time.sleep(0.05)
+    for first in range(501, 60000, 2000):  # many commits: recovery stops at the first one after the target
+        insert(site, first, first + 1999)
+    ship(site)
+    stored = stored_segments(site)
+    with ops().transaction() as conn:
+        start = pitr_catalog.base_backups(conn, site.name)[0].start_lsn
+    from dbops.backup.wal_ship import segment_of_lsn
+
+    after_start = sorted(name for name in stored if name >= segment_of_lsn(start, 1, 1024 * 1024))
+    assert len(after_start) > 10, "the test needs WAL well past its target"
+    path = site.store / stored[after_start[-2]][1]
+    path.write_bytes(path.read_bytes()[:100])
+
+    result = pitr_test(site, "early", noted.isoformat())
+    assert "recovery stopping before commit" in result["stopped"]
+    assert 0 < result["wal_segments_fetched"] < len(after_start) - 2
+    with pytest.raises(RecoveryTestFailed, match=after_start[-2]):
+        pitr_test(site, "late", server_time(site).isoformat())

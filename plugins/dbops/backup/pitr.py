@@ -2,10 +2,10 @@
 (sha256 checked), combined (``pg_combinebackup``), verified (``pg_verifybackup``) and recovered in a
 scratch data directory on a scratch port with ``recovery_target_time``; then promoted.
 
-``restore_command`` copies from a local WAL directory that is filled from the store before the server
-starts: every stored segment from the newest backup's start on is downloaded, checked against the
-sha256 recorded when it was shipped and decompressed. So a corrupt segment fails the recovery naming it,
-and the server process needs neither Python nor the store's credentials.
+``restore_command`` fetches each segment recovery asks for from the store, through this task
+(:mod:`dbops.backup.wal_serve`): checked against the sha256 recorded when it was shipped, so a corrupt
+segment fails the recovery naming it, and only the WAL up to the target is downloaded. The server
+process needs neither Python nor the store's credentials, only curl.
 
 The scratch server listens on a Unix socket in its own private directory only (no TCP) and trusts
 local connections there. A server refuses to run as root: when the worker is root, the server runs as
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -31,8 +30,9 @@ import psycopg
 import zstandard
 
 from dbops.backup.basebackup import ARCHIVE
+from dbops.backup.wal_serve import SegmentUnusable, WalArchive, restore_command, serving
 from dbops.core.processes import run, supervised
-from dbops.core.streams import CHUNK, ChecksumMismatch, file_sha256, read_decompressed
+from dbops.core.streams import CHUNK, ChecksumMismatch, file_sha256
 
 if TYPE_CHECKING:
     from dbops.backup.pitr_catalog import BaseBackup
@@ -162,31 +162,17 @@ class ScratchServer:
         return self.root / "server.log"
 
     @property
-    def wal_dir(self) -> Path:
-        return self.root / "wal"
+    def wal_socket(self) -> Path:
+        """Where this task serves the WAL archive to ``restore_command``."""
+        return self.socket_dir / "wal.sock"
 
-    def fetch_wal(self, store: BackupStore, segments: dict[str, tuple[bool, str, str]]) -> int:
-        """Download, check (sha256) and decompress every segment into :attr:`wal_dir`; return WAL bytes.
-
-        :raises RecoveryFailed: a segment is missing or differs from what was shipped, naming it.
-        """
-        self.wal_dir.mkdir(parents=True, exist_ok=True)
-        raw = 0
-        for name, (_, key, sha256) in segments.items():
-            packed = self.wal_dir / f".{name}.zst"
-            try:
-                store.get_file(key, packed)
-                raw += read_decompressed(packed, self.wal_dir / name, sha256)
-            except (ChecksumMismatch, FileNotFoundError) as err:  # other errors (a store outage) are retried
-                raise RecoveryFailed(f"WAL segment {name} ({key}) cannot be used: {err}") from err
-            finally:
-                packed.unlink(missing_ok=True)
-        return raw
-
-    def configure(self, target_time: datetime) -> None:
+    def configure(self, target_time: datetime, timeout: float) -> None:
         """Write the hba and the recovery settings; ``recovery.signal``."""
+        curl = shutil.which("curl")
+        if curl is None:
+            raise RecoveryFailed("curl is not installed on this worker: restore_command needs it to fetch WAL")
         (self.root / "pg_hba.conf").write_text("local all all trust\n")
-        command = f"cp {shlex.quote(str(self.wal_dir))}/%f %p"
+        command = restore_command(curl, self.wal_socket, timeout)
         settings = {"port": str(self.port), "listen_addresses": "", "unix_socket_directories": str(self.socket_dir),
                     "hba_file": str(self.root / "pg_hba.conf"), "restore_command": command,
                     "recovery_target_time": target_time.isoformat(), "recovery_target_action": "promote",
@@ -297,12 +283,21 @@ def recover(store: BackupStore, chain: list[BaseBackup],
                                "fetch_seconds": round(fetched - started, 3),
                                **combine_and_verify(server.bin_dir, parts, server.data, timeout)}
     shutil.rmtree(work, ignore_errors=True)
-    figures["wal_fetched_bytes"] = server.fetch_wal(store, segments)
-    server.configure(target_time)
+    server.configure(target_time, timeout)
     recovery_started = time.monotonic()
-    figures["seconds_to_consistent"] = round(server.start(timeout), 3)
-    server.wait_promoted(user, database, timeout)
+    with serving(WalArchive(store, segments, server.root / "wal"), server.wal_socket, server_user()) as archive:
+        try:
+            figures["seconds_to_consistent"] = round(server.start(timeout), 3)
+            server.wait_promoted(user, database, timeout)
+        except RecoveryFailed:
+            if isinstance(archive.failure, SegmentUnusable):
+                raise RecoveryFailed(str(archive.failure)) from archive.failure
+            if archive.failure is not None:  # e.g. the store unreachable: the task is retried
+                raise archive.failure from None
+            raise
     figures["seconds_to_promoted"] = round(time.monotonic() - recovery_started, 3)
+    figures["wal_fetched_bytes"] = archive.served_bytes
+    figures["wal_segments_fetched"] = len(archive.served)
     figures["total_seconds"] = round(time.monotonic() - started, 3)
     figures.update(server.replay_figures(chain[-1].start_lsn))
     return figures
