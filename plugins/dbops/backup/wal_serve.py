@@ -77,8 +77,8 @@ class WalArchive:
         return out
 
     def _schedule(self, names: list[str]) -> None:
-        for name in names:
-            if name not in self._pending and name not in self.served:
+        for name in names:  # a segment asked for again (recovery may re-read one) is fetched again
+            if name not in self._pending:
                 self._pending[name] = self._pool.submit(self._fetch, name)
 
     def take(self, name: str) -> Path:
