@@ -163,7 +163,7 @@ def test_store_unreachable_leaves_the_slot_where_it_was_and_loses_nothing(site):
     broken = site.home / "not-a-directory"
     broken.write_text("the store's root is a file: every write fails")
     write_config(site, broken)
-    with pytest.raises((AirflowException, AirflowFailException)):
+    with pytest.raises(AirflowFailException, match="not-a-directory.*Not a directory"):  # a broken store URL
         ship(site)
     assert restart_lsn(site) == before, "nothing was stored: the slot must not move"
 
@@ -175,12 +175,40 @@ def test_store_unreachable_leaves_the_slot_where_it_was_and_loses_nothing(site):
     assert all((site.store / key).is_file() for _, key, _ in stored_segments(site).values())
 
 
-def test_shipping_past_the_retained_wal_cap_fails_saying_what_to_do(site):
+def test_a_running_base_backup_holds_the_slot_and_the_cap_fails_only_after_shipping(site, cluster):
+    """pg_basebackup -X fetch reads its WAL from the server at its end: shipping stores everything but leaves
+    the hold slot where it was while a base backup runs (a real, throttled pg_basebackup here)."""
     ship(site)
-    insert(site, 1, 20000)  # several MB of WAL the slot holds until the next run
-    write_config(site, site.store, max_retained_wal="1MB")
-    with pytest.raises(AirflowFailException, match="over pitr.max_retained_wal .*pg_drop_replication_slot"):
-        ship(site)
+    slow = subprocess.Popen([str(BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "dbops_repl",
+                             "-D", "-", "-Ft", "-X", "fetch", "--max-rate=32k", "-c", "fast"],
+                            env={**os.environ, "PGPASSWORD": PASSWORD}, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not running_base_backups(site) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running_base_backups(site) == 1
+        before = restart_lsn(site)
+        insert(site, 1, 20000)  # several MB of WAL
+        result = ship(site)
+        assert result["held_for_basebackup"] and len(result["segments"]) >= 3
+        assert restart_lsn(site) == before, "the slot must keep the WAL the running base backup needs"
+        write_config(site, site.store, max_retained_wal="1MB")
+        with pytest.raises(AirflowFailException, match="still retains .* over pitr.max_retained_wal .*pg_drop_repl"):
+            ship(site)
+    finally:
+        slow.kill()
+        slow.wait()
+    deadline = time.monotonic() + 60
+    while running_base_backups(site) and time.monotonic() < deadline:  # its walsender notices the client left
+        time.sleep(0.2)
+    result = ship(site)  # the backup is gone: shipping catches up under the cap
+    assert not result["held_for_basebackup"] and restart_lsn(site) != before
+    assert archive_gaps(ops(), target_hook(site), site.name) == []
+
+
+def running_base_backups(site) -> int:
+    with psycopg.connect(site.dsn) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_progress_basebackup").fetchone()[0]
 
 
 def test_a_gap_in_the_archive_fails_shipping_naming_it(site):

@@ -16,7 +16,8 @@ compressed (zstd, in Python), stored, read back (size and sha256), recorded in `
 deleted locally; the unfinished one is stored as
 ``<segment>.partial.zst`` (replaced each run, deleted once the segment is finished), so the recovery point
 is at most one shipping interval old on a quiet database. Then the hold slot is advanced to the end
-position and the receive slot dropped (no idle slot between runs). So:
+position and the receive slot dropped (no idle slot between runs); while a base backup runs, the hold
+slot stays where it is, so the server keeps the WAL ``pg_basebackup -X fetch`` reads at its end. So:
 
 * killed at any point, on this worker or another, with or without its staging directory: the next run
   streams again from the hold slot everything not stored yet; a segment already recorded as finished is
@@ -25,7 +26,8 @@ position and the receive slot dropped (no idle slot between runs). So:
 * a killed run's ``pg_receivewal`` still streaming holds the receive slot: dropping it fails, retried.
 
 Staging is scratch space of one run (at most the backlog plus one segment). The hold slot makes the server
-keep WAL while shipping stops; past ``pitr.max_retained_wal`` the task fails telling what to do.
+keep WAL while shipping stops; still past ``pitr.max_retained_wal`` after a run shipped what it could, the
+task fails telling what to do.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ShipResult:
     raw_bytes: int = 0
     end_lsn: str | None = None
     retained_bytes: int = 0
+    held_for_basebackup: bool = False  # the hold slot was not advanced: a base backup was running
     seconds: float = 0.0
 
 
@@ -96,26 +99,32 @@ def drop_slot(hook: DbopsPostgresHook, slot: str) -> None:
         raise ToolError(str(err).strip(), transient=True) from err
 
 
-def check_retained(hook: DbopsPostgresHook, slot: str, target: str, cap: int) -> int:
-    """The WAL the slot retains; past ``cap`` fail, saying what the operator can do."""
-    drop = ("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN "
-            f"('{slot}', '{receive_slot_name(target)}')")
+def _drop_statement(target: str) -> str:
+    return ("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN "
+            f"('{slot_name(target)}', '{receive_slot_name(target)}')")
+
+
+def check_lost(hook: DbopsPostgresHook, slot: str, target: str) -> None:
+    """Fail, saying what to do, when the server dropped WAL the slot held (the archive has a gap)."""
     lost = hook.get_first("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND wal_status = 'lost'",
                           parameters=(slot,))
     if lost:
         raise AirflowFailException(
             f"slot {slot} of {target} lost WAL it held (the server's max_slot_wal_keep_size was reached): the "
-            f"archive has a gap. Drop the slot and its receive slot ({drop} on the target), then trigger "
-            f"pg_basebackup__{target} with full=true")
-    retained = retained_wal(hook, slot)
+            f"archive has a gap. Drop the slot and its receive slot ({_drop_statement(target)} on the target), "
+            f"then trigger pg_basebackup__{target} with full=true")
+
+
+def check_retained(retained: int, target: str, cap: int) -> None:
+    """Past ``cap`` of WAL retained after a shipping run, fail, saying what the operator can do."""
     if retained > cap:
         raise AirflowFailException(
-            f"slot {slot} of {target} retains {human_bytes(retained)} of WAL, over pitr.max_retained_wal "
-            f"({human_bytes(cap)}): shipping fell behind and the server's disk fills. Either raise "
-            f"max_retained_wal in dbops.yaml if the disk can take it and let this DAG catch up, or drop the slot "
-            f"and its receive slot ({drop} on the target), then trigger pg_basebackup__{target} for a new full "
-            "backup: point-in-time recovery before it is lost")
-    return retained
+            f"slot {slot_name(target)} of {target} still retains {human_bytes(retained)} of WAL after shipping, "
+            f"over pitr.max_retained_wal ({human_bytes(cap)}): shipping cannot keep up (or a base backup holds "
+            f"it) and the server's disk fills. Either raise max_retained_wal in dbops.yaml if the disk can take "
+            f"it and let this DAG catch up, or drop the slot and its receive slot ({_drop_statement(target)} on "
+            f"the target), then trigger pg_basebackup__{target} for a new full backup: point-in-time recovery "
+            "before it is lost")
 
 
 def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store: BackupStore, target: str,
@@ -133,6 +142,9 @@ def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store:
     shutil.rmtree(staging, ignore_errors=True)  # pg_receivewal must start at the receive slot, not at a file
     staging.mkdir(parents=True)
     hook.get_first("SELECT pg_copy_physical_replication_slot(%s, %s)", parameters=(hold, receive))
+    # A committed transaction: even an idle server has a commit record (with its time) in every shipping
+    # interval, so recovery to any time up to the last shipping run finds a commit after its target.
+    hook.run("SELECT pg_logical_emit_message(true, 'dbops_wal_ship', '')")
     # A tiny WAL record, flushed at once: everything inserted before it (asynchronous commits included)
     # is on disk and can be streamed, and an idle server still has WAL to reach. The function returns the
     # record's end; pg_receivewal stops once it received WAL *past* --endpos, so one byte before it.
@@ -147,9 +159,12 @@ def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store:
         raise error
     _store_finished(ops, store, target, staging, level, result)
     _store_partial(ops, store, target, staging, level, result)
-    # everything up to end_lsn is stored now: the hold slot may let the server recycle it
-    hook.get_first("SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
-                   "WHERE slot_name = %s AND restart_lsn < %s::pg_lsn", parameters=(end_lsn, hold, end_lsn))
+    # everything up to end_lsn is stored now: the hold slot may let the server recycle it, unless a base
+    # backup runs (pg_basebackup -X fetch reads the WAL since its start from the server at its end)
+    result.held_for_basebackup = bool(hook.get_first("SELECT count(*) FROM pg_stat_progress_basebackup")[0])
+    if not result.held_for_basebackup:
+        hook.get_first("SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
+                       "WHERE slot_name = %s AND restart_lsn < %s::pg_lsn", parameters=(end_lsn, hold, end_lsn))
     drop_slot(hook, receive)
     shutil.rmtree(staging, ignore_errors=True)
     result.end_lsn = end_lsn

@@ -73,15 +73,17 @@ class _PitrOperator(TargetOperator):
 
     def _ship(self, config: DbopsConfig, policy: PitrPolicy, store: BackupStore, ops: OpsDatabaseHook):
         """One WAL shipping pass (the caller holds the target's ``wal_ship`` lock)."""
-        from dbops.backup.wal_ship import check_retained, ship_wal, slot_name
+        from dbops.backup.wal_ship import check_lost, check_retained, ship_wal, slot_name
 
         hook = self._replication_hook(config, policy)
         staging = wal_staging(config, self.target)
         try:
-            check_retained(hook, slot_name(self.target), self.target, policy.max_retained_wal)
+            check_lost(hook, slot_name(self.target), self.target)
             tool = self._tool(config, hook, "pg_receivewal")
-            return ship_wal(hook, tool, ops, store, self.target, staging, policy.compression_level,
-                            tool_timeout(self.execution_timeout))
+            result = ship_wal(hook, tool, ops, store, self.target, staging, policy.compression_level,
+                              tool_timeout(self.execution_timeout))
+            check_retained(result.retained_bytes, self.target, policy.max_retained_wal)
+            return result
         except AirflowException:
             raise
         except Exception as err:
@@ -235,10 +237,12 @@ class WalShipOperator(_PitrOperator):
         with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=120):
             result = self._ship(config, policy, store, ops)
         gaps = archive_gaps(ops, self._replication_hook(config, policy), self.target)
-        self.log.info("shipped OK: %d finished segment(s)%s, %s stored (%s of WAL) up to %s; slot retains %s; "
+        self.log.info("shipped OK: %d finished segment(s)%s, %s stored (%s of WAL) up to %s; slot retains %s%s; "
                       "%.1f s", len(result.segments), f" and partial {result.partial}" if result.partial else "",
                       human_bytes(result.bytes), human_bytes(result.raw_bytes), result.end_lsn,
-                      human_bytes(result.retained_bytes), result.seconds, segments=len(result.segments),
+                      human_bytes(result.retained_bytes),
+                      " (not advanced: a base backup is running and needs its WAL)" if result.held_for_basebackup
+                      else "", result.seconds, segments=len(result.segments),
                       bytes=result.bytes, raw_bytes=result.raw_bytes, retained_bytes=result.retained_bytes)
         if gaps:
             raise AirflowFailException(
@@ -246,7 +250,8 @@ class WalShipOperator(_PitrOperator):
                 f"{'..' + gaps[-1] if len(gaps) > 1 else ''}); recovery cannot pass it. Trigger pg_basebackup__"
                 f"{self.target} with full=true: recovery from that backup on needs no WAL before it")
         return {"segments": result.segments, "partial": result.partial, "bytes": result.bytes,
-                "end_lsn": result.end_lsn, "retained_bytes": result.retained_bytes}
+                "end_lsn": result.end_lsn, "retained_bytes": result.retained_bytes,
+                "held_for_basebackup": result.held_for_basebackup}
 
 
 def archive_gaps(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str) -> list[str]:
