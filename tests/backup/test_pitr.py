@@ -28,6 +28,7 @@ from dbops.backup.pitr import server_user
 from dbops.backup.wal_ship import receive_slot_name, slot_name
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.tools import embedded_bin_dir
+from dbops.core.config import load_config
 from dbops.operators.pitr import (
     BaseBackupOperator,
     PitrRetentionOperator,
@@ -36,6 +37,7 @@ from dbops.operators.pitr import (
     RestorePitrOperator,
     ScratchClusterOperator,
     WalShipOperator,
+    _run_dir,
     archive_gaps,
 )
 from scripts.stack.cluster import cluster as scratch_cluster
@@ -391,6 +393,23 @@ def test_incremental_with_a_missing_or_unverified_parent_is_refused_and_a_full_t
     assert "missing" in reason[fourth["backup_id"]]
 
 
+def test_a_cluster_with_a_tablespace_is_refused_saying_why(site, cluster):
+    location = cluster.root / f"{site.name}-ts"
+    location.mkdir()
+    if server_user():
+        shutil.chown(location, server_user(), server_user())
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE {site.name}_ts LOCATION '{location}'")
+    try:
+        with pytest.raises(AirflowFailException, match=f"has tablespaces \\({site.name}_ts\\).*pg_default"):
+            backup(site, "with-tablespace")
+    finally:
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLESPACE {site.name}_ts")
+    with ops().transaction() as conn:
+        assert pitr_catalog.base_backups(conn, site.name) == []
+
+
 def test_a_backfilled_run_takes_nothing_when_a_newer_base_backup_exists(site):
     taken = backup(site, "now")
     ctx = context(run_id="backfill__2026-11-20", run_type="backfill")  # logical date 2026-11-20, long past
@@ -400,9 +419,16 @@ def test_a_backfilled_run_takes_nothing_when_a_newer_base_backup_exists(site):
         assert len(pitr_catalog.base_backups(conn, site.name)) == 1
 
 
-def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster):
+def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster, monkeypatch):
+    with psycopg.connect(site.dsn) as conn:  # recovery empties unlogged tables: they are not counted
+        conn.execute("CREATE UNLOGGED TABLE scratch_cache AS SELECT g AS id FROM generate_series(1, 50) g")
     backup(site, "full")
-    first = pitr_test(site, "verify-full")
+    leftover = _run_dir(load_config(site.config), site.name, "pitr", "verify-full")  # an earlier try's
+    (leftover / "data").mkdir(parents=True)
+    (leftover / "data" / "PG_VERSION").write_text("18")
+    (leftover / "socket_dir").write_text(str(cluster.root / "gone"))
+    first = PitrTestOperator(task_id="recover", target=site.name).execute(context(run_id="verify-full"))
+    ScratchClusterOperator(task_id="drop", target=site.name, drop=True).execute(context(run_id="verify-full"))
     assert first["ok"] and first["wal_replayed_bytes"] > 0
     incremental = backup(site, "incr")
     assert incremental["kind"] == "incremental"
@@ -413,9 +439,13 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster):
     ship(site)
 
     data = cluster.root / f"{site.name}-restored"
+    # the source is down (its connection points at a closed port): a restore needs only the store and catalog
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{site.name.upper()}", f"postgresql://postgres:x@127.0.0.1:{free_port()}/{site.name}")
     result = RestorePitrOperator(task_id="restore", target=site.name, target_time=noted.isoformat(),
                                  data_directory=str(data)).execute(context(run_id="restore"))
     assert result["chain"][-1] == incremental["backup_id"] and len(result["chain"]) == 2
+    auto_conf = (data / "postgresql.auto.conf").read_text()
+    assert "restore_command" not in auto_conf and auto_conf.rstrip().endswith("archive_mode = 'off'")
     port = free_port()
     user = {"user": server_user()} if server_user() else {}
     subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-l", str(cluster.root / f"{site.name}.log"), "-w",

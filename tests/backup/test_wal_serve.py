@@ -88,3 +88,42 @@ def test_without_the_task_serving_recovery_aborts_instead_of_ending_early(archiv
         command = restore_command(shutil.which("curl"), socket_path, 30)
     assert not socket_path.exists() and not list(archive.cache.iterdir()), "nothing fetched ahead is left"
     assert restore(command, NAMES[0], tmp_path / "x") == 126
+
+
+def test_a_partial_segment_replaced_by_shipping_meanwhile_is_served_as_the_catalog_lists_it_now(tmp_path):
+    """Shipping rewrites ``<segment>.partial.zst`` every run and deletes it once the segment is finished: a
+    recovery that started before holds a stale entry, and must ask the catalog (here a dict) again."""
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "store" / "wal").mkdir(parents=True)
+    name = NAMES[0]
+    partial_key, finished_key = f"wal/{name}.partial.zst", f"wal/{name}.zst"
+    _, _, old_sha = write_compressed([b"a" * 1000], tmp_path / "store" / partial_key, 1)
+    catalog = {name: (True, partial_key, old_sha)}
+    archive = WalArchive(store, dict(catalog), tmp_path / "cache", catalog.get)
+    _, _, new_sha = write_compressed([b"a" * 1000 + b"b" * 1000], tmp_path / "store" / partial_key, 1)
+    catalog[name] = (True, partial_key, new_sha)  # the next shipping run replaced the partial
+    socket_path = tmp_path / "wal.sock"
+    with serving(archive, socket_path, None):
+        command = restore_command(shutil.which("curl"), socket_path, 30)
+        assert restore(command, name, tmp_path / "x") == 0
+        assert (tmp_path / "x").read_bytes() == b"a" * 1000 + b"b" * 1000
+
+        _, _, done_sha = write_compressed([b"a" * 1000 + b"b" * 1000 + b"c" * 1000], tmp_path / "store" / finished_key, 1)
+        (tmp_path / "store" / partial_key).unlink()
+        catalog[name] = (False, finished_key, done_sha)  # then the segment was finished
+        assert restore(command, name, tmp_path / "x") == 0
+        assert (tmp_path / "x").read_bytes() == b"a" * 1000 + b"b" * 1000 + b"c" * 1000
+    assert archive.failure is None
+
+
+def test_without_a_newer_catalog_entry_a_replaced_partial_still_fails(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "store" / "wal").mkdir(parents=True)
+    key = f"wal/{NAMES[0]}.partial.zst"
+    _, _, sha = write_compressed([b"a" * 1000], tmp_path / "store" / key, 1)
+    catalog = {NAMES[0]: (True, key, sha)}
+    archive = WalArchive(store, dict(catalog), tmp_path / "cache", catalog.get)
+    write_compressed([b"z" * 1000], tmp_path / "store" / key, 1)  # changed, but the catalog says otherwise
+    with serving(archive, tmp_path / "wal.sock", None):
+        assert restore(restore_command(shutil.which("curl"), tmp_path / "wal.sock", 30), NAMES[0], tmp_path / "x") == 126
+    assert isinstance(archive.failure, SegmentUnusable) and NAMES[0] in str(archive.failure)

@@ -39,6 +39,18 @@ def test_retry_when_busy_fails_the_try_instead_of_skipping(pg_server):
         assert not isinstance(busy.value, AirflowSkipException)
 
 
+def test_shared_holders_go_together_and_keep_an_exclusive_one_out(pg_server):
+    with job_lock(OPS, "lock_t7", "pitr_recovery", shared=True):
+        with job_lock(OPS, "lock_t7", "pitr_recovery", wait_seconds=0, shared=True):  # a second recovery
+            with pytest.raises(JobBusy, match="pitr_recovery of lock_t7 is already running"):
+                with job_lock(OPS, "lock_t7", "pitr_recovery", wait_seconds=0):  # retention waits for both
+                    pytest.fail("an exclusive holder must not run beside shared ones")
+    with job_lock(OPS, "lock_t7", "pitr_recovery", wait_seconds=0):  # both released
+        with pytest.raises(JobBusy):
+            with job_lock(OPS, "lock_t7", "pitr_recovery", wait_seconds=0, shared=True):
+                pytest.fail("a shared holder must not run beside an exclusive one")
+
+
 def test_released_after_the_block_and_after_an_error(pg_server):
     with pytest.raises(RuntimeError):
         with job_lock(OPS, "lock_t3", "ddl"):

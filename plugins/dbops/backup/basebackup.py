@@ -26,6 +26,7 @@ from dbops.core.streams import CHUNK, write_compressed
 if TYPE_CHECKING:
     from dbops.backup.pitr_catalog import BaseBackup
     from dbops.core.store import BackupStore
+    from dbops.hooks.postgres import DbopsPostgresHook
     from dbops.hooks.tools import PgTool
 
 ARCHIVE = "base.tar.zst"
@@ -43,6 +44,19 @@ class BaseBackupResult:
     stop_lsn: str
     timeline: int
     seconds: float
+
+
+def check_single_tablespace(hook: DbopsPostgresHook, target: str) -> None:
+    """Fail, saying so, on a cluster with tablespaces: ``pg_basebackup`` writes one tablespace to a stream."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    names = [row[0] for row in hook.get_records(
+        "SELECT spcname FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1")]
+    if names:
+        raise AirflowFailException(
+            f"the cluster of {target} has tablespaces ({', '.join(names)}): pg_basebackup can stream only a cluster "
+            "without them to the store. Point-in-time recovery of this target is not available; remove its pitr "
+            "section or move the tables to pg_default")
 
 
 def take_basebackup(tool: PgTool, env: dict[str, str], dest: Path, level: int, parent_manifest: Path | None = None,

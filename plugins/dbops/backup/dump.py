@@ -29,7 +29,7 @@ from dbops.core.streams import CHUNK, write_compressed
 _TABLES = """
 SELECT n.nspname, c.relname, format('%I.%I', n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r'
+WHERE c.relkind = 'r' {logged_only}
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                   AND d.deptype = 'e')
@@ -150,11 +150,12 @@ def _tar_stream(directory: Path, timeout: float) -> Iterator[bytes]:
             raise OSError(f"tar of {directory} exited with {proc.returncode}")
 
 
-def count_rows(conn) -> dict[str, int]:
+def count_rows(conn, logged_only: bool = False) -> dict[str, int]:
     """Rows of every table whose data pg_dump writes (``ONLY`` the table, not its inheritance children),
-    keyed by quoted ``schema.table``."""
+    keyed by quoted ``schema.table``; ``logged_only`` leaves out unlogged tables (empty after recovery)."""
     tables = {}
-    for schema, table, name in conn.execute(_TABLES).fetchall():
+    query = _TABLES.format(logged_only="AND c.relpersistence = 'p'" if logged_only else "")
+    for schema, table, name in conn.execute(query).fetchall():
         count = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         tables[name] = conn.execute(count).fetchone()[0]
     return tables

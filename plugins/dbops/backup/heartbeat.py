@@ -28,8 +28,9 @@ class Markers:
 
 
 def write_markers(conn: psycopg.Connection, run_id: str) -> Markers:
-    """Commit the ``before`` marker, read every table's rows and the target time in one snapshot taken after
-    it, then commit the ``after`` marker (its commit time is later than the target time)."""
+    """Commit the ``before`` marker, read every logged table's rows and the target time in one snapshot taken
+    after it, then commit the ``after`` marker (its commit time is later than the target time). Unlogged
+    tables are left out: recovery empties them."""
     conn.autocommit = True
     conn.execute(_CREATE)
     insert = sql.SQL("INSERT INTO {} (run_id, position) VALUES (%s, %s) RETURNING id").format(TABLE)
@@ -37,7 +38,7 @@ def write_markers(conn: psycopg.Connection, run_id: str) -> Markers:
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         target_time = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # takes the snapshot too
-        rows = count_rows(conn)
+        rows = count_rows(conn, logged_only=True)
     after = conn.execute(insert, (run_id, "after")).fetchone()[0]
     return Markers(before, after, target_time, rows)
 
@@ -46,7 +47,7 @@ def check_markers(conn: psycopg.Connection, markers: Markers) -> dict:
     """In the recovered database: the ``before`` marker is there, the ``after`` one is not, rows as counted."""
     found = {row[0] for row in conn.execute(sql.SQL("SELECT id FROM {} WHERE id IN (%s, %s)").format(TABLE),
                                             (markers.before, markers.after))}
-    restored = count_rows(conn)
+    restored = count_rows(conn, logged_only=True)
     mismatched = {table: {"expected": markers.rows.get(table), "recovered": restored.get(table)}
                   for table in sorted(set(markers.rows) | set(restored))
                   if markers.rows.get(table) != restored.get(table)}

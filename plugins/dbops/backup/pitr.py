@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,8 @@ _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _STOPPING = re.compile(r"recovery stopping [^\n]*")
 AUTO_CONF = "postgresql.auto.conf"
 _MARK = "# dbops point-in-time recovery (removed once recovered)\n"
+_KEEP_ARCHIVING_OFF = ("# dbops: a restored copy must not archive into the source's WAL archive; turn on "
+                       "deliberately\narchive_mode = 'off'\n")
 
 
 class RecoveryFailed(Exception):
@@ -177,7 +180,8 @@ class ScratchServer:
                     "hba_file": str(self.root / "pg_hba.conf"), "restore_command": command,
                     "recovery_target_time": target_time.isoformat(), "recovery_target_action": "promote",
                     "archive_mode": "off", "summarize_wal": "off", "cluster_name": "dbops_pitr",
-                    "logging_collector": "off"}
+                    "logging_collector": "off", "shared_preload_libraries": "", "shared_buffers": "128MB"}
+        (self.data / "postgresql.conf").touch()  # a source whose configuration lives elsewhere (/etc) has none
         with open(self.data / AUTO_CONF, "a") as conf:
             conf.write("\n" + _MARK + "".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
         (self.data / "standby.signal").unlink(missing_ok=True)
@@ -224,10 +228,14 @@ class ScratchServer:
         raise RecoveryFailed(f"recovery did not reach its target within {timeout:.0f} s: {self.failure()}")
 
     def failure(self) -> str:
-        """Why recovery failed: the server log's last errors."""
-        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        errors = [line for line in log.splitlines() if "FATAL" in line or "ERROR" in line or "PANIC" in line]
-        return " | ".join(errors[-3:]) or f"see {self.log_path}"
+        """Why recovery failed: the server log's last errors, else its last lines."""
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        errors = [line for line in lines if "FATAL" in line or "ERROR" in line or "PANIC" in line]
+        return " | ".join(errors[-3:] or lines[-5:]) or "the server wrote no log"
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The server log's last ``lines`` (for the task log: the scratch directory is deleted afterwards)."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) if self.log_path.exists() else ""
 
     def replay_figures(self, start_lsn: str) -> dict[str, Any]:
         """What the log says about recovery: where it stopped and how much WAL it replayed."""
@@ -244,13 +252,15 @@ class ScratchServer:
             self._ctl("-m", "fast", "-w", "-t", str(int(timeout)), "stop", timeout=timeout + 30)
         if (self.root / "socket_dir").exists():
             shutil.rmtree(self.socket_dir, ignore_errors=True)
+            (self.root / "socket_dir").unlink()
 
     def forget_recovery_settings(self) -> None:
-        """Take our settings out of postgresql.auto.conf: the directory starts as the source's cluster."""
+        """Take our settings out of postgresql.auto.conf: the directory starts as the source's cluster,
+        except that archiving stays off, so it never writes into the source's WAL archive."""
         conf = self.data / AUTO_CONF
         text = conf.read_text()
         if _MARK in text:
-            conf.write_text(text[:text.index(_MARK)].rstrip("\n") + "\n")
+            conf.write_text(text[:text.index(_MARK)].rstrip("\n") + "\n" + _KEEP_ARCHIVING_OFF)
 
 
 def remove_scratch(root: Path, bin_dir: Path | None) -> bool:
@@ -263,10 +273,11 @@ def remove_scratch(root: Path, bin_dir: Path | None) -> bool:
     return True
 
 
-def recover(store: BackupStore, chain: list[BaseBackup],
-            segments: dict[str, tuple[bool, str, str]], server: ScratchServer, target_time: datetime,
-            user: str, database: str, timeout: float) -> dict[str, Any]:
+def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tuple[bool, str, str]],
+            server: ScratchServer, target_time: datetime, user: str, database: str, timeout: float,
+            lookup: Callable[[str], tuple[bool, str, str] | None] | None = None) -> dict[str, Any]:
     """Fetch, combine and verify ``chain`` into ``server.data``, recover it to ``target_time`` and promote it.
+    ``segments`` are the stored WAL segments from the chain's start; ``lookup`` reads one's current entry.
 
     The server is left running; the caller checks it and stops it. Figures: bytes fetched, seconds to
     consistent and to promoted, WAL replayed.
@@ -285,7 +296,8 @@ def recover(store: BackupStore, chain: list[BaseBackup],
     shutil.rmtree(work, ignore_errors=True)
     server.configure(target_time, timeout)
     recovery_started = time.monotonic()
-    with serving(WalArchive(store, segments, server.root / "wal"), server.wal_socket, server_user()) as archive:
+    archive = WalArchive(store, segments, server.root / "wal", lookup)
+    with serving(archive, server.wal_socket, server_user()):
         try:
             figures["seconds_to_consistent"] = round(server.start(timeout), 3)
             server.wait_promoted(user, database, timeout)

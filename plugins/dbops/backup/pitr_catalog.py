@@ -72,10 +72,11 @@ def record_segment(conn: psycopg.Connection, target: str, segment: str, partial:
         (target, segment, partial, key, stored, raw, sha256))
 
 
-def segments(conn: psycopg.Connection, target: str, since: str = "") -> dict[str, tuple[bool, str, str]]:
-    """Stored segments of the target named ``since`` or later: ``{segment: (partial, key, sha256)}``."""
+def segments(conn: psycopg.Connection, target: str, since: str = "",
+             until: str = "~") -> dict[str, tuple[bool, str, str]]:
+    """Stored segments of the target named ``since`` to ``until``: ``{segment: (partial, key, sha256)}``."""
     rows = conn.execute("SELECT segment, partial, key, sha256 FROM dbops.wal_segments WHERE target = %s "
-                        "AND segment >= %s ORDER BY segment", (target, since)).fetchall()
+                        "AND segment >= %s AND segment <= %s ORDER BY segment", (target, since, until)).fetchall()
     return {segment: (partial, key, sha) for segment, partial, key, sha in rows}
 
 

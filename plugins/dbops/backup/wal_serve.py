@@ -18,7 +18,7 @@ import shlex
 import shutil
 import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
@@ -47,9 +47,11 @@ def restore_command(curl: str, socket_path: Path, timeout: float) -> str:
 class WalArchive:
     """The stored segments ``{name: (partial, key, sha256)}``, fetched into ``cache`` on demand and ahead."""
 
-    def __init__(self, store: BackupStore, segments: dict[str, tuple[bool, str, str]], cache: Path) -> None:
+    def __init__(self, store: BackupStore, segments: dict[str, tuple[bool, str, str]], cache: Path,
+                 lookup: Callable[[str], tuple[bool, str, str] | None] | None = None) -> None:
         self.store = store
         self.segments = segments
+        self.lookup = lookup  # the catalog's current entry of a segment
         self.order = sorted(segments)
         self.cache = cache
         self.served_bytes = 0
@@ -60,7 +62,20 @@ class WalArchive:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wal-fetch")
 
     def _fetch(self, name: str) -> Path:
-        _, key, sha256 = self.segments[name]
+        """The segment as listed when recovery started or, when that copy is gone or differs, as the catalog
+        lists it now: shipping replaces a partial segment every run, and deletes it once the segment is
+        finished; the newer copy holds the older one's WAL."""
+        try:
+            return self._fetch_entry(name, self.segments[name])
+        except SegmentUnusable:
+            current = self.lookup(name) if self.lookup else None
+            if current is None or current == self.segments[name]:
+                raise
+            self.segments[name] = current
+            return self._fetch_entry(name, current)
+
+    def _fetch_entry(self, name: str, entry: tuple[bool, str, str]) -> Path:
+        _, key, sha256 = entry
         packed, out = self.cache / f".{name}.zst", self.cache / name
         try:
             self.store.get_file(key, packed)

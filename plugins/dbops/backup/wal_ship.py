@@ -230,6 +230,11 @@ def segment_size(hook: DbopsPostgresHook) -> int:
     return int(hook.get_first("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'")[0])
 
 
+def recorded_segment_size(backup, hook: DbopsPostgresHook) -> int:
+    """The WAL segment size recorded with a base backup (so a restore needs no live source), else the server's."""
+    return backup.manifest.extra.get("wal_segment_size") or segment_size(hook)
+
+
 def segment_number(name: str, segment_size: int) -> tuple[int, int]:
     """(timeline, segment number) of a WAL file name."""
     per_id = 0x100000000 // segment_size

@@ -32,7 +32,7 @@ class JobBusyRetry(AirflowException):
 
 @contextmanager
 def job_lock(ops_conn_id: str, target: str, job: str, wait_seconds: float | None = None,
-             retry_when_busy: bool = False) -> Iterator[None]:
+             retry_when_busy: bool = False, shared: bool = False) -> Iterator[None]:
     """Hold the (``target``, ``job``) lock of the ops database while the block runs.
 
     :param ops_conn_id: the ops database connection.
@@ -40,6 +40,7 @@ def job_lock(ops_conn_id: str, target: str, job: str, wait_seconds: float | None
     :param job: what is serialized, e.g. ``alerts``, ``retention``, ``restore``.
     :param wait_seconds: how long to wait for another run to finish before giving up (default 30 s).
     :param retry_when_busy: give up with :class:`JobBusyRetry` (a failed try, retried) instead of skipping.
+    :param shared: a shared lock: runs holding it shared go together; an exclusive holder waits for them all.
     :raises JobBusy: the lock stayed taken for ``wait_seconds`` (the task ends skipped).
     :raises JobBusyRetry: the same, with ``retry_when_busy`` (the try fails; nothing was done).
     """
@@ -50,7 +51,8 @@ def job_lock(ops_conn_id: str, target: str, job: str, wait_seconds: float | None
     with closing(OpsDatabaseHook(postgres_conn_id=ops_conn_id).get_conn()) as conn:
         conn.autocommit = True
         deadline = time.monotonic() + wait_seconds
-        while not conn.execute("SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))",
+        mode = "_shared" if shared else ""
+        while not conn.execute(f"SELECT pg_try_advisory_lock{mode}(hashtext(%s), hashtext(%s))",
                                (_NAMESPACE, key)).fetchone()[0]:
             if time.monotonic() >= deadline:
                 busy = (f"{job} of {target} is already running in another run ({holder(conn, key)}); "
@@ -63,7 +65,7 @@ def job_lock(ops_conn_id: str, target: str, job: str, wait_seconds: float | None
             yield
         finally:
             if not conn.closed:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))", (_NAMESPACE, key))
+                conn.execute(f"SELECT pg_advisory_unlock{mode}(hashtext(%s), hashtext(%s))", (_NAMESPACE, key))
 
 
 def _retry_note() -> str:

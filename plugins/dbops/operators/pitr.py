@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from dbops.hooks.tools import PgTool
 
 
+RECOVERY_LOCK = "pitr_recovery"  # recoveries hold it shared, retention exclusively
+
+
 class RecoveryTestFailed(AirflowFailException):
     """A recovery test proved the archive cannot recover to the target: retrying will not help."""
 
@@ -126,11 +129,12 @@ class BaseBackupOperator(_PitrOperator):
     def _backup(self, context: Context, config: DbopsConfig, policy: PitrPolicy, store: BackupStore,
                 ops: OpsDatabaseHook) -> dict[str, Any]:
         from dbops.backup import catalog
-        from dbops.backup.basebackup import ARCHIVE, BACKUP_MANIFEST, choose_parent, take_basebackup
+        from dbops.backup.basebackup import (
+            ARCHIVE, BACKUP_MANIFEST, check_single_tablespace, choose_parent, take_basebackup)
         from dbops.backup.runs import is_past_period, run_type_of
         from dbops.backup.staging import fresh_staging
         from dbops.backup.store_io import read_manifest, remove_incomplete, store_backup, verify_stored
-        from dbops.backup.wal_ship import ensure_slot, slot_name
+        from dbops.backup.wal_ship import ensure_slot, segment_size, slot_name
         from dbops.core.manifest import FileEntry, Manifest, backup_prefix
         from dbops.core.runs import run_date
         from dbops.core.streams import file_sha256
@@ -158,6 +162,8 @@ class BaseBackupOperator(_PitrOperator):
                                            str(self.full).lower() in ("true", "1"))
             tool = self._tool(config, hook, "pg_basebackup")
             server_version = hook.get_first("SHOW server_version")[0]
+            wal_segment_size = segment_size(hook)
+            check_single_tablespace(hook, self.target)
         except AirflowFailException:
             raise
         except Exception as err:
@@ -199,6 +205,7 @@ class BaseBackupOperator(_PitrOperator):
                 run_type=run_type_of(context), storage=policy.storage,
                 extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
                        "parent": parent.backup_id if parent else None, "reason": reason,
+                       "wal_segment_size": wal_segment_size,
                        "stop_time": datetime.now(timezone.utc).isoformat()})
             store_backup(store, manifest, staging)
         except AirflowException:
@@ -317,9 +324,16 @@ class PitrTestOperator(_PitrOperator):
         self.target_time = target_time
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from dbops.core.locks import job_lock
+
+        config = self.load_config()
+        with job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK, shared=True, retry_when_busy=True):
+            return self._test(context)
+
+    def _test(self, context: Context) -> dict[str, Any]:
         from dbops.backup import catalog
         from dbops.backup.heartbeat import check_markers, write_markers
-        from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover
+        from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover, remove_scratch
         from dbops.core.locks import job_lock
         from dbops.core.streams import ChecksumMismatch
         from dbops.hooks.postgres import DbopsPostgresHook
@@ -336,10 +350,11 @@ class PitrTestOperator(_PitrOperator):
             except Exception as err:
                 raise classify(err, f"writing the heartbeat markers into {self.target} failed") from err
             target_time = markers.target_time
-            with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=300):
+            with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=300, retry_when_busy=True):
                 self._ship(config, policy, store, ops)
         root = _run_dir(config, self.target, "pitr", context["run_id"])
-        root.mkdir(parents=True, exist_ok=True)
+        remove_scratch(root, _server_bin_dir())  # an earlier try's leftovers
+        root.mkdir(parents=True)
         started_at = datetime.now(timezone.utc)
         checks: dict[str, Any] = {"target_time": target_time.isoformat()}
         chain, error, server = [], None, None
@@ -352,7 +367,7 @@ class PitrTestOperator(_PitrOperator):
             conn_info = source.connection
             figures = recover(store, chain, segments, server, target_time,
                               conn_info.login, source.database or conn_info.schema,
-                              tool_timeout(self.execution_timeout))
+                              tool_timeout(self.execution_timeout), current_segment(ops, self.target))
             checks["recovery"] = {"ok": True, **figures}
             if markers is not None:
                 with server.connect(conn_info.login, source.database or conn_info.schema) as conn:
@@ -362,6 +377,8 @@ class PitrTestOperator(_PitrOperator):
         except (RecoveryFailed, ChecksumMismatch) as err:
             error = str(err)
             checks["recovery"] = {"ok": False, "error": error}
+            if server is not None:
+                self.log.error("the scratch server's log ended with:\n%s", server.log_tail())
         except AirflowException:
             raise
         except Exception as err:
@@ -407,9 +424,9 @@ def parse_target_time(value: str) -> datetime:
 def needed_segments(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str, newest) -> dict:
     """Stored segments from the start of ``newest`` (the chain's last backup) on; a gap among them fails."""
     from dbops.backup.pitr import RecoveryFailed
-    from dbops.backup.wal_ship import find_gaps, segment_of_lsn, segment_size
+    from dbops.backup.wal_ship import find_gaps, recorded_segment_size, segment_of_lsn
 
-    size = segment_size(hook)
+    size = recorded_segment_size(newest, hook)
     first = segment_of_lsn(newest.start_lsn, newest.manifest.extra["timeline"], size)
     with ops.transaction() as conn:
         segments = pitr_catalog.segments(conn, target, first)
@@ -418,6 +435,14 @@ def needed_segments(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str, 
         raise RecoveryFailed(f"the WAL archive lacks segment(s) {', '.join(gaps[:5])} after base backup "
                              f"{newest.backup_id}")
     return segments
+
+
+def current_segment(ops: OpsDatabaseHook, target: str):
+    """A lookup of one stored segment's current catalog entry (for a recovery that outlasts shipping runs)."""
+    def lookup(name: str) -> tuple[bool, str, str] | None:
+        with ops.transaction() as conn:
+            return pitr_catalog.segments(conn, target, name, name).get(name)
+    return lookup
 
 
 class RestorePitrOperator(_PitrOperator):
@@ -451,19 +476,20 @@ class RestorePitrOperator(_PitrOperator):
         data = Path(self.data_directory)
         if not data.is_absolute():
             raise AirflowFailException(f"data_directory {self.data_directory!r} must be an absolute path")
-        if data.exists() and (not data.is_dir() or any(data.iterdir())):
-            raise AirflowFailException(f"data_directory {data} exists and is not empty: name a new directory "
-                                       "(nothing was changed)")
         config, policy, store, ops = self._setup()
         source = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
         root = _run_dir(config, self.target, "restore_pitr", context["run_id"])
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        if data.exists():
-            data.rmdir()
-        server = None
-        try:
-            with job_lock(config.ops_conn_id, self.target, "restore_pitr"):
+        with job_lock(config.ops_conn_id, self.target, "restore_pitr", retry_when_busy=True), \
+                job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK, shared=True, retry_when_busy=True):
+            if data.exists() and (not data.is_dir() or any(data.iterdir())):
+                raise AirflowFailException(f"data_directory {data} exists and is not empty: name a new directory "
+                                           "(nothing was changed)")
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            server, restored = None, False
+            try:
+                if data.exists():
+                    data.rmdir()
                 with ops.transaction() as conn:
                     backups = pitr_catalog.base_backups(conn, self.target)
                 chain = chain_for(backups, target_time)
@@ -471,23 +497,26 @@ class RestorePitrOperator(_PitrOperator):
                 server = ScratchServer(root, _server_bin_dir(), free_port(*policy.scratch_ports), data_dir=data)
                 figures = recover(store, chain, segments, server, target_time,
                                   source.connection.login, source.database or source.connection.schema,
-                                  tool_timeout(self.execution_timeout))
+                                  tool_timeout(self.execution_timeout), current_segment(ops, self.target))
                 server.stop()
                 server.forget_recovery_settings()
-        except (RecoveryFailed, ChecksumMismatch) as err:
-            if server is not None:
-                server.stop()
-            shutil.rmtree(data, ignore_errors=True)
-            raise AirflowFailException(f"FAILED: restoring {self.target} to {target_time.isoformat()}: {err}") from err
-        except AirflowException:
-            raise
-        except Exception as err:
-            if server is not None:
-                server.stop()
-            shutil.rmtree(data, ignore_errors=True)
-            raise classify(err, f"restoring {self.target} to {target_time.isoformat()} could not run") from err
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+                restored = True
+            except (RecoveryFailed, ChecksumMismatch) as err:
+                if server is not None:
+                    self.log.error("the recovering server's log ended with:\n%s", server.log_tail())
+                raise AirflowFailException(f"FAILED: restoring {self.target} to {target_time.isoformat()}: {err}; "
+                                           f"{data} was removed") from err
+            except AirflowException:
+                raise
+            except Exception as err:
+                raise classify(err, f"restoring {self.target} to {target_time.isoformat()} could not run; {data} "
+                                    "was removed") from err
+            finally:  # also when the task is killed or times out: no server left running, no half-made directory
+                if not restored:
+                    if server is not None:
+                        server.stop()
+                    shutil.rmtree(data, ignore_errors=True)
+                shutil.rmtree(root, ignore_errors=True)
         self.log.info("restored OK: %s as of %s into %s (stopped, ready to start): from %s, %s, recovered in %.1f s; "
                       "%s", self.target, target_time.isoformat(), data, " + ".join(figures["chain"]),
                       human_bytes(figures["bytes"]), figures["seconds_to_promoted"], figures.get("stopped") or "",
@@ -505,17 +534,17 @@ class PitrRetentionOperator(_PitrOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.pitr_retention import plan_retention
         from dbops.backup.store_io import delete_backup
-        from dbops.backup.wal_ship import segment_of_lsn, segment_size
+        from dbops.backup.wal_ship import recorded_segment_size, segment_of_lsn
         from dbops.core.locks import job_lock
 
         config, policy, store, ops = self._setup()
-        with job_lock(config.ops_conn_id, self.target, "pitr_retention"):
+        with job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK):  # never under a running recovery
             with ops.transaction() as conn:
                 plan = plan_retention(pitr_catalog.base_backups(conn, self.target), policy.full_retention)
             deleted = [b.backup_id for b in plan.delete if delete_backup(ops, store, b.backup_id)]
             wal_deleted = 0
             if plan.oldest_kept is not None:
-                size = segment_size(self._replication_hook(config, policy))
+                size = recorded_segment_size(plan.oldest_kept, self._replication_hook(config, policy))
                 first = segment_of_lsn(plan.oldest_kept.start_lsn, plan.oldest_kept.manifest.extra["timeline"], size)
                 with ops.transaction() as conn:
                     old = {name: key for name, (_, key, _) in pitr_catalog.segments(conn, self.target).items()
