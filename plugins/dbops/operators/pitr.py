@@ -377,8 +377,6 @@ class PitrTestOperator(_PitrOperator):
         except (RecoveryFailed, ChecksumMismatch) as err:
             error = str(err)
             checks["recovery"] = {"ok": False, "error": error}
-            if server is not None:
-                self.log.error("the scratch server's log ended with:\n%s", server.log_tail())
         except AirflowException:
             raise
         except Exception as err:
@@ -396,6 +394,8 @@ class PitrTestOperator(_PitrOperator):
                                              recovery.get("seconds_to_consistent"), ok, checks,
                                              "; ".join(failed) or None)
         if not ok:
+            if server is not None:  # the teardown deletes the scratch directory, its log with it
+                self.log.error("the scratch server's log ended with:\n%s", server.log_tail())
             raise RecoveryTestFailed(f"FAILED: point-in-time recovery of {self.target} to {target_time.isoformat()}: "
                                      f"{'; '.join(failed)}")
         recovery = checks["recovery"]
