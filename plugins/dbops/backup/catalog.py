@@ -51,13 +51,16 @@ def record_backup(conn: psycopg.Connection, manifest: Manifest) -> None:
 
 
 def record_recovery_test(conn: psycopg.Connection, backup_id: str, target: str, run_id: str, started_at: datetime,
-                         restore_seconds: float | None, ok: bool, checks: dict[str, Any], error: str | None) -> None:
-    """Store one verification restore and set the backup's verified flag to its outcome."""
+                         restore_seconds: float | None, ok: bool, checks: dict[str, Any], error: str | None,
+                         failure_unverifies: bool = True) -> None:
+    """Store one verification restore and set the backup's verified flag to its outcome (a failure leaves
+    the flag alone unless ``failure_unverifies``)."""
     conn.execute(
         "INSERT INTO dbops.recovery_tests (backup_id, target, run_id, started_at, restore_seconds, ok, "
         "checks, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (backup_id, target, run_id, started_at, restore_seconds, ok, json.dumps(checks), error))
-    conn.execute("UPDATE dbops.backups SET verified = %s WHERE backup_id = %s", (ok, backup_id))
+    if ok or failure_unverifies:
+        conn.execute("UPDATE dbops.backups SET verified = %s WHERE backup_id = %s", (ok, backup_id))
 
 
 def rewrite_manifest(conn: psycopg.Connection, store: BackupStore, manifest: Manifest) -> None:
