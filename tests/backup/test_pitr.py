@@ -8,6 +8,7 @@ store and staging. The Airflow context is the FAKE minimal one of tests/backup/c
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -85,7 +86,8 @@ def _dsn(cluster, database: str) -> str:
     return f"host=127.0.0.1 port={cluster.port} user=postgres password={PASSWORD} dbname={database}"
 
 
-def write_config(site, store: Path | str, full_retention: int = 2, max_retained_wal: str = "1GB") -> None:
+def write_config(site, store: Path | str, full_retention: int = 2, max_retained_wal: str = "1GB",
+                 encryption: str = "") -> None:
     """The site's config; ``store`` is a directory, or an ``s3://`` URL reached through connection aws_test."""
     s3 = str(store).startswith("s3://")
     site.config.write_text(f"""
@@ -98,7 +100,7 @@ targets:
     conn_id: pg_{site.name}
     pitr: {{storage: local, replication_conn_id: pg_{site.name}_repl, compression_level: 1,
             full_retention: {full_retention}, max_retained_wal: {max_retained_wal},
-            scratch_ports: [{free_port()}, 65000]}}
+            scratch_ports: [{free_port()}, 65000]{', encryption_conn_id: ' + encryption if encryption else ''}}}
 """)
     os.utime(site.config, (time.time(), time.time() + 1))  # a new mtime: the config cache reloads it
 
@@ -285,6 +287,10 @@ def test_killed_shipping_ships_the_rest_next_run_without_gap_or_duplicate(site):
 
 def test_killed_shipping_rerun_on_another_worker_without_its_staging_loses_nothing(site, cluster):
     shipped_by_killed = kill_shipping(site, cluster, rows=200000)  # streaming lasts several pings
+    from dbops.backup.wal_ship import segment_of_lsn
+
+    assert segment_of_lsn(restart_lsn(site), 1, 1024 * 1024) > min(shipped_by_killed), \
+        "the hold slot follows each stored segment: the killed run's progress is kept"
     staging = site.home / "staging" / f"{site.name}__wal"
     assert any(staging.iterdir()), "the killed run left received, unstored WAL in its staging"
     shutil.rmtree(staging)  # the retry runs on another worker (or the disk was lost)
@@ -391,6 +397,27 @@ def test_incremental_with_a_missing_or_unverified_parent_is_refused_and_a_full_t
         reason = {b.backup_id: b.manifest.extra["reason"] for b in pitr_catalog.base_backups(conn, site.name)}
     assert "not verified" in reason[second["backup_id"]]
     assert "missing" in reason[fourth["backup_id"]]
+
+
+def test_encrypted_base_backups_and_wal_recover_and_need_their_key(site, monkeypatch):
+    import base64
+
+    from dbops.core.streams import GCM_MAGIC
+
+    monkeypatch.setenv("AIRFLOW_CONN_PITR_KEY", json.dumps({"conn_type": "generic",
+                                                            "password": base64.b64encode(os.urandom(32)).decode()}))
+    write_config(site, site.store, encryption="pitr_key")
+    full = backup(site, "enc-full")
+    insert(site, 1, 3000)
+    assert pitr_test(site, "enc-verify")["ok"]
+    stored = [site.store / full["backup_id"] / "base.tar.zst",
+              *(site.store / key for _, key, _ in stored_segments(site).values())]
+    assert len(stored) > 2 and all(path.read_bytes()[:len(GCM_MAGIC)] == GCM_MAGIC for path in stored)
+    with ops().transaction() as conn:
+        assert pitr_catalog.base_backups(conn, site.name)[0].manifest.encryption["key_conn_id"] == "pitr_key"
+    write_config(site, site.store)  # the key dropped from the config
+    with pytest.raises(RecoveryTestFailed, match="is encrypted and pitr.encryption_conn_id is not set"):
+        pitr_test(site, "enc-nokey")
 
 
 def test_a_cluster_with_a_tablespace_is_refused_saying_why(site, cluster):

@@ -55,3 +55,12 @@ def test_a_target_name_too_long_for_its_replication_slots_is_refused():
         parse_config(BASE.replace("appdb", name).replace("{PITR}", "{storage: local}"), PATH)
     assert str(info.value).startswith(f"{PATH}: target '{name}': key 'pitr': the target name is too long")
     assert "at most 48 characters" in str(info.value)
+
+
+def test_encrypted_logical_backups_require_encrypted_physical_ones():
+    text = BASE.replace("    pitr: {PITR}", "    backup: {storage: local, encryption_conn_id: backup_key}\n    pitr: {PITR}")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text.replace("{PITR}", "{storage: local}"), PATH)
+    assert f"{PATH}: target 'appdb': key 'pitr.encryption_conn_id': backup.encryption_conn_id is set" in str(info.value)
+    parsed = parse_config(text.replace("{PITR}", "{storage: local, encryption_conn_id: backup_key}"), PATH)
+    assert parsed.targets["appdb"].pitr.encryption_conn_id == "backup_key"

@@ -60,8 +60,9 @@ def check_single_tablespace(hook: DbopsPostgresHook, target: str) -> None:
 
 
 def take_basebackup(tool: PgTool, env: dict[str, str], dest: Path, level: int, parent_manifest: Path | None = None,
-                    timeout: float = DEFAULT_TIMEOUT) -> BaseBackupResult:
-    """Take a base backup into ``dest`` (zstd tar); incremental on ``parent_manifest`` when given.
+                    timeout: float = DEFAULT_TIMEOUT, key: bytes | None = None) -> BaseBackupResult:
+    """Take a base backup into ``dest`` (zstd tar, encrypted with ``key`` when given); incremental on
+    ``parent_manifest`` when given.
 
     pg_basebackup is killed after ``timeout`` seconds and at once when compressing fails.
     """
@@ -86,7 +87,7 @@ def take_basebackup(tool: PgTool, env: dict[str, str], dest: Path, level: int, p
                     tee.write(chunk)
                     yield chunk
 
-            stored, raw, sha = write_compressed(chunks(), dest, level)
+            stored, raw, sha = write_compressed(chunks(), dest, level, key)
             returncode = proc.wait()
             errors.join()
         reader.join()

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-import zstandard
 
 from dbops.backup.basebackup import ARCHIVE
 from dbops.backup.wal_serve import SegmentUnusable, WalArchive, restore_command, serving
 from dbops.core.processes import run, supervised
-from dbops.core.streams import CHUNK, ChecksumMismatch, file_sha256
+from dbops.core.streams import ChecksumMismatch, decompressed
 
 if TYPE_CHECKING:
     from dbops.backup.pitr_catalog import BaseBackup
@@ -71,25 +70,33 @@ def chain_for(backups: list[BaseBackup], target_time: datetime | None) -> list[B
     raise RecoveryFailed(f"no base backup {when} in the catalog: take one (pg_basebackup__<target>)")
 
 
-def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path, timeout: float) -> int:
-    """Download a base backup's archive (sha256 checked) and unpack it into ``dest``; return raw bytes."""
+def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path, timeout: float,
+                      key: bytes | None = None) -> int:
+    """Download a base backup's archive and unpack it into ``dest`` (sha256 checked; decrypted with ``key`` when
+    its manifest says encrypted); return raw bytes."""
     entry = next(f for f in backup.manifest.files if f.name == ARCHIVE)
+    if backup.manifest.encryption and key is None:
+        raise RecoveryFailed(f"{backup.backup_id} is encrypted and pitr.encryption_conn_id is not set")
     packed = dest.with_name(f"{dest.name}.tar.zst")
     store.get_file(f"{backup.backup_id}/{ARCHIVE}", packed)
     try:
-        actual = file_sha256(packed)
-        if actual != entry.sha256:
-            raise ChecksumMismatch(f"{backup.backup_id}/{ARCHIVE}: sha256 {actual} differs from the manifest's "
-                                   f"{entry.sha256}")
         dest.mkdir(mode=0o700, parents=True)
-        # GNU tar unpacks faster than tarfile; it gets the stream zstd decompresses here
-        with open(packed, "rb") as fh, supervised(["tar", "-x", "-f", "-", "-C", str(dest)], timeout,
-                                                  stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-            zstandard.ZstdDecompressor().copy_stream(fh, proc.stdin, write_size=CHUNK)
-            proc.stdin.close()
+        content = decompressed(packed, entry.sha256, key if backup.manifest.encryption else None)
+        # GNU tar unpacks faster than tarfile; it gets the stream decompressed here
+        with supervised(["tar", "-x", "-f", "-", "-C", str(dest)], timeout, stdin=subprocess.PIPE,
+                        stderr=subprocess.PIPE) as proc:
+            try:
+                for data in content:
+                    proc.stdin.write(data)
+                proc.stdin.close()
+            except BrokenPipeError:  # tar gave up: reading on names a corrupt archive as such
+                for _ in content:
+                    pass
             stderr = proc.stderr.read()
         if proc.returncode != 0:
             raise RecoveryFailed(f"unpacking {backup.backup_id}/{ARCHIVE} failed: {stderr.decode(errors='replace')}")
+    except ChecksumMismatch as err:
+        raise ChecksumMismatch(f"{backup.backup_id}/{ARCHIVE} ({err})") from None
     finally:
         packed.unlink(missing_ok=True)
     return entry.raw_bytes
@@ -275,9 +282,11 @@ def remove_scratch(root: Path, bin_dir: Path | None) -> bool:
 
 def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tuple[bool, str, str]],
             server: ScratchServer, target_time: datetime, user: str, database: str, timeout: float,
-            lookup: Callable[[str], tuple[bool, str, str] | None] | None = None) -> dict[str, Any]:
+            lookup: Callable[[str], tuple[bool, str, str] | None] | None = None,
+            key: bytes | None = None) -> dict[str, Any]:
     """Fetch, combine and verify ``chain`` into ``server.data``, recover it to ``target_time`` and promote it.
-    ``segments`` are the stored WAL segments from the chain's start; ``lookup`` reads one's current entry.
+    ``segments`` are the stored WAL segments from the chain's start; ``lookup`` reads one's current entry;
+    ``key`` decrypts what was stored encrypted.
 
     The server is left running; the caller checks it and stops it. Figures: bytes fetched, seconds to
     consistent and to promoted, WAL replayed.
@@ -288,7 +297,7 @@ def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tup
     parts, raw = [], 0
     for i, backup in enumerate(chain):
         parts.append(work / f"{i:02d}")
-        raw += fetch_and_extract(store, backup, parts[-1], timeout)
+        raw += fetch_and_extract(store, backup, parts[-1], timeout, key)
     fetched = time.monotonic()
     figures: dict[str, Any] = {"chain": [b.backup_id for b in chain], "bytes": raw,
                                "fetch_seconds": round(fetched - started, 3),
@@ -296,7 +305,7 @@ def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tup
     shutil.rmtree(work, ignore_errors=True)
     server.configure(target_time, timeout)
     recovery_started = time.monotonic()
-    archive = WalArchive(store, segments, server.root / "wal", lookup)
+    archive = WalArchive(store, segments, server.root / "wal", lookup, key)
     with serving(archive, server.wal_socket, server_user()):
         try:
             figures["seconds_to_consistent"] = round(server.start(timeout), 3)

@@ -25,6 +25,7 @@ class PitrPolicy:
     max_retained_wal: ByteSize = 10 * 1024**3
     scratch_ports: list[int] = field(default_factory=lambda: [55700, 55799])
     compression_level: int = 3
+    encryption_conn_id: str | None = None  # AES-256-GCM key of base backups and WAL, as backup.encryption_conn_id
     notify: list[str] = field(default_factory=lambda: ["log"])
 
 
@@ -41,9 +42,14 @@ def receive_slot_name(target: str) -> str:
     return f"{slot_name(target)}_recv"
 
 
-def check_pitr(policy: PitrPolicy, key: str, storage: dict, target: str) -> None:
+def check_pitr(policy: PitrPolicy, key: str, storage: dict, target: str, backups_encrypted: bool = False) -> None:
     """What the types cannot say: the store exists, retention keeps a full, the port range is sane, the
-    target's replication slot names fit PostgreSQL's limit."""
+    target's replication slot names fit PostgreSQL's limit, physical backups are encrypted when the logical
+    ones are."""
+    if backups_encrypted and not policy.encryption_conn_id:
+        raise Invalid(f"{key}.encryption_conn_id", "backup.encryption_conn_id is set, so this target's backups are "
+                                                   "encrypted; base backups and WAL hold the same data: set it here "
+                                                   "too (the same connection works)")
     if len(receive_slot_name(target).encode()) > MAX_IDENTIFIER:
         raise Invalid(key, f"the target name is too long for its replication slot {receive_slot_name(target)!r} "
                            f"(at most {MAX_IDENTIFIER} bytes): use a target name of at most "

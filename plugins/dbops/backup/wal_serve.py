@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dbops.core.streams import ChecksumMismatch, read_decompressed
+from dbops.core.streams import ChecksumMismatch, is_encrypted, read_decompressed
 
 if TYPE_CHECKING:
     from dbops.core.store import BackupStore
@@ -48,8 +48,9 @@ class WalArchive:
     """The stored segments ``{name: (partial, key, sha256)}``, fetched into ``cache`` on demand and ahead."""
 
     def __init__(self, store: BackupStore, segments: dict[str, tuple[bool, str, str]], cache: Path,
-                 lookup: Callable[[str], tuple[bool, str, str] | None] | None = None) -> None:
+                 lookup: Callable[[str], tuple[bool, str, str] | None] | None = None, key: bytes | None = None) -> None:
         self.store = store
+        self.key = key  # decrypts the segments shipped encrypted
         self.segments = segments
         self.lookup = lookup  # the catalog's current entry of a segment
         self.order = sorted(segments)
@@ -75,17 +76,20 @@ class WalArchive:
             return self._fetch_entry(name, current)
 
     def _fetch_entry(self, name: str, entry: tuple[bool, str, str]) -> Path:
-        _, key, sha256 = entry
+        _, stored_key, sha256 = entry
         packed, out = self.cache / f".{name}.zst", self.cache / name
         try:
-            self.store.get_file(key, packed)
-            read_decompressed(packed, out, sha256)
+            self.store.get_file(stored_key, packed)
+            encrypted = is_encrypted(packed)
+            if encrypted and self.key is None:
+                raise ChecksumMismatch("it was shipped encrypted and pitr.encryption_conn_id is not set")
+            read_decompressed(packed, out, sha256, self.key if encrypted else None)
         except ChecksumMismatch as err:
             out.unlink(missing_ok=True)
-            raise SegmentUnusable(f"WAL segment {name} ({key}) cannot be used: {err}") from err
+            raise SegmentUnusable(f"WAL segment {name} ({stored_key}) cannot be used: {err}") from err
         except Exception:  # a store outage stays as it is (retried), unless the segment is gone
-            if self.store.size(key) is None:
-                raise SegmentUnusable(f"WAL segment {name} ({key}) is missing from the store") from None
+            if self.store.size(stored_key) is None:
+                raise SegmentUnusable(f"WAL segment {name} ({stored_key}) is missing from the store") from None
             raise
         finally:
             packed.unlink(missing_ok=True)

@@ -16,8 +16,10 @@ compressed (zstd, in Python), stored, read back (size and sha256), recorded in `
 deleted locally; the unfinished one is stored as
 ``<segment>.partial.zst`` (replaced each run, deleted once the segment is finished), so the recovery point
 is at most one shipping interval old on a quiet database. Then the hold slot is advanced to the end
-position and the receive slot dropped (no idle slot between runs); while a base backup runs, the hold
-slot stays where it is, so the server keeps the WAL ``pg_basebackup -X fetch`` reads at its end. So:
+position and the receive slot dropped (no idle slot between runs). The hold slot also follows each finished
+segment as it is stored, so a run killed or timed out in a large backlog keeps its progress. While a base
+backup runs, the hold slot stays where it is, so the server keeps the WAL ``pg_basebackup -X fetch`` reads
+at its end. So:
 
 * killed at any point, on this worker or another, with or without its staging directory: the next run
   streams again from the hold slot everything not stored yet; a segment already recorded as finished is
@@ -128,16 +130,16 @@ def check_retained(retained: int, target: str, cap: int) -> None:
 
 
 def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store: BackupStore, target: str,
-             staging: Path, level: int, timeout: float) -> ShipResult:
-    """Stream from the hold slot's position up to the current LSN, store it all, advance the hold slot;
-    see the module docstring."""
+             staging: Path, level: int, timeout: float, key: bytes | None = None) -> ShipResult:
+    """Stream from the hold slot's position up to the current LSN, store it all (encrypted with ``key`` when
+    given), advance the hold slot; see the module docstring."""
     started = time.monotonic()
-    result = ShipResult()
     hold, receive = slot_name(target), receive_slot_name(target)
     ensure_slot(hook, hold)
     drop_slot(hook, receive)
+    shipment = _Shipment(hook, ops, store, target, staging, level, key, segment_size(hook))
     if staging.is_dir():
-        _store_finished(ops, store, target, staging, level, result)  # a killed run's leftovers need no re-streaming
+        shipment.store_finished()  # a killed run's leftovers need no re-streaming
     store.check_writable()  # nothing streamed while the store cannot take it
     shutil.rmtree(staging, ignore_errors=True)  # pg_receivewal must start at the receive slot, not at a file
     staging.mkdir(parents=True)
@@ -157,63 +159,81 @@ def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store:
         if "is active for PID" in done.stderr:  # another pg_receivewal took the receive slot meanwhile
             error.transient = True
         raise error
-    _store_finished(ops, store, target, staging, level, result)
-    _store_partial(ops, store, target, staging, level, result)
-    # everything up to end_lsn is stored now: the hold slot may let the server recycle it, unless a base
-    # backup runs (pg_basebackup -X fetch reads the WAL since its start from the server at its end)
-    result.held_for_basebackup = bool(hook.get_first("SELECT count(*) FROM pg_stat_progress_basebackup")[0])
-    if not result.held_for_basebackup:
-        hook.get_first("SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
-                       "WHERE slot_name = %s AND restart_lsn < %s::pg_lsn", parameters=(end_lsn, hold, end_lsn))
+    shipment.store_finished()
+    shipment.store_partial()
+    shipment.release(end_lsn)  # everything up to end_lsn is stored now
     drop_slot(hook, receive)
     shutil.rmtree(staging, ignore_errors=True)
+    result = shipment.result
     result.end_lsn = end_lsn
     result.retained_bytes = retained_wal(hook, hold)
     result.seconds = round(time.monotonic() - started, 3)
     return result
 
 
-def _store_finished(ops: OpsDatabaseHook, store: BackupStore, target: str, staging: Path, level: int,
-                    result: ShipResult) -> None:
-    names = sorted(p.name for p in staging.iterdir() if SEGMENT.match(p.name))
-    if not names:
-        return
-    with ops.transaction() as conn:
-        known = pitr_catalog.segments(conn, target, names[0])
-    for name in names:
-        if name in known and not known[name][0]:
-            (staging / name).unlink()  # recorded by an earlier run killed before it advanced the hold slot
-            continue
-        _store_one(ops, store, target, staging / name, name, False, level, result)
-        store.delete(wal_key(target, name, partial=True))
-        (staging / name).unlink()
-        result.segments.append(name)
+@dataclass
+class _Shipment:
+    """One run's storing of the segments in ``staging``, releasing the hold slot segment by segment."""
 
+    hook: DbopsPostgresHook
+    ops: OpsDatabaseHook
+    store: BackupStore
+    target: str
+    staging: Path
+    level: int
+    key: bytes | None
+    segment_size: int
+    result: ShipResult = field(default_factory=ShipResult)
 
-def _store_partial(ops: OpsDatabaseHook, store: BackupStore, target: str, staging: Path, level: int,
-                   result: ShipResult) -> None:
-    for path in sorted(staging.glob(f"*{PARTIAL_SUFFIX}")):
-        segment = path.name.removesuffix(PARTIAL_SUFFIX)
-        if SEGMENT.match(segment):
-            _store_one(ops, store, target, path, segment, True, level, result)
-            result.partial = segment
+    def store_finished(self) -> None:
+        """Store the finished segments (oldest first), each followed by the hold slot: a run killed or timed
+        out in a large backlog keeps what it stored."""
+        names = sorted(p.name for p in self.staging.iterdir() if SEGMENT.match(p.name))
+        if not names:
+            return
+        with self.ops.transaction() as conn:
+            known = pitr_catalog.segments(conn, self.target, names[0])
+        for name in names:
+            if name in known and not known[name][0]:
+                (self.staging / name).unlink()  # recorded by an earlier run killed before it advanced the hold slot
+                continue
+            self._store_one(self.staging / name, name, False)
+            self.store.delete(wal_key(self.target, name, partial=True))
+            (self.staging / name).unlink()
+            self.result.segments.append(name)
+            self.release(_lsn((segment_number(name, self.segment_size)[1] + 1) * self.segment_size))
 
+    def store_partial(self) -> None:
+        for path in sorted(self.staging.glob(f"*{PARTIAL_SUFFIX}")):
+            segment = path.name.removesuffix(PARTIAL_SUFFIX)
+            if SEGMENT.match(segment):
+                self._store_one(path, segment, True)
+                self.result.partial = segment
 
-def _store_one(ops: OpsDatabaseHook, store: BackupStore, target: str, path: Path, segment: str, partial: bool,
-               level: int, result: ShipResult) -> None:
-    packed = path.with_name(f".{path.name}.zst")
-    try:
-        with open(path, "rb") as fh:
-            stored, raw, sha = write_compressed(iter(lambda: fh.read(CHUNK), b""), packed, level)
-        key = wal_key(target, segment, partial)
-        store.put_file(packed, key)
-        verify_stored(store, key, stored, sha)
-    finally:
-        packed.unlink(missing_ok=True)
-    with ops.transaction() as conn:
-        pitr_catalog.record_segment(conn, target, segment, partial, key, stored, raw, sha)
-    result.bytes += stored
-    result.raw_bytes += raw
+    def release(self, lsn: str) -> None:
+        """Let the server recycle the stored WAL before ``lsn``: advance the hold slot (never backwards), unless
+        a base backup runs (``pg_basebackup -X fetch`` reads the WAL since its start from the server at its end)."""
+        if self.hook.get_first("SELECT count(*) FROM pg_stat_progress_basebackup")[0]:
+            self.result.held_for_basebackup = True
+            return
+        self.hook.get_first("SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn) FROM pg_replication_slots "
+                            "WHERE slot_name = %s AND restart_lsn < %s::pg_lsn",
+                            parameters=(lsn, slot_name(self.target), lsn))
+
+    def _store_one(self, path: Path, segment: str, partial: bool) -> None:
+        packed = path.with_name(f".{path.name}.zst")
+        stored_key = wal_key(self.target, segment, partial)
+        try:
+            with open(path, "rb") as fh:
+                stored, raw, sha = write_compressed(iter(lambda: fh.read(CHUNK), b""), packed, self.level, self.key)
+            self.store.put_file(packed, stored_key)
+            verify_stored(self.store, stored_key, stored, sha)
+        finally:
+            packed.unlink(missing_ok=True)
+        with self.ops.transaction() as conn:
+            pitr_catalog.record_segment(conn, self.target, segment, partial, stored_key, stored, raw, sha)
+        self.result.bytes += stored
+        self.result.raw_bytes += raw
 
 
 def _lsn_int(lsn: str) -> int:

@@ -163,7 +163,8 @@ def _check_references(config: DbopsConfig) -> None:
         if target.lifecycle:
             check_lifecycle(target.lifecycle, f"{key}.lifecycle", has_store=target.backup is not None)
         if target.pitr:
-            check_pitr(target.pitr, f"{key}.pitr", config.storage, name)
+            check_pitr(target.pitr, f"{key}.pitr", config.storage, name,
+                       backups_encrypted=bool(target.backup and target.backup.encryption_conn_id))
 
 
 def _section(target: TargetConfig, path: str) -> Any:

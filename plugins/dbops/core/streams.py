@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -130,17 +130,17 @@ def _stored_blocks(fh: BinaryIO, key: bytes | None, name: str, digest) -> Iterab
         index += 1
 
 
-def read_decompressed(src: Path, dest: Path, sha256: str, key: bytes | None = None) -> int:
-    """Check ``src`` against ``sha256`` while decrypting and decompressing it into ``dest``; return raw bytes."""
+def decompressed(src: Path, sha256: str, key: bytes | None = None) -> Iterator[bytes]:
+    """The content of stored file ``src``, decrypted and decompressed, checked against ``sha256`` at its end.
+
+    :raises ChecksumMismatch: the file differs from ``sha256``, does not decompress or fails authentication.
+    """
     digest = hashlib.sha256()
-    raw_bytes = 0
     try:
-        with open(src, "rb") as fh, open(dest, "wb") as out:
+        with open(src, "rb") as fh:
             decompressor = zstandard.ZstdDecompressor().decompressobj()
             for block in _stored_blocks(fh, key, src.name, digest):
-                data = decompressor.decompress(block)
-                raw_bytes += len(data)
-                out.write(data)
+                yield decompressor.decompress(block)
             digest.update(fh.read())  # anything after the last frame still counts
     except zstandard.ZstdError as err:
         actual = digest.hexdigest()
@@ -150,4 +150,19 @@ def read_decompressed(src: Path, dest: Path, sha256: str, key: bytes | None = No
     actual = digest.hexdigest()
     if actual != sha256:
         raise ChecksumMismatch(f"{src.name}: sha256 {actual} differs from the manifest's {sha256}")
+
+
+def read_decompressed(src: Path, dest: Path, sha256: str, key: bytes | None = None) -> int:
+    """Check ``src`` against ``sha256`` while decrypting and decompressing it into ``dest``; return raw bytes."""
+    raw_bytes = 0
+    with open(dest, "wb") as out:
+        for data in decompressed(src, sha256, key):
+            raw_bytes += len(data)
+            out.write(data)
     return raw_bytes
+
+
+def is_encrypted(path: Path) -> bool:
+    """Whether a stored file was written encrypted (it starts with the AES-GCM header, not a zstd frame)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(GCM_MAGIC)) == GCM_MAGIC

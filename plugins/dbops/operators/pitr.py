@@ -17,6 +17,7 @@ from dbops.backup import pitr_catalog
 from dbops.core.errors import classify
 from dbops.core.processes import tool_timeout
 from dbops.core.units import human_bytes
+from dbops.hooks.keys import encryption_key
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class _PitrOperator(TargetOperator):
             check_lost(hook, slot_name(self.target), self.target)
             tool = self._tool(config, hook, "pg_receivewal")
             result = ship_wal(hook, tool, ops, store, self.target, staging, policy.compression_level,
-                              tool_timeout(self.execution_timeout))
+                              tool_timeout(self.execution_timeout), encryption_key(policy.encryption_conn_id))
             check_retained(result.retained_bytes, self.target, policy.max_retained_wal)
             return result
         except AirflowException:
@@ -186,8 +187,10 @@ class BaseBackupOperator(_PitrOperator):
             prefix = backup_prefix(self.target, "basebackup", taken_at)
             with hook.cli_environment() as env:
                 result = take_basebackup(tool, env, staging / ARCHIVE, policy.compression_level, parent_manifest,
-                                         tool_timeout(self.execution_timeout))
+                                         tool_timeout(self.execution_timeout), encryption_key(policy.encryption_conn_id))
             (staging / BACKUP_MANIFEST).write_bytes(result.backup_manifest)
+            # the server's clock: recovery target times are compared with it, never with this worker's
+            stop_time = hook.get_first("SELECT clock_timestamp()")[0]
             logical_date = context.get("logical_date")
             manifest = Manifest(
                 backup_id=prefix, target=self.target,
@@ -203,10 +206,12 @@ class BaseBackupOperator(_PitrOperator):
                              "archive": "pg_basebackup tar, --wal-method=fetch"},
                 taken_at=taken_at.isoformat(), covers=logical_date.isoformat() if logical_date else None,
                 run_type=run_type_of(context), storage=policy.storage,
+                encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
+                if policy.encryption_conn_id else None,
                 extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
                        "parent": parent.backup_id if parent else None, "reason": reason,
                        "wal_segment_size": wal_segment_size,
-                       "stop_time": datetime.now(timezone.utc).isoformat()})
+                       "stop_time": stop_time.isoformat()})
             store_backup(store, manifest, staging)
         except AirflowException:
             raise
@@ -367,7 +372,8 @@ class PitrTestOperator(_PitrOperator):
             conn_info = source.connection
             figures = recover(store, chain, segments, server, target_time,
                               conn_info.login, source.database or conn_info.schema,
-                              tool_timeout(self.execution_timeout), current_segment(ops, self.target))
+                              tool_timeout(self.execution_timeout), current_segment(ops, self.target),
+                              encryption_key(policy.encryption_conn_id))
             checks["recovery"] = {"ok": True, **figures}
             if markers is not None:
                 with server.connect(conn_info.login, source.database or conn_info.schema) as conn:
@@ -499,7 +505,8 @@ class RestorePitrOperator(_PitrOperator):
                 server = ScratchServer(root, _server_bin_dir(), free_port(*policy.scratch_ports), data_dir=data)
                 figures = recover(store, chain, segments, server, target_time,
                                   source.connection.login, source.database or source.connection.schema,
-                                  tool_timeout(self.execution_timeout), current_segment(ops, self.target))
+                                  tool_timeout(self.execution_timeout), current_segment(ops, self.target),
+                                  encryption_key(policy.encryption_conn_id))
                 server.stop()
                 server.forget_recovery_settings()
                 restored = True
