@@ -6,6 +6,7 @@ The backups share the store, manifest, catalog, retention (:class:`BackupRetenti
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -362,9 +363,10 @@ class MongoRetentionOperator(TargetOperator):
 class MongoMaintenanceOperator(TargetOperator):
     """Weekly maintenance of the target's database (``mongo.maintenance``).
 
-    ``validate`` every collection (all of them, then the task fails naming each invalid one with its
-    problems); ``compact`` the collections whose free storage is above ``compact_free_pct`` and
-    ``compact_min_bytes`` (a server without ``compact`` is reported, not a failure; a compaction this
+    ``validate`` every collection in the background (all of them, then the task fails naming each invalid
+    one with its problems; a collection the server will not validate in the background is validated in
+    the foreground only with ``validate_foreground``, else reported NOT VALIDATED in the summary);
+    ``compact`` the collections whose free storage is above ``compact_free_pct`` and ``compact_min_bytes`` (a server without ``compact`` is reported, not a failure; a compaction this
     logical date already finished is not redone); indexes never used (``$indexStats``) are reported.
     Each action is recorded in ``dbops.maintenance_log`` and the run's report in ``dbops.maintenance_runs``
     (kind ``weekly``); the summary gives the bytes reclaimed.
@@ -382,13 +384,18 @@ class MongoMaintenanceOperator(TargetOperator):
             raise
         except Exception as err:
             raise classify(err, f"maintenance of {self.target} could not finish") from err
-        invalid = {v["collection"]: v["problems"] for v in report["validate"] if not v["valid"]}
-        self.log.info("maintenance %s: %d collections validated (%d invalid), %d compacted, %d not compacted (%s), "
-                      "%d bytes reclaimed, %d unused indexes", "FAILED" if invalid else "OK",
-                      len(report["validate"]), len(invalid), len(report["compacted"]), len(report["compact_skipped"]),
-                      "; ".join(sorted(set(report["compact_skipped"].values()))) or "none due",
-                      report["bytes_reclaimed"], sum(len(v) for v in report["unused_indexes"].values()),
-                      invalid=len(invalid), bytes_reclaimed=report["bytes_reclaimed"])
+        from dbops.mongo.maintenance import Validation, validation_summary
+
+        invalid = {v["collection"]: v["problems"] for v in report["validate"] if v["valid"] is False}
+        not_validated = [v["collection"] for v in report["validate"] if v["mode"] is None]
+        status = "FAILED" if invalid else "INCOMPLETE" if not_validated else "OK"
+        (self.log.warning if not_validated else self.log.info)(
+            "maintenance %s: %s, %d compacted, %d not compacted (%s), %d bytes reclaimed, %d unused indexes",
+            status, validation_summary([Validation(**v) for v in report["validate"]]),
+            len(report["compacted"]), len(report["compact_skipped"]),
+            "; ".join(sorted(set(report["compact_skipped"].values()))) or "none due",
+            report["bytes_reclaimed"], sum(len(v) for v in report["unused_indexes"].values()),
+            invalid=len(invalid), not_validated=len(not_validated), bytes_reclaimed=report["bytes_reclaimed"])
         if invalid:
             raise AirflowFailException("FAILED: validate found invalid collections: " + "; ".join(
                 f"{name}: {', '.join(problems) or 'valid: false'}" for name, problems in sorted(invalid.items()))
@@ -415,10 +422,15 @@ class MongoMaintenanceOperator(TargetOperator):
         report: dict[str, Any] = {"validate": [], "compacted": {}, "compact_skipped": {}, "unused_indexes": {},
                                   "bytes_reclaimed": 0}
         for name in names:
-            result = validate(db, name)
-            report["validate"].append({"collection": name, "valid": result.valid, "problems": result.problems})
-            if not result.valid:
+            result = validate(db, name, policy.validate_foreground)
+            report["validate"].append(dataclasses.asdict(result))
+            if result.valid is False:
                 self.log.error("validate %s.%s: INVALID: %s", database, name, ", ".join(result.problems))
+            elif result.mode is None:
+                self.log.warning("validate %s.%s: NOT VALIDATED: %s", database, name, result.reason)
+            elif result.mode == "foreground":
+                self.log.warning("validate %s.%s: ran in the foreground (the collection was locked): %s",
+                                 database, name, "valid" if result.valid else "INVALID")
             stats = db.command("collStats", name)
             reason = compact_due(stats, policy.compact_free_pct, policy.compact_min_bytes)
             if reason is None:
