@@ -55,6 +55,53 @@ def test_wrong_password_fails_at_once_without_retry_and_never_logs_it(monkeypatc
     assert store().list_keys(f"{bad.name}/") == []
 
 
+def use_verify_conn(facts, monkeypatch, password: str | None = None) -> str:
+    """Point the target's ``backup.verify_conn_id`` at an Airflow connection of its own (on the same local
+    server: there is one here), with ``password`` (default the right one); returns the connection id."""
+    from scripts.stack.mongo import mongo_conn
+
+    conn_id = f"mongo_scratch_{facts.name}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", mongo_conn("admin", facts.port, password))
+    config = facts.tmp / "dbops.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("backup: {storage: local,", f"backup: {{storage: local, verify_conn_id: {conn_id},"))
+    assert config.read_text() != text
+    return conn_id
+
+
+def test_verification_uses_verify_conn_id_and_its_failure_names_that_connection(target, monkeypatch, capsys, caplog):
+    """Guarantee: with ``backup.verify_conn_id`` the scratch database is created, restored into and dropped
+    through that connection, not the target's: here it has a wrong password, so the backup (target's
+    connection) succeeds while the verification and the scratch drop fail at once naming that connection,
+    the backup is not marked as failing its verification, and the password is never shown. (Only one
+    server runs here, so the verification connection points at the same server under another name.)"""
+    password = "n0t-the-scratch-pa55"
+    conn_id = use_verify_conn(target, monkeypatch, password)
+    made = backup(target.name)
+    with pytest.raises(AirflowFailException) as exc:
+        verify(target.name, made["backup_id"])
+    assert f"on the verification server (connection {conn_id})" in str(exc.value)
+    assert "uthentication failed" in str(exc.value)
+    with pytest.raises(AirflowFailException, match=f"connection {conn_id}"):
+        MongoScratchDatabaseOperator(task_id="drop_scratch", target=target.name).execute(context(run_id="verify_run"))
+    assert recovery_test(made["backup_id"]) is None
+    output = capsys.readouterr()
+    assert all(password not in text for text in (str(exc.value), output.out, output.err, caplog.text))
+
+
+def test_verification_through_verify_conn_id_restores_and_says_where(target, monkeypatch, capsys):
+    """Guarantee: a working verify_conn_id verifies the backup and the log names the verification server's
+    connection; without it the log warns that the scratch copy is written to the production server."""
+    made = backup(target.name)
+    capsys.readouterr()
+    assert verify(target.name, made["backup_id"], run_id="own_server")["verified"] is True
+    assert "backup.verify_conn_id is not set, so a full copy of the database is written there" in capsys.readouterr().out
+    conn_id = use_verify_conn(target, monkeypatch)
+    assert verify(target.name, made["backup_id"], run_id="scratch_server")["verified"] is True
+    log = capsys.readouterr().out
+    assert f"on the verification server (connection {conn_id})" in log and "verify_conn_id is not set" not in log
+
+
 class KillServerMidDump(MongoBackupOperator):
     """FAULT INJECTION: kills the server (SIGKILL) once the dump has read the first batch of a collection."""
 

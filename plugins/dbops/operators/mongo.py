@@ -49,6 +49,15 @@ class _MongoTargetOperator(_BackupTargetOperator):
     def _hook(self) -> DbopsMongoHook:
         return _mongo_hook(self)
 
+    def _verify_hook(self) -> DbopsMongoHook:
+        """A hook on the server verification restores go to: ``backup.verify_conn_id``, else the target's own
+        (production) server."""
+        from dbops.hooks.mongo import DbopsMongoHook
+
+        settings = self.load_config().targets[self.target]
+        conn_id = (settings.backup.verify_conn_id if settings.backup else None) or settings.conn_id
+        return DbopsMongoHook(mongo_conn_id=conn_id)
+
 
 class MongoBackupOperator(_MongoTargetOperator):
     """Dump the target's database (:func:`dbops.mongo.dump.dump_database`), store it, write the manifest last.
@@ -141,7 +150,8 @@ class MongoBackupOperator(_MongoTargetOperator):
 
 
 class MongoScratchDatabaseOperator(_MongoTargetOperator):
-    """Drop the scratch database a verification restores into: as setup (a leftover) and as teardown.
+    """Drop the scratch database a verification restores into: as setup (a leftover) and as teardown, on the
+    verification server (``backup.verify_conn_id``, else the target's own).
 
     :param database: the scratch database; default one per run
         (:func:`dbops.backup.verify.scratch_database_name`).
@@ -157,11 +167,13 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
         from dbops.backup.verify import scratch_database_name
 
         database = self.database or scratch_database_name(self.target, context["run_id"])
+        hook = self._verify_hook()
         try:
-            self._hook().get_conn().drop_database(database)
+            hook.get_conn().drop_database(database)
         except Exception as err:
-            raise classify(err, f"dropping scratch database {database} failed") from err
-        self.log.info("scratch database %s is empty (dropped)", database)
+            raise classify(err, f"dropping scratch database {database} (connection {hook.mongo_conn_id}) "
+                                "failed") from err
+        self.log.info("scratch database %s (connection %s) is empty (dropped)", database, hook.mongo_conn_id)
 
 
 class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
@@ -171,6 +183,9 @@ class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
     compares each collection's documents (count and an order-independent hash of the raw BSON) and
     indexes with its snapshot in the manifest, then replays the captured oplog. The outcome goes into
     ``dbops.recovery_tests`` and the manifest; a failed verification fails at once, without retries.
+
+    The scratch database is on ``backup.verify_conn_id``'s server. Without one it is on the target's own
+    server: on a replica set the whole copy is replicated to every member and takes oplog space.
 
     :param backup_id: a folder name, a full id, ``latest`` or ``latest-verified``.
     :param database: the scratch database; default one per run.
@@ -196,15 +211,26 @@ class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
             return {"backup_id": backup_id, "verified": True, "restore_seconds": earlier.get("restore_seconds"),
                     "verified_earlier": True}
         started_at = datetime.now(timezone.utc)
+        hook = self._verify_hook()
+        if policy.verify_conn_id:
+            self.log.info("restoring into scratch database %s on the verification server (connection %s)",
+                          database, hook.mongo_conn_id)
+        else:
+            self.log.warning("restoring into scratch database %s on the target's own server (connection %s): "
+                             "backup.verify_conn_id is not set, so a full copy of the database is written there "
+                             "(on a replica set replicated to every member, using oplog window); set "
+                             "backup.verify_conn_id to a scratch MongoDB server's connection", database,
+                             hook.mongo_conn_id)
         try:
-            client = self._hook().get_conn()
+            client = hook.get_conn()
             client.drop_database(database)  # the restore needs it empty; it is ours (scratch)
             outcome = restore_and_check(client, store, manifest, database, config.staging_path / f"verify__{database}",
                                         encryption_key(policy.encryption_conn_id))
         except AirflowException:
             raise
         except Exception as err:
-            raise classify(err, f"verifying {backup_id} could not run") from err
+            raise classify(err, f"verifying {backup_id} could not run on the verification server (connection "
+                                f"{hook.mongo_conn_id})") from err
         self._record_verification(context, ops, store, manifest, backup_id, started_at, outcome)
         counts = outcome["checks"]["row_counts"]
         self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d collections, documents, hashes and indexes "
