@@ -247,8 +247,9 @@ class MongoRestoreOperator(_MongoTargetOperator):
     The dump is restored and checked under ``<database>__dbops_restoring``, its oplog replayed, and only
     then do its collections move into ``database`` (renameCollection). An existing ``database`` is
     replaced only with ``overwrite``: its collections move aside into ``<database>__dbops_replaced`` first
-    and are dropped once the new ones are in place; a failed move is undone. At no moment are both the
-    old and the new data gone. Never restored into: admin, local, config, the target's own database.
+    and are dropped once the new ones are in place; a failed move is undone, and the error says what a
+    check of ``database`` found afterwards, or, when the undo failed too, which collection is where and
+    how to put them back. At no moment are both the old and the new data gone. Never restored into: admin, local, config, the target's own database.
 
     :param backup_id: a folder name, a full id, ``latest`` or ``latest-verified``.
     :param database: the database to restore into.
@@ -270,11 +271,21 @@ class MongoRestoreOperator(_MongoTargetOperator):
         with job_lock(config.ops_conn_id, self.target, "restore"):
             return self._restore(context)
 
+    def _drop_temporary(self, client, temporary: str) -> str:
+        """Drop the temporary database after a failure (it only ever holds restored collections); '' or what
+        to add to the error when that failed too, never an error hiding the first one."""
+        try:
+            client.drop_database(temporary)
+        except Exception as err:
+            return (f"; the temporary database {temporary} could not be dropped ({' '.join(str(err).split())[:200]}): "
+                    "the next restore drops it, or drop it by hand")
+        return ""
+
     def _restore(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.mongo.restore import RESTORING, check_database_name, swap_into
+        from dbops.mongo.restore import RESTORING, SwapStuck, SwapUndone, check_database_name, swap_into
         from dbops.mongo.verify import restore_and_check
 
         config, policy, store = self._setup()
@@ -290,22 +301,33 @@ class MongoRestoreOperator(_MongoTargetOperator):
         manifest = load_manifest(ops, store, self.target, backup_id)
         temporary = f"{self.database}{RESTORING}"
         client.drop_database(temporary)  # a leftover of an interrupted restore
+        untouched = f"{self.database} was not touched (nothing was moved into or out of it)"
         try:
             outcome = restore_and_check(client, store, manifest, temporary, config.staging_path / f"restore__{temporary}",
                                         encryption_key(policy.encryption_conn_id))
             if not outcome["ok"]:
-                raise AirflowFailException(f"FAILED: restore of {manifest.location}: {outcome['error']}; "
-                                           f"{self.database} is unchanged")
+                raise AirflowFailException(f"FAILED: restore of {manifest.location}: {outcome['error']}; {untouched}")
             retired = swap_into(client, temporary, self.database)
         except BaseException as err:
-            client.drop_database(temporary)  # only the temporary database: the target database is unchanged
+            left = self._drop_temporary(client, temporary)
+            if isinstance(err, SwapStuck):
+                raise SwapStuck(f"FAILED: restoring {backup_id}: {err}{left}") from err
             if isinstance(err, AirflowException) or not isinstance(err, Exception):
+                if left:
+                    self.log.error("%s", left.lstrip("; "))
                 raise
+            if isinstance(err, SwapUndone):
+                raise classify(err.__cause__, f"restoring {backup_id} into {self.database} could not finish; "
+                                              f"{err}{left}") from err.__cause__
             raise classify(err, f"restoring {backup_id} into {self.database} could not finish; "
-                                f"{self.database} is unchanged") from err
-        if retired:
-            client.drop_database(retired)
-        client.drop_database(temporary)
+                                f"{untouched}{left}") from err
+        try:
+            if retired:
+                client.drop_database(retired)
+            client.drop_database(temporary)
+        except Exception as err:
+            raise classify(err, f"restored {backup_id} into {self.database} (checked), but dropping the collections "
+                                f"it replaced ({retired}) or {temporary} failed: drop them by hand") from err
         self.log.info("restored OK: backup %s (%s) into database %s in %.1f s%s: %d collections, documents, hashes "
                       "and indexes match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
                       self.database, outcome["restore_seconds"], " (the collections it replaced were dropped)"
