@@ -368,7 +368,7 @@ class MongoRetentionOperator(TargetOperator):
 
         from dbops.core.runs import interval_end, run_date
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.mongo.retention import due_filter, ensure_ttl, policy_key, purge, record
+        from dbops.mongo.retention import due_filter, ensure_ttl, mistyped_time_field, policy_key, purge, record
 
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
         hook = _mongo_hook(self)
@@ -401,10 +401,22 @@ class MongoRetentionOperator(TargetOperator):
                           cutoff.isoformat(), done.batches, collection=rule.collection, deleted=done.deleted)
             results[name] = {"method": "delete", "cutoff": cutoff.isoformat(), "deleted": done.deleted,
                              "batches": done.batches}
+            warning = mistyped_time_field(collection, rule) if done.deleted == 0 else None
+            if warning:
+                with ops.transaction() as conn:
+                    record(conn, self.target, context["run_id"], logical_date, rule.collection, rule, cutoff, 0, 0,
+                           warning)
+                self.log.warning("%s: WARNING: %s", name, warning, collection=rule.collection)
+                results[name]["warning"] = warning
         deleted = sum(r.get("deleted", 0) for r in results.values())
-        self.log.info("retention OK: %s: %d policies, %d documents deleted (cutoffs from %s), %d TTL indexes ensured",
-                      self.target, len(results), deleted, until.isoformat(),
-                      sum(r["method"] == "ttl" for r in results.values()), deleted=deleted, policies=len(results))
+        mistyped = [name for name, r in results.items() if r.get("warning")]
+        (self.log.warning if mistyped else self.log.info)(
+            "retention %s: %s: %d policies, %d documents deleted (cutoffs from %s), %d TTL indexes ensured%s",
+            "WARNING" if mistyped else "OK", self.target, len(results), deleted, until.isoformat(),
+            sum(r["method"] == "ttl" for r in results.values()),
+            (f"; {len(mistyped)} policies deleted nothing and their time field is not a date in some documents: "
+             + ", ".join(mistyped)) if mistyped else "",
+            deleted=deleted, policies=len(results), mistyped=len(mistyped))
         return {"deleted": deleted, "policies": results}
 
 
