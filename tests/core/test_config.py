@@ -63,6 +63,8 @@ def test_repository_config_is_valid():
         ("    conn_id: pg_appdb\n", "    conn_id: ''\n", "target 'appdb': key 'conn_id': must name an Airflow connection"),
         ("storage: local,", "storage: nowhere,", "target 'appdb': key 'backup.storage': unknown storage 'nowhere'"),
         ("storage: local,", "storage: local, format: zip,", "target 'appdb': key 'backup.format': unknown format 'zip'"),
+        ("storage: local,", "storage: local, verify_conn_id: '',",
+         "target 'appdb': key 'backup.verify_conn_id': must name an Airflow connection"),
         ("storage: local,", "storage: local, tenant_retention: 0d,",
          "target 'appdb': key 'backup.tenant_retention': must be greater than 0 (e.g. 30d)"),
         ("storage: local,", "storage: local, tenant_retention: forever,",

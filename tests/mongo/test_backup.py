@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from pymongo import monitoring
 
 from dbops.backup.verify import VerificationFailed
 from dbops.core.manifest import MANIFEST_NAME
@@ -53,6 +54,53 @@ def test_wrong_password_fails_at_once_without_retry_and_never_logs_it(monkeypatc
     assert "uthentication failed" in str(exc.value)
     assert password not in str(exc.value) and password not in caplog.text
     assert store().list_keys(f"{bad.name}/") == []
+
+
+def use_verify_conn(facts, monkeypatch, password: str | None = None) -> str:
+    """Point the target's ``backup.verify_conn_id`` at an Airflow connection of its own (on the same local
+    server: there is one here), with ``password`` (default the right one); returns the connection id."""
+    from scripts.stack.mongo import mongo_conn
+
+    conn_id = f"mongo_scratch_{facts.name}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", mongo_conn("admin", facts.port, password))
+    config = facts.tmp / "dbops.yaml"
+    text = config.read_text()
+    config.write_text(text.replace("backup: {storage: local,", f"backup: {{storage: local, verify_conn_id: {conn_id},"))
+    assert config.read_text() != text
+    return conn_id
+
+
+def test_verification_uses_verify_conn_id_and_its_failure_names_that_connection(target, monkeypatch, capsys, caplog):
+    """Guarantee: with ``backup.verify_conn_id`` the scratch database is created, restored into and dropped
+    through that connection, not the target's: here it has a wrong password, so the backup (target's
+    connection) succeeds while the verification and the scratch drop fail at once naming that connection,
+    the backup is not marked as failing its verification, and the password is never shown. (Only one
+    server runs here, so the verification connection points at the same server under another name.)"""
+    password = "n0t-the-scratch-pa55"
+    conn_id = use_verify_conn(target, monkeypatch, password)
+    made = backup(target.name)
+    with pytest.raises(AirflowFailException) as exc:
+        verify(target.name, made["backup_id"])
+    assert f"on the verification server (connection {conn_id})" in str(exc.value)
+    assert "uthentication failed" in str(exc.value)
+    with pytest.raises(AirflowFailException, match=f"connection {conn_id}"):
+        MongoScratchDatabaseOperator(task_id="drop_scratch", target=target.name).execute(context(run_id="verify_run"))
+    assert recovery_test(made["backup_id"]) is None
+    output = capsys.readouterr()
+    assert all(password not in text for text in (str(exc.value), output.out, output.err, caplog.text))
+
+
+def test_verification_through_verify_conn_id_restores_and_says_where(target, monkeypatch, capsys):
+    """Guarantee: a working verify_conn_id verifies the backup and the log names the verification server's
+    connection; without it the log warns that the scratch copy is written to the production server."""
+    made = backup(target.name)
+    capsys.readouterr()
+    assert verify(target.name, made["backup_id"], run_id="own_server")["verified"] is True
+    assert "verify_conn_id is not set, so a full copy of the database is written there" in capsys.readouterr().out
+    conn_id = use_verify_conn(target, monkeypatch)
+    assert verify(target.name, made["backup_id"], run_id="scratch_server")["verified"] is True
+    log = capsys.readouterr().out
+    assert f"on the verification server (connection {conn_id})" in log and "verify_conn_id is not set" not in log
 
 
 class KillServerMidDump(MongoBackupOperator):
@@ -250,6 +298,124 @@ def test_restore_never_overwrites_collections_an_interrupted_swap_moved_aside(ta
     assert target.client["restored_y"].list_collection_names() == ["now"]
     assert target.client["restored_y__dbops_replaced"].list_collection_names() == ["before"]
     assert "restored_y__dbops_restoring" not in target.client.list_database_names()
+
+
+class AfterCommand(monitoring.CommandListener):
+    """FAULT INJECTION through pymongo's command monitoring (registered for the clients created while the test
+    runs, the operator's included): once a command named ``name`` whose argument is ``argument`` succeeds,
+    calls ``action()`` once; inert once ``armed`` is False (pymongo cannot unregister a listener)."""
+
+    def __init__(self, name: str, argument: str, action) -> None:
+        self.name, self.argument, self.action = name, argument, action
+        self.armed, self.requests = True, set()
+        monitoring.register(self)
+
+    def started(self, event) -> None:
+        if self.armed and event.command_name == self.name and event.command.get(self.name) == self.argument:
+            self.requests.add(event.request_id)
+
+    def succeeded(self, event) -> None:
+        if self.armed and event.request_id in self.requests:
+            self.armed = False
+            self.action()
+
+    def failed(self, event) -> None:
+        pass
+
+
+def restore_into(name: str, backup_id: str, database: str) -> dict:
+    return MongoRestoreOperator(task_id="restore", target=name, backup_id=backup_id, database=database,
+                                overwrite=True).execute(context(run_id="r"))
+
+
+def test_a_swap_whose_undo_fails_says_where_every_collection_is_and_drops_nothing(target):
+    """Guarantee: when a move of the swap fails and moving back fails too (here the application writes to
+    ``people`` right after its old collection moved aside: the restored ``people`` cannot move in, and the
+    old one cannot move back), the task fails at once, never claims the database unchanged, names where
+    the old collection is and says to drop the new same-named one first; no collection is dropped."""
+    made = backup(target.name)
+    app = target.client
+    app["restored_z"].people.insert_many([{"_id": "old", "v": 1}, {"_id": "old2", "v": 2}])
+    app["restored_z"].keep.insert_one({"mine": True})
+    listener = AfterCommand("renameCollection", "restored_z.people",
+                            lambda: app["restored_z"].people.insert_one({"_id": "app write"}))
+    try:
+        with pytest.raises(AirflowFailException) as exc:
+            restore_into(target.name, made["backup_id"], "restored_z")
+    finally:
+        listener.armed = False
+    message = str(exc.value)
+    assert "unchanged" not in message
+    assert "undoing the moves failed too: restored_z does NOT hold its former collections" in message
+    assert "former collection 'people' is in restored_z__dbops_replaced" in message
+    assert "drop or rename the collection of the same name in restored_z first" in message
+    assert app["restored_z__dbops_replaced"].list_collection_names() == ["people"]
+    assert sorted(d["_id"] for d in app["restored_z__dbops_replaced"].people.find()) == ["old", "old2"]
+    assert sorted(app["restored_z"].list_collection_names()) == ["keep", "people"]
+    assert [d["_id"] for d in app["restored_z"].people.find()] == ["app write"]
+    assert "restored_z__dbops_restoring" not in app.list_database_names()  # restored copies only: dropped
+    with pytest.raises(AirflowFailException, match="first drop or rename a collection of the same name"):
+        restore_into(target.name, made["backup_id"], "restored_z")  # never runs over what was moved aside
+
+
+def test_a_swap_undone_says_what_the_check_of_the_database_found(target):
+    """Guarantee: when a move fails (the application creates ``events``, a name the backup restores, after
+    the old collections moved aside) and every move is undone, the error says the database was checked:
+    its former collections are back, plus the collection created meanwhile; the old data is intact."""
+    made = backup(target.name)
+    app = target.client
+    app["restored_w"].keep.insert_one({"mine": True})
+    listener = AfterCommand("renameCollection", "restored_w.keep",
+                            lambda: app["restored_w"].events.insert_one({"_id": "app write"}))
+    try:
+        with pytest.raises(AirflowException) as exc:
+            restore_into(target.name, made["backup_id"], "restored_w")
+    finally:
+        listener.armed = False
+    assert ("the moves were undone and checked: restored_w holds its 1 former collections again, and ['events'] "
+            "created by someone else during the restore") in str(exc.value)
+    assert "unchanged" not in str(exc.value)
+    assert sorted(app["restored_w"].list_collection_names()) == ["events", "keep"]
+    assert app["restored_w"].keep.find_one({}, {"_id": 0}) == {"mine": True}
+    assert not [n for n in app.list_database_names() if n.startswith("restored_w__")]
+
+
+def test_a_restore_that_fails_its_checks_leaves_the_database_untouched(target):
+    """Guarantee (the normal failure path): a stored file that does not match fails the restore before any
+    move; the message says the database was not touched, its collections are as they were, nothing
+    temporary is left."""
+    made = backup(target.name)
+    stored = target.tmp / "store" / made["backup_id"] / target.database / "events.bson.zst"
+    stored.write_bytes(stored.read_bytes()[:-3])
+    target.client["restored_v"].keep.insert_one({"mine": True})
+    with pytest.raises(AirflowFailException) as exc:
+        restore_into(target.name, made["backup_id"], "restored_v")
+    assert "events.bson.zst" in str(exc.value)
+    assert "restored_v was not touched (nothing was moved into or out of it)" in str(exc.value)
+    assert target.client["restored_v"].list_collection_names() == ["keep"]
+    assert not [n for n in target.client.list_database_names() if n.startswith("restored_v__")]
+
+
+def test_a_cleanup_that_fails_never_hides_the_restores_own_error(monkeypatch, tmp_path, own_mongo, pg_server):
+    """Guarantee: the server dies while the restore inserts into the temporary database; dropping that
+    database then fails too, and the error raised is still the restore's own (transient, retried), saying
+    the target database was not touched and that the temporary one could not be dropped."""
+    facts = make_target(monkeypatch, tmp_path, own_mongo.port)
+    fill(facts.client[facts.database], documents=50)
+    made = backup(facts.name)
+    listener = AfterCommand("create", "people", lambda: os.kill(own_mongo.running_pid(), signal.SIGKILL))
+    try:
+        with pytest.raises(AirflowException) as exc:
+            restore_into(facts.name, made["backup_id"], "restored_u")
+    finally:
+        listener.armed = False
+        own_mongo.stop()  # reaps the killed process
+        own_mongo.start()
+    message = str(exc.value)
+    assert not isinstance(exc.value, AirflowFailException) and "transient" in message
+    assert message.startswith(f"restoring {made['backup_id']} into restored_u could not finish; restored_u was not "
+                              "touched")
+    assert "the temporary database restored_u__dbops_restoring could not be dropped" in message
 
 
 class WriteManyDuringDump(MongoBackupOperator):

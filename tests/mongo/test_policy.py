@@ -65,6 +65,8 @@ def test_a_mongodb_target_is_typed_and_postgres_is_the_default_engine():
     (("backup: {storage: local}", "backup: {storage: local, tenant_tables: [x]}"),
      "key 'backup.tenant_tables': tenant exports are for PostgreSQL targets only"),
     (("backup: {storage: local}", "backup: {storage: nowhere}"), "key 'backup.storage': unknown storage 'nowhere'"),
+    (("backup: {storage: local}", "backup: {storage: local, verify_conn_id: ' '}"),
+     "key 'backup.verify_conn_id': must name an Airflow connection"),
     (("    engine: mongodb\n", ""), "target 'chat': key 'mongo': only for targets with engine: mongodb"),
     (("compact_free_pct: 25}", "compact_free_pct: 25, notify: [pager]}"),
      "key 'mongo.maintenance.notify[0]': unknown notifier 'pager'"),

@@ -89,3 +89,38 @@ def test_ttl_policy_creates_its_index_once(retention_target):
     indexes = [i for i in retention_target.client[retention_target.database].sessions.list_indexes()
                if i.get("expireAfterSeconds") is not None]
     assert [(i["name"], i["expireAfterSeconds"]) for i in indexes] == [("dbops_ttl_seen", 86400)]
+
+
+def test_a_time_field_that_is_not_a_date_is_warned_about_named_and_recorded(retention_target, capsys):
+    """Guarantee: a policy whose time field holds strings or numbers deletes nothing (the cutoff is a date)
+    and is no longer a silent "0 deleted, OK": the summary says WARNING naming the collection and field,
+    the types are counted, and the warning is in the run's row of dbops.mongo_retention_log. A policy
+    whose old dates are simply not due yet (``chat.v2``, dates only) gets no warning."""
+    db = retention_target.client[retention_target.database]
+    old = RUN - timedelta(days=400)
+    db.events.insert_many([{"at": old.isoformat()} for _ in range(5)] + [{"at": old.timestamp()} for _ in range(3)]
+                          + [{"at": RUN}, {"other": 1}])
+    db["chat.v2"].insert_one({"last": RUN, "channel": "sms"})
+    capsys.readouterr()
+    result = purge(retention_target.name, RUN)
+    events = result["policies"]["events (at)"]
+    assert result["deleted"] == 0 and events["deleted"] == 0
+    assert events["warning"].startswith("time field at is not a date in 8 of the first 1000 documents (double: 3, "
+                                        "string: 5)")
+    assert "warning" not in result["policies"]['chat.v2 (last {"channel": "sms"})']
+    log = capsys.readouterr().out
+    assert "retention WARNING" in log and "1 policies deleted nothing and their time field is not a date in some " \
+                                          "documents: events (at)" in log
+    assert ops().get_records("SELECT collection, deleted, detail FROM dbops.mongo_retention_log WHERE target = %s "
+                             "AND method = 'delete'", parameters=(retention_target.name,)) == [
+        ("events", 0, events["warning"])]
+    assert db.events.count_documents({}) == 10  # nothing deleted
+
+
+def test_a_policy_with_date_fields_and_nothing_due_is_ok_without_warning(retention_target, capsys):
+    """Guarantee: the check only speaks when the field is not a date: dates newer than the cutoff -> OK."""
+    retention_target.client[retention_target.database].events.insert_many([{"at": RUN} for _ in range(4)])
+    capsys.readouterr()
+    result = purge(retention_target.name, RUN)
+    assert result["deleted"] == 0 and not any("warning" in r for r in result["policies"].values())
+    assert "retention OK" in capsys.readouterr().out

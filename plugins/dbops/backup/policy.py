@@ -35,10 +35,14 @@ class BackupPolicy:
 
 
 def check_backup(policy: BackupPolicy, key: str, storage: dict) -> None:
-    """What the types cannot say: the store exists, the format is known, tenant retention is positive."""
+    """What the types cannot say: the store exists, the format is known, verify_conn_id names a connection,
+    tenant retention is positive."""
     if policy.storage not in storage:
         raise Invalid(f"{key}.storage", f"unknown storage {policy.storage!r} (defined: {', '.join(storage) or 'none'})")
     if policy.format not in DUMP_FORMATS:
         raise Invalid(f"{key}.format", f"unknown format {policy.format!r} (expected one of: {', '.join(DUMP_FORMATS)})")
+    if policy.verify_conn_id is not None and not policy.verify_conn_id.strip():
+        raise Invalid(f"{key}.verify_conn_id", "must name an Airflow connection (or be left out: the target's own "
+                                               "server)")
     if policy.tenant_retention <= 0:
         raise Invalid(f"{key}.tenant_retention", "must be greater than 0 (e.g. 30d)")

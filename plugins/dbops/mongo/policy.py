@@ -73,6 +73,9 @@ class MongoMaintenancePolicy:
     # compact a collection when its free storage is above both.
     compact_free_pct: float = 20.0
     compact_min_bytes: ByteSize = 10 * 1024**2
+    # a server that refuses validate's background option is validated in the foreground (an exclusive lock
+    # on each collection, blocking its reads and writes) only when true; otherwise reported not validated.
+    validate_foreground: bool = False
     notify: list[str] = field(default_factory=lambda: ["log"])
 
 

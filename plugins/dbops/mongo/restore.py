@@ -94,19 +94,32 @@ def check_database_name(name: str, target_database: str) -> None:
                                    "own database); restore into a new database and switch the application to it")
 
 
+class SwapUndone(Exception):
+    """A swap that failed and was undone; the message says what the check of the database found. The
+    original error is the ``__cause__``."""
+
+
+class SwapStuck(AirflowFailException):
+    """A swap that failed and could not be undone: the message says which collections are where and how to
+    put them back."""
+
+
 def swap_into(client, temporary: str, database: str) -> str | None:
     """Give ``temporary``'s collections to ``database``; its former collections move aside first into
     ``<database>__dbops_replaced`` (returned, or None when ``database`` was empty), dropped by the caller.
 
-    If a move fails, the moves done are undone, so ``database`` holds its former collections again and
-    the restored ones are back in ``temporary``; either way no collection is ever dropped here. A
-    ``<database>__dbops_replaced`` that holds collections (left by a swap interrupted beyond undoing) is
-    never overwritten: the restore stops before moving anything.
+    If a move fails, every move done is undone and ``database``'s collections are listed again:
+    :class:`SwapUndone` says what that check found. If an undo fails too (e.g. the application created a
+    collection of the same name meanwhile), :class:`SwapStuck` says where each collection is. No collection
+    is ever dropped here. A ``<database>__dbops_replaced`` that holds collections (left by a swap that could
+    not be undone) is never overwritten: the restore stops before moving anything.
     """
     retired = f"{database}{REPLACED}"
     if client.get_database(retired).list_collection_names():
-        raise AirflowFailException(f"database {retired} holds collections moved aside by an interrupted restore: "
-                                   f"move them back into {database} or drop {retired}, then run again")
+        raise AirflowFailException(
+            f"database {retired} holds collections moved aside by an interrupted restore: move each back into "
+            f"{database} (renameCollection; first drop or rename a collection of the same name that was created "
+            f"in {database} since, once you know it holds nothing you need) or drop {retired}, then run again")
     old = client.get_database(database).list_collection_names()
     new = client.get_database(temporary).list_collection_names()
     moves = [(database, retired, name) for name in old] + [(temporary, database, name) for name in new]
@@ -115,11 +128,46 @@ def swap_into(client, temporary: str, database: str) -> str | None:
         for source, dest, name in moves:
             _rename(client, source, dest, name)
             done.append((source, dest, name))
-    except Exception:
+    except Exception as err:
+        stuck = []
         for source, dest, name in reversed(done):
-            _rename(client, dest, source, name)
-        raise
+            try:
+                _rename(client, dest, source, name)
+            except Exception as undo_err:
+                stuck.append((source, dest, name, undo_err))
+        if stuck:
+            raise SwapStuck(_stuck_message(database, retired, stuck, err)) from err
+        raise SwapUndone(_check_undone(client, database, old)) from err
     return retired if old else None
+
+
+def _stuck_message(database: str, retired: str, stuck: list, err: Exception) -> str:
+    """Where the collections a failed undo left are, and how to put them back."""
+    places = []
+    for source, dest, name, undo_err in stuck:
+        kind = "former" if source == database else "restored"
+        places.append(f"{kind} collection {name!r} is in {dest} (moving it back to {source} failed: "
+                      f"{' '.join(str(undo_err).split())[:200]})")
+    return (f"moving collections into {database} failed ({' '.join(str(err).split())[:200]}) and undoing the moves "
+            f"failed too: {database} does NOT hold its former collections. " + "; ".join(places) + ". Nothing was "
+            f"dropped. To put {database} back: for each former collection in {retired}, drop or rename the collection "
+            f"of the same name in {database} first (restored, or created since), then renameCollection it back; then "
+            f"drop {retired} (the next restore refuses to run while it holds collections)")
+
+
+def _check_undone(client, database: str, old: list[str]) -> str:
+    """What listing ``database`` after an undo shows, against its collections before the swap."""
+    try:
+        now = set(client.get_database(database).list_collection_names())
+    except Exception as err:
+        return (f"the moves were undone, but {database} could not be listed to check it "
+                f"({' '.join(str(err).split())[:200]})")
+    missing, extra = sorted(set(old) - now), sorted(now - set(old))
+    if missing:
+        return (f"the moves were undone, yet {database} lacks former collections {missing} (dropped or renamed by "
+                "someone else during the restore?)")
+    return (f"the moves were undone and checked: {database} holds its {len(old)} former collections again"
+            + (f", and {extra} created by someone else during the restore" if extra else ""))
 
 
 def _rename(client, source: str, dest: str, name: str) -> None:

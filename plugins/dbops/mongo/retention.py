@@ -19,6 +19,8 @@ from pymongo import WriteConcern
 
 from dbops.mongo.policy import CollectionRetention
 
+MISTYPED_SAMPLE = 1000  # documents read to look for a time field that is not a date
+
 
 @dataclass
 class Purge:
@@ -52,6 +54,20 @@ def purge(collection, due: dict[str, Any], batch_size: int,
         done.deleted += deleted
         done.batches += 1
         on_batch(deleted, done.batches)
+
+
+def mistyped_time_field(collection, policy: CollectionRetention, sample: int = MISTYPED_SAMPLE) -> str | None:
+    """What to warn about when the policy's time field holds other BSON types than dates (absent, null and
+    arrays aside) among the collection's first ``sample`` documents (natural order): the cutoff is a date
+    and a query compares dates with dates only, so such documents are never due. None when none is found."""
+    found = collection.aggregate([{"$limit": sample},
+                                  {"$group": {"_id": {"$type": f"${policy.time_field}"}, "n": {"$sum": 1}}}])
+    types = {row["_id"]: row["n"] for row in found if row["_id"] not in ("date", "missing", "null", "array")}
+    if not types:
+        return None
+    return (f"time field {policy.time_field} is not a date in {sum(types.values())} of the first {sample} documents "
+            f"({', '.join(f'{name}: {n}' for name, n in sorted(types.items()))}): those are never due (the cutoff is "
+            "a date); store dates there, or point time_field at a date field")
 
 
 def ensure_ttl(collection, policy: CollectionRetention) -> str:

@@ -6,6 +6,7 @@ The backups share the store, manifest, catalog, retention (:class:`BackupRetenti
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -47,6 +48,15 @@ def _mongo_hook(operator: TargetOperator) -> DbopsMongoHook:
 class _MongoTargetOperator(_BackupTargetOperator):
     def _hook(self) -> DbopsMongoHook:
         return _mongo_hook(self)
+
+    def _verify_hook(self) -> DbopsMongoHook:
+        """A hook on the server verification restores go to: ``backup.verify_conn_id``, else the target's own
+        (production) server."""
+        from dbops.hooks.mongo import DbopsMongoHook
+
+        settings = self.load_config().targets[self.target]
+        conn_id = (settings.backup.verify_conn_id if settings.backup else None) or settings.conn_id
+        return DbopsMongoHook(mongo_conn_id=conn_id)
 
 
 class MongoBackupOperator(_MongoTargetOperator):
@@ -140,7 +150,8 @@ class MongoBackupOperator(_MongoTargetOperator):
 
 
 class MongoScratchDatabaseOperator(_MongoTargetOperator):
-    """Drop the scratch database a verification restores into: as setup (a leftover) and as teardown.
+    """Drop the scratch database a verification restores into: as setup (a leftover) and as teardown, on the
+    verification server (``backup.verify_conn_id``, else the target's own).
 
     :param database: the scratch database; default one per run
         (:func:`dbops.backup.verify.scratch_database_name`).
@@ -156,11 +167,13 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
         from dbops.backup.verify import scratch_database_name
 
         database = self.database or scratch_database_name(self.target, context["run_id"])
+        hook = self._verify_hook()
         try:
-            self._hook().get_conn().drop_database(database)
+            hook.get_conn().drop_database(database)
         except Exception as err:
-            raise classify(err, f"dropping scratch database {database} failed") from err
-        self.log.info("scratch database %s is empty (dropped)", database)
+            raise classify(err, f"dropping scratch database {database} (connection {hook.mongo_conn_id}) "
+                                "failed") from err
+        self.log.info("scratch database %s (connection %s) is empty (dropped)", database, hook.mongo_conn_id)
 
 
 class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
@@ -170,6 +183,9 @@ class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
     compares each collection's documents (count and an order-independent hash of the raw BSON) and
     indexes with its snapshot in the manifest, then replays the captured oplog. The outcome goes into
     ``dbops.recovery_tests`` and the manifest; a failed verification fails at once, without retries.
+
+    The scratch database is on ``backup.verify_conn_id``'s server. Without one it is on the target's own
+    server: on a replica set the whole copy is replicated to every member and takes oplog space.
 
     :param backup_id: a folder name, a full id, ``latest`` or ``latest-verified``.
     :param database: the scratch database; default one per run.
@@ -195,15 +211,26 @@ class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
             return {"backup_id": backup_id, "verified": True, "restore_seconds": earlier.get("restore_seconds"),
                     "verified_earlier": True}
         started_at = datetime.now(timezone.utc)
+        hook = self._verify_hook()
+        if policy.verify_conn_id:
+            self.log.info("restoring into scratch database %s on the verification server (connection %s)",
+                          database, hook.mongo_conn_id)
+        else:
+            self.log.warning("restoring into scratch database %s on the target's own server (connection %s): "
+                             "backup.verify_conn_id is not set, so a full copy of the database is written there "
+                             "(on a replica set replicated to every member, using oplog window); set "
+                             "backup.verify_conn_id to a scratch MongoDB server's connection", database,
+                             hook.mongo_conn_id)
         try:
-            client = self._hook().get_conn()
+            client = hook.get_conn()
             client.drop_database(database)  # the restore needs it empty; it is ours (scratch)
             outcome = restore_and_check(client, store, manifest, database, config.staging_path / f"verify__{database}",
                                         encryption_key(policy.encryption_conn_id))
         except AirflowException:
             raise
         except Exception as err:
-            raise classify(err, f"verifying {backup_id} could not run") from err
+            raise classify(err, f"verifying {backup_id} could not run on the verification server (connection "
+                                f"{hook.mongo_conn_id})") from err
         self._record_verification(context, ops, store, manifest, backup_id, started_at, outcome)
         counts = outcome["checks"]["row_counts"]
         self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d collections, documents, hashes and indexes "
@@ -220,8 +247,9 @@ class MongoRestoreOperator(_MongoTargetOperator):
     The dump is restored and checked under ``<database>__dbops_restoring``, its oplog replayed, and only
     then do its collections move into ``database`` (renameCollection). An existing ``database`` is
     replaced only with ``overwrite``: its collections move aside into ``<database>__dbops_replaced`` first
-    and are dropped once the new ones are in place; a failed move is undone. At no moment are both the
-    old and the new data gone. Never restored into: admin, local, config, the target's own database.
+    and are dropped once the new ones are in place; a failed move is undone, and the error says what a
+    check of ``database`` found afterwards, or, when the undo failed too, which collection is where and
+    how to put them back. At no moment are both the old and the new data gone. Never restored into: admin, local, config, the target's own database.
 
     :param backup_id: a folder name, a full id, ``latest`` or ``latest-verified``.
     :param database: the database to restore into.
@@ -243,11 +271,21 @@ class MongoRestoreOperator(_MongoTargetOperator):
         with job_lock(config.ops_conn_id, self.target, "restore"):
             return self._restore(context)
 
+    def _drop_temporary(self, client, temporary: str) -> str:
+        """Drop the temporary database after a failure (it only ever holds restored collections); '' or what
+        to add to the error when that failed too, never an error hiding the first one."""
+        try:
+            client.drop_database(temporary)
+        except Exception as err:
+            return (f"; the temporary database {temporary} could not be dropped ({' '.join(str(err).split())[:200]}): "
+                    "the next restore drops it, or drop it by hand")
+        return ""
+
     def _restore(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.mongo.restore import RESTORING, check_database_name, swap_into
+        from dbops.mongo.restore import RESTORING, SwapStuck, SwapUndone, check_database_name, swap_into
         from dbops.mongo.verify import restore_and_check
 
         config, policy, store = self._setup()
@@ -263,22 +301,33 @@ class MongoRestoreOperator(_MongoTargetOperator):
         manifest = load_manifest(ops, store, self.target, backup_id)
         temporary = f"{self.database}{RESTORING}"
         client.drop_database(temporary)  # a leftover of an interrupted restore
+        untouched = f"{self.database} was not touched (nothing was moved into or out of it)"
         try:
             outcome = restore_and_check(client, store, manifest, temporary, config.staging_path / f"restore__{temporary}",
                                         encryption_key(policy.encryption_conn_id))
             if not outcome["ok"]:
-                raise AirflowFailException(f"FAILED: restore of {manifest.location}: {outcome['error']}; "
-                                           f"{self.database} is unchanged")
+                raise AirflowFailException(f"FAILED: restore of {manifest.location}: {outcome['error']}; {untouched}")
             retired = swap_into(client, temporary, self.database)
         except BaseException as err:
-            client.drop_database(temporary)  # only the temporary database: the target database is unchanged
+            left = self._drop_temporary(client, temporary)
+            if isinstance(err, SwapStuck):
+                raise SwapStuck(f"FAILED: restoring {backup_id}: {err}{left}") from err
             if isinstance(err, AirflowException) or not isinstance(err, Exception):
+                if left:
+                    self.log.error("%s", left.lstrip("; "))
                 raise
+            if isinstance(err, SwapUndone):
+                raise classify(err.__cause__, f"restoring {backup_id} into {self.database} could not finish; "
+                                              f"{err}{left}") from err.__cause__
             raise classify(err, f"restoring {backup_id} into {self.database} could not finish; "
-                                f"{self.database} is unchanged") from err
-        if retired:
-            client.drop_database(retired)
-        client.drop_database(temporary)
+                                f"{untouched}{left}") from err
+        try:
+            if retired:
+                client.drop_database(retired)
+            client.drop_database(temporary)
+        except Exception as err:
+            raise classify(err, f"restored {backup_id} into {self.database} (checked), but dropping the collections "
+                                f"it replaced ({retired}) or {temporary} failed: drop them by hand") from err
         self.log.info("restored OK: backup %s (%s) into database %s in %.1f s%s: %d collections, documents, hashes "
                       "and indexes match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
                       self.database, outcome["restore_seconds"], " (the collections it replaced were dropped)"
@@ -319,7 +368,7 @@ class MongoRetentionOperator(TargetOperator):
 
         from dbops.core.runs import interval_end, run_date
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.mongo.retention import due_filter, ensure_ttl, policy_key, purge, record
+        from dbops.mongo.retention import due_filter, ensure_ttl, mistyped_time_field, policy_key, purge, record
 
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
         hook = _mongo_hook(self)
@@ -352,19 +401,32 @@ class MongoRetentionOperator(TargetOperator):
                           cutoff.isoformat(), done.batches, collection=rule.collection, deleted=done.deleted)
             results[name] = {"method": "delete", "cutoff": cutoff.isoformat(), "deleted": done.deleted,
                              "batches": done.batches}
+            warning = mistyped_time_field(collection, rule) if done.deleted == 0 else None
+            if warning:
+                with ops.transaction() as conn:
+                    record(conn, self.target, context["run_id"], logical_date, rule.collection, rule, cutoff, 0, 0,
+                           warning)
+                self.log.warning("%s: WARNING: %s", name, warning, collection=rule.collection)
+                results[name]["warning"] = warning
         deleted = sum(r.get("deleted", 0) for r in results.values())
-        self.log.info("retention OK: %s: %d policies, %d documents deleted (cutoffs from %s), %d TTL indexes ensured",
-                      self.target, len(results), deleted, until.isoformat(),
-                      sum(r["method"] == "ttl" for r in results.values()), deleted=deleted, policies=len(results))
+        mistyped = [name for name, r in results.items() if r.get("warning")]
+        (self.log.warning if mistyped else self.log.info)(
+            "retention %s: %s: %d policies, %d documents deleted (cutoffs from %s), %d TTL indexes ensured%s",
+            "WARNING" if mistyped else "OK", self.target, len(results), deleted, until.isoformat(),
+            sum(r["method"] == "ttl" for r in results.values()),
+            (f"; {len(mistyped)} policies deleted nothing and their time field is not a date in some documents: "
+             + ", ".join(mistyped)) if mistyped else "",
+            deleted=deleted, policies=len(results), mistyped=len(mistyped))
         return {"deleted": deleted, "policies": results}
 
 
 class MongoMaintenanceOperator(TargetOperator):
     """Weekly maintenance of the target's database (``mongo.maintenance``).
 
-    ``validate`` every collection (all of them, then the task fails naming each invalid one with its
-    problems); ``compact`` the collections whose free storage is above ``compact_free_pct`` and
-    ``compact_min_bytes`` (a server without ``compact`` is reported, not a failure; a compaction this
+    ``validate`` every collection in the background (all of them, then the task fails naming each invalid
+    one with its problems; a collection the server will not validate in the background is validated in
+    the foreground only with ``validate_foreground``, else reported NOT VALIDATED in the summary);
+    ``compact`` the collections whose free storage is above ``compact_free_pct`` and ``compact_min_bytes`` (a server without ``compact`` is reported, not a failure; a compaction this
     logical date already finished is not redone); indexes never used (``$indexStats``) are reported.
     Each action is recorded in ``dbops.maintenance_log`` and the run's report in ``dbops.maintenance_runs``
     (kind ``weekly``); the summary gives the bytes reclaimed.
@@ -382,13 +444,18 @@ class MongoMaintenanceOperator(TargetOperator):
             raise
         except Exception as err:
             raise classify(err, f"maintenance of {self.target} could not finish") from err
-        invalid = {v["collection"]: v["problems"] for v in report["validate"] if not v["valid"]}
-        self.log.info("maintenance %s: %d collections validated (%d invalid), %d compacted, %d not compacted (%s), "
-                      "%d bytes reclaimed, %d unused indexes", "FAILED" if invalid else "OK",
-                      len(report["validate"]), len(invalid), len(report["compacted"]), len(report["compact_skipped"]),
-                      "; ".join(sorted(set(report["compact_skipped"].values()))) or "none due",
-                      report["bytes_reclaimed"], sum(len(v) for v in report["unused_indexes"].values()),
-                      invalid=len(invalid), bytes_reclaimed=report["bytes_reclaimed"])
+        from dbops.mongo.maintenance import Validation, validation_summary
+
+        invalid = {v["collection"]: v["problems"] for v in report["validate"] if v["valid"] is False}
+        not_validated = [v["collection"] for v in report["validate"] if v["mode"] is None]
+        status = "FAILED" if invalid else "INCOMPLETE" if not_validated else "OK"
+        (self.log.warning if not_validated else self.log.info)(
+            "maintenance %s: %s, %d compacted, %d not compacted (%s), %d bytes reclaimed, %d unused indexes",
+            status, validation_summary([Validation(**v) for v in report["validate"]]),
+            len(report["compacted"]), len(report["compact_skipped"]),
+            "; ".join(sorted(set(report["compact_skipped"].values()))) or "none due",
+            report["bytes_reclaimed"], sum(len(v) for v in report["unused_indexes"].values()),
+            invalid=len(invalid), not_validated=len(not_validated), bytes_reclaimed=report["bytes_reclaimed"])
         if invalid:
             raise AirflowFailException("FAILED: validate found invalid collections: " + "; ".join(
                 f"{name}: {', '.join(problems) or 'valid: false'}" for name, problems in sorted(invalid.items()))
@@ -415,10 +482,15 @@ class MongoMaintenanceOperator(TargetOperator):
         report: dict[str, Any] = {"validate": [], "compacted": {}, "compact_skipped": {}, "unused_indexes": {},
                                   "bytes_reclaimed": 0}
         for name in names:
-            result = validate(db, name)
-            report["validate"].append({"collection": name, "valid": result.valid, "problems": result.problems})
-            if not result.valid:
+            result = validate(db, name, policy.validate_foreground)
+            report["validate"].append(dataclasses.asdict(result))
+            if result.valid is False:
                 self.log.error("validate %s.%s: INVALID: %s", database, name, ", ".join(result.problems))
+            elif result.mode is None:
+                self.log.warning("validate %s.%s: NOT VALIDATED: %s", database, name, result.reason)
+            elif result.mode == "foreground":
+                self.log.warning("validate %s.%s: ran in the foreground (the collection was locked): %s",
+                                 database, name, "valid" if result.valid else "INVALID")
             stats = db.command("collStats", name)
             reason = compact_due(stats, policy.compact_free_pct, policy.compact_min_bytes)
             if reason is None:
