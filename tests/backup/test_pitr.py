@@ -482,6 +482,13 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster, monkeyp
         with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres password={PASSWORD} "
                              f"dbname={site.name}") as conn:
             ids = [row[0] for row in conn.execute("SELECT id FROM items WHERE id > 0 ORDER BY id")]
+        # the restored copy (promoted: timeline 2) takes the source's place, as after a failover
+        for role in ("", "_REPL"):
+            user_name = "dbops_repl" if role else "postgres"
+            monkeypatch.setenv(f"AIRFLOW_CONN_PG_{site.name.upper()}{role}",
+                               f"postgresql://{user_name}:{PASSWORD}@127.0.0.1:{port}/{site.name}")
+        with pytest.raises(AirflowFailException, match="is on timeline 2 .* on timeline 1: recovery cannot cross"):
+            ship(site)
     finally:
         subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
                        stdout=subprocess.DEVNULL, **user)

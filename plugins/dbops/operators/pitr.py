@@ -249,6 +249,7 @@ class WalShipOperator(_PitrOperator):
         with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=120):
             result = self._ship(config, policy, store, ops)
         gaps = archive_gaps(ops, self._replication_hook(config, policy), self.target)
+        switched = timeline_switch(ops, self.target, result.partial or result.segments[-1])
         self.log.info("shipped OK: %d finished segment(s)%s, %s stored (%s of WAL) up to %s; slot retains %s%s; "
                       "%.1f s", len(result.segments), f" and partial {result.partial}" if result.partial else "",
                       human_bytes(result.bytes), human_bytes(result.raw_bytes), result.end_lsn,
@@ -261,6 +262,8 @@ class WalShipOperator(_PitrOperator):
                 f"the WAL archive of {self.target} has a gap: {len(gaps)} segment(s) missing ({gaps[0]}"
                 f"{'..' + gaps[-1] if len(gaps) > 1 else ''}); recovery cannot pass it. Trigger pg_basebackup__"
                 f"{self.target} with full=true: recovery from that backup on needs no WAL before it")
+        if switched:
+            raise AirflowFailException(switched)
         return {"segments": result.segments, "partial": result.partial, "bytes": result.bytes,
                 "end_lsn": result.end_lsn, "retained_bytes": result.retained_bytes,
                 "held_for_basebackup": result.held_for_basebackup}
@@ -279,6 +282,20 @@ def archive_gaps(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str) -> 
     first = (segment_of_lsn(fulls[0].start_lsn, fulls[0].manifest.extra["timeline"], size) if fulls
              else min(stored))
     return find_gaps([name for name in stored if name >= first], first, size)
+
+
+def timeline_switch(ops: OpsDatabaseHook, target: str, shipped: str) -> str | None:
+    """What to do when the server's timeline (that of the segment just ``shipped``) is not the newest full
+    base backup's: a failover or promotion happened, and recovery past it needs a new full."""
+    with ops.transaction() as conn:
+        fulls = [b for b in pitr_catalog.base_backups(conn, target) if b.kind == pitr_catalog.FULL]
+    timeline = int(shipped[:8], 16)
+    if not fulls or fulls[0].manifest.extra["timeline"] == timeline:
+        return None
+    return (f"the server of {target} is on timeline {timeline} (a failover or a promotion), the newest full base "
+            f"backup {fulls[0].backup_id} on timeline {fulls[0].manifest.extra['timeline']}: recovery cannot cross "
+            f"the switch. Trigger pg_basebackup__{target} with full=true; recovery to times before the switch "
+            "still works from the existing backups. The WAL of the new timeline was shipped")
 
 
 class ScratchClusterOperator(_PitrOperator):
