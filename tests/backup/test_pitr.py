@@ -437,6 +437,17 @@ def test_a_cluster_with_a_tablespace_is_refused_saying_why(site, cluster):
         assert pitr_catalog.base_backups(conn, site.name) == []
 
 
+def test_a_retry_records_the_base_backup_its_killed_attempt_stored_but_never_recorded(site):
+    taken = backup(site, "stored-unrecorded")
+    with ops().transaction() as conn:  # as if the attempt was killed between storing and recording
+        conn.execute("DELETE FROM dbops.backups WHERE backup_id = %s", (taken["backup_id"],))
+    retried = backup(site, "stored-unrecorded")
+    assert retried["backup_id"] == taken["backup_id"]
+    assert [p.name for p in (site.store / site.name / "basebackup").iterdir()] == [taken["backup_id"].rsplit("/", 1)[1]]
+    with ops().transaction() as conn:
+        assert [b.backup_id for b in pitr_catalog.base_backups(conn, site.name)] == [taken["backup_id"]]
+
+
 def test_a_backfilled_run_takes_nothing_when_a_newer_base_backup_exists(site):
     taken = backup(site, "now")
     ctx = context(run_id="backfill__2026-11-20", run_type="backfill")  # logical date 2026-11-20, long past

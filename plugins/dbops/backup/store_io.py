@@ -43,6 +43,21 @@ def verify_stored(store: BackupStore, key: str, size: int, sha256: str) -> None:
         raise ChecksumMismatch(f"{key}: stored sha256 differs from the staged file's {sha256}")
 
 
+def uncatalogued_backup_of_run(store: BackupStore, ops: OpsDatabaseHook, prefix: str, run_id: str) -> Manifest | None:
+    """A complete backup below ``prefix`` (ending with ``/``) that run ``run_id`` stored but never recorded in the
+    catalog (an earlier attempt killed in between), recorded now; None when there is none."""
+    folders = sorted({key.rsplit("/", 1)[0] for key in store.list_keys(prefix) if key.endswith(f"/{MANIFEST_NAME}")})
+    with ops.transaction() as conn:
+        unknown = [folder for folder in folders if not catalog.is_catalogued(conn, folder)]
+    for folder in unknown:
+        stored = read_manifest(store, folder)
+        if stored is not None and stored.run_id == run_id:
+            with ops.transaction() as conn:
+                catalog.record_backup(conn, stored)
+            return stored
+    return None
+
+
 def remove_incomplete(store: BackupStore, prefix: str) -> dict[str, int]:
     """Delete the backup folders below ``prefix`` that have no manifest (leftovers of failed attempts);
     return each removed folder with its number of files.

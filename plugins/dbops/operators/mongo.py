@@ -19,7 +19,7 @@ from dbops.backup import catalog
 from dbops.backup.runs import backup_result, new_manifest
 from dbops.backup.store_io import store_backup
 from dbops.core.errors import classify
-from dbops.core.manifest import MANIFEST_NAME, backup_prefix
+from dbops.core.manifest import backup_prefix
 from dbops.core.units import human_bytes
 from dbops.operators.backup import _BackupTargetOperator, _VerifyTargetOperator
 from dbops.operators.base import TargetOperator
@@ -127,21 +127,14 @@ class MongoBackupOperator(_MongoTargetOperator):
     def _recovered_backup(self, context: Context, store: BackupStore, ops: OpsDatabaseHook) -> dict[str, Any] | None:
         """A complete backup an earlier attempt of this run stored but could not record in the catalog, recorded
         now."""
-        from dbops.backup.store_io import read_manifest
+        from dbops.backup.store_io import uncatalogued_backup_of_run
 
-        folders = sorted({key.rsplit("/", 1)[0] for key in store.list_keys(f"{self.target}/full/")
-                          if key.endswith(f"/{MANIFEST_NAME}")})
-        with ops.transaction() as conn:
-            unknown = [folder for folder in folders if not catalog.is_catalogued(conn, folder)]
-        for folder in unknown:
-            stored = read_manifest(store, folder)
-            if stored is not None and stored.run_id == context["run_id"]:
-                with ops.transaction() as conn:
-                    catalog.record_backup(conn, stored)
-                self.log.info("complete, nothing dumped: backup %s of this run was stored by an earlier attempt "
-                              "that could not record it; recorded now", stored.location, backup_id=stored.backup_id)
-                return {**backup_result(stored), "consistency": stored.extra["consistency"]}
-        return None
+        stored = uncatalogued_backup_of_run(store, ops, f"{self.target}/full/", context["run_id"])
+        if stored is None:
+            return None
+        self.log.info("complete, nothing dumped: backup %s of this run was stored by an earlier attempt that could "
+                      "not record it; recorded now", stored.location, backup_id=stored.backup_id)
+        return {**backup_result(stored), "consistency": stored.extra["consistency"]}
 
     def progress(self, collection: str, documents: int) -> None:
         """Called after each batch the dump reads; logs every 100 000 documents of a collection."""

@@ -134,7 +134,8 @@ class BaseBackupOperator(_PitrOperator):
             ARCHIVE, BACKUP_MANIFEST, check_single_tablespace, choose_parent, take_basebackup)
         from dbops.backup.runs import is_past_period, run_type_of
         from dbops.backup.staging import fresh_staging
-        from dbops.backup.store_io import read_manifest, remove_incomplete, store_backup, verify_stored
+        from dbops.backup.store_io import (
+            read_manifest, remove_incomplete, store_backup, uncatalogued_backup_of_run, verify_stored)
         from dbops.backup.wal_ship import ensure_slot, segment_size, slot_name
         from dbops.core.manifest import FileEntry, Manifest, backup_prefix
         from dbops.core.runs import run_date
@@ -156,6 +157,11 @@ class BaseBackupOperator(_PitrOperator):
                 return {**_backup_result(newer.manifest), "covered_period": period.isoformat()}
         hook = self._replication_hook(config, policy)
         try:
+            stored = uncatalogued_backup_of_run(store, ops, f"{self.target}/basebackup/", context["run_id"])
+            if stored is not None:
+                self.log.info("complete, nothing taken: base backup %s of this run was stored by an earlier attempt "
+                              "that could not record it; recorded now", stored.backup_id, backup_id=stored.backup_id)
+                return _backup_result(stored)
             for folder, files in remove_incomplete(store, f"{self.target}/basebackup/").items():
                 self.log.info("removed %s, left incomplete by an earlier attempt (%d files)", folder, files)
             ensure_slot(hook, slot_name(self.target))
