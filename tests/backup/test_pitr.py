@@ -541,7 +541,12 @@ def test_retention_keeps_the_newest_verified_chain_and_deletes_older_backups_and
     assert kept["deleted"] == [] and first["backup_id"] in kept["kept"], "r1 is the newest verified recovery"
 
     pitr_test(site, "verify-r2")
+    from dbops.backup.wal_ship import wal_key
+
+    orphan = site.store / wal_key(site.name, min(stored_segments(site)), partial=True)
+    orphan.write_bytes(b"a partial a killed run stored the finished segment of, but did not delete")
     done = retention.execute(context(run_id="ret2"))
+    assert not orphan.exists()
     assert done["deleted"] == [first["backup_id"]] and done["wal_deleted"] > 0
     assert not (site.store / first["backup_id"]).exists()
     assert (site.store / second["backup_id"] / "manifest.json").is_file()

@@ -566,7 +566,7 @@ class PitrRetentionOperator(_PitrOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.pitr_retention import plan_retention
         from dbops.backup.store_io import delete_backup
-        from dbops.backup.wal_ship import recorded_segment_size, segment_of_lsn
+        from dbops.backup.wal_ship import recorded_segment_size, segment_of_lsn, wal_key
         from dbops.core.locks import job_lock
 
         config, policy, store, ops = self._setup()
@@ -581,8 +581,9 @@ class PitrRetentionOperator(_PitrOperator):
                 with ops.transaction() as conn:
                     old = {name: key for name, (_, key, _) in pitr_catalog.segments(conn, self.target).items()
                            if name < first}
-                for key in old.values():
+                for name, key in old.items():
                     store.delete(key)
+                    store.delete(wal_key(self.target, name, partial=True))  # a killed run may have left it
                 with ops.transaction() as conn:
                     wal_deleted = pitr_catalog.forget_segments(conn, self.target, first)
         self.log.info("retention OK: %d base backup(s) kept, %d deleted (%s), %d WAL segment(s) deleted before %s",
