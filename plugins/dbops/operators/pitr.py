@@ -326,9 +326,35 @@ class ScratchClusterOperator(_PitrOperator):
 
 
 def _server_bin_dir() -> Path | None:
+    """Where ``pg_ctl`` is to stop a leftover scratch server (any version does)."""
     from dbops.hooks.tools import embedded_bin_dir
 
     return embedded_bin_dir()
+
+
+def recovery_bin_dir(config: DbopsConfig, server_version: str) -> Path:
+    """A bin directory whose PostgreSQL server has the major version of the backed-up cluster
+    (``server_version``): ``tools.bin_dir``, then the embedded wheel. Recovery needs the same major.
+
+    :raises RecoveryFailed: none has it; the message says what was found.
+    """
+    import os
+
+    from dbops.backup.pitr import RecoveryFailed
+    from dbops.hooks.tools import embedded_bin_dir, tool_version
+
+    major = int(server_version.split(".")[0])
+    found = []
+    for bin_dir in (config.tools.bin_dir, embedded_bin_dir()):
+        server = Path(bin_dir or "") / "postgres"
+        if bin_dir and os.access(server, os.X_OK):
+            version = tool_version(str(server))[0]
+            if version == major:
+                return Path(bin_dir)
+            found.append(f"{bin_dir} has PostgreSQL {version}")
+    raise RecoveryFailed(f"recovering a PostgreSQL {major} cluster needs PostgreSQL {major} server binaries "
+                         f"(postgres, pg_ctl, pg_combinebackup, pg_verifybackup): {'; '.join(found) or 'none found'}. "
+                         "Set tools.bin_dir in dbops.yaml to their directory")
 
 
 class PitrTestOperator(_PitrOperator):
@@ -391,7 +417,8 @@ class PitrTestOperator(_PitrOperator):
                 backups = pitr_catalog.base_backups(conn, self.target)
             chain = chain_for(backups, target_time)
             segments = needed_segments(ops, source, self.target, chain[-1])
-            server = ScratchServer(root, _server_bin_dir(), free_port(*policy.scratch_ports))
+            server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
+                                   free_port(*policy.scratch_ports))
             conn_info = source.connection
             figures = recover(store, chain, segments, server, target_time,
                               conn_info.login, source.database or conn_info.schema,
@@ -525,7 +552,8 @@ class RestorePitrOperator(_PitrOperator):
                     backups = pitr_catalog.base_backups(conn, self.target)
                 chain = chain_for(backups, target_time)
                 segments = needed_segments(ops, source, self.target, chain[-1])
-                server = ScratchServer(root, _server_bin_dir(), free_port(*policy.scratch_ports), data_dir=data)
+                server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
+                                       free_port(*policy.scratch_ports), data_dir=data)
                 figures = recover(store, chain, segments, server, target_time,
                                   source.connection.login, source.database or source.connection.schema,
                                   tool_timeout(self.execution_timeout), current_segment(ops, self.target),
