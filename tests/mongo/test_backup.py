@@ -328,6 +328,19 @@ def restore_into(name: str, backup_id: str, database: str) -> dict:
                                 overwrite=True).execute(context(run_id="r"))
 
 
+def failed_restore_with_a_write(target, made: dict, database: str, renamed: str, write,
+                                error: type[Exception] = AirflowException) -> str:
+    """The message of a restore into ``database`` that fails because the application runs ``write`` right
+    after the swap renamed ``renamed`` aside."""
+    listener = AfterCommand("renameCollection", renamed, write)
+    try:
+        with pytest.raises(error) as exc:
+            restore_into(target.name, made["backup_id"], database)
+    finally:
+        listener.armed = False
+    return str(exc.value)
+
+
 def test_a_swap_whose_undo_fails_says_where_every_collection_is_and_drops_nothing(target):
     """Guarantee: when a move of the swap fails and moving back fails too (here the application writes to
     ``people`` right after its old collection moved aside: the restored ``people`` cannot move in, and the
@@ -337,14 +350,9 @@ def test_a_swap_whose_undo_fails_says_where_every_collection_is_and_drops_nothin
     app = target.client
     app["restored_z"].people.insert_many([{"_id": "old", "v": 1}, {"_id": "old2", "v": 2}])
     app["restored_z"].keep.insert_one({"mine": True})
-    listener = AfterCommand("renameCollection", "restored_z.people",
-                            lambda: app["restored_z"].people.insert_one({"_id": "app write"}))
-    try:
-        with pytest.raises(AirflowFailException) as exc:
-            restore_into(target.name, made["backup_id"], "restored_z")
-    finally:
-        listener.armed = False
-    message = str(exc.value)
+    message = failed_restore_with_a_write(target, made, "restored_z", "restored_z.people",
+                                          lambda: app["restored_z"].people.insert_one({"_id": "app write"}),
+                                          AirflowFailException)
     assert "unchanged" not in message
     assert "undoing the moves failed too: restored_z does NOT hold its former collections" in message
     assert "former collection 'people' is in restored_z__dbops_replaced" in message
@@ -365,16 +373,11 @@ def test_a_swap_undone_says_what_the_check_of_the_database_found(target):
     made = backup(target.name)
     app = target.client
     app["restored_w"].keep.insert_one({"mine": True})
-    listener = AfterCommand("renameCollection", "restored_w.keep",
-                            lambda: app["restored_w"].events.insert_one({"_id": "app write"}))
-    try:
-        with pytest.raises(AirflowException) as exc:
-            restore_into(target.name, made["backup_id"], "restored_w")
-    finally:
-        listener.armed = False
+    message = failed_restore_with_a_write(target, made, "restored_w", "restored_w.keep",
+                                          lambda: app["restored_w"].events.insert_one({"_id": "app write"}))
     assert ("the moves were undone and checked: restored_w holds its 1 former collections again, and ['events'] "
-            "created by someone else during the restore") in str(exc.value)
-    assert "unchanged" not in str(exc.value)
+            "created by someone else during the restore") in message
+    assert "unchanged" not in message
     assert sorted(app["restored_w"].list_collection_names()) == ["events", "keep"]
     assert app["restored_w"].keep.find_one({}, {"_id": 0}) == {"mine": True}
     assert not [n for n in app.list_database_names() if n.startswith("restored_w__")]
