@@ -628,3 +628,26 @@ def test_recovery_uses_server_binaries_of_the_clusters_major_version(tmp_path):
     with pytest.raises(RecoveryFailed, match=f"PostgreSQL 17 server binaries .*{fake} has PostgreSQL 16; .* has "
                                              "PostgreSQL 18. Set tools.bin_dir"):
         recovery_bin_dir(config, "17.2")
+
+
+@pytest.mark.parametrize(("target_time", "data_directory", "expected"), [
+    ("yesterday", "/tmp/dbops-restore-x", "is not an ISO 8601 time with a zone"),
+    ("2026-11-30T16:05:00", "/tmp/dbops-restore-x", "is not an ISO 8601 time with a zone"),
+    ("2999-01-01T00:00:00+00:00", "/tmp/dbops-restore-x", "is in the future"),
+    ("2026-11-30T16:05:00+00:00", "relative/dir", "must be an absolute path"),
+])
+def test_restore_refuses_bad_params_before_touching_anything(site, target_time, data_directory, expected):
+    with pytest.raises(AirflowFailException, match=expected):
+        RestorePitrOperator(task_id="restore", target=site.name, target_time=target_time,
+                            data_directory=data_directory).execute(context(run_id="bad-params"))
+    assert not Path(data_directory).exists()
+
+
+def test_restore_into_a_directory_with_content_refuses_and_keeps_every_file(site):
+    occupied = site.home / "occupied"
+    occupied.mkdir()
+    (occupied / "PG_VERSION").write_text("someone else's cluster")
+    with pytest.raises(AirflowFailException, match="exists and is not empty: name a new directory"):
+        RestorePitrOperator(task_id="restore", target=site.name, target_time="2026-11-30T16:05:00+00:00",
+                            data_directory=str(occupied)).execute(context(run_id="occupied"))
+    assert (occupied / "PG_VERSION").read_text() == "someone else's cluster"

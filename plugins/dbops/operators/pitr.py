@@ -476,6 +476,9 @@ def parse_target_time(value: str) -> datetime:
     if parsed is None or parsed.tzinfo is None:
         raise AirflowFailException(f"target_time {value!r} is not an ISO 8601 time with a zone, "
                                    "e.g. 2026-11-30T16:05:00+00:00")
+    if parsed > datetime.now(timezone.utc):
+        raise AirflowFailException(f"target_time {value!r} is in the future: recovery can only reach a time the "
+                                   "shipped WAL already covers (nothing was changed)")
     return parsed
 
 
