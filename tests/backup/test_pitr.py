@@ -651,3 +651,15 @@ def test_restore_into_a_directory_with_content_refuses_and_keeps_every_file(site
         RestorePitrOperator(task_id="restore", target=site.name, target_time="2026-11-30T16:05:00+00:00",
                             data_directory=str(occupied)).execute(context(run_id="occupied"))
     assert (occupied / "PG_VERSION").read_text() == "someone else's cluster"
+
+
+def test_a_quiet_database_recovers_to_a_time_after_its_last_write(site):
+    """Recovery to a time stops at the first commit after it: shipping commits one every run, so a time
+    after the last application write is reachable once a shipping run came after it."""
+    backup(site, "quiet")
+    insert(site, 1, 100)
+    quiet_since = server_time(site)
+    time.sleep(0.2)
+    ship(site)
+    result = pitr_test(site, "quiet-recover", quiet_since.isoformat())
+    assert result["ok"] and "recovery stopping before commit" in result["stopped"]
