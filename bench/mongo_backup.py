@@ -13,8 +13,9 @@ size; ``chatdb`` is never touched). Then, per round:
 
 ``dump_bytes`` is compared with the same BSON through gzip -6 (zlib, in process). The order of each
 pair alternates per round. ``oplog_capture_seconds`` (no baseline) is what one read of the oplog costs
-on this server, part of every replica-set dump: the local server reads its whole oplog for any oplog
-query (mongod reads it from the end), so it weighs on ``dump_limit_seconds`` here. Medians over rounds; one JSON object per metric on stdout, progress on stderr.
+on this server, part of every replica-set dump: the local server reads and decodes its whole oplog (up to
+100 000 entries) for any oplog query, under its storage lock, where mongod reads from the end; so it weighs on
+``dump_limit_seconds`` here (the capture sends no filter, which this server would evaluate on every entry). Medians over rounds; one JSON object per metric on stdout, progress on stderr.
 
     python bench/mongo_backup.py [--size-mb 20] [--rounds 3]
 """

@@ -500,3 +500,70 @@ def test_collections_read_outside_a_transaction_give_a_verified_backup_at_the_du
         for name in facts.client.list_database_names():
             if name.startswith((facts.database, "dbops_verify_")):
                 facts.client.drop_database(name)
+
+
+class StopStoreMidDump(MongoBackupOperator):
+    """FAULT INJECTION: stops the S3 server (the real moto server) once the dump reads its first batch of ``people``."""
+
+    moto = None
+    dumped: list = []
+
+    def progress(self, collection: str, documents: int) -> None:
+        type(self).dumped.append(collection)
+        if collection == "people" and self.moto.poll() is None:
+            self.moto.terminate()
+            self.moto.wait(timeout=10)
+
+
+def test_unreachable_store_retries_and_the_retry_stores_the_staged_dump(target, monkeypatch):
+    """Guarantee: a dump that finished but could not be stored (the S3 server went away) fails as transient,
+    writes no manifest and stays staged; the retry of the run stores that staged dump (the same files, no new
+    dump: a write made in between is not in it) and it verifies."""
+    import json
+
+    import boto3
+
+    from dbops.backup.staging import staging_dir
+    from dbops.core.config import load_config
+    from dbops.core.manifest import Manifest
+    from dbops.hooks.store import get_store
+    from tests.conftest import start_moto
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_MGTEST", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}))
+    config_path = target.tmp / "dbops.yaml"
+    config_path.write_text(config_path.read_text().replace("storage: local,", "storage: s3,").replace(
+        "storage:\n", "storage:\n  s3: {url: 's3://mgbkt/prod', aws_conn_id: aws_mgtest}\n", 1))
+
+    def s3_server():
+        server = start_moto(port)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket="mgbkt")
+        return server
+
+    StopStoreMidDump.moto, StopStoreMidDump.dumped = s3_server(), []
+    with pytest.raises(AirflowException) as exc:
+        backup(target.name, run_id="s3_gone", operator=StopStoreMidDump)
+    assert not isinstance(exc.value, AirflowFailException)  # transient: Airflow retries it
+    assert "dump stays staged" in str(exc.value)
+    staged = staging_dir(load_config(), target.name, "s3_gone")
+    staged_files = {f["name"]: f["sha256"] for f in json.loads((staged / "staged_mongo.json").read_text())["dump"]["files"]}
+    assert f"{target.database}/people.bson.zst" in staged_files
+    target.client[target.database].people.insert_one({"_id": "after the first attempt"})
+    moto = s3_server()  # S3 is back, empty: nothing of the failed attempt is there
+    try:
+        StopStoreMidDump.moto, StopStoreMidDump.dumped = moto, []
+        result = backup(target.name, run_id="s3_gone", operator=StopStoreMidDump)
+        assert StopStoreMidDump.dumped == []  # nothing was read from the server again
+        s3 = get_store(load_config().storage["s3"])
+        manifest = Manifest.from_json(s3.read_bytes(f"{result['backup_id']}/{MANIFEST_NAME}"))
+        assert {f.name: f.sha256 for f in manifest.files} == staged_files, "the retry stored the staged dump"
+        assert manifest.tables["people"] == 600  # the dump of the first attempt, without the later write
+        assert not staged.exists()
+        assert verify(target.name, result["backup_id"])["verified"] is True
+    finally:
+        moto.terminate()
+        moto.wait(timeout=10)

@@ -115,8 +115,54 @@ def ts_text(ts: Timestamp) -> str:
 
 
 def last_write(client) -> Timestamp:
-    """The time of the replica set's last write (``hello``): where an oplog capture starts and ends."""
+    """The time of the replica set's last write (``hello``): where an oplog capture ends."""
     return client.admin.command("hello")["lastWrite"]["opTime"]["ts"]
+
+
+@dataclass
+class CaptureStart:
+    """Where an oplog capture starts, which position of the server it is, and why that one."""
+
+    ts: Timestamp
+    source: str
+    reason: str = ""
+
+
+def capture_start(client) -> CaptureStart:
+    """The replica set's majority commit point (``hello`` ``lastWrite.majorityOpTime``, else ``replSetGetStatus``
+    ``optimes.lastCommittedOpTime``); the last write when the server reports neither (the reason says so).
+
+    Snapshot and majority reads see the data as of the majority commit point, which may lag the last write:
+    a capture started at the last write would miss the writes in between.
+    """
+    from pymongo.errors import OperationFailure
+
+    hello = client.admin.command("hello")
+    if _known(hello["lastWrite"].get("majorityOpTime", {}).get("ts")):
+        return start_point(hello, {})
+    try:
+        status = client.admin.command("replSetGetStatus")
+    except OperationFailure as err:  # e.g. not authorized: the clusterMonitor role is missing
+        status = {"error": " ".join(str(err).split())[:200]}
+    return start_point(hello, status)
+
+
+def start_point(hello: dict, status: dict) -> CaptureStart:
+    """:func:`capture_start` from a ``hello`` and a ``replSetGetStatus`` reply (``{"error": ...}`` if it failed)."""
+    majority = hello["lastWrite"].get("majorityOpTime", {}).get("ts")
+    if _known(majority):
+        return CaptureStart(majority, "hello lastWrite.majorityOpTime")
+    committed = status.get("optimes", {}).get("lastCommittedOpTime", {}).get("ts")
+    if _known(committed):
+        return CaptureStart(committed, "replSetGetStatus optimes.lastCommittedOpTime")
+    why = f"replSetGetStatus failed: {status['error']}" if "error" in status else "nor replSetGetStatus"
+    return CaptureStart(hello["lastWrite"]["opTime"]["ts"], "hello lastWrite.opTime",
+                        f"the server reports no majority commit point (not in hello; {why}); writes not yet "
+                        "majority-committed at the dump's start may be missing from the capture")
+
+
+def _known(ts: Timestamp | None) -> bool:
+    return ts is not None and ts != Timestamp(0, 0)
 
 
 def dump_database(client, database: str, staging: Path, level: int, key: bytes | None, replica_set: bool,
@@ -129,7 +175,7 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
     """
     started = time.monotonic()
     db = client.get_database(database)
-    start = last_write(client) if replica_set else None
+    start = capture_start(client) if replica_set else None
     files, counts, hashes, indexes, skipped, snapshot_reads = [], {}, {}, {}, {}, []
     for info in sorted(db.list_collections(), key=lambda c: c["name"]):
         name = info["name"]
@@ -158,9 +204,10 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
     oplog = None
     if replica_set:
         end = last_write(client)
-        entry, entries = capture_oplog(client, database, start, end, staging, level, key)
+        entry, entries = capture_oplog(client, database, start.ts, end, staging, level, key)
         files.append(entry)
-        oplog = {"start": ts_text(start), "end": ts_text(end), "entries": entries}
+        oplog = {"start": ts_text(start.ts), "end": ts_text(end), "entries": entries, "start_from": start.source,
+                 **({"start_note": start.reason} if start.reason else {})}
     return MongoDump(files=files, counts=counts, hashes=hashes, indexes=indexes,
                      consistency=CONSISTENT if replica_set else NOT_CONSISTENT,
                      server_version=client.server_info()["version"], seconds=time.monotonic() - started,
@@ -239,15 +286,17 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
                   key: bytes | None) -> tuple[FileEntry, int]:
     """Write the oplog entries of ``database`` after ``start`` up to ``end`` as ``oplog.bson`` (oldest first).
 
-    One read of the oplog backwards from ``end``, stopping at the first entry at or before ``start``:
+    One read of the oplog backwards from its newest entry, stopping at the first entry at or before ``start``:
     the oplog is truncated from its oldest end only, so finding that entry proves no entry after
-    ``start`` was lost. The entries of the window are held in memory until written.
+    ``start`` was lost. The read has no filter: entries after ``end`` are skipped here, as a filter costs
+    servers that evaluate it on every entry of the oplog (the local one does) more than the few entries
+    written since ``end``. The entries of the window are held in memory until written.
 
     :raises OplogOverflow: no entry at or before ``start`` is left (entries were lost).
     """
     kept: list[bytes] = []
     covered = False
-    cursor = client.local["oplog.rs"].find_raw_batches({"ts": {"$lte": end}}, sort=[("$natural", -1)])
+    cursor = client.local["oplog.rs"].find_raw_batches({}, sort=[("$natural", -1)])
     with contextlib.closing(cursor):
         for batch in cursor:
             for doc in documents(batch):
@@ -255,7 +304,7 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
                 if entry["ts"] <= start:
                     covered = True
                     break
-                if belongs_to(entry, database):
+                if entry["ts"] <= end and belongs_to(entry, database):
                     kept.append(bytes(doc))
             if covered:
                 break

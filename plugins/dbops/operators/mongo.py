@@ -25,12 +25,16 @@ from dbops.operators.backup import _BackupTargetOperator, _VerifyTargetOperator
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from airflow.sdk import Context
 
+    from dbops.backup.policy import BackupPolicy
     from dbops.core.config import DbopsConfig
     from dbops.core.store import BackupStore
     from dbops.hooks.mongo import DbopsMongoHook
     from dbops.hooks.ops import OpsDatabaseHook
+    from dbops.mongo.dump import MongoDump
     from dbops.mongo.policy import MongoRetentionPolicy
 
 CONSISTENCY_NOTES = {"oplog": "point-in-time consistent at the dump's end (collections read, each up to "
@@ -65,16 +69,14 @@ class MongoBackupOperator(_MongoTargetOperator):
     Named by its start time like PostgreSQL backups (``<target>/full/<UTC time>/``) and catalogued the
     same way, so retention (GFS) and the report treat both alike. A retried task finds the backup its
     run already made; a run for a past period reuses a backup taken since. A failed attempt leaves no
-    manifest; its files are removed by the next attempt before it dumps.
+    manifest; its files are removed by the next attempt before it dumps. A dump that finished but could
+    not be stored is kept in staging and reused by the retry.
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.backup.staging import fresh_staging, staging_dir
-        from dbops.backup.store_io import free_snapshot_time
-        from dbops.hooks.keys import encryption_key
+        from dbops.backup.staging import staging_dir
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.mongo.dump import TOOL, dump_database
-        from dbops.mongo.policy import MongoPolicy
+        from dbops.mongo.dump import TOOL
 
         config, policy, store = self._setup()
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
@@ -82,17 +84,11 @@ class MongoBackupOperator(_MongoTargetOperator):
         if existing is not None:
             return existing
         staging = staging_dir(config, self.target, context["run_id"])
-        fresh_staging(staging)
+        hook = self._hook()
+        dump, taken_at = self._staged_or_new_dump(config, policy, store, ops, hook, staging)
+        database = hook.database
+        prefix = backup_prefix(self.target, "full", taken_at)
         try:
-            hook = self._hook()
-            database = hook.database
-            replica_set = hook.replica_set() is not None
-            taken_at = free_snapshot_time(store, ops, self.target)
-            mongo = config.targets[self.target].mongo or MongoPolicy()
-            dump = dump_database(hook.get_conn(), database, staging, policy.compression_level,
-                                 encryption_key(policy.encryption_conn_id), replica_set, self.progress,
-                                 mongo.snapshot_max_bytes)
-            prefix = backup_prefix(self.target, "full", taken_at)
             manifest = new_manifest(
                 context, policy, store, prefix, self.target, kind="full", taken_at=taken_at,
                 snapshot_id=f"oplog {dump.oplog['start']}..{dump.oplog['end']}" if dump.oplog else "none",
@@ -102,13 +98,10 @@ class MongoBackupOperator(_MongoTargetOperator):
                                    "oplog": dump.oplog, "hashes": dump.hashes, "index_specs": dump.indexes,
                                    "skipped": dump.skipped, "snapshot_reads": dump.snapshot_reads})
             store_backup(store, manifest, staging)
-        except AirflowException:
-            raise
         except Exception as err:
-            raise classify(err, f"backing up {self.target} failed; no manifest was written, the next attempt "
-                                "removes what was stored") from err
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            raise classify(err, f"storing {prefix} in {store.describe()} failed; no manifest was written, the dump "
+                                f"stays staged in {staging} for the retry") from err
+        shutil.rmtree(staging, ignore_errors=True)
         try:
             with ops.transaction() as conn:
                 catalog.record_backup(conn, manifest)
@@ -123,6 +116,40 @@ class MongoBackupOperator(_MongoTargetOperator):
                       backup_id=manifest.backup_id, bytes=manifest.total_bytes, collections=len(dump.counts),
                       documents=manifest.total_rows, consistency=dump.consistency)
         return {**backup_result(manifest), "consistency": dump.consistency}
+
+    def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
+                            ops: OpsDatabaseHook, hook: DbopsMongoHook, staging: Path) -> tuple[MongoDump, datetime]:
+        """The dump and its start time: staged by an earlier attempt of this run, or taken now (and staged)."""
+        from dbops.backup.staging import fresh_staging
+        from dbops.backup.store_io import free_snapshot_time
+        from dbops.hooks.keys import encryption_key
+        from dbops.mongo.dump import dump_database
+        from dbops.mongo.policy import MongoPolicy
+        from dbops.mongo.staging import keep_staged, staged_dump
+
+        staged = staged_dump(staging, hook.database)
+        if staged is not None:
+            self.log.info("reusing the dump staged by an earlier attempt: %s (%d files)", staging, len(staged[0].files))
+            return staged
+        fresh_staging(staging)
+        try:
+            replica_set = hook.replica_set() is not None
+            taken_at = free_snapshot_time(store, ops, self.target)
+            mongo = config.targets[self.target].mongo or MongoPolicy()
+            dump = dump_database(hook.get_conn(), hook.database, staging, policy.compression_level,
+                                 encryption_key(policy.encryption_conn_id), replica_set, self.progress,
+                                 mongo.snapshot_max_bytes)
+        except Exception as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(err, AirflowException):
+                raise
+            raise classify(err, f"backing up {self.target} failed; no manifest was written, the next attempt "
+                                "removes what was stored") from err
+        if dump.oplog and "start_note" in dump.oplog:
+            self.log.warning("oplog capture from the last write, not the majority commit point: %s",
+                             dump.oplog["start_note"])
+        keep_staged(staging, dump, hook.database, taken_at)
+        return dump, taken_at
 
     def _recovered_backup(self, context: Context, store: BackupStore, ops: OpsDatabaseHook) -> dict[str, Any] | None:
         """A complete backup an earlier attempt of this run stored but could not record in the catalog, recorded
