@@ -17,7 +17,7 @@ on this server, part of every replica-set dump: the local server reads and decod
 100 000 entries) for any oplog query, under its storage lock, where mongod reads from the end; so it weighs on
 ``dump_limit_seconds`` here (the capture sends no filter, which this server would evaluate on every entry). Medians over rounds; one JSON object per metric on stdout, progress on stderr.
 
-    python bench/mongo_backup.py [--size-mb 20] [--rounds 3]
+    python bench/mongo_backup.py [--size-mb 20] [--rounds 3] [--uri-env MONGO_BENCH_URI]
 """
 
 from __future__ import annotations
@@ -123,25 +123,34 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="MongoDB backup benchmark")
     parser.add_argument("--size-mb", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--uri-env", metavar="VAR",
+                        help="the name of an environment variable holding the URI of another server (e.g. a mongod "
+                             "replica set) to run against instead of the local one; the URI stays out of argv")
     args = parser.parse_args(argv)
     out = json_stdout()
+    if args.uri_env:
+        import os
+
+        import pymongo
+
+        run(out, args.size_mb, args.rounds, pymongo.MongoClient(os.environ[args.uri_env]))
+        return 0
     started = start_mongo()
     try:
-        run(out, args.size_mb, args.rounds)
+        run(out, args.size_mb, args.rounds, mongo_client())
     finally:
         if started:
             stop_mongo()
     return 0
 
 
-def run(out, size_mb: int, rounds: int) -> None:
+def run(out, size_mb: int, rounds: int, client) -> None:
     from dbops.core.config import StorageConfig
     from dbops.core.streams import read_decompressed
     from dbops.hooks.store import get_store
     from dbops.mongo.dump import dump_database
     from dbops.mongo.verify import restore_and_check
 
-    client = mongo_client()
     database = prepare_database(client, size_mb)
     ours, limit, verify, insert, dump_bytes = [], [], [], [], 0
     with tempfile.TemporaryDirectory(prefix="bench_mongo_") as tmp:
