@@ -203,3 +203,14 @@ def webhook_server():
 def webhook(webhook_server) -> WebhookReceiver:
     webhook_server.posts.clear()
     return webhook_server
+
+
+@pytest.fixture(scope="module")
+def standalone_mongo(tmp_path_factory) -> Iterator:
+    """A standalone MongoDB-compatible server of the module's own (no replica set, no oplog), stopped by its pid."""
+    from scripts.stack.mongo import MongoServer
+
+    server = MongoServer(free_port(), tmp_path_factory.mktemp("standalone"), standalone=True)
+    server.start()
+    yield server
+    server.stop()

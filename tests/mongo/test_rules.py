@@ -12,7 +12,7 @@ from dbops.core.config import load_config
 from dbops.core.schema import ConfigError
 from dbops.mongo.rules import evaluate_commands, metrics_of
 from dbops.operators.alerting import AlertEvaluationOperator
-from scripts.stack.mongo import MongoServer, mongo_client
+from scripts.stack.mongo import mongo_client
 from tests.alerting.test_alert_dags import context
 from tests.conftest import free_port
 from tests.mongo.conftest import make_target, ops
@@ -20,14 +20,6 @@ from tests.mongo.conftest import make_target, ops
 ALERTS = """    alerts: {rules: [mongodb_default], notify: [log], thresholds: {connections_over_100: 2}}
 """
 REPLICA_SET_RULES = {"no_primary", "member_state_unhealthy", "replication_lag_over_30s", "oplog_window_under_24h"}
-
-
-@pytest.fixture(scope="module")
-def standalone(tmp_path_factory):
-    server = MongoServer(free_port(), tmp_path_factory.mktemp("standalone"), standalone=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 def evaluate(name: str, run_id: str) -> dict:
@@ -83,10 +75,10 @@ def test_replica_set_rules_run_and_record_samples_and_connections_fire(monkeypat
             "dbStats.storageSize", "collStats.count", "collStats.size", "collStats.nindexes"} <= metrics
 
 
-def test_replica_set_rules_skip_a_standalone_server(monkeypatch, tmp_path, standalone, pg_server):
+def test_replica_set_rules_skip_a_standalone_server(monkeypatch, tmp_path, standalone_mongo, pg_server):
     """Guarantee: on a standalone server the replica-set rules are skipped (said once), the others run."""
-    facts = make_target(monkeypatch, tmp_path, standalone.port, sections=ALERTS)
-    with mongo_client(port=standalone.port) as client:
+    facts = make_target(monkeypatch, tmp_path, standalone_mongo.port, sections=ALERTS)
+    with mongo_client(port=standalone_mongo.port) as client:
         on_target = [r for r in rules_for(load_config(), facts.name) if r.database == "target"]
         evaluation = evaluate_commands(client, facts.database, on_target)
     assert set(evaluation.skipped) == REPLICA_SET_RULES
@@ -94,7 +86,7 @@ def test_replica_set_rules_skip_a_standalone_server(monkeypatch, tmp_path, stand
     assert {s.rule for s in evaluation.samples} >= {"connections_over_100", "database_storage_over_100gb"}
 
 
-def test_standalone_backup_says_it_is_not_point_in_time_consistent(monkeypatch, tmp_path, standalone, pg_server):
+def test_standalone_backup_says_it_is_not_point_in_time_consistent(monkeypatch, tmp_path, standalone_mongo, pg_server):
     """Guarantee: a standalone server's backup (no oplog, no snapshot transactions) is marked and logged as
     not point-in-time consistent, has no oplog.bson, and still verifies."""
     from dbops.backup.lookup import load_manifest
@@ -102,7 +94,7 @@ def test_standalone_backup_says_it_is_not_point_in_time_consistent(monkeypatch, 
     from tests.backup.conftest import context as task_context
     from tests.mongo.conftest import fill, store
 
-    facts = make_target(monkeypatch, tmp_path, standalone.port)
+    facts = make_target(monkeypatch, tmp_path, standalone_mongo.port)
     fill(facts.client[facts.database], documents=50)
     made = MongoBackupOperator(task_id="dump", target=facts.name).execute(task_context())
     manifest = load_manifest(ops(), store(), facts.name, made["backup_id"])

@@ -11,23 +11,13 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from dbops.operators.preflight import PreflightOperator, _mongo_version
-from scripts.stack.mongo import MongoServer, mongo_client, mongo_conn, start_mongo
+from scripts.stack.mongo import mongo_client, mongo_conn, start_mongo
 from scripts.stack.paths import MONGO_PORT
 from scripts.stack.postgres import TEST_DATABASES, libpq_conninfo
-from tests.conftest import free_port
 from tests.preflight.test_preflight import closed_port
 
 CHECKS = ["connectivity", "server_version", "replica_set", "oplog", "backup_store", "ops_migrations"]
 WRONG_PASSWORD = "Wr0ng-pr3flight-secret"
-
-
-@pytest.fixture(scope="module")
-def standalone_mongo(tmp_path_factory):
-    """A standalone server of this module's own (no replica set, no oplog), stopped by its pid."""
-    server = MongoServer(free_port(), tmp_path_factory.mktemp("standalone"), standalone=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
