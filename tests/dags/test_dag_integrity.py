@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,8 @@ def test_dag_has_operational_defaults(dag_id, dag):
     assert dag.doc_md and "When" in dag.doc_md and "fail" in dag.doc_md, "a runbook: what to do when a task fails"
     assert dag.max_active_runs == 1, "runs of one DAG never overlap"
     assert not dag.catchup
+    assert dag.start_date <= datetime(2000, 1, 1, tzinfo=timezone.utc), (
+        "a run or backfill for an earlier logical date would get no task instances and end green")
     for task in dag.tasks:
         if task.task_id == "any_task_failed":  # the watcher only reports what failed: nothing to retry
             assert task.retries == 0

@@ -9,8 +9,10 @@ from dbops.core.config import PROJECT_ROOT
 
 RUNBOOKS = PROJECT_ROOT / "include" / "runbooks"
 
-# A fixed past date: with catchup off the scheduler starts from the latest interval; backfills may go back here.
-START_DATE = datetime(2026, 1, 1, tzinfo=timezone.utc)
+# Far in the past, so that a run or backfill for any date the data reaches does that date's work: Airflow gives a
+# run whose logical date is before start_date no task instances and marks it success. With catchup off the
+# scheduler itself only creates the latest interval's run.
+START_DATE = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "dbops",
