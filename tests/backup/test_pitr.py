@@ -399,6 +399,22 @@ def test_incremental_with_a_missing_or_unverified_parent_is_refused_and_a_full_t
     assert "missing" in reason[fourth["backup_id"]]
 
 
+def test_an_incremental_is_refused_when_a_file_of_its_parents_chain_is_gone(site):
+    """The newest verified backup's manifests are there but its chain's full lost its archive: a full is taken."""
+    full = backup(site, "chain-full")
+    pitr_test(site, "verify-chain-full")
+    incremental = backup(site, "chain-incr")
+    assert (incremental["kind"], incremental["parent"]) == ("incremental", full["backup_id"])
+    pitr_test(site, "verify-chain-incr")
+    (site.store / full["backup_id"] / "base.tar.zst").unlink()  # the manifests stay
+    taken = backup(site, "chain-after")
+    assert taken["kind"] == "basebackup"
+    with ops().transaction() as conn:
+        reason = {b.backup_id: b.manifest.extra["reason"] for b in pitr_catalog.base_backups(conn, site.name)}
+    assert f"chain of its parent {incremental['backup_id']} cannot be recovered: {full['backup_id']}/base.tar.zst " \
+           "is missing" in reason[taken["backup_id"]]
+
+
 def test_encrypted_base_backups_and_wal_recover_and_need_their_key(site, monkeypatch):
     import base64
 

@@ -129,13 +129,13 @@ def choose_parent(backups: list[BaseBackup], store: BackupStore, full_schedule: 
     """The parent of an incremental backup for the run of ``period``, or None for a full; and why.
 
     A full is taken when forced, when none exists, when ``full_schedule`` ticked (at or before
-    ``period``) since the newest full was taken, or when the newest backup (the would-be parent) is
-    missing from the store or was not verified by a recovery test.
+    ``period``) since the newest full was taken, or when the newest backup (the would-be parent) was not
+    verified by a recovery test or a file of its chain is missing from the store or has another size
+    (:func:`chain_problem`).
     """
     from croniter import croniter
 
     from dbops.backup.pitr_catalog import FULL
-    from dbops.backup.store_io import read_manifest
 
     if force_full:
         return None, "a full backup was asked for"
@@ -147,9 +147,33 @@ def choose_parent(backups: list[BaseBackup], store: BackupStore, full_schedule: 
         return None, f"full_schedule {full_schedule!r} ticked at {tick.isoformat()} after the newest full " \
                      f"{fulls[0].backup_id}"
     parent = backups[0]
-    if read_manifest(store, parent.backup_id) is None:
-        return None, f"incremental refused: its parent {parent.backup_id} is missing from {store.describe()}"
+    problem = chain_problem(backups, store, parent.backup_id)
+    if problem:
+        return None, f"incremental refused: the chain of its parent {parent.backup_id} cannot be recovered: {problem}"
     if parent.verified is not True:
         state = "failed its recovery test" if parent.verified is False else "is not verified by a recovery test yet"
         return None, f"incremental refused: its parent {parent.backup_id} {state}"
     return parent, f"on top of {parent.backup_id} (verified)"
+
+
+def chain_problem(backups: list[BaseBackup], store: BackupStore, backup_id: str) -> str | None:
+    """What makes the chain (full and incrementals) of ``backup_id`` unrecoverable from the store: a backup of
+    it missing from the catalog, or a file its manifest lists (the manifest too) missing or of another size;
+    None when every file is there with its recorded size."""
+    from dbops.backup.pitr_catalog import chain_of
+    from dbops.core.manifest import MANIFEST_NAME
+
+    try:
+        chain = chain_of(backups, backup_id)
+    except LookupError as err:
+        return str(err)
+    for backup in chain:
+        if store.size(f"{backup.backup_id}/{MANIFEST_NAME}") is None:
+            return f"{backup.backup_id}/{MANIFEST_NAME} is missing from {store.describe()}"
+        for entry in backup.manifest.files:
+            size = store.size(f"{backup.backup_id}/{entry.name}")
+            if size != entry.bytes:
+                found = "missing" if size is None else f"{size} bytes"
+                return (f"{backup.backup_id}/{entry.name} is {found} in {store.describe()}, its manifest says "
+                        f"{entry.bytes} bytes")
+    return None

@@ -100,9 +100,9 @@ class BaseBackupOperator(_PitrOperator):
     """Take a physical base backup of the target's cluster and store it with its manifest.
 
     Incremental (``pg_basebackup --incremental``) on top of the newest base backup, unless a full is due:
-    ``pitr.full_schedule`` ticked since the newest full, ``full`` is set, or the would-be parent is
-    missing from the store or not verified by a recovery test (an incremental on it is refused, and
-    the reason logged). The archive and PostgreSQL's ``backup_manifest`` are stored and read back;
+    ``pitr.full_schedule`` ticked since the newest full, ``full`` is set, or the would-be parent is not
+    verified by a recovery test or a file of its chain (full and incrementals) is missing from the store
+    or has another size than recorded (an incremental on it is refused, and the reason logged). The archive and PostgreSQL's ``backup_manifest`` are stored and read back;
     our manifest (sha256 per file, start/stop LSN and time, parent) is written last and catalogued.
     A retried task returns the backup its run already made; a run for a past period (a backfill) takes
     nothing when a base backup was taken at or after the period's start, and says which. The WAL slot is created first, so that
@@ -175,7 +175,8 @@ class BaseBackupOperator(_PitrOperator):
             raise
         except Exception as err:
             raise classify(err, f"preparing the base backup of {self.target} failed") from err
-        self.log.info("%s: %s", "incremental" if parent else "full", reason)
+        (self.log.warning if reason.startswith("incremental refused") else self.log.info)(
+            "%s: %s", "incremental" if parent else "full", reason)
         staging = _run_dir(config, self.target, "basebackup", context["run_id"])
         fresh_staging(staging)
         try:
