@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
@@ -178,3 +178,40 @@ def test_backfilled_daily_maintenance_maintains_the_present_once(airflow_service
     assert [(r["run_type"], r["state"]) for r in again] == [("backfill", "success")] * NIGHTS
     assert maintenance_log(nights) == done
     assert [planned_actions(night) for night in nights] == [[]] * NIGHTS
+
+
+ARCHIVE_DAG = f"pg_archive__{TARGET}"
+MONTHS_2025 = [datetime(2025, month, 1, 2, 0, tzinfo=timezone.utc) for month in (1, 2, 3)]
+
+
+def archive_runs_of(months: list[datetime]) -> dict[datetime, tuple]:
+    """The newest lifecycle record of audit_logs per archive run of ``months``: (cutoff, status)."""
+    with ops() as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT ON (logical_date) logical_date, cutoff, status FROM dbops.lifecycle_runs "
+            "WHERE target = %s AND job = 'archive' AND table_name = 'audit_logs' AND logical_date = ANY(%s) "
+            "ORDER BY logical_date, id DESC", (TARGET, months)).fetchall()
+    return {logical_date: (cutoff, status) for logical_date, cutoff, status in rows}
+
+
+def test_backfill_over_three_2025_months_archives_each_months_rows(airflow_services):
+    """A backfill as far back as the data reaches does each period's work; catchup stays off."""
+    services = airflow_services
+    forget_runs(services, ARCHIVE_DAG, MONTHS_2025)
+
+    runs = backfill(services, ARCHIVE_DAG, MONTHS_2025)
+
+    assert [(r["run_type"], r["state"]) for r in runs] == [("backfill", "success")] * 3
+    for run in runs:
+        tasks = services.api("GET", f"/api/v2/dags/{ARCHIVE_DAG}/dagRuns/{run['dag_run_id']}/taskInstances")
+        assert {t["task_id"]: t["state"] for t in tasks["task_instances"]} == {
+            "check_policies": "success", "archive": "success"}, "a run with its tasks, not an empty green one"
+    recorded = archive_runs_of(MONTHS_2025)
+    assert recorded == {month: (month - timedelta(days=730), "done") for month in MONTHS_2025}
+    with psycopg.connect(libpq_conninfo(TARGET)) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_logs WHERE created_at < %s",
+                            (MONTHS_2025[-1] - timedelta(days=730),)).fetchone()[0] == 0
+    every_run = services.api("GET", f"/api/v2/dags/{ARCHIVE_DAG}/dagRuns?limit=100")["dag_runs"]
+    unasked = [r for r in every_run if r["run_type"] == "scheduled"
+               and datetime.fromisoformat(r["logical_date"].replace("Z", "+00:00")) < MONTHS_2025[-1] + timedelta(days=365)]
+    assert unasked == [], "catchup is off: the far start date must not make the scheduler fill the past"
