@@ -7,10 +7,15 @@ DAG-level tests use `dag.test()`, which runs the real task runner.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,6 +28,7 @@ from dbops.core.manifest import MANIFEST_NAME, Manifest, backup_prefix
 from dbops.hooks.store import get_store
 from dbops.operators.backup import DUMP_FILE, RestoreBackupOperator, TenantExportOperator
 from scripts.stack.credentials import pg_password
+from scripts.stack.paths import ROOT
 from scripts.stack.postgres import admin_connection, conn_uri, libpq_conninfo
 from tests.backup import conftest as cf
 from tests.backup.conftest import (
@@ -727,3 +733,63 @@ def test_a_check_that_did_not_run_is_logged_as_skip_with_its_reason():
     skipped = {"ok": True, "skipped": "no pg_amcheck of version 18 or newer"}
     assert check_line("amcheck", skipped) == "SKIP amcheck: no pg_amcheck of version 18 or newer"
     assert check_line("row_counts", {"ok": False, "mismatched": {"t": 1}}).startswith("FAIL row_counts: ")
+
+
+KILLED_DUMP = """
+import sys
+from tests.backup import conftest as cf
+cf.NAME = sys.argv[1]
+cf.backup(cf.context(run_id="killed_run"))
+"""
+
+
+def _children_of(pid: int) -> list[int]:
+    """The pids of the processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_dump_leaves_no_pg_dump_and_the_next_run_removes_its_staging(target):
+    """kill -9 of the task process mid-dump: its pg_dump dies with it, and the next run removes the staging
+    directory (a database-sized file in production) instead of leaving it forever."""
+    config = target.config_path.read_text()
+    target.config_path.write_text(config.replace("lock_wait_timeout: 2s", "lock_wait_timeout: 1h"))  # pg_dump waits
+    killed_staging = staging_dir(load_config(), cf.NAME, "killed_run")
+    blocker = psycopg.connect(libpq_conninfo(target.database))
+    blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")  # holds pg_dump mid-dump
+    task = subprocess.Popen([sys.executable, "-c", KILLED_DUMP, cf.NAME], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"})
+    try:
+        _wait_for_pg_dump_lock_wait(target.database)
+        assert killed_staging.is_dir() and any(killed_staging.iterdir())
+        [pg_dump] = _children_of(task.pid)
+        os.kill(task.pid, signal.SIGKILL)
+        task.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(pg_dump) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pg_dump), "pg_dump outlived the killed task (it would hold its snapshot on the server)"
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert killed_staging.is_dir(), "the kill left its staging directory (what the next run must clean)"
+
+    result = backup(cf.context(run_id="next_run"))
+
+    assert not killed_staging.exists(), "the next run removed the killed run's staging directory"
+    assert not staging_dir(load_config(), cf.NAME, "next_run").exists()
+    assert verify(result["backup_id"])["verified"] is True

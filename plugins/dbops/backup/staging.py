@@ -1,10 +1,18 @@
-"""Staging: where a run's dump waits until it is stored, so that a retry of the run reuses it."""
+"""Staging: where a run's dump waits until it is stored, so that a retry of the run reuses it.
+
+A task holds its staging directory while it works (:func:`held_staging`); what a killed run left behind is
+removed by the next task that stages the same kind of work, so the staging volume does not grow with every crash.
+"""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -13,15 +21,23 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.backup.dump import DumpResult
 from dbops.core.config import DbopsConfig
+from dbops.core.scratch import LOCK, claimed, sweep
 from dbops.core.streams import file_sha256
 from dbops.hooks.postgres import DbopsPostgresHook
 
 _RECORD = "staged.json"
 
+log = logging.getLogger(__name__)
+
 
 def staging_dir(config: DbopsConfig, target: str, run_id: str) -> Path:
     """Where a run's dump waits until it is stored (one per run, so a retry finds it)."""
     return config.staging_path / f"{target}__full__{hashlib.sha1(run_id.encode()).hexdigest()[:12]}"
+
+
+def dump_leftovers(target: str) -> str:
+    """The glob of the target's dump staging directories, for :func:`held_staging`."""
+    return f"{glob.escape(target)}__full__*"
 
 
 def staged_dump(staging: Path) -> tuple[DumpResult, datetime] | None:
@@ -42,10 +58,29 @@ def keep_staged(staging: Path, dump: DumpResult, taken_at: datetime) -> None:
                                                "taken_at": taken_at.isoformat()}))
 
 
+@contextmanager
+def held_staging(path: Path, leftovers: str) -> Iterator[Path]:
+    """The staging directory ``path``, held by this process while the block runs, after removing the directories
+    beside it matching the glob ``leftovers`` that runs no longer running left behind (a killed try's dump).
+
+    Use a pattern only the same DAG makes: its ``max_active_runs=1`` means no other run of it waits for a retry.
+    """
+    with claimed(path):
+        for gone in sweep(path.parent, leftovers):
+            log.warning("removed staging directory %s: left by a run that is no longer running", gone)
+        yield path
+
+
 def fresh_staging(staging: Path) -> None:
-    """An empty staging directory (whatever an earlier attempt left there is removed)."""
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """An empty staging directory (whatever an earlier attempt left there is removed; its lock file stays)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for entry in staging.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def check_staging_space(hook: DbopsPostgresHook, staging: Path, target: str) -> None:

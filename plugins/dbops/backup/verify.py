@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from dbops.backup.dump import constraints, count_rows
 from dbops.backup.policy import BackupPolicy
 from dbops.backup.restore import archive_roles, fetch, missing_roles, pg_restore
+from dbops.backup.staging import held_staging
 from dbops.core.config import DbopsConfig, ToolsConfig
 from dbops.core.manifest import Manifest
 from dbops.core.processes import DEFAULT_TIMEOUT, ToolError, run
@@ -91,36 +92,36 @@ def restore_and_check(config: DbopsConfig, policy: BackupPolicy, store: BackupSt
     With ``owners`` the objects keep their owners and grants, and every role the backup names must exist
     (checked before restoring); without, both are skipped. Each tool runs at most ``timeout`` seconds.
     """
-    staging = config.staging_path / f"restore__{database}"
     checks: dict[str, Any] = {}
     restore_seconds = None
-    try:
-        archive = fetch(store, manifest, manifest.backup_id, staging, encryption_key(policy.encryption_conn_id))
-        checks["checksums"] = {"ok": True, "files": [f.name for f in manifest.files]}
-        tool = find_tool("pg_restore", admin.server_version_num(), config.tools.bin_dir, config.tools.exclusive)
-        if owners:
-            missing = missing_roles(admin, archive_roles(tool, archive, timeout))
-            checks["roles"] = {"ok": not missing, "missing": missing}
-            if missing:
-                checks["roles"]["error"] = (
-                    f"roles {', '.join(missing)} own objects of the backup or hold grants in it but do not exist "
-                    "on the server; create them (pg_dumpall --roles-only on the source lists them), then run again")
-                return verification_outcome(checks, restore_seconds, run_amcheck)
-        restore_seconds = round(pg_restore(tool, admin, database, archive, policy.jobs, owners, timeout), 3)
-        checks["restore"] = {"ok": True, "seconds": restore_seconds, "jobs": policy.jobs,
-                             "owners_and_grants": "restored" if owners else "skipped (--no-owner --no-privileges)"}
-        restored = DbopsPostgresHook(postgres_conn_id=admin.postgres_conn_id, database=database)
-        checks.update(check_restored(restored, manifest))
-        if run_amcheck:
-            checks["amcheck"] = amcheck(admin, database, policy.jobs, config.tools, timeout)
-    except ChecksumMismatch as err:
-        checks["checksums"] = {"ok": False, "error": str(err)}
-    except ToolError as err:
-        if err.transient:
-            raise
-        checks["restore"] = {"ok": False, "error": str(err)}
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with held_staging(config.staging_path / f"restore__{database}", "restore__*") as staging:
+        try:
+            archive = fetch(store, manifest, manifest.backup_id, staging, encryption_key(policy.encryption_conn_id))
+            checks["checksums"] = {"ok": True, "files": [f.name for f in manifest.files]}
+            tool = find_tool("pg_restore", admin.server_version_num(), config.tools.bin_dir, config.tools.exclusive)
+            if owners:
+                missing = missing_roles(admin, archive_roles(tool, archive, timeout))
+                checks["roles"] = {"ok": not missing, "missing": missing}
+                if missing:
+                    checks["roles"]["error"] = (
+                        f"roles {', '.join(missing)} own objects of the backup or hold grants in it but do not exist "
+                        "on the server; create them (pg_dumpall --roles-only on the source lists them), then run again")
+                    return verification_outcome(checks, restore_seconds, run_amcheck)
+            restore_seconds = round(pg_restore(tool, admin, database, archive, policy.jobs, owners, timeout), 3)
+            checks["restore"] = {"ok": True, "seconds": restore_seconds, "jobs": policy.jobs,
+                                 "owners_and_grants": "restored" if owners else "skipped (--no-owner --no-privileges)"}
+            restored = DbopsPostgresHook(postgres_conn_id=admin.postgres_conn_id, database=database)
+            checks.update(check_restored(restored, manifest))
+            if run_amcheck:
+                checks["amcheck"] = amcheck(admin, database, policy.jobs, config.tools, timeout)
+        except ChecksumMismatch as err:
+            checks["checksums"] = {"ok": False, "error": str(err)}
+        except ToolError as err:
+            if err.transient:
+                raise
+            checks["restore"] = {"ok": False, "error": str(err)}
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return verification_outcome(checks, restore_seconds, run_amcheck)
 
 

@@ -3,11 +3,14 @@
 Every tool runs in its own session (process group), so killing the group also stops the workers a
 tool forks (``pg_dump --jobs``, ``pg_restore --jobs``). The group is killed when the timeout
 expires and whenever the code using the child raises, so a failed consumer never leaves a tool
-blocked on a pipe nobody reads.
+blocked on a pipe nobody reads. On Linux the tool is also killed when the task process dies (kill -9
+included), so a killed task never leaves a pg_dump holding a snapshot on the server.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -46,6 +49,16 @@ def tool_failed(name: str, returncode: int, stderr: str) -> ToolError:
                      transient=any(text in message for text in TRANSIENT_TOOL_ERRORS))
 
 
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.uname().sysname == "Linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGKILL when the process that started it dies."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the process group ``proc`` leads (the tool and any workers it forked)."""
     try:
@@ -67,7 +80,7 @@ def supervised(args: list[str], timeout: float, **popen: Any) -> Iterator[subpro
         expired.set()
         kill_group(proc)
 
-    proc = subprocess.Popen(args, start_new_session=True, **popen)
+    proc = subprocess.Popen(args, start_new_session=True, preexec_fn=_die_with_parent, **popen)
     watchdog = threading.Timer(timeout, expire)
     watchdog.daemon = True
     watchdog.start()

@@ -3,6 +3,7 @@ database, restore on demand, retention, tenant export. The work lives in :mod:`d
 
 from __future__ import annotations
 
+import glob
 import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -134,7 +135,7 @@ class PgBackupOperator(_BackupTargetOperator):
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.backup.staging import staging_dir
+        from dbops.backup.staging import dump_leftovers, held_staging, staging_dir
         from dbops.hooks.ops import OpsDatabaseHook
 
         config, policy, store = self._setup()
@@ -143,30 +144,31 @@ class PgBackupOperator(_BackupTargetOperator):
         if existing is not None:
             return existing
 
-        staging = staging_dir(config, self.target, context["run_id"])
-        dump, taken_at = self._staged_or_new_dump(config, policy, store, ops, staging)
-        prefix = backup_prefix(self.target, "full", taken_at)
-        try:
-            manifest = read_manifest(store, prefix)  # an earlier attempt stored it but could not record it
-            if manifest is None:
-                manifest = new_manifest(
-                    context, policy, store, prefix, self.target, kind="full", taken_at=taken_at,
-                    snapshot_id=dump.snapshot_id, server_version=dump.server_version, tool=dump.tool,
-                    files=[FileEntry(dump.path.name, dump.bytes, dump.sha256, dump.raw_bytes)], tables=dump.tables,
-                    constraints=dump.constraints, not_validated=dump.not_validated, dump_seconds=dump.seconds,
-                    archive=ARCHIVES[policy.format], dump_jobs=policy.dump_jobs if policy.format == "directory" else 1)
-                store_backup(store, manifest, staging)
-        except Exception as err:
-            raise classify(err, f"storing {prefix} in {store.describe()} failed; the dump stays staged in "
-                                f"{staging}") from err
-        with ops.transaction() as conn:
-            catalog.record_backup(conn, manifest)
-        shutil.rmtree(staging, ignore_errors=True)
-        self.log.info("stored OK: backup %s (snapshot %s, for the run of %s): %s (%s raw), %d tables, %d rows, "
-                      "dump %.1f s, upload %.1f s", manifest.location, manifest.taken_at, manifest.covers or "-",
-                      human_bytes(dump.bytes), human_bytes(dump.raw_bytes), len(dump.tables), manifest.total_rows,
-                      dump.seconds, manifest.timings["upload_seconds"], bytes=dump.bytes, raw_bytes=dump.raw_bytes,
-                      tables=len(dump.tables), rows=manifest.total_rows, backup_id=manifest.backup_id)
+        with held_staging(staging_dir(config, self.target, context["run_id"]), dump_leftovers(self.target)) as staging:
+            dump, taken_at = self._staged_or_new_dump(config, policy, store, ops, staging)
+            prefix = backup_prefix(self.target, "full", taken_at)
+            try:
+                manifest = read_manifest(store, prefix)  # an earlier attempt stored it but could not record it
+                if manifest is None:
+                    manifest = new_manifest(
+                        context, policy, store, prefix, self.target, kind="full", taken_at=taken_at,
+                        snapshot_id=dump.snapshot_id, server_version=dump.server_version, tool=dump.tool,
+                        files=[FileEntry(dump.path.name, dump.bytes, dump.sha256, dump.raw_bytes)], tables=dump.tables,
+                        constraints=dump.constraints, not_validated=dump.not_validated, dump_seconds=dump.seconds,
+                        archive=ARCHIVES[policy.format],
+                        dump_jobs=policy.dump_jobs if policy.format == "directory" else 1)
+                    store_backup(store, manifest, staging)
+            except Exception as err:
+                raise classify(err, f"storing {prefix} in {store.describe()} failed; the dump stays staged in "
+                                    f"{staging}") from err
+            with ops.transaction() as conn:
+                catalog.record_backup(conn, manifest)
+            shutil.rmtree(staging, ignore_errors=True)
+            self.log.info("stored OK: backup %s (snapshot %s, for the run of %s): %s (%s raw), %d tables, %d rows, "
+                          "dump %.1f s, upload %.1f s", manifest.location, manifest.taken_at, manifest.covers or "-",
+                          human_bytes(dump.bytes), human_bytes(dump.raw_bytes), len(dump.tables), manifest.total_rows,
+                          dump.seconds, manifest.timings["upload_seconds"], bytes=dump.bytes, raw_bytes=dump.raw_bytes,
+                          tables=len(dump.tables), rows=manifest.total_rows, backup_id=manifest.backup_id)
         return backup_result(manifest)
 
     def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
@@ -506,7 +508,7 @@ class TenantExportOperator(_BackupTargetOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import psycopg
 
-        from dbops.backup.staging import fresh_staging
+        from dbops.backup.staging import held_staging
         from dbops.backup.tenant import TOOL, checked_tenant_id, export_tenant
         from dbops.core.runs import run_date
         from dbops.hooks.keys import encryption_key
@@ -524,32 +526,32 @@ class TenantExportOperator(_BackupTargetOperator):
                           backup_id=prefix, bytes=existing.total_bytes)
             return backup_result(existing)
         remove_incomplete(store, prefix)
-        staging = config.staging_path / prefix.replace("/", "__")
-        fresh_staging(staging)
-        hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
-        key = encryption_key(policy.encryption_conn_id)
-        taken_at = datetime.now(timezone.utc).replace(microsecond=0)  # the export's snapshot is taken right after
-        try:
-            export = export_tenant(hook, policy.tenant_tables, tenant, staging, policy.compression_level, key)
-        except psycopg.errors.InvalidTextRepresentation as err:
-            raise AirflowFailException(f"tenant id {tenant!r} is not a valid tenant_id value: {err}") from err
-        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as err:
-            raise AirflowFailException(f"backup.tenant_tables of {self.target}: {err}") from err
-        except Exception as err:
-            raise classify(err, f"exporting tenant {tenant} of {self.target} failed") from err
-        manifest = new_manifest(
-            context, policy, store, prefix, self.target, kind="tenant", taken_at=taken_at,
-            snapshot_id=export.snapshot_id, server_version=export.server_version, tool=TOOL, files=export.files,
-            tables=export.tables, dump_seconds=export.seconds, archive="csv per table", tenant_id=tenant)
-        try:
-            store_backup(store, manifest, staging)
-        except Exception as err:
-            raise classify(err, f"storing {prefix} in {store.describe()} failed") from err
-        with OpsDatabaseHook(postgres_conn_id=config.ops_conn_id).transaction() as conn:
-            catalog.record_backup(conn, manifest)
-        shutil.rmtree(staging, ignore_errors=True)
-        self.log.info("exported OK: tenant %s of %s to %s: %d tables, %d rows, %s, %.1f s", tenant, self.target,
-                      manifest.location, len(export.tables), manifest.total_rows, human_bytes(manifest.total_bytes),
-                      export.seconds, backup_id=prefix, bytes=manifest.total_bytes, rows=manifest.total_rows,
-                      tables=len(export.tables))
+        staging_path = config.staging_path / prefix.replace("/", "__")
+        with held_staging(staging_path, f"{glob.escape(self.target)}__tenant__*") as staging:
+            hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
+            key = encryption_key(policy.encryption_conn_id)
+            taken_at = datetime.now(timezone.utc).replace(microsecond=0)  # the export's snapshot is taken right after
+            try:
+                export = export_tenant(hook, policy.tenant_tables, tenant, staging, policy.compression_level, key)
+            except psycopg.errors.InvalidTextRepresentation as err:
+                raise AirflowFailException(f"tenant id {tenant!r} is not a valid tenant_id value: {err}") from err
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as err:
+                raise AirflowFailException(f"backup.tenant_tables of {self.target}: {err}") from err
+            except Exception as err:
+                raise classify(err, f"exporting tenant {tenant} of {self.target} failed") from err
+            manifest = new_manifest(
+                context, policy, store, prefix, self.target, kind="tenant", taken_at=taken_at,
+                snapshot_id=export.snapshot_id, server_version=export.server_version, tool=TOOL, files=export.files,
+                tables=export.tables, dump_seconds=export.seconds, archive="csv per table", tenant_id=tenant)
+            try:
+                store_backup(store, manifest, staging)
+            except Exception as err:
+                raise classify(err, f"storing {prefix} in {store.describe()} failed") from err
+            with OpsDatabaseHook(postgres_conn_id=config.ops_conn_id).transaction() as conn:
+                catalog.record_backup(conn, manifest)
+            shutil.rmtree(staging, ignore_errors=True)
+            self.log.info("exported OK: tenant %s of %s to %s: %d tables, %d rows, %s, %.1f s", tenant, self.target,
+                          manifest.location, len(export.tables), manifest.total_rows, human_bytes(manifest.total_bytes),
+                          export.seconds, backup_id=prefix, bytes=manifest.total_bytes, rows=manifest.total_rows,
+                          tables=len(export.tables))
         return backup_result(manifest)
