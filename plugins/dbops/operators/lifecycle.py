@@ -171,6 +171,9 @@ class LifecycleOperator(_LifecycleOperator):
         try_number = int(getattr(context["ti"], "try_number", 1) or 1)
         try:
             with ops.transaction() as ops_conn:
+                for line in record.reconcile(ops_conn, self.target, self.job, policy.table, context["run_id"],
+                                             try_number):
+                    self.log.warning("%s %s: %s", self.job, policy.table, line)
                 entry = record.start(ops_conn, self.target, self.job, policy.table, run_date(context),
                                      context["run_id"], try_number, cutoff, cadence)
         except Exception as err:
