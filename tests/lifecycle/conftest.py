@@ -15,11 +15,13 @@ import pytest
 from psycopg import sql
 
 from dbops.operators.lifecycle import LifecycleCheckOperator, LifecycleOperator
+from scripts.stack.paths import PG_HOST, PG_PORT
 from scripts.stack.postgres import conn_uri, libpq_conninfo
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE parents; --'
 HOSTILE_KEY = 'Key "Col"'
 HOSTILE_TIME = 'time; col'
+APP_PASSWORD = "app-Pa55-word-1"  # of the application roles of login_role()
 START = datetime(2023, 1, 1, tzinfo=timezone.utc)
 DAYS = 730  # one parent and one child per day from START; hostile rows too
 SCHEMA = sql.SQL("""
@@ -86,6 +88,36 @@ def lab(scratch_db, tmp_path, monkeypatch, pg_server):
                           store=tmp_path / "store", conn_uri=conn_uri(database))
     write_config(lab, yaml_policies())
     return lab
+
+
+def login_role(database: str, monkeypatch, connection: str, grants: str) -> str:
+    """A login role without BYPASSRLS (nor superuser) given ``grants`` (SQL, ``{role}`` and ``{database}`` for
+    its and the database's identifiers) in ``database``; Airflow connection ``connection`` is switched to it.
+    The caller drops it with :func:`drop_role`."""
+    role, password = f"lc_app_{database[-10:]}", APP_PASSWORD
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL(grants).format(role=sql.Identifier(role), database=sql.Identifier(database)))
+    monkeypatch.setenv(f"AIRFLOW_CONN_{connection.upper()}",
+                       f"postgresql://{role}:{password}@{PG_HOST}:{PG_PORT}/{database}?connect_timeout=5")
+    return role
+
+
+def drop_role(database: str, role: str) -> None:
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {role}; DROP ROLE {role}").format(role=sql.Identifier(role)))
+
+
+@pytest.fixture
+def app_role(lab, monkeypatch):
+    """The lab target's connection as an application role: every privilege the lifecycle work needs on the
+    tables and the archive schema, owner of none of them, no BYPASSRLS."""
+    role = login_role(lab.database, monkeypatch, f"pg_{lab.name}",
+                      "GRANT CREATE ON DATABASE {database} TO {role}; GRANT ALL ON SCHEMA public TO {role}; "
+                      "GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+    yield role
+    drop_role(lab.database, role)
 
 
 def context(end: datetime, run_id: str = "test_run", try_number: int = 1) -> dict:

@@ -23,6 +23,7 @@ from dbops.operators.anonymize import AnonymizeInactiveOperator, AnonymizeUserOp
 from dbops.operators.backup import PgBackupOperator
 from scripts.stack.postgres import conn_uri, libpq_conninfo
 from tests.conftest import config_yaml
+from tests.lifecycle.conftest import drop_role, login_role
 
 SALT = "test-salt-Q7f9Zr2LwXk3Vb8N"
 HOSTILE_TABLE, HOSTILE_USER, HOSTILE_COLUMN = 'we"ird; DROP', 'us"er', 'no"te; --'
@@ -394,3 +395,43 @@ def test_config_section_is_validated_with_file_target_and_key(target):
         config_path.write_text(config_text(target.name, target.tmp).replace(old, new))
         with pytest.raises(ConfigError, match=f"target '{target.name}': {message}"):
             load_config(config_path)
+
+
+@pytest.mark.parametrize("inactive", [False, True], ids=["request", "inactive"])
+def test_row_level_security_hiding_rows_fails_naming_table_policy_and_what_the_role_needs(target, monkeypatch,
+                                                                                          inactive):
+    """Alice's order 10 (total 12.50) is hidden from the application role: without row_security off the request
+    would anonymize every row but that one and say so green."""
+    role = login_role(target.database, monkeypatch, f"pg_{target.name}",
+                      "GRANT USAGE ON SCHEMA public, archive TO {role}; "
+                      "GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA public, archive TO {role}")
+    try:
+        with psycopg.connect(libpq_conninfo(target.database), autocommit=True) as conn:
+            conn.execute("ALTER TABLE orders ENABLE ROW LEVEL SECURITY")
+            conn.execute('CREATE POLICY "small orders" ON orders USING (total < 10)')
+        before = snapshot(target.database)
+        operator = AnonymizeInactiveOperator(task_id="inactive", target=target.name) if inactive else request(target)
+        with pytest.raises(AirflowFailException) as info:
+            operator.execute(context())
+        assert (f'public.orders has row-level security with policies "small orders": they would hide rows from the '
+                f"anonymization, which would then miss them; role '{role}' needs BYPASSRLS (ALTER ROLE \"{role}\" "
+                "BYPASSRLS, as a superuser), or connect as the table's owner; nothing was changed") in str(info.value)
+        assert snapshot(target.database) == before
+        assert ops_rows(target) == ([], [])
+    finally:
+        drop_role(target.database, role)
+
+
+def test_naive_last_activity_is_utc_whatever_the_database_time_zone(target):
+    """Bob was last active 2 h before the cutoff (2024-11-30 04:00 UTC) in a `timestamp without time zone`
+    column, in a database set to New York time (UTC-5 then): inactive, as in UTC."""
+    with psycopg.connect(libpq_conninfo(target.database), autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET timezone = 'America/New_York'").format(
+            sql.Identifier(target.database)))
+        conn.execute("ALTER TABLE users ALTER COLUMN last_login_at TYPE timestamp "
+                     "USING last_login_at AT TIME ZONE 'UTC'")
+        conn.execute("UPDATE users SET last_login_at = '2024-11-30 02:00' WHERE id = 2")
+    result = AnonymizeInactiveOperator(task_id="inactive", target=target.name).execute(context("scheduled__utc"))
+    assert result["anonymized"] == 3
+    assert [u[0] for u in ops_rows(target)[0]] == ["2", "3", "4"]
+    assert text_columns_holding(target.database, "bob@example.com") == []

@@ -97,14 +97,19 @@ def test_killed_task_then_rerun_moves_every_row_exactly_once(lab):
     assert 0 < moved_before_kill < CHILDREN_DUE
     assert {t: fingerprint(lab.dsn, t) for t in ("parents", "children")} == before  # nothing lost, nothing twice
 
+    assert [r["status"] for r in ops_rows(lab.name) if r["table_name"] == "children"] == ["running"]
+
     write_config(lab, yaml_policies())
-    result = by_table(run(lab, "archive", END))
+    result = by_table(run(lab, "archive", END, try_number=2))  # Airflow's retry of the killed try
     assert {t: fingerprint(lab.dsn, t) for t in ("parents", "children")} == before
     assert archived(lab.dsn, "children") == CHILDREN_DUE
     assert result["children"]["rows_moved"] == CHILDREN_DUE - moved_before_kill
     assert count(lab.dsn, "SELECT count(*) FROM children WHERE created_at < %s", (day(DAYS),)) == 0
-    statuses = [r["status"] for r in ops_rows(lab.name) if r["table_name"] == "children"]
-    assert statuses == ["running", "done"]  # the killed try is visible as never finished
+    children = [r for r in ops_rows(lab.name) if r["table_name"] == "children"]
+    assert [r["status"] for r in children] == ["abandoned", "done"]  # the killed try, reconciled by the next
+    assert children[0]["error"].startswith("abandoned: try 1 of run test_run (started ")
+    assert children[0]["error"].endswith("never finished (killed?); found by try 2 of run test_run")
+    assert [r for r in ops_rows(lab.name) if r["status"] == "running"] == []
 
 
 def test_backend_terminated_mid_run_is_retried_and_the_retry_finishes(lab):

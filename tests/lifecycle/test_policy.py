@@ -57,6 +57,8 @@ def error_for(text: str) -> str:
     ("{table: orders, time_column: created_at, retention: 30d, filter: [{column: s, op: '=', value: \"1; DROP\", "
      "extra: 1}]}", "policies[0].filter[0].extra", "unknown key"),
     ("{table: orders, time_column: created_at}", "policies[0]", "set archive_after, retention or both"),
+    ("{table: orders, time_column: created_at, retention: 30d, triggers: disable}", "policies[0].triggers",
+     "table 'orders': unknown triggers 'disable' (expected one of: refuse, fire)"),
     ("{table: orders, time_column: created_at, archive_after: 30d, archive_storage: s3}",
      "policies[0].archive_storage", "unknown archive_storage 's3'"),
     ("{table: orders, time_column: created_at, retention: 30d, export: true}", "policies[0].archive_after",

@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from dbops.lifecycle.anonymize_policy import MARKER_RULES, AnonymizePolicy, Rule
+from dbops.lifecycle.session import row_security_problems
 
 MIN_SALT_LENGTH = 16
 PLACEHOLDER_HEX = 16  # 64 bits of the HMAC in a placeholder: unique among billions of users
@@ -111,7 +112,8 @@ def _columns(conn: psycopg.Connection, schema: str, name: str) -> frozenset[str]
 def relations(conn: psycopg.Connection, policy: AnonymizePolicy) -> dict[str, list[Relation]]:
     """Each configured table's (and ``via`` table's) base relation and, when it exists, its archive copy.
 
-    :raises AirflowFailException: a configured table or column is missing from the base table.
+    :raises AirflowFailException: a configured table or column is missing from the base table, or row-level
+        security would hide rows of a table from the role (see :mod:`dbops.lifecycle.session`).
     """
     found: dict[str, list[Relation]] = {}
     for table, settings in policy.tables.items():
@@ -141,6 +143,10 @@ def relations(conn: psycopg.Connection, policy: AnonymizePolicy) -> dict[str, li
         archive = _columns(conn, policy.archive_schema, via.table)
         if archive is not None:
             found[via.table].append(Relation(via.table, policy.archive_schema, via.table, archive))
+    hidden = row_security_problems(conn, [(r.schema, r.name) for rs in found.values() for r in rs],
+                                   "the anonymization")
+    if hidden:
+        raise AirflowFailException(f"{'; '.join(hidden)}; nothing was changed")
     return found
 
 

@@ -2,7 +2,8 @@
 
 Created on first use with the source's columns, types and primary key (no defaults, identities or
 foreign keys: it only receives rows). A column added to the source later is added to the archive; a
-column whose type changed fails before any row moves.
+column whose type changed, or a NOT NULL archive column dropped from the source, fails before any row
+moves.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from dbops.lifecycle.catalog import TableInfo, describe, type_changes
+from dbops.lifecycle.catalog import TableInfo, describe, dropped_message, dropped_required, type_changes
 from dbops.lifecycle.policy import ARCHIVE_SCHEMA
 
 
 class ArchiveDrift(Exception):
-    """The archive table cannot take the source's rows as they are (a column changed its type)."""
+    """The archive table cannot take the source's rows as they are (a column changed its type, or a NOT NULL
+    archive column is no longer in the source)."""
 
 
 def ensure_archive_table(conn: psycopg.Connection, source: TableInfo, lock_timeout: float) -> list[str]:
@@ -38,6 +40,9 @@ def ensure_archive_table(conn: psycopg.Connection, source: TableInfo, lock_timeo
             raise ArchiveDrift(f"column {column!r} is {kind} in {source.schema}.{source.name} but "
                                f"{existing.columns[column]} in {ARCHIVE_SCHEMA}.{source.name}; nothing moved. ALTER "
                                "the archive column to the new type by hand (or rename the archive table), then re-run")
+        dropped = dropped_required(source, existing)
+        if dropped:
+            raise ArchiveDrift(f"{source.schema}.{source.name}: {dropped_message(source, dropped[0])}; nothing moved")
         for column, kind in source.columns.items():
             if column not in existing.columns:
                 conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(

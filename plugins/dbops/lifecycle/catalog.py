@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from dbops.lifecycle.policy import ARCHIVE_SCHEMA, LifecyclePolicy, policy_error
+from dbops.lifecycle.session import row_security_problems
 
 
 class PolicyProblem(Exception):
@@ -44,10 +46,12 @@ class TableInfo:
     leading_index_columns: frozenset[str]  # first column of each valid index
     references: tuple[Reference, ...]  # foreign keys of other rows pointing at this table
     parents: frozenset[tuple[str, str]]  # tables this table's foreign keys point at
+    oid: int
+    not_null: frozenset[str]  # NOT NULL columns without a default: an INSERT must give them a value
 
 
 _COLUMNS = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull AND NOT a.atthasdef
 FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"""
 _PRIMARY_KEY = """
 SELECT array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(n, o)
@@ -77,7 +81,8 @@ def describe(conn: psycopg.Connection, schema: str, table: str) -> TableInfo | N
     if row is None:
         return None
     oid, kind = row
-    columns = dict(conn.execute(_COLUMNS, (oid,)).fetchall())
+    rows = conn.execute(_COLUMNS, (oid,)).fetchall()
+    columns = {name: kind for name, kind, _ in rows}
     pk = conn.execute(_PRIMARY_KEY, (oid,)).fetchone()
     leading = frozenset(r[0] for r in conn.execute(_LEADING, (oid,)).fetchall())
     references, parents = [], set()
@@ -88,12 +93,15 @@ def describe(conn: psycopg.Connection, schema: str, table: str) -> TableInfo | N
         if (ref_schema, ref_table) == (schema, table):
             parents.add((parent_schema, parent_table))
     return TableInfo(schema, table, kind, columns, tuple(pk[0]) if pk else (), leading, tuple(references),
-                     frozenset(parents))
+                     frozenset(parents), oid, frozenset(name for name, _, required in rows if required))
 
 
-def check_policies(conn: psycopg.Connection, path: Path, target: str,
-                   policies: list[LifecyclePolicy]) -> tuple[dict[str, TableInfo], list[str]]:
-    """Each policy's table as it is now, and warnings; raises :class:`PolicyProblem` listing every problem."""
+def check_policies(conn: psycopg.Connection, path: Path, target: str, policies: list[LifecyclePolicy],
+                   job: str = "archive") -> tuple[dict[str, TableInfo], list[str]]:
+    """Each policy's table as it is now, and warnings; raises :class:`PolicyProblem` listing every problem.
+
+    ``job``: ``archive`` (rows deleted from the table, inserted into the archive) or ``retention`` (rows
+    deleted from both): which triggers would fire."""
     infos, problems, warnings = {}, [], []
     for i, policy in enumerate(policies):
         def problem(key: str, message: str, i=i, policy=policy) -> None:
@@ -123,10 +131,60 @@ def check_policies(conn: psycopg.Connection, path: Path, target: str,
                 problem("table", f"column {column!r} is {kind} in the table but "
                                  f"{archive.columns[column]} in {ARCHIVE_SCHEMA}.{policy.table_name}: a type change "
                                  "is not applied to the archive; ALTER the archive column's type by hand, then re-run")
+            for column in dropped_required(info, archive):
+                problem("table", dropped_message(info, column))
+        work = "the archive move" if job == "archive" else "the retention purge"
+        read = [(t.schema, t.name) for t in (info, archive) if t] + [(r.schema, r.table) for r in info.references]
+        for message in row_security_problems(conn, read, work):
+            problem("table", message)
+        if policy.triggers != "fire":
+            firing = _firing(conn, info, archive if policy.archive_storage == "database" else None, job)
+            if firing:
+                problem("triggers", f"{'; '.join(firing)} would fire for every row of {work}. Set `triggers: fire` "
+                                    "in the policy to accept that; or disable them yourself for the run (ALTER "
+                                    "TABLE … DISABLE TRIGGER, which needs ownership of the table and stops them "
+                                    "for the application too; dbops never disables them), then re-run")
         infos[policy.table] = info
     if problems:
         raise PolicyProblem("; ".join(problems))
     return infos, warnings
+
+
+_TRIGGERS = """
+SELECT format('%%s trigger %%I on %%I.%%I (%%s)', %(event)s::text, t.tgname, n.nspname, c.relname, t.tgfoid::regproc)
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.tgrelid = %(oid)s AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A') AND t.tgtype & %(bit)s <> 0
+ORDER BY t.tgname"""
+_EVENT_BITS = {"INSERT": 4, "DELETE": 8}  # pg_trigger.tgtype
+
+
+def triggers(conn: psycopg.Connection, table: TableInfo, event: str) -> list[str]:
+    """The user triggers (enabled, not internal: foreign keys are not listed) that ``event`` fires on ``table``."""
+    return [r[0] for r in conn.execute(_TRIGGERS, {"event": event, "oid": table.oid,
+                                                   "bit": _EVENT_BITS[event]}).fetchall()]
+
+
+def _firing(conn: psycopg.Connection, source: TableInfo, archive: TableInfo | None, job: str) -> list[str]:
+    """The triggers ``job`` fires: DELETE on the table; INSERT (archive) or DELETE (retention) on the archive."""
+    fired = triggers(conn, source, "DELETE")
+    if archive is not None:
+        fired += triggers(conn, archive, "INSERT" if job == "archive" else "DELETE")
+    return fired
+
+
+def dropped_required(source: TableInfo, archive: TableInfo) -> list[str]:
+    """Columns NOT NULL (without a default) in the archive that the table no longer has: an archive move
+    would insert NULL into them."""
+    return [c for c in archive.columns if c in archive.not_null and c not in source.columns]
+
+
+def dropped_message(source: TableInfo, column: str) -> str:
+    """What to do about ``column``, NOT NULL in the archive but dropped from the table ``source``."""
+    fix = sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
+        sql.Identifier(ARCHIVE_SCHEMA, source.name), sql.Identifier(column)).as_string()
+    return (f"column {column!r} is NOT NULL in {ARCHIVE_SCHEMA}.{source.name} but the table no longer has it "
+            f"(dropped?): the rows moved from now on would have no value for it. Let it be NULL in the archive "
+            f"({fix}; the rows already archived keep their values), then re-run")
 
 
 def type_changes(source: TableInfo, archive: TableInfo) -> list[tuple[str, str]]:

@@ -7,7 +7,9 @@ Validation is split in two, because parsing never touches a database:
   exports without a store;
 * at run time, in the first task of each lifecycle DAG (:func:`dbops.lifecycle.catalog.check_policies`):
   unknown table or column, a table without a primary key, an archive table whose column types differ from
-  the source's, and a time column without an index (a warning: each batch would scan the table).
+  the source's (or with a NOT NULL column the source dropped), row-level security the role cannot bypass,
+  user triggers the work would fire (unless ``triggers: fire``), and a time column without an index (a
+  warning: each batch would scan the table).
 
 Both name the config file, the target, the table and the key.
 """
@@ -22,6 +24,7 @@ from dbops.core.schema import Cron, Invalid, Seconds
 CADENCES = {"monthly": 31 * 86400.0, "daily": 86400.0}  # the longest interval between two runs
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null")
 STORAGES = ("database", "store")
+TRIGGERS = ("refuse", "fire")  # user triggers the moves and purges would fire: refuse to run, or let them fire
 ARCHIVE_SCHEMA = "archive"
 
 
@@ -40,6 +43,8 @@ class LifecyclePolicy:
 
     ``archive_after``: rows older than this move to ``archive.<table>`` (null: never archived).
     ``retention``: total life, base + archive; older rows are deleted (null: kept for ever).
+    ``triggers``: ``refuse`` (default) fails the check step while a user trigger would fire on the rows
+    (DELETE on the table, INSERT or DELETE on the archive table); ``fire`` accepts that they fire.
     Users are anonymized after inactivity by the target's ``anonymize`` section (``anonymize_after``
     there): it is about people across tables, not about the rows of one table.
     """
@@ -52,6 +57,7 @@ class LifecyclePolicy:
     filter: list[Condition] = field(default_factory=list)
     export: bool = False
     archive_storage: str = "database"
+    triggers: str = "refuse"
 
     @property
     def schema_name(self) -> str:
@@ -131,6 +137,9 @@ def _check_policy(policy: LifecyclePolicy, where: str, has_store: bool) -> None:
     if policy.archive_storage not in STORAGES:
         raise Invalid(f"{where}.archive_storage", f"{name}: unknown archive_storage {policy.archive_storage!r} "
                                                   f"(expected one of: {', '.join(STORAGES)})")
+    if policy.triggers not in TRIGGERS:
+        raise Invalid(f"{where}.triggers", f"{name}: unknown triggers {policy.triggers!r} (expected one of: "
+                                           f"{', '.join(TRIGGERS)})")
     if policy.exports and policy.archive_after is None:
         raise Invalid(f"{where}.archive_after", f"{name}: export and archive_storage: store need archive_after")
     if policy.exports and not has_store:

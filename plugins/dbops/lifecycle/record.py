@@ -21,6 +21,19 @@ def start(conn: psycopg.Connection, target: str, job: str, table: str, logical_d
         (target, job, table, logical_date, run_id, try_number, cutoff, cadence_seconds)).fetchone()[0]
 
 
+def reconcile(conn: psycopg.Connection, target: str, job: str, table: str, run_id: str,
+              try_number: int) -> list[str]:
+    """Mark ``abandoned`` the rows of ``target``'s ``job`` of ``table`` still ``running``: tries that never
+    finished (killed). Call it holding the target's lifecycle lock, so that no other try can be running;
+    ``run_id`` and ``try_number`` name the try that found them. Returns one line per row."""
+    rows = conn.execute(
+        "UPDATE dbops.lifecycle_runs SET status = 'abandoned', error = format('abandoned: try %%s of run %%s "
+        "(started %%s) never finished (killed?); found by try %%s of run %%s', try_number, run_id, started_at, "
+        "%s::int, %s::text) WHERE target = %s AND job = %s AND table_name = %s AND status = 'running' "
+        "RETURNING error", (try_number, run_id, target, job, table)).fetchall()
+    return [row[0] for row in rows]
+
+
 def finish(conn: psycopg.Connection, entry: int, status: str, figures: dict[str, Any],
            error: str | None = None) -> None:
     """Close row ``entry`` with ``figures`` (keys: rows_moved, rows_purged, rows_held_back, rows_behind,

@@ -59,8 +59,11 @@ class _AnonymizeOperator(TargetOperator):
 
     def _target_conn(self, config: DbopsConfig) -> psycopg.Connection:
         from dbops.hooks.postgres import DbopsPostgresHook
+        from dbops.lifecycle.session import prepare
 
-        return DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id).get_conn()
+        conn = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id).get_conn()
+        prepare(conn)  # UTC, and row-level security raises instead of hiding rows
+        return conn
 
     def _record(self, config: DbopsConfig, ops: OpsDatabaseHook, context: Context, source: str, outcome: str,
                 reason: str, keys: list[str], recorded: list[str], rows: dict[str, int],

@@ -64,11 +64,13 @@ class _LifecycleOperator(TargetOperator):
     def _connect(self, config: DbopsConfig) -> psycopg.Connection:
         from dbops.core.errors import classify
         from dbops.hooks.postgres import DbopsPostgresHook
+        from dbops.lifecycle.session import prepare
 
         try:
             conn = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id).get_conn()
             conn.autocommit = True
             conn.execute("SELECT set_config('application_name', %s, false)", (APPLICATION_NAME,))
+            prepare(conn)  # UTC, and row-level security raises instead of hiding rows
         except Exception as err:
             raise classify(err, f"connecting to {self.target} failed") from err
         return conn
@@ -79,7 +81,7 @@ class _LifecycleOperator(TargetOperator):
         from dbops.lifecycle.catalog import PolicyProblem, check_policies
 
         try:
-            infos, warnings = check_policies(conn, config.path, self.target, policies)
+            infos, warnings = check_policies(conn, config.path, self.target, policies, self.job)
         except PolicyProblem as err:
             raise AirflowFailException(f"{err}. Fix the policy or the table; nothing was changed") from err
         except Exception as err:
@@ -91,8 +93,10 @@ class _LifecycleOperator(TargetOperator):
 
 class LifecycleCheckOperator(_LifecycleOperator):
     """The run-time half of the policy validation, before anything moves: every table and column the
-    policies name exists, each table has a primary key, no archive column changed its type; a time column
-    that leads no index is a warning. Fails at once (naming file, target, key and table) otherwise."""
+    policies name exists, each table has a primary key, no archive column changed its type or is NOT NULL
+    but gone from the table, no row-level security hides rows from the role, no user trigger would fire
+    (unless the policy says ``triggers: fire``); a time column that leads no index is a warning. Fails at
+    once (naming file, target, key and table) otherwise."""
 
     def execute(self, context: Context) -> dict[str, Any]:
         config, _, policies = self._setup()
@@ -171,6 +175,9 @@ class LifecycleOperator(_LifecycleOperator):
         try_number = int(getattr(context["ti"], "try_number", 1) or 1)
         try:
             with ops.transaction() as ops_conn:
+                for line in record.reconcile(ops_conn, self.target, self.job, policy.table, context["run_id"],
+                                             try_number):
+                    self.log.warning("%s %s: %s", self.job, policy.table, line)
                 entry = record.start(ops_conn, self.target, self.job, policy.table, run_date(context),
                                      context["run_id"], try_number, cutoff, cadence)
         except Exception as err:
