@@ -17,7 +17,8 @@ from scripts.stack.mongo import start_mongo
 from scripts.stack.paths import ROOT
 from scripts.stack.postgres import TEST_DATABASES, libpq_conninfo
 
-CHECKS = ["connectivity", "server_version", "pg_dump", "pg_restore", "psql", "backup_store", "ops_migrations"]
+CHECKS = ["connectivity", "server_version", "dump_access", "pg_dump", "pg_restore", "psql", "backup_store",
+          "ops_migrations"]
 MONGO_CHECKS = ["connectivity", "server_version", "replica_set", "oplog", "backup_store", "ops_migrations"]
 
 
@@ -75,9 +76,9 @@ def test_log_ends_with_one_verdict_per_check(two_targets, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "PreflightOperator" in line]
     tail = lines[-len(CHECKS) - 1:]
     assert [line.split("]", 1)[1].split()[0] for line in tail[:-1]] == [
-        "FAIL", "SKIP", "SKIP", "SKIP", "SKIP", "PASS", "PASS"]
+        "FAIL", "SKIP", "SKIP", "SKIP", "SKIP", "SKIP", "PASS", "PASS"]
     assert all(f" {check}: " in line for check, line in zip(CHECKS, tail))
-    assert "preflight downdb: 6 of 7 checks passed or skipped, 1 failed" in tail[-1]
+    assert "preflight downdb: 7 of 8 checks passed or skipped, 1 failed" in tail[-1]
 
 
 def test_too_old_tools_fail_without_retry(two_targets):
@@ -93,3 +94,61 @@ def test_too_old_tools_fail_without_retry(two_targets):
                        match=rf"pg_dump must be version 18 or newer for server 18\.\d+: {DEBIAN_15_BIN}/pg_dump is 15"):
         operator.execute({"run_id": "old-tools"})
     assert verdicts("old-tools")[("appdb", "pg_dump")] is False
+
+
+@pytest.fixture
+def least_privilege_target(two_targets, scratch_db, monkeypatch):
+    """Target ``lpdb``: a database with a table, a sequence and a large object owned by the superuser, reached
+    as a login role with pg_read_all_data only (what a DBA grants a backup role)."""
+    import uuid
+
+    from psycopg import sql
+
+    from scripts.stack.postgres import conn_uri
+
+    database, role, password = scratch_db(), f"dbops_lp_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id serial PRIMARY KEY, name text)")
+        large_object = conn.execute("SELECT lo_from_bytea(0, 'scanned contract')").fetchone()[0]
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(role)))
+    two_targets.write_text(two_targets.read_text() + "  lpdb:\n    conn_id: pg_lp\n    backup: {storage: local}\n")
+    monkeypatch.setenv("AIRFLOW_CONN_PG_LP", f"postgresql://{role}:{password}@{conn_uri(database).split('@', 1)[1]}")
+    yield database, role, large_object
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_preflight_sees_the_large_object_a_pg_read_all_data_role_cannot_dump(least_privilege_target):
+    from psycopg import sql
+
+    database, role, large_object = least_privilege_target
+    with pytest.raises(AirflowFailException, match=rf"dump_access: the nightly dump would fail: role {role} cannot "
+                       rf"read 1 large object \({large_object}\)\..*GRANT SELECT ON LARGE OBJECT <oid> TO {role}"):
+        PreflightOperator(task_id="check__lpdb", target="lpdb").execute({"run_id": "lp-1"})
+    assert verdicts("lp-1")[("lpdb", "dump_access")] is False
+
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT SELECT ON LARGE OBJECT {} TO {}").format(sql.Literal(large_object),
+                                                                              sql.Identifier(role)))
+    PreflightOperator(task_id="check__lpdb", target="lpdb").execute({"run_id": "lp-2"})
+    assert verdicts("lp-2")[("lpdb", "dump_access")] is True
+
+
+def test_preflight_names_the_tables_sequences_and_schemas_a_role_cannot_read(least_privilege_target):
+    from psycopg import sql
+
+    database, role, large_object = least_privilege_target
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
+        conn.execute(sql.SQL("REVOKE pg_read_all_data FROM {}").format(sql.Identifier(role)))
+        conn.execute("CREATE SCHEMA private")
+        conn.execute(sql.SQL("GRANT SELECT ON accounts TO {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER LARGE OBJECT {} OWNER TO {}").format(sql.Literal(large_object),
+                                                                          sql.Identifier(role)))
+    with pytest.raises(AirflowFailException) as info:
+        PreflightOperator(task_id="check__lpdb", target="lpdb").execute({"run_id": "lp-3"})
+    message = str(info.value)
+    found = message.split("cannot read ", 1)[1].split(". ", 1)[0]
+    assert found == "1 schema (private); 1 sequence (public.accounts_id_seq)", "the table it may read is not named"
+    assert "pg_read_all_data" in message

@@ -102,9 +102,10 @@ def _postgres_checks(config: DbopsConfig, target: str) -> list[CheckResult]:
     hook = DbopsPostgresHook(postgres_conn_id=config.targets[target].conn_id)
     connectivity = _check("connectivity", lambda: _connect(hook))
     if connectivity.verdict != "PASS":
-        return [connectivity, *_unreachable(("server_version", *CLIENT_TOOLS))]
+        return [connectivity, *_unreachable(("server_version", "dump_access", *CLIENT_TOOLS))]
     version = hook.server_version_num()
     return [connectivity, _check("server_version", lambda: _server_version(version)),
+            _check("dump_access", lambda: _dump_access(hook)),
             *(_check(tool, lambda tool=tool: _tool(tool, version, config.tools)) for tool in CLIENT_TOOLS)]
 
 
@@ -155,6 +156,23 @@ def _server_version(version: int) -> str:
         raise ValueError(f"PostgreSQL {format_server_version(version)} is older than the supported minimum "
                          f"{format_server_version(MIN_SERVER_VERSION_NUM)}")
     return f"PostgreSQL {format_server_version(version)}"
+
+
+def _dump_access(hook: DbopsPostgresHook) -> str:
+    """Fail when the role cannot read a schema, table, sequence or large object that pg_dump reads."""
+    from dbops.core.config import QUERIES_DIR
+    from dbops.core.errors import dump_permission_fix
+
+    role = hook.get_first("SELECT current_user")[0]
+    missing = hook.get_records((QUERIES_DIR / "dump_read_access.sql").read_text())
+    if not missing:
+        return f"role {role} can read every schema, table, sequence and large object the dump reads"
+    found = "; ".join(f"{count} {kind}{'s' if count > 1 else ''} ({', '.join(first)}{', …' if count > 5 else ''})"
+                      for kind, count, first in missing)
+    fixes = {dump_permission_fix("permission denied for large object" if kind == "large object"
+                                 else "permission denied") for kind, _, _ in missing}
+    raise PermissionError(f"the nightly dump would fail: role {role} cannot read {found}. "
+                          + " ".join(sorted(fixes)).replace("<backup role>", role))
 
 
 def _mongo_connect(hook: DbopsMongoHook) -> str:
