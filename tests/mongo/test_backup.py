@@ -286,6 +286,22 @@ def test_restore_refuses_an_existing_database_unless_overwrite_then_replaces_it_
     assert not [n for n in target.client.list_database_names() if "__dbops_" in n]
 
 
+def test_restore_refuses_up_front_a_database_name_differing_only_in_case(target):
+    """Guarantee: a destination that differs only in letter case from the target's database, or from an existing
+    database (mongod refuses such twins, but only when the collections move in), is refused before anything is
+    fetched or created."""
+    made = backup(target.name)
+    for database, says in ((target.database.upper(), "never restored into"),
+                           ("restored_TWIN", "differs only in letter case from the existing database 'restored_twin'")):
+        target.client["restored_twin"].keep.insert_one({"mine": True})
+        with pytest.raises(AirflowFailException, match=says):
+            MongoRestoreOperator(task_id="restore", target=target.name, backup_id=made["backup_id"],
+                                 database=database, overwrite=True).execute(context(run_id="r"))
+        assert not [n for n in target.client.list_database_names() if n.lower().startswith(database.lower() + "__")]
+    assert target.client["restored_twin"].list_collection_names() == ["keep"]
+    assert "restored_TWIN" not in target.client.list_database_names()
+
+
 def test_restore_never_overwrites_collections_an_interrupted_swap_moved_aside(target):
     """Guarantee: old collections left in ``<database>__dbops_replaced`` (a swap interrupted beyond undoing)
     are never dropped by a later restore: it stops before moving anything."""

@@ -84,14 +84,23 @@ def check_restored(client, database: str, manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def check_database_name(name: str, target_database: str) -> None:
-    """Refuse a name MongoDB rejects, too long for the temporary names, or a database never replaced."""
+def check_database_name(name: str, target_database: str, existing: list[str]) -> None:
+    """Refuse a name MongoDB rejects, too long for the temporary names, a database never replaced, or one that
+    differs only in case from the target's or an ``existing`` database (mongod refuses such twins, but only
+    when the restore's collections move in, at the end)."""
     if not name or _BAD_DATABASE_CHARS.search(name) or len(name.encode()) > 63 - len(RESTORING):
         raise AirflowFailException(f"database {name!r}: use at most {63 - len(RESTORING)} bytes and none of "
                                    "/\\. \"$*<>:|? (MongoDB's rule, with room for the temporary name)")
-    if name in NEVER_REPLACED or name == target_database:
+    folded = name.lower()
+    if folded in NEVER_REPLACED or folded == target_database.lower():
         raise AirflowFailException(f"database {name!r} is never restored into (admin, local, config and the target's "
-                                   "own database); restore into a new database and switch the application to it")
+                                   f"own database {target_database!r}, in any letter case); restore into a new "
+                                   "database and switch the application to it")
+    twin = next((other for other in existing if other != name and other.lower() == folded), None)
+    if twin is not None:
+        raise AirflowFailException(f"database {name!r} differs only in letter case from the existing database "
+                                   f"{twin!r}, which MongoDB refuses; restore into {twin!r} (with overwrite) or "
+                                   "into a name of its own")
 
 
 class SwapUndone(Exception):

@@ -310,9 +310,9 @@ class MongoRestoreOperator(_MongoTargetOperator):
 
         config, policy, store = self._setup()
         hook = self._hook()
-        check_database_name(self.database, hook.database)
-        overwrite = str(self.overwrite).lower() == "true"
         client = hook.get_conn()
+        check_database_name(self.database, hook.database, client.list_database_names())
+        overwrite = str(self.overwrite).lower() == "true"
         if client.get_database(self.database).list_collection_names() and not overwrite:
             raise AirflowFailException(f"database {self.database} exists and holds collections; set overwrite to "
                                        "replace it (it is replaced only once the restore is checked)")
