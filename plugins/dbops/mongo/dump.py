@@ -2,9 +2,14 @@
 
 Files (each zstd-compressed, optionally encrypted, with its sha256; see :mod:`dbops.core.streams`):
 ``<db>/<collection>.bson`` (the documents back to back), ``<db>/<collection>.metadata.json`` (indexes
-and options, canonical extended JSON) and, on a replica set, ``oplog.bson``: the oplog entries of the
-database from the dump's start to its end, as ``mongodump --oplog`` writes them. Decompressed, the
-directory is what ``mongorestore --oplogReplay`` restores.
+and options, canonical extended JSON; a view has only this file: its definition) and, on a replica set,
+``oplog.bson``: the oplog entries of the database from the dump's start to its end, as ``mongodump --oplog``
+writes them. Decompressed, the directory is what ``mongorestore --oplogReplay`` restores.
+
+What is read: collections and time-series collections (mongod lists those as ``type: timeseries``; their
+documents are read through the collection as the application sees them, their options kept); views as
+definitions (``viewOn``, ``pipeline``, collation); ``system.*`` collections are skipped (managed by the
+server). Any other type fails the dump naming it: nothing holding data is skipped silently.
 
 Consistency: on a replica set each collection up to ``snapshot_max_bytes`` is read inside one snapshot
 transaction (its count is the count of that snapshot); a larger one is read outside a transaction (read
@@ -43,6 +48,30 @@ _HASH_MODULUS = 2**128
 
 class OplogOverflow(Exception):
     """The oplog no longer holds the dump's start: the captured oplog would have a gap."""
+
+
+class UnsupportedCollection(Exception):
+    """A namespace of a type the dump cannot read (named): failing beats a backup silently without it."""
+
+
+DOCUMENT_TYPES = ("collection", "timeseries")  # listCollections types whose documents are dumped
+
+
+def kind_of(info: dict) -> str:
+    """What the dump does with a ``listCollections`` entry: ``documents``, ``view`` (its definition) or
+    ``skip`` (``system.*``).
+
+    :raises UnsupportedCollection: any other type.
+    """
+    kind = info.get("type", "collection")
+    if info["name"].startswith("system."):
+        return "skip"
+    if kind in DOCUMENT_TYPES:
+        return "documents"
+    if kind == "view":
+        return "view"
+    raise UnsupportedCollection(f"{info['name']!r} is of type {kind!r}, which this dump cannot read; nothing was "
+                                "stored: back it up with mongodump, or drop it if it is not needed")
 
 
 def file_name(database: str, collection: str, suffix: str) -> str:
@@ -108,6 +137,7 @@ class MongoDump:
     oplog: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     snapshot_reads: list[str] = field(default_factory=list)  # collections read in one snapshot transaction
+    views: list[str] = field(default_factory=list)  # saved as definitions (metadata.json only)
 
 
 def ts_text(ts: Timestamp) -> str:
@@ -176,11 +206,16 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
     started = time.monotonic()
     db = client.get_database(database)
     start = capture_start(client) if replica_set else None
-    files, counts, hashes, indexes, skipped, snapshot_reads = [], {}, {}, {}, {}, []
+    files, counts, hashes, indexes, skipped, snapshot_reads, views = [], {}, {}, {}, {}, [], []
     for info in sorted(db.list_collections(), key=lambda c: c["name"]):
-        name = info["name"]
-        if info.get("type", "collection") != "collection" or name.startswith("system."):
-            skipped[name] = f"{info.get('type', 'system')} collections are not dumped"
+        name, kind = info["name"], kind_of(info)
+        if kind == "skip":
+            skipped[name] = "system collection, managed by the server"
+            continue
+        if kind == "view":
+            files.append(_write_metadata(staging, database, name, level, key, {
+                "indexes": [], "options": info.get("options", {}), "collectionName": name, "type": "view"}))
+            views.append(name)
             continue
         collection = db.get_collection(name)
         snapshot = replica_set and (snapshot_max_bytes is None
@@ -196,11 +231,10 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
         specs = [index_spec(dict(index)) for index in collection.list_indexes()]
         indexes[name] = index_specs(collection)
         metadata = {"indexes": specs, "options": info.get("options", {}), "collectionName": name,
-                    "type": "collection"}
+                    "type": info.get("type", "collection")}
         if "uuid" in info.get("info", {}):
             metadata["uuid"] = info["info"]["uuid"].hex()
-        text = json_util.dumps(metadata, json_options=json_util.CANONICAL_JSON_OPTIONS).encode()
-        files.append(_write(staging, file_name(database, name, ".metadata.json"), level, key, [text]))
+        files.append(_write_metadata(staging, database, name, level, key, metadata))
     oplog = None
     if replica_set:
         end = last_write(client)
@@ -211,7 +245,13 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
     return MongoDump(files=files, counts=counts, hashes=hashes, indexes=indexes,
                      consistency=CONSISTENT if replica_set else NOT_CONSISTENT,
                      server_version=client.server_info()["version"], seconds=time.monotonic() - started,
-                     oplog=oplog, skipped=skipped, snapshot_reads=snapshot_reads)
+                     oplog=oplog, skipped=skipped, snapshot_reads=snapshot_reads, views=views)
+
+
+def _write_metadata(staging: Path, database: str, name: str, level: int, key: bytes | None,
+                    metadata: dict) -> FileEntry:
+    text = json_util.dumps(metadata, json_options=json_util.CANONICAL_JSON_OPTIONS).encode()
+    return _write(staging, file_name(database, name, ".metadata.json"), level, key, [text])
 
 
 def _read_collection(client, collection, digest: DocumentHash, snapshot: bool,
