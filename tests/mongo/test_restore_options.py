@@ -98,3 +98,31 @@ def test_what_the_dump_does_with_each_kind_of_namespace():
     assert kind_of({"name": "system.views", "type": "collection"}) == "skip"
     with pytest.raises(UnsupportedCollection, match="'odd' is of type 'newkind'.*nothing was stored"):
         kind_of({"name": "odd", "type": "newkind"})
+
+
+def test_a_swap_undone_gives_back_the_former_collections_with_their_options(target):
+    """Guarantee: when a move fails after the former collections moved aside (the application creates
+    ``validated``, a name the backup restores, once the former capped collection was copied aside), the undo
+    brings the former collections and views back with their options and documents."""
+    from tests.mongo.test_backup import AfterCommand
+
+    with_options(target.client[target.database])
+    made = MongoBackupOperator(task_id="dump", target=target.name).execute(context())
+    app = target.client["restored_undo"]
+    app.create_collection("capped", capped=True, size=4096, max=10)
+    app.capped.insert_many([{"_id": i} for i in range(5)])
+    app.command("create", "a_view", viewOn="capped", pipeline=[{"$match": {"_id": {"$gt": 2}}}])
+    before = collection_options(target.client, "restored_undo")
+    listener = AfterCommand("drop", "capped", lambda: app.validated.insert_one({"_id": "app write"}))
+    try:
+        with pytest.raises(Exception, match="the moves were undone and checked: restored_undo holds its 2 former "
+                                            r"collections again, and \['validated'\] created by someone else"):
+            MongoRestoreOperator(task_id="restore", target=target.name, backup_id=made["backup_id"],
+                                 database="restored_undo", overwrite=True).execute(context(run_id="r"))
+    finally:
+        listener.armed = False
+    after = collection_options(target.client, "restored_undo")
+    assert {name: after[name] for name in before} == before
+    assert [d["_id"] for d in app.capped.find()] == [0, 1, 2, 3, 4]
+    assert [d["_id"] for d in app.a_view.find()] == [3, 4]
+    assert not [n for n in target.client.list_database_names() if n.startswith("restored_undo__")]
