@@ -137,17 +137,33 @@ class MongoBackupOperator(_MongoTargetOperator):
         fresh_staging(staging)
         try:
             replica_set = hook.replica_set() is not None
-            taken_at = free_snapshot_time(store, ops, self.target)
             mongo = config.targets[self.target].mongo or MongoPolicy()
-            dump = dump_database(hook.get_conn(), hook.database, staging, policy.compression_level,
-                                 encryption_key(policy.encryption_conn_id), replica_set, self.progress,
-                                 mongo.snapshot_max_bytes)
+            for attempt in (1, 2):  # a change the replay cannot apply (a rename) during the dump: once more
+                taken_at = free_snapshot_time(store, ops, self.target)
+                dump = dump_database(hook.get_conn(), hook.database, staging, policy.compression_level,
+                                     encryption_key(policy.encryption_conn_id), replica_set, self.progress,
+                                     mongo.snapshot_max_bytes)
+                if not dump.unreplayable:
+                    break
+                if attempt == 2:
+                    raise AirflowFailException(
+                        f"backing up {self.target}: during the dump, and again during a second one, the database "
+                        f"changed in a way the oplog replay cannot apply ({'; '.join(dump.unreplayable)}): such a "
+                        "backup could never be verified, so none was stored. Back up when no such change runs "
+                        "(e.g. aggregations with $out rename collections), then clear the task")
+                self.log.warning("the oplog captured during the dump holds a change its replay cannot apply (%s): "
+                                 "dumping again once", "; ".join(dump.unreplayable))
+                fresh_staging(staging)
         except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(err, AirflowException):
                 raise
             raise classify(err, f"backing up {self.target} failed; no manifest was written, the next attempt "
                                 "removes what was stored") from err
+        for name, why in sorted(dump.skipped.items()):
+            if why.startswith("dropped during the dump"):
+                self.log.warning("collection %s was dropped during the dump: not in this backup", name,
+                                 collection=name)
         if dump.oplog and "start_note" in dump.oplog:
             self.log.warning("oplog capture from the last write, not the majority commit point: %s",
                              dump.oplog["start_note"])
