@@ -478,8 +478,8 @@ class RenameDuringDump(MongoBackupOperator):
         db = self.client[self.database]
         if collection == "events" and documents <= 101 and type(self).renames > 0:
             type(self).renames -= 1
-            names = ("audit.log", "renamed") if "audit.log" in db.list_collection_names() else ("renamed", "audit.log")
-            self.client.admin.command("renameCollection", f"{self.database}.{names[0]}", to=f"{self.database}.{names[1]}")
+            old, new = ("audit.log", "renamed") if "audit.log" in db.list_collection_names() else ("renamed", "audit.log")
+            self.client.admin.command("renameCollection", f"{self.database}.{old}", to=f"{self.database}.{new}")
 
 
 def test_a_rename_during_the_dump_is_dumped_again_once_and_the_backup_verifies(target, capsys):

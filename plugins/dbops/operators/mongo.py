@@ -218,9 +218,10 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
 class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
     """Restore a *stored* dump into a scratch database, prove it, and record the recovery test.
 
-    Checks every file's size and sha256, restores every collection with its options and indexes,
-    compares each collection's documents (count and an order-independent hash of the raw BSON) and
-    indexes with its snapshot in the manifest, then replays the captured oplog. The outcome goes into
+    Checks every file's size and sha256, restores every collection with its options and indexes and every
+    view, compares each collection's documents (count and an order-independent hash of the raw BSON) and
+    indexes with its snapshot in the manifest and every collection's and view's options with the dump's,
+    then replays the captured oplog. The outcome goes into
     ``dbops.recovery_tests`` and the manifest; a failed verification fails at once, without retries.
 
     The scratch database is on ``backup.verify_conn_id``'s server. Without one it is on the target's own
@@ -284,7 +285,8 @@ class MongoRestoreOperator(_MongoTargetOperator):
     """Restore a backup on demand into ``database`` on the target's server.
 
     The dump is restored and checked under ``<database>__dbops_restoring``, its oplog replayed, and only
-    then do its collections move into ``database`` (renameCollection). An existing ``database`` is
+    then do its collections and views move into ``database`` with their options (:func:`dbops.mongo.restore.swap_into`;
+    the options are compared with the restored ones again afterwards). An existing ``database`` is
     replaced only with ``overwrite``: its collections move aside into ``<database>__dbops_replaced`` first
     and are dropped once the new ones are in place; a failed move is undone, and the error says what a
     check of ``database`` found afterwards, or, when the undo failed too, which collection is where and
