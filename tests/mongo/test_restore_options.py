@@ -126,3 +126,25 @@ def test_a_swap_undone_gives_back_the_former_collections_with_their_options(targ
     assert [d["_id"] for d in app.capped.find()] == [0, 1, 2, 3, 4]
     assert [d["_id"] for d in app.a_view.find()] == [3, 4]
     assert not [n for n in target.client.list_database_names() if n.startswith("restored_undo__")]
+
+
+def test_options_changed_during_the_move_fail_the_restore_naming_the_collection(target):
+    """Guarantee: the options are compared again after the move: a collection whose validator is not the
+    backup's once in place (here changed by the application right after it moved in) fails the restore at
+    once, naming it, instead of a green restore."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tests.mongo.test_backup import AfterCommand
+
+    with_options(target.client[target.database])
+    made = MongoBackupOperator(task_id="dump", target=target.name).execute(context())
+    app = target.client["restored_changed"]
+    listener = AfterCommand("drop", "validated", lambda: app.command("collMod", "validated", validator={"x": 1}))
+    try:
+        with pytest.raises(AirflowFailException, match=r"after the move the options of validated are not the "
+                                                       r"backup's .* kept in \(none: the database was empty\)"):
+            MongoRestoreOperator(task_id="restore", target=target.name, backup_id=made["backup_id"],
+                                 database="restored_changed").execute(context(run_id="r"))
+    finally:
+        listener.armed = False
+    assert app.validated.count_documents({}) == 20  # the data are in place
