@@ -84,7 +84,7 @@ def test_the_capture_keeps_the_databases_entries_after_its_start_up_to_its_end_o
     db.docs.delete_one({"_id": 0})
     end = last_write(client)
     db.docs.insert_one({"_id": 99})  # after the end
-    entry, count = capture_oplog(client, db.name, start, end, tmp_path, 3, None)
+    entry, count, _ = capture_oplog(client, db.name, start, end, tmp_path, 3, None)
     read_decompressed(tmp_path / entry.name, tmp_path / "oplog.bson", entry.sha256)
     entries = list(read_bson_file(tmp_path / "oplog.bson"))
     assert count == 4

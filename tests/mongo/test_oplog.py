@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from dbops.mongo.oplog import UnsupportedOplogEntry, replay_oplog
+from dbops.mongo.oplog import UnsupportedOplogEntry, refusal, replay_oplog
 
 DOC = {"_id": 1, "a": 1, "old": "x", "b": {"c": 1, "keep": True}, "arr": ["p", "q", "r", "s"]}
 
@@ -115,3 +115,18 @@ def test_an_entry_the_replay_cannot_apply_is_refused_naming_it(db, entry, named)
     with pytest.raises(UnsupportedOplogEntry, match=named):
         replay_oplog(db, iter([entry]), "src")
     assert list(db.docs.find()) == [DOC]
+
+
+@pytest.mark.parametrize("entry, named", [
+    ({"op": "i", "ns": "src.system.buckets.readings", "o": {"_id": 1}}, "time-series collection 'readings'"),
+    ({"op": "c", "ns": "src.$cmd", "o": {"create": "system.buckets.readings"}}, "time-series collection 'readings'"),
+    ({"op": "i", "ns": "src.system.views", "o": {"_id": "src.v", "viewOn": "docs"}}, "'system.views' .* a view"),
+    (transaction({"op": "i", "ns": "src.system.buckets.r", "o": {"_id": 9}}), "time-series collection 'r'"),
+])
+def test_writes_to_time_series_buckets_and_system_collections_are_refused_naming_them(db, entry, named):
+    """mongod logs a time-series collection's writes as writes to its buckets, and a view's changes as writes to
+    system.views: replaying them as ordinary documents would be wrong, so they are refused, named."""
+    assert refusal(entry, "src") is not None
+    with pytest.raises(UnsupportedOplogEntry, match=named):
+        replay_oplog(db, iter([entry]), "src")
+    assert db.list_collection_names() == ["docs"]

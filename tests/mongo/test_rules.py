@@ -135,3 +135,68 @@ targets:
     with pytest.raises(ConfigError, match="rule 'connections_over_100' is for MongoDB targets; this target's engine is "
                                           "postgres"):
         rules_for(load_config(config), "pg")
+
+
+BAD_EACH_PACK = """rules:
+  - name: uptime_each_not_a_list
+    severity: warning
+    source: {command: serverStatus, each: uptime, value: current}
+    op: ">"
+    threshold: 0
+    summary: "{value}"
+    runbook: "none"
+"""
+
+
+def test_a_rule_whose_each_is_not_a_list_fails_alone_and_the_others_still_alert(monkeypatch, tmp_path, stack_mongo,
+                                                                                  pg_server):
+    """Guarantee: a rule whose ``each`` path is not a list in the reply (serverStatus's shape is not known to the
+    config check) is a RuleEvaluationFailed naming that rule; TargetDown and the other rules are still evaluated
+    (the breached connections rule alerts), as for a failing PostgreSQL rule."""
+    from scripts.stack.paths import MONGO_PORT
+
+    pack = tmp_path / "bad_each.yaml"
+    pack.write_text(BAD_EACH_PACK)
+    facts = make_target(monkeypatch, tmp_path, MONGO_PORT, sections=f"""\
+    alerts: {{rules: [mongodb_default, {pack}], notify: [log], thresholds: {{connections_over_100: 0}}}}
+""")
+    result = evaluate(facts.name, "bad_each")
+    assert result["target_up"] is True and result["errors"] == 1
+    pending = firing(facts.name, "pending")
+    assert "connections_over_100" in pending
+    assert "uptime_each_not_a_list" in pending["RuleEvaluationFailed"]
+    assert "not a list" in pending["RuleEvaluationFailed"]
+
+
+def test_an_unknown_source_command_fails_its_rule_only(stack_mongo):
+    """Guarantee: a source command the evaluation does not know (a rule built past the config check) is an
+    evaluation error of its rules, never read as another command's reply; the other rules are evaluated."""
+    from dataclasses import replace
+
+    rules = {r.name: r for r in load_pack("mongodb_default")}
+    good = rules["connections_over_100"]
+    bogus = replace(good, name="bogus_command", source=replace(good.source, command="bogusStatus"))
+    with mongo_client() as client:
+        evaluation = evaluate_commands(client, "admin", [good, bogus])
+    assert [(e.rule, "unknown source command 'bogusStatus'" in e.message) for e in evaluation.errors] == [
+        ("bogus_command", True)]
+    assert {s.rule for s in evaluation.samples} == {"connections_over_100"}
+
+
+@pytest.mark.parametrize("source, says", [
+    ("{command: dbStats, each: collections, value: size}", "its lists: none"),
+    ("{command: replSetGetStatus, each: members.0, value: stateStr}", "its lists: members"),
+])
+def test_the_config_check_rejects_an_each_that_cannot_be_a_list(tmp_path, source, says):
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(f"""rules:
+  - name: r
+    severity: warning
+    source: {source}
+    op: ">"
+    threshold: 0
+    summary: "{{value}}"
+    runbook: "none"
+""")
+    with pytest.raises(ConfigError, match=f"rule 'r': source.each .* is not a list in the reply .*{says}"):
+        load_pack(str(pack))

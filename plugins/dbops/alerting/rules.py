@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dbops.core.config import PROJECT_ROOT, QUERIES_DIR, DbopsConfig, TargetConfig
 from dbops.core.schema import ConfigError, Seconds, build_section, load_yaml
-from dbops.mongo.policy import COMMAND_SOURCES, CommandSource
+from dbops.mongo.policy import COMMAND_SOURCES, REPLY_LISTS, CommandSource
 
 RULES_DIR = PROJECT_ROOT / "include" / "config" / "rules"
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
@@ -156,6 +156,10 @@ def _problem(rule: Rule, seen: set[str]) -> str | None:
         if rule.source.command not in COMMAND_SOURCES or rule.database != "target":
             return (f"unknown source command {rule.source.command!r} (expected one of: {', '.join(COMMAND_SOURCES)}; "
                     "database: target)")
+        lists = REPLY_LISTS.get(rule.source.command)
+        if rule.source.each and lists is not None and rule.source.each not in lists:
+            return (f"source.each {rule.source.each!r} is not a list in the reply of {rule.source.command} (its lists: "
+                    f"{', '.join(lists) or 'none'})")
     elif not rule.query_path.is_file():
         return f"query {rule.query!r} not found: no {rule.query_path}"
     if rule.for_ < 0 or rule.repeat <= 0:

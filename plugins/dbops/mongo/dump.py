@@ -2,9 +2,14 @@
 
 Files (each zstd-compressed, optionally encrypted, with its sha256; see :mod:`dbops.core.streams`):
 ``<db>/<collection>.bson`` (the documents back to back), ``<db>/<collection>.metadata.json`` (indexes
-and options, canonical extended JSON) and, on a replica set, ``oplog.bson``: the oplog entries of the
-database from the dump's start to its end, as ``mongodump --oplog`` writes them. Decompressed, the
-directory is what ``mongorestore --oplogReplay`` restores.
+and options, canonical extended JSON; a view has only this file: its definition) and, on a replica set,
+``oplog.bson``: the oplog entries of the database from the dump's start to its end, as ``mongodump --oplog``
+writes them. Decompressed, the directory is what ``mongorestore --oplogReplay`` restores.
+
+What is read: collections and time-series collections (mongod lists those as ``type: timeseries``; their
+documents are read through the collection as the application sees them, their options kept); views as
+definitions (``viewOn``, ``pipeline``, collation); ``system.*`` collections are skipped (managed by the
+server). Any other type fails the dump naming it: nothing holding data is skipped silently.
 
 Consistency: on a replica set each collection up to ``snapshot_max_bytes`` is read inside one snapshot
 transaction (its count is the count of that snapshot); a larger one is read outside a transaction (read
@@ -28,6 +33,7 @@ from typing import Any
 
 from bson import Timestamp, json_util
 from bson.raw_bson import RawBSONDocument
+from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 
@@ -43,6 +49,32 @@ _HASH_MODULUS = 2**128
 
 class OplogOverflow(Exception):
     """The oplog no longer holds the dump's start: the captured oplog would have a gap."""
+
+
+class UnsupportedCollection(Exception):
+    """A namespace of a type the dump cannot read (named): failing beats a backup silently without it."""
+
+
+# A collection dropped while it was read: NamespaceNotFound, or its cursor killed (QueryPlanKilled).
+GONE_CODES = (26, 175)
+DOCUMENT_TYPES = ("collection", "timeseries")  # listCollections types whose documents are dumped
+
+
+def kind_of(info: dict) -> str:
+    """What the dump does with a ``listCollections`` entry: ``documents``, ``view`` (its definition) or
+    ``skip`` (``system.*``).
+
+    :raises UnsupportedCollection: any other type.
+    """
+    kind = info.get("type", "collection")
+    if info["name"].startswith("system."):
+        return "skip"
+    if kind in DOCUMENT_TYPES:
+        return "documents"
+    if kind == "view":
+        return "view"
+    raise UnsupportedCollection(f"{info['name']!r} is of type {kind!r}, which this dump cannot read; nothing was "
+                                "stored: back it up with mongodump, or drop it if it is not needed")
 
 
 def file_name(database: str, collection: str, suffix: str) -> str:
@@ -108,6 +140,8 @@ class MongoDump:
     oplog: dict[str, Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     snapshot_reads: list[str] = field(default_factory=list)  # collections read in one snapshot transaction
+    views: list[str] = field(default_factory=list)  # saved as definitions (metadata.json only)
+    unreplayable: list[str] = field(default_factory=list)  # why the replay would refuse entries of the oplog captured
 
 
 def ts_text(ts: Timestamp) -> str:
@@ -176,42 +210,77 @@ def dump_database(client, database: str, staging: Path, level: int, key: bytes |
     started = time.monotonic()
     db = client.get_database(database)
     start = capture_start(client) if replica_set else None
-    files, counts, hashes, indexes, skipped, snapshot_reads = [], {}, {}, {}, {}, []
+    files, counts, hashes, indexes, skipped, snapshot_reads, views = [], {}, {}, {}, {}, [], []
     for info in sorted(db.list_collections(), key=lambda c: c["name"]):
-        name = info["name"]
-        if info.get("type", "collection") != "collection" or name.startswith("system."):
-            skipped[name] = f"{info.get('type', 'system')} collections are not dumped"
+        name, kind = info["name"], kind_of(info)
+        if kind == "skip":
+            skipped[name] = "system collection, managed by the server"
             continue
-        collection = db.get_collection(name)
-        snapshot = replica_set and (snapshot_max_bytes is None
-                                    or db.command("collStats", name)["size"] <= snapshot_max_bytes)
-        if snapshot:
+        if kind == "view":
+            files.append(_write_metadata(staging, database, name, level, key, {
+                "indexes": [], "options": info.get("options", {}), "collectionName": name, "type": "view"}))
+            views.append(name)
+            continue
+        try:
+            dumped = _dump_collection(client, db, info, staging, level, key, replica_set, progress, snapshot_max_bytes)
+        except OperationFailure as err:
+            if err.code not in GONE_CODES or db.list_collection_names(filter={"name": name}):
+                raise
+            for suffix in (".bson", ".metadata.json"):
+                (staging / f"{file_name(database, name, suffix)}.zst").unlink(missing_ok=True)
+            skipped[name] = f"dropped during the dump ({(err.details or {}).get('codeName', err.code)})"
+            continue
+        files += dumped.files
+        counts[name], hashes[name], indexes[name] = dumped.digest.count, dumped.digest.hexdigest, dumped.indexes
+        if dumped.snapshot:
             snapshot_reads.append(name)
-        elif replica_set:
-            collection = collection.with_options(read_concern=ReadConcern("majority"))
-        digest = DocumentHash()
-        files.append(_write(staging, file_name(database, name, ".bson"), level, key,
-                            _read_collection(client, collection, digest, snapshot, progress)))
-        counts[name], hashes[name] = digest.count, digest.hexdigest
-        specs = [index_spec(dict(index)) for index in collection.list_indexes()]
-        indexes[name] = index_specs(collection)
-        metadata = {"indexes": specs, "options": info.get("options", {}), "collectionName": name,
-                    "type": "collection"}
-        if "uuid" in info.get("info", {}):
-            metadata["uuid"] = info["info"]["uuid"].hex()
-        text = json_util.dumps(metadata, json_options=json_util.CANONICAL_JSON_OPTIONS).encode()
-        files.append(_write(staging, file_name(database, name, ".metadata.json"), level, key, [text]))
-    oplog = None
+    oplog, unreplayable = None, []
     if replica_set:
         end = last_write(client)
-        entry, entries = capture_oplog(client, database, start.ts, end, staging, level, key)
+        entry, entries, unreplayable = capture_oplog(client, database, start.ts, end, staging, level, key)
         files.append(entry)
         oplog = {"start": ts_text(start.ts), "end": ts_text(end), "entries": entries, "start_from": start.source,
                  **({"start_note": start.reason} if start.reason else {})}
     return MongoDump(files=files, counts=counts, hashes=hashes, indexes=indexes,
                      consistency=CONSISTENT if replica_set else NOT_CONSISTENT,
                      server_version=client.server_info()["version"], seconds=time.monotonic() - started,
-                     oplog=oplog, skipped=skipped, snapshot_reads=snapshot_reads)
+                     oplog=oplog, skipped=skipped, snapshot_reads=snapshot_reads, views=views,
+                     unreplayable=unreplayable)
+
+
+@dataclass
+class _DumpedCollection:
+    files: list[FileEntry]
+    digest: DocumentHash
+    indexes: list[str]
+    snapshot: bool
+
+
+def _dump_collection(client, db, info: dict, staging: Path, level: int, key: bytes | None, replica_set: bool,
+                     progress: Callable[[str, int], None], snapshot_max_bytes: int | None) -> _DumpedCollection:
+    """Write one collection's documents and metadata (see :func:`dump_database`)."""
+    name = info["name"]
+    collection = db.get_collection(name)
+    snapshot = replica_set and (snapshot_max_bytes is None
+                                or db.command("collStats", name)["size"] <= snapshot_max_bytes)
+    if replica_set and not snapshot:
+        collection = collection.with_options(read_concern=ReadConcern("majority"))
+    digest = DocumentHash()
+    files = [_write(staging, file_name(db.name, name, ".bson"), level, key,
+                    _read_collection(client, collection, digest, snapshot, progress))]
+    specs = [index_spec(dict(index)) for index in collection.list_indexes()]
+    metadata = {"indexes": specs, "options": info.get("options", {}), "collectionName": name,
+                "type": info.get("type", "collection")}
+    if "uuid" in info.get("info", {}):
+        metadata["uuid"] = info["info"]["uuid"].hex()
+    files.append(_write_metadata(staging, db.name, name, level, key, metadata))
+    return _DumpedCollection(files, digest, index_specs(collection), snapshot)
+
+
+def _write_metadata(staging: Path, database: str, name: str, level: int, key: bytes | None,
+                    metadata: dict) -> FileEntry:
+    text = json_util.dumps(metadata, json_options=json_util.CANONICAL_JSON_OPTIONS).encode()
+    return _write(staging, file_name(database, name, ".metadata.json"), level, key, [text])
 
 
 def _read_collection(client, collection, digest: DocumentHash, snapshot: bool,
@@ -283,8 +352,10 @@ class _Stopped(Exception):
 
 
 def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, staging: Path, level: int,
-                  key: bytes | None) -> tuple[FileEntry, int]:
-    """Write the oplog entries of ``database`` after ``start`` up to ``end`` as ``oplog.bson`` (oldest first).
+                  key: bytes | None) -> tuple[FileEntry, int, list[str]]:
+    """Write the oplog entries of ``database`` after ``start`` up to ``end`` as ``oplog.bson`` (oldest first);
+    return it, the number of entries and why the replay would refuse some of them (each reason once, e.g. a
+    ``renameCollection``: see :func:`dbops.mongo.oplog.refusal`).
 
     One read of the oplog backwards from its newest entry, stopping at the first entry at or before ``start``:
     the oplog is truncated from its oldest end only, so finding that entry proves no entry after
@@ -294,7 +365,10 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
 
     :raises OplogOverflow: no entry at or before ``start`` is left (entries were lost).
     """
+    from dbops.mongo.oplog import refusal  # it imports this module
+
     kept: list[bytes] = []
+    refused: dict[str, None] = {}
     covered = False
     cursor = client.local["oplog.rs"].find_raw_batches({}, sort=[("$natural", -1)])
     with contextlib.closing(cursor):
@@ -306,12 +380,14 @@ def capture_oplog(client, database: str, start: Timestamp, end: Timestamp, stagi
                     break
                 if entry["ts"] <= end and belongs_to(entry, database):
                     kept.append(bytes(doc))
+                    if entry["op"] == "c" or ".system." in entry["ns"]:
+                        refused.update({why: None} if (why := refusal(entry, database)) else {})
             if covered:
                 break
     if not covered:
         raise OplogOverflow(f"the oplog no longer holds the dump's start {ts_text(start)}: it rolled over during "
                             "the dump; enlarge it (replSetResizeOplog) or dump at a quieter time")
-    return _write(staging, OPLOG_FILE, level, key, [b"".join(reversed(kept))]), len(kept)
+    return _write(staging, OPLOG_FILE, level, key, [b"".join(reversed(kept))]), len(kept), list(reversed(refused))
 
 
 def belongs_to(entry, database: str) -> bool:

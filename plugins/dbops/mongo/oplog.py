@@ -2,7 +2,8 @@
 
 A transaction's writes are one ``applyOps`` command entry (in ``admin.$cmd``); its inner operations of
 the dumped database are applied the same way. Collection creation and drops, index builds and drops are
-replayed; any other entry (``renameCollection``, ``collMod``, ``dropDatabase``, unknown ones) is refused.
+replayed; any other entry (``renameCollection``, ``collMod``, ``dropDatabase``, writes to a time-series
+collection's buckets, unknown ones) is refused (:func:`refusal`).
 
 Every operation is idempotent, as oplog application must be: an insert replaces the document with
 the same ``_id`` (it may already be in the dumped collection), a delete of a missing document does
@@ -51,7 +52,48 @@ def replay_oplog(db, entries: Iterator[dict], source_db: str) -> dict[str, int]:
     return dict(done)
 
 
+REPLAYED_COMMANDS = ("create", "drop", "createIndexes", "commitIndexBuild", "dropIndexes", "startIndexBuild",
+                     "abortIndexBuild")
+_BUCKETS = "system.buckets."
+
+
+def refusal(entry: dict, source_db: str) -> str | None:
+    """Why the replay cannot apply ``entry`` (an oplog entry of ``source_db``), or None: a command other than
+    collection creation and drops and index builds (e.g. ``renameCollection``, ``collMod``), a prepared
+    transaction, a write to a time-series collection's buckets (mongod logs those, not the documents), an
+    unknown op. An update's diff is checked only when applied."""
+    op, o = entry["op"], entry["o"]
+    if op == "c":
+        name = next(iter(o))
+        if name == "applyOps":
+            if o.get("prepare"):
+                return "a prepared transaction's applyOps cannot be replayed"
+            return next((why for inner in o["applyOps"] if belongs_to(inner, source_db)
+                         and (why := refusal(inner, source_db))), None)
+        of = o[name] if isinstance(o[name], str) else ""
+        if name not in REPLAYED_COMMANDS:
+            return (f"command {name!r}{f' of {of}' if of else ''} cannot be replayed; restore this backup with "
+                    "mongorestore --oplogReplay, or take a backup outside the change")
+        return _system_write(of)
+    return _system_write(entry["ns"][len(source_db) + 1:]) or (
+        None if op in ("i", "d", "u", "n") else f"unknown op {op!r}")
+
+
+def _system_write(collection: str) -> str | None:
+    """Why a change to ``collection`` cannot be replayed when it is a server-managed one (None otherwise)."""
+    if collection.startswith(_BUCKETS):
+        return (f"a write to time-series collection {collection[len(_BUCKETS):]!r} (to its buckets) cannot be "
+                "replayed; take the backup while it receives no writes")
+    if collection.startswith("system."):
+        return (f"a change to {collection!r} (e.g. a view created, changed or dropped during the dump) cannot be "
+                "replayed; take the backup outside the change")
+    return None
+
+
 def _apply(db, entry: dict, source_db: str, done: Counter[str], ts: Any) -> None:
+    why = refusal(entry, source_db)
+    if why:
+        raise UnsupportedOplogEntry(f"oplog entry {ts}: {why}")
     op, ns = entry["op"], entry["ns"]
     if op == "c":
         _command(db, entry["o"], source_db, done, ts)
@@ -67,8 +109,6 @@ def _apply(db, entry: dict, source_db: str, done: Counter[str], ts: Any) -> None
                 collection.update_one(entry["o2"], update)
             else:
                 collection.replace_one(entry["o2"], update)
-    elif op != "n":
-        raise UnsupportedOplogEntry(f"oplog entry {ts}: unknown op {op!r}")
     done[{"i": "inserts", "d": "deletes", "u": "updates", "n": "noops"}[op]] += 1
 
 
@@ -120,11 +160,9 @@ def _compact_diff(diff: dict, prefix: str, sets: dict, unsets: dict) -> None:
 
 
 def _command(db, o: dict, source_db: str, done: Counter[str], ts: Any) -> None:
-    """Collection-level commands and the ``applyOps`` of transactions; any other command is refused."""
+    """Collection-level commands and the ``applyOps`` of transactions (:func:`refusal` refused any other)."""
     name = next(iter(o))
     if name == "applyOps":  # a transaction's writes; only those of ``source_db`` belong to the dump
-        if o.get("prepare"):
-            raise UnsupportedOplogEntry(f"oplog entry {ts}: a prepared transaction's applyOps cannot be replayed")
         for inner in o["applyOps"]:
             if belongs_to(inner, source_db):
                 _apply(db, inner, source_db, done, ts)
@@ -140,7 +178,4 @@ def _command(db, o: dict, source_db: str, done: Counter[str], ts: Any) -> None:
         db.command("createIndexes", o[name], indexes=[index_spec(i) for i in indexes])
     elif name == "dropIndexes":
         db.get_collection(o["dropIndexes"]).drop_index(o["index"])
-    elif name not in ("startIndexBuild", "abortIndexBuild"):  # an index build takes effect at its commit
-        raise UnsupportedOplogEntry(f"oplog entry {ts}: command {name!r} cannot be replayed; restore this backup "
-                                    "with mongorestore --oplogReplay, or take a backup outside the change")
-    done["commands"] += 1
+    done["commands"] += 1  # startIndexBuild, abortIndexBuild: an index build takes effect at its commit

@@ -16,6 +16,10 @@ ENGINES = ("postgres", "mongodb")
 # What a MongoDB alert rule's source may run (dbops.mongo.rules): server commands, collStats of every
 # collection, and the oplog's time window.
 COMMAND_SOURCES = ("hello", "serverStatus", "currentOp", "replSetGetStatus", "dbStats", "collStats", "oplogWindow")
+# The lists in the replies of the sources whose shape is known (serverStatus's varies): a rule's ``each``
+# names one of them.
+REPLY_LISTS = {"hello": ("hosts", "passives", "arbiters"), "currentOp": ("inprog",), "replSetGetStatus": ("members",),
+               "dbStats": (), "collStats": ("collections",), "oplogWindow": ()}
 RETENTION_METHODS = ("delete", "ttl")
 POSTGRES_ONLY = ("lifecycle", "partitions", "pitr", "anonymize")  # sections of other capabilities
 

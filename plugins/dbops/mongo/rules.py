@@ -16,6 +16,7 @@ from bson import Timestamp
 
 from dbops.alerting.evaluate import Evaluation, EvaluationError, Metric, rule_sample
 from dbops.alerting.rules import Rule
+from dbops.mongo.policy import COMMAND_SOURCES
 
 STANDALONE = "standalone server: no replica set"
 
@@ -32,7 +33,9 @@ def run_source(client, database: str, command: str) -> dict[str, Any]:
     if command == "collStats":
         return {"collections": [{"name": name, **db.command("collStats", name)}
                                 for name in sorted(db.list_collection_names())]}
-    oplog = client.local["oplog.rs"]  # oplogWindow
+    if command != "oplogWindow":
+        raise ValueError(f"unknown source command {command!r} (expected one of: {', '.join(COMMAND_SOURCES)})")
+    oplog = client.local["oplog.rs"]
     first = oplog.find_one({}, sort=[("$natural", 1)], projection={"ts": 1})
     last = oplog.find_one({}, sort=[("$natural", -1)], projection={"ts": 1})
     return {"seconds": last["ts"].time - first["ts"].time if first and last else None}
@@ -64,9 +67,16 @@ def number(value: Any) -> float | None:
 
 
 def metrics_of(rule: Rule, reply: dict[str, Any]) -> list[Metric]:
-    """The rule's values in ``reply``: one, or one per element of ``source.each`` with its labels."""
+    """The rule's values in ``reply``: one, or one per element of ``source.each`` with its labels.
+
+    :raises ValueError: ``source.each`` is in the reply but not a list.
+    """
     source = rule.source
-    elements = lookup(reply, source.each) or [] if source.each else [reply]
+    elements = lookup(reply, source.each) if source.each else [reply]
+    if elements is None:
+        elements = []
+    elif not isinstance(elements, list):
+        raise ValueError(f"source.each {source.each!r} of {source.command} is a {type(elements).__name__}, not a list")
     found = []
     for element in elements:
         raw = lookup(element, source.value)
@@ -87,9 +97,10 @@ def metrics_of(rule: Rule, reply: dict[str, Any]) -> list[Metric]:
 
 def evaluate_commands(client, database: str, rules: list[Rule],
                       previous: dict[tuple[str, str], float] | None = None) -> Evaluation:
-    """Evaluate the MongoDB ``rules``: each source once; a failing command is an evaluation error of its
-    rules (the others still run); replica-set rules are skipped on a standalone server. A lost
-    connection raises (the caller reports the target down)."""
+    """Evaluate the MongoDB ``rules``: each source once; a failing or unknown command is an evaluation error of
+    its rules, a reply a rule cannot read (``each`` not a list) an evaluation error of that rule: the others
+    still run. Replica-set rules are skipped on a standalone server. A lost connection raises (the caller
+    reports the target down)."""
     from pymongo.errors import ConnectionFailure, PyMongoError
 
     previous = previous or {}
@@ -107,14 +118,19 @@ def evaluate_commands(client, database: str, rules: list[Rule],
             reply = run_source(client, database, command)
         except ConnectionFailure:
             raise
-        except PyMongoError as err:
+        except (PyMongoError, ValueError) as err:
             result.errors += [EvaluationError(r.name, "error", f"{command}: {' '.join(str(err).split())}")
                               for r in command_rules]
             continue
         finally:
             result.db_seconds += time.perf_counter() - started
         for rule in command_rules:
-            for metric in metrics_of(rule, reply):
+            try:
+                metrics = metrics_of(rule, reply)
+            except ValueError as err:
+                result.errors.append(EvaluationError(rule.name, "error", str(err)))
+                continue
+            for metric in metrics:
                 if metric.key not in {m.key for m in result.metrics}:
                     result.metrics.append(metric)
                 result.samples.append(rule_sample(rule, metric, previous.get(metric.key)))

@@ -13,7 +13,7 @@ from dbops.core.manifest import Manifest
 from dbops.core.store import BackupStore
 from dbops.core.streams import ChecksumMismatch
 from dbops.mongo.oplog import UnsupportedOplogEntry
-from dbops.mongo.restore import check_restored, fetch_dump, replay, restore_collections
+from dbops.mongo.restore import check_restored, dumped_options, fetch_dump, replay, restore_collections
 
 
 def restore_and_check(client, store: BackupStore, manifest: Manifest, database: str, staging: Path,
@@ -22,7 +22,9 @@ def restore_and_check(client, store: BackupStore, manifest: Manifest, database: 
     with ``ok`` false (naming the file or collection), a transient fault an exception.
 
     The checks compare the restored collections with each collection's snapshot in the manifest
-    (documents, order-independent hash, indexes); then the oplog captured with the dump is replayed,
+    (documents, order-independent hash, indexes) and the options of every collection and view with the
+    dump's metadata (capped size and max, validator, collation, time-series, view definitions); then the
+    oplog captured with the dump is replayed,
     bringing the database to the dump's end.
     """
     from pymongo.errors import OperationFailure
@@ -36,7 +38,7 @@ def restore_and_check(client, store: BackupStore, manifest: Manifest, database: 
         dump_dir = fetch_dump(store, manifest, staging, key)
         checks["checksums"] = {"ok": True, "files": len(manifest.files)}
         restore_collections(client, dump_dir, manifest, database)
-        checks.update(check_restored(client, database, manifest))
+        checks.update(check_restored(client, database, manifest, dumped_options(dump_dir, manifest)))
         done = replay(client, dump_dir, manifest, database)
         checks["oplog_replay"] = ({"ok": True, "entries": manifest.extra["oplog"]["entries"], **done} if done is not None
                                   else {"ok": True, "skipped": "no oplog: the dump is of a standalone server"})

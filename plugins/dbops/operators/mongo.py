@@ -96,7 +96,8 @@ class MongoBackupOperator(_MongoTargetOperator):
                 dump_seconds=dump.seconds, archive="mongodump directory layout, raw BSON")
             manifest.extra.update({"engine": "mongodb", "database": database, "consistency": dump.consistency,
                                    "oplog": dump.oplog, "hashes": dump.hashes, "index_specs": dump.indexes,
-                                   "skipped": dump.skipped, "snapshot_reads": dump.snapshot_reads})
+                                   "skipped": dump.skipped, "snapshot_reads": dump.snapshot_reads,
+                                   "views": dump.views})
             store_backup(store, manifest, staging)
         except Exception as err:
             raise classify(err, f"storing {prefix} in {store.describe()} failed; no manifest was written, the dump "
@@ -109,10 +110,12 @@ class MongoBackupOperator(_MongoTargetOperator):
             raise classify(err, f"recording backup {manifest.backup_id} in the catalog failed; it is stored "
                                 "complete and the retry records it") from err
         self.log.info("stored OK: backup %s of database %s: %s (%s raw BSON), %d collections, %d documents, "
-                      "dump %.1f s, upload %.1f s; %s%s", manifest.location, database, human_bytes(manifest.total_bytes),
+                      "%d views (definitions: a view holds no data), dump %.1f s, upload %.1f s; %s%s; skipped: %s",
+                      manifest.location, database, human_bytes(manifest.total_bytes),
                       human_bytes(sum(f.raw_bytes for f in dump.files)), len(dump.counts), manifest.total_rows,
-                      dump.seconds, manifest.timings["upload_seconds"], CONSISTENCY_NOTES[dump.consistency],
-                      f", {dump.oplog['entries']} oplog entries" if dump.oplog else "",
+                      len(dump.views), dump.seconds, manifest.timings["upload_seconds"],
+                      CONSISTENCY_NOTES[dump.consistency], f", {dump.oplog['entries']} oplog entries" if dump.oplog
+                      else "", "; ".join(f"{name} ({why})" for name, why in sorted(dump.skipped.items())) or "none",
                       backup_id=manifest.backup_id, bytes=manifest.total_bytes, collections=len(dump.counts),
                       documents=manifest.total_rows, consistency=dump.consistency)
         return {**backup_result(manifest), "consistency": dump.consistency}
@@ -134,17 +137,33 @@ class MongoBackupOperator(_MongoTargetOperator):
         fresh_staging(staging)
         try:
             replica_set = hook.replica_set() is not None
-            taken_at = free_snapshot_time(store, ops, self.target)
             mongo = config.targets[self.target].mongo or MongoPolicy()
-            dump = dump_database(hook.get_conn(), hook.database, staging, policy.compression_level,
-                                 encryption_key(policy.encryption_conn_id), replica_set, self.progress,
-                                 mongo.snapshot_max_bytes)
+            for attempt in (1, 2):  # a change the replay cannot apply (a rename) during the dump: once more
+                taken_at = free_snapshot_time(store, ops, self.target)
+                dump = dump_database(hook.get_conn(), hook.database, staging, policy.compression_level,
+                                     encryption_key(policy.encryption_conn_id), replica_set, self.progress,
+                                     mongo.snapshot_max_bytes)
+                if not dump.unreplayable:
+                    break
+                if attempt == 2:
+                    raise AirflowFailException(
+                        f"backing up {self.target}: during the dump, and again during a second one, the database "
+                        f"changed in a way the oplog replay cannot apply ({'; '.join(dump.unreplayable)}): such a "
+                        "backup could never be verified, so none was stored. Back up when no such change runs "
+                        "(e.g. aggregations with $out rename collections), then clear the task")
+                self.log.warning("the oplog captured during the dump holds a change its replay cannot apply (%s): "
+                                 "dumping again once", "; ".join(dump.unreplayable))
+                fresh_staging(staging)
         except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(err, AirflowException):
                 raise
             raise classify(err, f"backing up {self.target} failed; no manifest was written, the next attempt "
                                 "removes what was stored") from err
+        for name, why in sorted(dump.skipped.items()):
+            if why.startswith("dropped during the dump"):
+                self.log.warning("collection %s was dropped during the dump: not in this backup", name,
+                                 collection=name)
         if dump.oplog and "start_note" in dump.oplog:
             self.log.warning("oplog capture from the last write, not the majority commit point: %s",
                              dump.oplog["start_note"])
@@ -199,9 +218,10 @@ class MongoScratchDatabaseOperator(_MongoTargetOperator):
 class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
     """Restore a *stored* dump into a scratch database, prove it, and record the recovery test.
 
-    Checks every file's size and sha256, restores every collection with its options and indexes,
-    compares each collection's documents (count and an order-independent hash of the raw BSON) and
-    indexes with its snapshot in the manifest, then replays the captured oplog. The outcome goes into
+    Checks every file's size and sha256, restores every collection with its options and indexes and every
+    view, compares each collection's documents (count and an order-independent hash of the raw BSON) and
+    indexes with its snapshot in the manifest and every collection's and view's options with the dump's,
+    then replays the captured oplog. The outcome goes into
     ``dbops.recovery_tests`` and the manifest; a failed verification fails at once, without retries.
 
     The scratch database is on ``backup.verify_conn_id``'s server. Without one it is on the target's own
@@ -253,9 +273,9 @@ class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
                                 f"{hook.mongo_conn_id})") from err
         self._record_verification(context, ops, store, manifest, backup_id, started_at, outcome)
         counts = outcome["checks"]["row_counts"]
-        self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d collections, documents, hashes and indexes "
-                      "match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
-                      outcome["restore_seconds"], counts["collections"],
+        self.log.info("verified OK: backup %s (%s): restored in %.1f s, %d collections, %d views; documents, hashes, "
+                      "indexes and options match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
+                      outcome["restore_seconds"], counts["collections"], outcome["checks"]["options"]["views"],
                       CONSISTENCY_NOTES[manifest.extra["consistency"]], backup_id=backup_id,
                       bytes=manifest.total_bytes, restore_seconds=outcome["restore_seconds"])
         return {"backup_id": backup_id, "verified": True, "restore_seconds": outcome["restore_seconds"]}
@@ -265,7 +285,8 @@ class MongoRestoreOperator(_MongoTargetOperator):
     """Restore a backup on demand into ``database`` on the target's server.
 
     The dump is restored and checked under ``<database>__dbops_restoring``, its oplog replayed, and only
-    then do its collections move into ``database`` (renameCollection). An existing ``database`` is
+    then do its collections and views move into ``database`` with their options (:func:`dbops.mongo.restore.swap_into`;
+    the options are compared with the restored ones again afterwards). An existing ``database`` is
     replaced only with ``overwrite``: its collections move aside into ``<database>__dbops_replaced`` first
     and are dropped once the new ones are in place; a failed move is undone, and the error says what a
     check of ``database`` found afterwards, or, when the undo failed too, which collection is where and
@@ -305,14 +326,22 @@ class MongoRestoreOperator(_MongoTargetOperator):
         from dbops.backup.lookup import load_manifest, resolve_backup_id
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
-        from dbops.mongo.restore import RESTORING, SwapStuck, SwapUndone, check_database_name, swap_into
+        from dbops.mongo.restore import (
+            RESTORING,
+            SwapStuck,
+            SwapUndone,
+            check_database_name,
+            collection_options,
+            options_mismatch,
+            swap_into,
+        )
         from dbops.mongo.verify import restore_and_check
 
         config, policy, store = self._setup()
         hook = self._hook()
-        check_database_name(self.database, hook.database)
-        overwrite = str(self.overwrite).lower() == "true"
         client = hook.get_conn()
+        check_database_name(self.database, hook.database, client.list_database_names())
+        overwrite = str(self.overwrite).lower() == "true"
         if client.get_database(self.database).list_collection_names() and not overwrite:
             raise AirflowFailException(f"database {self.database} exists and holds collections; set overwrite to "
                                        "replace it (it is replaced only once the restore is checked)")
@@ -327,6 +356,7 @@ class MongoRestoreOperator(_MongoTargetOperator):
                                         encryption_key(policy.encryption_conn_id))
             if not outcome["ok"]:
                 raise AirflowFailException(f"FAILED: restore of {manifest.location}: {outcome['error']}; {untouched}")
+            expected = collection_options(client, temporary)
             retired = swap_into(client, temporary, self.database)
         except BaseException as err:
             left = self._drop_temporary(client, temporary)
@@ -341,6 +371,14 @@ class MongoRestoreOperator(_MongoTargetOperator):
                                               f"{err}{left}") from err.__cause__
             raise classify(err, f"restoring {backup_id} into {self.database} could not finish; "
                                 f"{untouched}{left}") from err
+        found = collection_options(client, self.database)
+        mismatched = options_mismatch(expected, {name: found[name] for name in expected if name in found})
+        if mismatched:
+            raise AirflowFailException(
+                f"FAILED: restored {backup_id} into {self.database}, but after the move the options of "
+                f"{', '.join(mismatched)} are not the backup's ({mismatched}); the collections it replaced are kept "
+                f"in {retired or '(none: the database was empty)'}, not dropped. Recreate those collections with "
+                "the backup's options (.metadata.json), or restore again into a new database")
         try:
             if retired:
                 client.drop_database(retired)
@@ -348,10 +386,11 @@ class MongoRestoreOperator(_MongoTargetOperator):
         except Exception as err:
             raise classify(err, f"restored {backup_id} into {self.database} (checked), but dropping the collections "
                                 f"it replaced ({retired}) or {temporary} failed: drop them by hand") from err
-        self.log.info("restored OK: backup %s (%s) into database %s in %.1f s%s: %d collections, documents, hashes "
-                      "and indexes match the snapshot; %s", manifest.location, human_bytes(manifest.total_bytes),
-                      self.database, outcome["restore_seconds"], " (the collections it replaced were dropped)"
-                      if retired else "", len(manifest.tables), CONSISTENCY_NOTES[manifest.extra["consistency"]],
+        self.log.info("restored OK: backup %s (%s) into database %s in %.1f s%s: %d collections, %d views; documents, "
+                      "hashes, indexes and options match the snapshot, options checked again after the move; %s",
+                      manifest.location, human_bytes(manifest.total_bytes), self.database, outcome["restore_seconds"],
+                      " (the collections it replaced were dropped)" if retired else "", len(manifest.tables),
+                      len(manifest.extra.get("views", [])), CONSISTENCY_NOTES[manifest.extra["consistency"]],
                       backup_id=backup_id, database=self.database, restore_seconds=outcome["restore_seconds"])
         return {"backup_id": backup_id, "database": self.database, "restore_seconds": outcome["restore_seconds"],
                 "replaced": bool(retired)}
