@@ -74,7 +74,7 @@ class MongoBackupOperator(_MongoTargetOperator):
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.backup.staging import staging_dir
+        from dbops.backup.staging import dump_leftovers, held_staging, staging_dir
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.mongo.dump import TOOL
 
@@ -83,26 +83,26 @@ class MongoBackupOperator(_MongoTargetOperator):
         existing = self._reuse_or_clean(context, policy, ops, store)
         if existing is not None:
             return existing
-        staging = staging_dir(config, self.target, context["run_id"])
         hook = self._hook()
-        dump, taken_at = self._staged_or_new_dump(config, policy, store, ops, hook, staging)
-        database = hook.database
-        prefix = backup_prefix(self.target, "full", taken_at)
-        try:
-            manifest = new_manifest(
-                context, policy, store, prefix, self.target, kind="full", taken_at=taken_at,
-                snapshot_id=f"oplog {dump.oplog['start']}..{dump.oplog['end']}" if dump.oplog else "none",
-                server_version=dump.server_version, tool=TOOL, files=dump.files, tables=dump.counts,
-                dump_seconds=dump.seconds, archive="mongodump directory layout, raw BSON")
-            manifest.extra.update({"engine": "mongodb", "database": database, "consistency": dump.consistency,
-                                   "oplog": dump.oplog, "hashes": dump.hashes, "index_specs": dump.indexes,
-                                   "skipped": dump.skipped, "snapshot_reads": dump.snapshot_reads,
-                                   "views": dump.views})
-            store_backup(store, manifest, staging)
-        except Exception as err:
-            raise classify(err, f"storing {prefix} in {store.describe()} failed; no manifest was written, the dump "
-                                f"stays staged in {staging} for the retry") from err
-        shutil.rmtree(staging, ignore_errors=True)
+        with held_staging(staging_dir(config, self.target, context["run_id"]), dump_leftovers(self.target)) as staging:
+            dump, taken_at = self._staged_or_new_dump(config, policy, store, ops, hook, staging)
+            database = hook.database
+            prefix = backup_prefix(self.target, "full", taken_at)
+            try:
+                manifest = new_manifest(
+                    context, policy, store, prefix, self.target, kind="full", taken_at=taken_at,
+                    snapshot_id=f"oplog {dump.oplog['start']}..{dump.oplog['end']}" if dump.oplog else "none",
+                    server_version=dump.server_version, tool=TOOL, files=dump.files, tables=dump.counts,
+                    dump_seconds=dump.seconds, archive="mongodump directory layout, raw BSON")
+                manifest.extra.update({"engine": "mongodb", "database": database, "consistency": dump.consistency,
+                                       "oplog": dump.oplog, "hashes": dump.hashes, "index_specs": dump.indexes,
+                                       "skipped": dump.skipped, "snapshot_reads": dump.snapshot_reads,
+                                       "views": dump.views})
+                store_backup(store, manifest, staging)
+            except Exception as err:
+                raise classify(err, f"storing {prefix} in {store.describe()} failed; no manifest was written, the dump "
+                                    f"stays staged in {staging} for the retry") from err
+            shutil.rmtree(staging, ignore_errors=True)
         try:
             with ops.transaction() as conn:
                 catalog.record_backup(conn, manifest)
