@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -80,6 +81,15 @@ def site(cluster, monkeypatch):
     with psycopg.connect(cluster.dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                      "WHERE slot_name IN (%s, %s)", (slot_name(name), receive_slot_name(name)))
+
+
+@pytest.fixture
+def outside():
+    """A directory outside the project (restores into it are allowed), the server user may enter it."""
+    made = Path(tempfile.mkdtemp(prefix="dbops-pitr-test-"))
+    made.chmod(0o755)
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
 
 
 def _dsn(cluster, database: str) -> str:
@@ -492,7 +502,8 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster, monkeyp
     insert(site, 501, 1000)
     ship(site)
 
-    data = cluster.root / f"{site.name}-restored"
+    data = Path(tempfile.mkdtemp(prefix="dbops-pitr-test-")) / "restored"  # outside the project
+    data.parent.chmod(0o755)
     # the source is down (its connection points at a closed port): a restore needs only the store and catalog
     monkeypatch.setenv(f"AIRFLOW_CONN_PG_{site.name.upper()}", f"postgresql://postgres:x@127.0.0.1:{free_port()}/{site.name}")
     result = RestorePitrOperator(task_id="restore", target=site.name, target_time=noted.isoformat(),
@@ -519,7 +530,7 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster, monkeyp
     finally:
         subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
                        stdout=subprocess.DEVNULL, **user)
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(data.parent, ignore_errors=True)
     assert ids == list(range(1, 501))
     on_demand = pitr_test(site, "on-demand", noted.isoformat())
     assert on_demand["chain"] == result["chain"] and "recovery stopping before commit" in on_demand["stopped"]
@@ -659,8 +670,52 @@ def test_restore_refuses_bad_params_before_touching_anything(site, target_time, 
     assert not Path(data_directory).exists()
 
 
-def test_restore_into_a_directory_with_content_refuses_and_keeps_every_file(site):
-    occupied = site.home / "occupied"
+def restore(site, data_directory, run_id: str, target_time: str = "2026-11-30T16:05:00+00:00") -> dict:
+    return RestorePitrOperator(task_id="restore", target=site.name, target_time=target_time,
+                               data_directory=str(data_directory)).execute(context(run_id=run_id))
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ("source/copy", "is inside the source's data directory"),
+    ("link/copy", "is inside the source's data directory"),  # a symlink into it, resolved first
+    ("store/copy", "is inside the backup store"),
+    ("staging/copy", "is inside staging_dir"),
+    ("project", "is inside the dbops project"),
+    ("/etc/dbops-restore", "is inside a system directory /etc"),
+    ("/var/lib/postgresql/18/main", "is inside a system directory /var/lib/postgresql"),
+    ("/", "is above a system directory"),
+])
+def test_restore_refuses_a_data_directory_inside_or_above_what_lives_elsewhere(site, cluster, outside, where,
+                                                                                expected):
+    (outside / "link").symlink_to(cluster.root / "data")
+    places = {"source": cluster.root / "data", "link": outside / "link", "store": site.store,
+              "staging": site.home / "staging", "project": site.home / "restored"}
+    head, _, rest = where.partition("/")
+    data = places[head] / rest if head in places else Path(where)
+    with pytest.raises(AirflowFailException, match=f"data_directory {data}.* {expected}.*nothing was changed"):
+        restore(site, data, "unsafe")
+    assert not data.exists() or where == "/"
+    assert not (site.home / "staging").exists() or not any((site.home / "staging").iterdir()), "nothing fetched"
+
+
+def test_restore_with_the_source_down_checks_the_data_directory_its_base_backups_recorded(site, cluster, monkeypatch):
+    backup(site, "recorded")
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{site.name.upper()}", f"postgresql://postgres:x@127.0.0.1:{free_port()}/x")
+    inside = cluster.root / "data" / "copy"
+    with pytest.raises(AirflowFailException, match="is inside the source's data directory"):
+        restore(site, inside, "source-down")
+    assert not inside.exists()
+
+
+def test_a_failed_restore_of_a_directory_it_never_made_does_not_say_it_was_removed(site, outside):
+    never = outside / "never"
+    with pytest.raises(AirflowFailException, match=f"no base backup .*; nothing was written to {never}$") as raised:
+        restore(site, never, "no-backup")
+    assert "was removed" not in str(raised.value) and not never.exists()
+
+
+def test_restore_into_a_directory_with_content_refuses_and_keeps_every_file(site, outside):
+    occupied = outside / "occupied"
     occupied.mkdir()
     (occupied / "PG_VERSION").write_text("someone else's cluster")
     with pytest.raises(AirflowFailException, match="exists and is not empty: name a new directory"):

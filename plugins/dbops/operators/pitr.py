@@ -132,6 +132,7 @@ class BaseBackupOperator(_PitrOperator):
         from dbops.backup import catalog
         from dbops.backup.basebackup import (
             ARCHIVE, BACKUP_MANIFEST, check_single_tablespace, choose_parent, take_basebackup)
+        from dbops.backup.pitr_destination import server_paths
         from dbops.backup.runs import is_past_period, run_type_of
         from dbops.backup.staging import fresh_staging
         from dbops.backup.store_io import (
@@ -140,6 +141,7 @@ class BaseBackupOperator(_PitrOperator):
         from dbops.core.manifest import FileEntry, Manifest, backup_prefix
         from dbops.core.runs import run_date
         from dbops.core.streams import file_sha256
+        from dbops.hooks.postgres import DbopsPostgresHook
 
         with ops.transaction() as conn:
             backups = pitr_catalog.base_backups(conn, self.target)
@@ -169,6 +171,7 @@ class BaseBackupOperator(_PitrOperator):
                                            str(self.full).lower() in ("true", "1"))
             tool = self._tool(config, hook, "pg_basebackup")
             server_version = hook.get_first("SHOW server_version")[0]
+            source_paths = server_paths(DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id))
             wal_segment_size = segment_size(hook)
             check_single_tablespace(hook, self.target)
         except AirflowFailException:
@@ -217,7 +220,7 @@ class BaseBackupOperator(_PitrOperator):
                 if policy.encryption_conn_id else None,
                 extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
                        "parent": parent.backup_id if parent else None, "reason": reason,
-                       "wal_segment_size": wal_segment_size,
+                       "wal_segment_size": wal_segment_size, "source_paths": source_paths,
                        "stop_time": stop_time.isoformat()})
             store_backup(store, manifest, staging)
         except AirflowException:
@@ -540,6 +543,7 @@ class RestorePitrOperator(_PitrOperator):
             raise AirflowFailException(f"data_directory {self.data_directory!r} must be an absolute path")
         config, policy, store, ops = self._setup()
         source = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
+        data = self._destination(data, config, store, source, ops)
         root = _run_dir(config, self.target, "restore_pitr", context["run_id"])
         with job_lock(config.ops_conn_id, self.target, "restore_pitr", retry_when_busy=True), \
                 job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK, shared=True, retry_when_busy=True):
@@ -548,16 +552,17 @@ class RestorePitrOperator(_PitrOperator):
                                            "(nothing was changed)")
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
-            server, restored = None, False
+            server, making, restored = None, False, False
             try:
-                if data.exists():
-                    data.rmdir()
                 with ops.transaction() as conn:
                     backups = pitr_catalog.base_backups(conn, self.target)
                 chain = chain_for(backups, target_time)
                 segments = needed_segments(ops, source, self.target, chain[-1])
                 server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
                                        free_port(*policy.scratch_ports), data_dir=data)
+                if data.exists():
+                    data.rmdir()
+                making = True
                 figures = recover(store, chain, segments, server, target_time,
                                   source.connection.login, source.database or source.connection.schema,
                                   tool_timeout(self.execution_timeout), current_segment(ops, self.target),
@@ -569,23 +574,52 @@ class RestorePitrOperator(_PitrOperator):
                 if server is not None:
                     self.log.error("the recovering server's log ended with:\n%s", server.log_tail())
                 raise AirflowFailException(f"FAILED: restoring {self.target} to {target_time.isoformat()}: {err}; "
-                                           f"{data} was removed") from err
+                                           f"{_undone(data, making)}") from err
             except AirflowException:
                 raise
             except Exception as err:
-                raise classify(err, f"restoring {self.target} to {target_time.isoformat()} could not run; {data} "
-                                    "was removed") from err
+                raise classify(err, f"restoring {self.target} to {target_time.isoformat()} could not run; "
+                                    f"{_undone(data, making)}") from err
             finally:  # also when the task is killed or times out: no server left running, no half-made directory
                 if not restored:
                     if server is not None:
                         server.stop()
-                    shutil.rmtree(data, ignore_errors=True)
+                    if making:
+                        shutil.rmtree(data, ignore_errors=True)
                 shutil.rmtree(root, ignore_errors=True)
         self.log.info("restored OK: %s as of %s into %s (stopped, ready to start): from %s, %s, recovered in %.1f s; "
                       "%s", self.target, target_time.isoformat(), data, " + ".join(figures["chain"]),
                       human_bytes(figures["bytes"]), figures["seconds_to_promoted"], figures.get("stopped") or "",
                       bytes=figures["bytes"], data_directory=str(data))
         return {"data_directory": str(data), "target_time": target_time.isoformat(), **figures}
+
+    def _destination(self, data: Path, config: DbopsConfig, store: BackupStore, source: DbopsPostgresHook,
+                     ops: OpsDatabaseHook) -> Path:
+        """``data`` with its symlinks resolved, refused (before anything is fetched) inside or above the source's
+        data directory or tablespaces (read from the source, else as its newest base backup recorded them), the
+        store, staging, the Airflow home, the project, the ops database's server or a system directory."""
+        from dbops.backup.pitr_destination import DestinationRefused, check_destination, protected_dirs, server_paths
+
+        source_paths = server_paths(source)
+        if not source_paths:
+            with ops.transaction() as conn:
+                backups = pitr_catalog.base_backups(conn, self.target)
+            source_paths = next((b.manifest.extra["source_paths"] for b in backups
+                                 if b.manifest.extra.get("source_paths")), [])
+            if not source_paths:
+                self.log.warning("the data directory of %s is not known (the source cannot be read and no base "
+                                 "backup recorded it): data_directory is checked against the other places only",
+                                 self.target)
+        try:
+            return check_destination(data, protected_dirs(source_paths, server_paths(ops), getattr(store, "root", None),
+                                                          config.staging_path))
+        except DestinationRefused as err:
+            raise AirflowFailException(str(err)) from err
+
+
+def _undone(data: Path, making: bool) -> str:
+    """What a failed restore did to its data directory."""
+    return f"{data}, made by this run, was removed" if making else f"nothing was written to {data}"
 
 
 class PitrRetentionOperator(_PitrOperator):
