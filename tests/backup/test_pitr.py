@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -722,6 +723,23 @@ def test_restore_into_a_directory_with_content_refuses_and_keeps_every_file(site
         RestorePitrOperator(task_id="restore", target=site.name, target_time="2026-11-30T16:05:00+00:00",
                             data_directory=str(occupied)).execute(context(run_id="occupied"))
     assert (occupied / "PG_VERSION").read_text() == "someone else's cluster"
+
+
+def test_a_time_no_base_backup_can_reach_names_the_earliest_reachable_time(site):
+    with pytest.raises(RecoveryTestFailed, match=f"no base backup of {site.name} with a complete chain .* take one "
+                                                 f"\\(trigger pg_basebackup__{site.name}\\)"):
+        pitr_test(site, "none-yet", "2026-11-30T16:05:00+00:00")
+    backup(site, "only")
+    with ops().transaction() as conn:
+        only = pitr_catalog.base_backups(conn, site.name)[0]
+    end = only.manifest.extra["stop_time"]
+    with pytest.raises(RecoveryTestFailed, match=f"is before the oldest base backup kept \\({only.backup_id}; .*"
+                                                 f"retention.* earliest time reachable is {re.escape(end)} .*cannot "
+                                                 "reach an earlier time"):
+        pitr_test(site, "before-all", "2026-11-30T16:05:00+00:00")
+    with pytest.raises(RecoveryTestFailed, match=f"is inside base backup {only.backup_id}'s own span .* earliest time "
+                                                 f"reachable is {re.escape(end)}"):
+        pitr_test(site, "inside", only.taken_at.isoformat())
 
 
 def test_a_quiet_database_recovers_to_a_time_after_its_last_write(site):

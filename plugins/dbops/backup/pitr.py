@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _STOPPING = re.compile(r"recovery stopping [^\n]*")
+_UNREACHED = "recovery ended before configured recovery target was reached"
 AUTO_CONF = "postgresql.auto.conf"
 _MARK = "# dbops point-in-time recovery (removed once recovered)\n"
 _KEEP_ARCHIVING_OFF = ("# dbops: a restored copy must not archive into the source's WAL archive; turn on "
@@ -55,19 +56,65 @@ def lsn_bytes(lsn: str) -> int:
     return (high << 32) | low
 
 
-def chain_for(backups: list[BaseBackup], target_time: datetime | None) -> list[BaseBackup]:
-    """The chain (full first) of the newest base backup finished before ``target_time`` (any if None)."""
+def chain_for(backups: list[BaseBackup], target_time: datetime | None, target: str) -> list[BaseBackup]:
+    """The chain (full first) of the newest base backup finished before ``target_time`` (any if None).
+
+    :raises RecoveryFailed: none is; the message says the earliest time the store can reach, or to take a
+        base backup when there is no complete one.
+    """
     from dbops.backup.pitr_catalog import chain_of
 
+    complete = []
     for backup in backups:
-        stop = datetime.fromisoformat(backup.manifest.extra["stop_time"])
-        if target_time is None or stop < target_time:
-            try:
-                return chain_of(backups, backup.backup_id)
-            except LookupError:
-                continue
-    when = f"finished before {target_time.isoformat()}" if target_time else "with a complete chain"
-    raise RecoveryFailed(f"no base backup {when} in the catalog: take one (pg_basebackup__<target>)")
+        try:
+            chain = chain_of(backups, backup.backup_id)
+        except LookupError:
+            continue
+        if target_time is None or stop_time(backup) < target_time:
+            return chain
+        complete.append(backup)
+    if not complete:
+        raise RecoveryFailed(f"no base backup of {target} with a complete chain in the catalog: take one "
+                             f"(trigger pg_basebackup__{target})")
+    earliest = min(complete, key=stop_time)
+    inside = next((b for b in complete if b.taken_at <= target_time < stop_time(b)), None)
+    if inside is not None:
+        why = (f"{target_time.isoformat()} is inside base backup {inside.backup_id}'s own span ({inside.taken_at.isoformat()}"
+               f" to {stop_time(inside).isoformat()}): recovery from a base backup reaches only times after it ended")
+    else:
+        why = (f"{target_time.isoformat()} is before the oldest base backup kept ({earliest.backup_id}; older ones and "
+               "their WAL were deleted by retention, pitr.full_retention)")
+    raise RecoveryFailed(f"no base backup of {target} finished before {target_time.isoformat()}: {why}. The earliest "
+                         f"time reachable is {stop_time(earliest).isoformat()} (the end of {earliest.backup_id}); a new "
+                         "base backup cannot reach an earlier time")
+
+
+def stop_time(backup: BaseBackup) -> datetime:
+    """When the base backup ended (the server's clock): recovery from it reaches times after this."""
+    return datetime.fromisoformat(backup.manifest.extra["stop_time"])
+
+
+def unreached(segments: dict[str, tuple[bool, str, str]], newest: BaseBackup, target_time: datetime) -> str:
+    """Why recovery from ``newest`` ended before ``target_time``, and what to do: a timeline switch in the
+    archive that recovery cannot follow (its history file is not stored), or WAL not shipped yet."""
+    from dbops.backup.wal_ship import SEGMENT
+
+    timeline, target = int(newest.manifest.extra["timeline"]), newest.manifest.target
+    newer = sorted({name[:8] for name in segments if SEGMENT.match(name) and int(name[:8], 16) > timeline})
+    if newer:
+        first = min(name for name in segments if SEGMENT.match(name) and name[:8] == newer[0])
+        switch = (f"the WAL archive switches from timeline {timeline} (base backup {newest.backup_id}) to timeline "
+                  f"{int(newer[0], 16)} at segment {first} (a failover or promotion)")
+        missing = [f"{tli}.history" for tli in newer if f"{tli}.history" not in segments]
+        if missing:
+            return (f"{switch}, and the timeline history file {', '.join(missing)} is not in the store, "
+                    "so recovery cannot follow the switch. Recover to a time before "
+                    f"the switch, or trigger pg_basebackup__{target} with full=true and recover to times after that "
+                    "backup")
+        return (f"{switch}; recovery followed it but the shipped WAL ends before {target_time.isoformat()}: run "
+                f"pg_wal_ship__{target} and try again, or choose an earlier time")
+    return (f"the shipped WAL ends before {target_time.isoformat()}: run pg_wal_ship__{target} and "
+            "try again, or choose an earlier time")
 
 
 def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path, timeout: float,
@@ -310,11 +357,13 @@ def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tup
         try:
             figures["seconds_to_consistent"] = round(server.start(timeout), 3)
             server.wait_promoted(user, database, timeout)
-        except RecoveryFailed:
+        except RecoveryFailed as err:
             if isinstance(archive.failure, SegmentUnusable):
                 raise RecoveryFailed(str(archive.failure)) from archive.failure
             if archive.failure is not None:  # e.g. the store unreachable: the task is retried
                 raise archive.failure from None
+            if _UNREACHED in str(err):
+                raise RecoveryFailed(f"{err} -- {unreached(segments, chain[-1], target_time)}") from err
             raise
     figures["seconds_to_promoted"] = round(time.monotonic() - recovery_started, 3)
     figures["wal_fetched_bytes"] = archive.served_bytes

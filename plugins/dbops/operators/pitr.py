@@ -419,7 +419,7 @@ class PitrTestOperator(_PitrOperator):
         try:
             with ops.transaction() as conn:
                 backups = pitr_catalog.base_backups(conn, self.target)
-            chain = chain_for(backups, target_time)
+            chain = chain_for(backups, target_time, self.target)
             segments = needed_segments(ops, source, self.target, chain[-1])
             server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
                                    free_port(*policy.scratch_ports))
@@ -556,7 +556,7 @@ class RestorePitrOperator(_PitrOperator):
             try:
                 with ops.transaction() as conn:
                     backups = pitr_catalog.base_backups(conn, self.target)
-                chain = chain_for(backups, target_time)
+                chain = chain_for(backups, target_time, self.target)
                 segments = needed_segments(ops, source, self.target, chain[-1])
                 server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
                                        free_port(*policy.scratch_ports), data_dir=data)
