@@ -742,6 +742,38 @@ def test_a_time_no_base_backup_can_reach_names_the_earliest_reachable_time(site)
         pitr_test(site, "inside", only.taken_at.isoformat())
 
 
+def test_latest_recovers_everything_shipped(site, outside):
+    backup(site, "latest-base")
+    insert(site, 1, 3000)
+    ship(site)
+    result = pitr_test(site, "latest", "latest")
+    assert result["ok"] and result["target_time"].startswith("latest") and result["last_transaction_at"]
+    with ops().transaction() as conn:
+        checks = conn.execute("SELECT checks FROM dbops.recovery_tests WHERE target = %s ORDER BY id DESC LIMIT 1",
+                              (site.name,)).fetchone()[0]
+    assert checks["target"]["ok"] and checks["target"]["newest_stored_segment"] == max(stored_segments(site))
+    restored = restore(site, outside / "latest", "restore-latest", target_time="latest")
+    assert restored["target_time"].startswith("latest") and (outside / "latest" / "PG_VERSION").exists()
+
+
+def test_a_source_wal_compression_the_recovery_build_lacks_fails_before_fetching(site):
+    """The embedded PostgreSQL 18 is built without lz4 and zstd: a source cannot use them here, so the base
+    backup's record says it does."""
+    from dbops.backup.pitr import RecoveryFailed, check_wal_compression
+
+    check_wal_compression(BIN, {"pglz", "on", "off"})
+    with pytest.raises(RecoveryFailed, match="wal_compression = lz4, .* built without lz4 .*Available values: "
+                                             "pglz, on, off.*Set tools.bin_dir"):
+        check_wal_compression(BIN, {"lz4"})
+    taken = backup(site, "lz4-source")
+    with ops().transaction() as conn:
+        conn.execute("UPDATE dbops.backups SET manifest = jsonb_set(manifest, '{extra,wal_compression}', '\"zstd\"') "
+                     "WHERE backup_id = %s", (taken["backup_id"],))
+    with pytest.raises(RecoveryTestFailed, match="wal_compression = zstd, .* built without zstd"):
+        pitr_test(site, "zstd", "latest")
+    assert not list((site.home / "staging").glob("*/parts")), "nothing fetched"
+
+
 def test_a_quiet_database_recovers_to_a_time_after_its_last_write(site):
     """Recovery to a time stops at the first commit after it: shipping commits one every run, so a time
     after the last application write is reachable once a shipping run came after it."""

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _STOPPING = re.compile(r"recovery stopping [^\n]*")
 _UNREACHED = "recovery ended before configured recovery target was reached"
+_LAST_COMMIT = re.compile(r"last completed transaction was at log time ([^\n]+)")
 AUTO_CONF = "postgresql.auto.conf"
 _MARK = "# dbops point-in-time recovery (removed once recovered)\n"
 _KEEP_ARCHIVING_OFF = ("# dbops: a restored copy must not archive into the source's WAL archive; turn on "
@@ -184,6 +185,26 @@ def free_port(first: int, last: int) -> int:
     raise RecoveryFailed(f"no free scratch port in {first}-{last} (pitr.scratch_ports)")
 
 
+def check_wal_compression(bin_dir: Path, values: set[str]) -> None:
+    """Fail, saying what to do, when the server in ``bin_dir`` was built without a ``wal_compression`` method the
+    source used (lz4, zstd): recovery would fail at the first full-page image compressed with it."""
+    for value in sorted(values - {"on", "off", "pglz", ""}):
+        with tempfile.TemporaryDirectory(prefix="dbops-probe-") as probe:
+            Path(probe, "postgresql.conf").touch()
+            if server_user():
+                shutil.chown(probe, server_user(), server_user())
+            done = subprocess.run([str(bin_dir / "postgres"), "-D", probe, "-C", "wal_compression", "-c",
+                                   f"wal_compression={value}"], env=_env(), capture_output=True, text=True,
+                                  user=server_user(), timeout=60, check=False)
+        if done.returncode != 0:
+            hint = next((line.split("HINT:", 1)[1].strip() for line in done.stderr.splitlines() if "HINT:" in line), "")
+            raise RecoveryFailed(
+                f"the source writes WAL with wal_compression = {value}, and the PostgreSQL server in {bin_dir} was built "
+                f"without {value} ({hint or done.stderr.strip()[-300:]}): recovery would fail at the first "
+                f"compressed full-page image. Set tools.bin_dir to a server build with {value}, or set wal_compression "
+                "= pglz (or off) on the source and take a full base backup")
+
+
 def server_user() -> str | None:
     """The system user a server runs as when this process is root (PostgreSQL refuses root)."""
     return os.environ.get("DBOPS_PG_SYSTEM_USER", "embedded_postgres") if os.geteuid() == 0 else None
@@ -223,8 +244,9 @@ class ScratchServer:
         """Where this task serves the WAL archive to ``restore_command``."""
         return self.socket_dir / "wal.sock"
 
-    def configure(self, target_time: datetime, timeout: float) -> None:
-        """Write the hba and the recovery settings; ``recovery.signal``."""
+    def configure(self, target_time: datetime | None, timeout: float) -> None:
+        """Write the hba and the recovery settings (to ``target_time``, or to the end of the archive when None,
+        following timeline switches the archive's history files name); ``recovery.signal``."""
         curl = shutil.which("curl")
         if curl is None:
             raise RecoveryFailed("curl is not installed on this worker: restore_command needs it to fetch WAL")
@@ -232,9 +254,11 @@ class ScratchServer:
         command = restore_command(curl, self.wal_socket, timeout)
         settings = {"port": str(self.port), "listen_addresses": "", "unix_socket_directories": str(self.socket_dir),
                     "hba_file": str(self.root / "pg_hba.conf"), "restore_command": command,
-                    "recovery_target_time": target_time.isoformat(), "recovery_target_action": "promote",
+                    "recovery_target_timeline": "latest",
                     "archive_mode": "off", "summarize_wal": "off", "cluster_name": "dbops_pitr",
                     "logging_collector": "off", "shared_preload_libraries": "", "shared_buffers": "128MB"}
+        if target_time is not None:  # without a target, recovery replays all the archive holds, then promotes
+            settings.update(recovery_target_time=target_time.isoformat(), recovery_target_action="promote")
         (self.data / "postgresql.conf").touch()  # a source whose configuration lives elsewhere (/etc) has none
         with open(self.data / AUTO_CONF, "a") as conf:
             conf.write("\n" + _MARK + "".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
@@ -296,7 +320,8 @@ class ScratchServer:
         log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         redo = _REDO_DONE.findall(log)
         stopping = _STOPPING.findall(log)
-        return {"redo_done_at": redo[-1] if redo else None,
+        last = _LAST_COMMIT.findall(log)
+        return {"redo_done_at": redo[-1] if redo else None, "last_transaction_at": last[-1].strip() if last else None,
                 "wal_replayed_bytes": lsn_bytes(redo[-1]) - lsn_bytes(start_lsn) if redo else None,
                 "stopped": stopping[-1] if stopping else None}
 
@@ -328,10 +353,11 @@ def remove_scratch(root: Path, bin_dir: Path | None) -> bool:
 
 
 def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tuple[bool, str, str]],
-            server: ScratchServer, target_time: datetime, user: str, database: str, timeout: float,
+            server: ScratchServer, target_time: datetime | None, user: str, database: str, timeout: float,
             lookup: Callable[[str], tuple[bool, str, str] | None] | None = None,
             key: bytes | None = None) -> dict[str, Any]:
-    """Fetch, combine and verify ``chain`` into ``server.data``, recover it to ``target_time`` and promote it.
+    """Fetch, combine and verify ``chain`` into ``server.data``, recover it to ``target_time`` (None: to the end of
+    the archive) and promote it.
     ``segments`` are the stored WAL segments from the chain's start; ``lookup`` reads one's current entry;
     ``key`` decrypts what was stored encrypted.
 
@@ -362,7 +388,7 @@ def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tup
                 raise RecoveryFailed(str(archive.failure)) from archive.failure
             if archive.failure is not None:  # e.g. the store unreachable: the task is retried
                 raise archive.failure from None
-            if _UNREACHED in str(err):
+            if _UNREACHED in str(err) and target_time is not None:
                 raise RecoveryFailed(f"{err} -- {unreached(segments, chain[-1], target_time)}") from err
             raise
     figures["seconds_to_promoted"] = round(time.monotonic() - recovery_started, 3)

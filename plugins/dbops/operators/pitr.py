@@ -171,6 +171,7 @@ class BaseBackupOperator(_PitrOperator):
                                            str(self.full).lower() in ("true", "1"))
             tool = self._tool(config, hook, "pg_basebackup")
             server_version = hook.get_first("SHOW server_version")[0]
+            wal_compression = hook.get_first("SHOW wal_compression")[0]
             source_paths = server_paths(DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id))
             wal_segment_size = segment_size(hook)
             check_single_tablespace(hook, self.target)
@@ -221,6 +222,7 @@ class BaseBackupOperator(_PitrOperator):
                 extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
                        "parent": parent.backup_id if parent else None, "reason": reason,
                        "wal_segment_size": wal_segment_size, "source_paths": source_paths,
+                       "wal_compression": wal_compression,
                        "stop_time": stop_time.isoformat()})
             store_backup(store, manifest, staging)
         except AirflowException:
@@ -372,7 +374,8 @@ class PitrTestOperator(_PitrOperator):
     there. A failed recovery fails the task without retries and names what failed (e.g. a corrupt WAL
     segment); the scratch cluster is stopped and deleted by the teardown.
 
-    :param target_time: ISO 8601 time with a zone, or empty for the marker test.
+    :param target_time: ISO 8601 time with a zone, ``latest`` (the end of the archive: recovery must replay
+        into the newest stored segment), or empty for the marker test.
     """
 
     template_fields: Sequence[str] = ("target", "target_time")
@@ -392,6 +395,7 @@ class PitrTestOperator(_PitrOperator):
         from dbops.backup import catalog
         from dbops.backup.heartbeat import check_markers, write_markers
         from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover, remove_scratch
+        from dbops.backup.wal_ship import recorded_segment_size
         from dbops.core.locks import job_lock
         from dbops.core.streams import ChecksumMismatch
         from dbops.hooks.postgres import DbopsPostgresHook
@@ -414,15 +418,16 @@ class PitrTestOperator(_PitrOperator):
         remove_scratch(root, _server_bin_dir())  # an earlier try's leftovers
         root.mkdir(parents=True)
         started_at = datetime.now(timezone.utc)
-        checks: dict[str, Any] = {"target_time": target_time.isoformat()}
+        checks: dict[str, Any] = {"target_time": shown(target_time)}
         chain, error, server = [], None, None
         try:
             with ops.transaction() as conn:
                 backups = pitr_catalog.base_backups(conn, self.target)
             chain = chain_for(backups, target_time, self.target)
+            bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
+            check_recovery_build(bin_dir, chain, source)
             segments = needed_segments(ops, source, self.target, chain[-1])
-            server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
-                                   free_port(*policy.scratch_ports))
+            server = ScratchServer(root, bin_dir, free_port(*policy.scratch_ports))
             conn_info = source.connection
             figures = recover(store, chain, segments, server, target_time,
                               conn_info.login, source.database or conn_info.schema,
@@ -432,6 +437,8 @@ class PitrTestOperator(_PitrOperator):
             if markers is not None:
                 with server.connect(conn_info.login, source.database or conn_info.schema) as conn:
                     checks.update(check_markers(conn, markers))
+            elif target_time is None:
+                checks["target"] = reached_end(figures, segments, recorded_segment_size(chain[-1], source))
             else:  # PostgreSQL logs where it stopped; without a stop it would have failed to reach the target
                 checks["target"] = {"ok": bool(figures.get("stopped")), "stopped": figures.get("stopped")}
         except (RecoveryFailed, ChecksumMismatch) as err:
@@ -458,32 +465,68 @@ class PitrTestOperator(_PitrOperator):
         if not ok:
             if server is not None:  # the teardown deletes the scratch directory, its log with it
                 self.log.error("the scratch server's log ended with:\n%s", server.log_tail())
-            raise RecoveryTestFailed(f"FAILED: point-in-time recovery of {self.target} to {target_time.isoformat()}: "
+            raise RecoveryTestFailed(f"FAILED: point-in-time recovery of {self.target} to {shown(target_time)}: "
                                      f"{'; '.join(failed)}")
         recovery = checks["recovery"]
         self.log.info("recovered OK: %s to %s from %s: %s fetched, consistent in %.1f s, promoted in %.1f s, %s of "
-                      "WAL replayed; markers %s", self.target, target_time.isoformat(), " + ".join(recovery["chain"]),
+                      "WAL replayed; markers %s", self.target, shown(target_time), " + ".join(recovery["chain"]),
                       human_bytes(recovery["bytes"]), recovery["seconds_to_consistent"],
                       recovery["seconds_to_promoted"], human_bytes(recovery.get("wal_replayed_bytes")),
                       "OK" if markers else "not written (on-demand target time)", backup_id=chain[-1].backup_id,
                       bytes=recovery["bytes"], wal_replayed_bytes=recovery.get("wal_replayed_bytes"))
-        return {"backup_id": chain[-1].backup_id, "target_time": target_time.isoformat(), "ok": True,
+        return {"backup_id": chain[-1].backup_id, "target_time": shown(target_time), "ok": True,
                 **{k: v for k, v in recovery.items() if k != "ok"}}
 
 
-def parse_target_time(value: str) -> datetime:
-    """An ISO 8601 time with a zone; anything else fails, saying what to type."""
+LATEST = "latest"
+
+
+def parse_target_time(value: str) -> datetime | None:
+    """An ISO 8601 time with a zone, or None for ``latest`` (the end of the archive); anything else fails, saying
+    what to type."""
+    if value.strip().lower() == LATEST:
+        return None
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise AirflowFailException(f"target_time {value!r} is not an ISO 8601 time with a zone, "
-                                   "e.g. 2026-11-30T16:05:00+00:00")
+                                   "e.g. 2026-11-30T16:05:00+00:00, nor 'latest' (the end of the archive)")
     if parsed > datetime.now(timezone.utc):
         raise AirflowFailException(f"target_time {value!r} is in the future: recovery can only reach a time the "
                                    "shipped WAL already covers (nothing was changed)")
     return parsed
+
+
+def shown(target_time: datetime | None) -> str:
+    """A target time as logged and recorded."""
+    return target_time.isoformat() if target_time else f"{LATEST} (the end of the archive)"
+
+
+def check_recovery_build(bin_dir: Path, chain: list, source: DbopsPostgresHook) -> None:
+    """The recovery server can decompress the WAL: ``wal_compression`` as the chain's newest backup recorded it
+    and as the source has it now (when it can be read)."""
+    from dbops.backup.pitr import check_wal_compression
+
+    values = {chain[-1].manifest.extra.get("wal_compression") or ""}
+    try:
+        values.add(source.get_first("SHOW wal_compression")[0])
+    except Exception:  # the source may be down: a restore needs only the store and the catalog
+        pass
+    check_wal_compression(bin_dir, values)
+
+
+def reached_end(figures: dict[str, Any], segments: dict, size: int) -> dict[str, Any]:
+    """The check of a recovery to ``latest``: it replayed into the newest stored segment."""
+    from dbops.backup.pitr import lsn_bytes
+    from dbops.backup.wal_ship import SEGMENT, segment_number
+
+    newest = max(name for name in segments if SEGMENT.match(name))
+    redo = figures.get("redo_done_at")
+    return {"ok": bool(redo) and lsn_bytes(redo) >= segment_number(newest, size)[1] * size,
+            "redo_done_at": redo, "newest_stored_segment": newest,
+            "last_transaction_at": figures.get("last_transaction_at")}
 
 
 def needed_segments(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str, newest) -> dict:
@@ -520,7 +563,7 @@ class RestorePitrOperator(_PitrOperator):
     its port first if the source's is taken on this host). A directory that exists and is not empty is
     refused, and nothing is changed.
 
-    :param target_time: ISO 8601 time with a zone.
+    :param target_time: ISO 8601 time with a zone, or ``latest`` (all the archive holds).
     :param data_directory: an absolute path that does not exist yet (or is empty).
     """
 
@@ -557,9 +600,10 @@ class RestorePitrOperator(_PitrOperator):
                 with ops.transaction() as conn:
                     backups = pitr_catalog.base_backups(conn, self.target)
                 chain = chain_for(backups, target_time, self.target)
+                bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
+                check_recovery_build(bin_dir, chain, source)
                 segments = needed_segments(ops, source, self.target, chain[-1])
-                server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
-                                       free_port(*policy.scratch_ports), data_dir=data)
+                server = ScratchServer(root, bin_dir, free_port(*policy.scratch_ports), data_dir=data)
                 if data.exists():
                     data.rmdir()
                 making = True
@@ -573,12 +617,12 @@ class RestorePitrOperator(_PitrOperator):
             except (RecoveryFailed, ChecksumMismatch) as err:
                 if server is not None:
                     self.log.error("the recovering server's log ended with:\n%s", server.log_tail())
-                raise AirflowFailException(f"FAILED: restoring {self.target} to {target_time.isoformat()}: {err}; "
+                raise AirflowFailException(f"FAILED: restoring {self.target} to {shown(target_time)}: {err}; "
                                            f"{_undone(data, making)}") from err
             except AirflowException:
                 raise
             except Exception as err:
-                raise classify(err, f"restoring {self.target} to {target_time.isoformat()} could not run; "
+                raise classify(err, f"restoring {self.target} to {shown(target_time)} could not run; "
                                     f"{_undone(data, making)}") from err
             finally:  # also when the task is killed or times out: no server left running, no half-made directory
                 if not restored:
@@ -588,10 +632,10 @@ class RestorePitrOperator(_PitrOperator):
                         shutil.rmtree(data, ignore_errors=True)
                 shutil.rmtree(root, ignore_errors=True)
         self.log.info("restored OK: %s as of %s into %s (stopped, ready to start): from %s, %s, recovered in %.1f s; "
-                      "%s", self.target, target_time.isoformat(), data, " + ".join(figures["chain"]),
+                      "%s", self.target, shown(target_time), data, " + ".join(figures["chain"]),
                       human_bytes(figures["bytes"]), figures["seconds_to_promoted"], figures.get("stopped") or "",
                       bytes=figures["bytes"], data_directory=str(data))
-        return {"data_directory": str(data), "target_time": target_time.isoformat(), **figures}
+        return {"data_directory": str(data), "target_time": shown(target_time), **figures}
 
     def _destination(self, data: Path, config: DbopsConfig, store: BackupStore, source: DbopsPostgresHook,
                      ops: OpsDatabaseHook) -> Path:
