@@ -526,8 +526,24 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster, monkeyp
             user_name = "dbops_repl" if role else "postgres"
             monkeypatch.setenv(f"AIRFLOW_CONN_PG_{site.name.upper()}{role}",
                                f"postgresql://{user_name}:{PASSWORD}@127.0.0.1:{port}/{site.name}")
-        with pytest.raises(AirflowFailException, match="is on timeline 2 .* on timeline 1: recovery cannot cross"):
-            ship(site)
+        ship(site)  # the new primary's WAL, and its timeline's history file
+        assert "00000002.history" in stored_segments(site)
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres password={PASSWORD} "
+                             f"dbname={site.name}") as conn:
+            conn.execute("INSERT INTO items SELECT g, 'timeline 2' FROM generate_series(2001, 2100) g")
+        # markers written on timeline 2, recovered from the timeline-1 chain across the switch
+        switched = pitr_test(site, "after-switch")
+        assert switched["ok"] and switched["chain"] == result["chain"]
+        history = stored_segments(site)["00000002.history"]
+        (site.store / history[1]).unlink()  # as if shipped before history files were
+        with ops().transaction() as conn:
+            conn.execute("DELETE FROM dbops.wal_segments WHERE target = %s AND segment = '00000002.history'",
+                         (site.name,))
+        with pytest.raises(RecoveryTestFailed, match="recovery ended before configured recovery target was reached "
+                                                     "-- the WAL archive switches from timeline 1 .* to timeline 2 at "
+                                                     "segment 00000002.* and the timeline history file "
+                                                     "00000002.history is not in the store.*full=true"):
+            pitr_test(site, "no-history", switched["target_time"])
     finally:
         subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
                        stdout=subprocess.DEVNULL, **user)
@@ -538,9 +554,11 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster, monkeyp
     with ops().transaction() as conn:
         tests = conn.execute("SELECT ok, checks FROM dbops.recovery_tests WHERE target = %s ORDER BY id",
                              (site.name,)).fetchall()
-    assert [ok for ok, _ in tests] == [True, True]  # the marker test after the full, the on-demand one
-    assert tests[0][1]["markers"] == {"ok": True, "before_present": True, "after_absent": True}
-    assert tests[0][1]["recovery"]["wal_replayed_bytes"] > 0 and tests[1][1]["target"]["ok"]
+    # the marker test after the full, the one across the switch, the one without its history, the on-demand one
+    assert [ok for ok, _ in tests] == [True, True, False, True]
+    assert tests[0][1]["markers"] == tests[1][1]["markers"] == {"ok": True, "before_present": True,
+                                                                 "after_absent": True}
+    assert tests[0][1]["recovery"]["wal_replayed_bytes"] > 0 and tests[3][1]["target"]["ok"]
 
 
 def test_slot_rules_see_the_wal_a_stopped_shipper_makes_the_server_keep(site):

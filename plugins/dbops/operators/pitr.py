@@ -274,6 +274,10 @@ class WalShipOperator(_PitrOperator):
                 f"the WAL archive of {self.target} has a gap: {len(gaps)} segment(s) missing ({gaps[0]}"
                 f"{'..' + gaps[-1] if len(gaps) > 1 else ''}); recovery cannot pass it. Trigger pg_basebackup__"
                 f"{self.target} with full=true: recovery from that backup on needs no WAL before it")
+        if result.histories:
+            self.log.warning("shipped timeline history %s: the server of %s switched timeline (a failover or a "
+                             "promotion); recovery follows the switch from the existing base backups",
+                             ", ".join(result.histories), self.target)
         if switched:
             raise AirflowFailException(switched)
         return {"segments": result.segments, "partial": result.partial, "bytes": result.bytes,
@@ -283,7 +287,7 @@ class WalShipOperator(_PitrOperator):
 
 def archive_gaps(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str) -> list[str]:
     """Segments missing from the archive since the newest full base backup's start (or the oldest stored)."""
-    from dbops.backup.wal_ship import find_gaps, segment_of_lsn, segment_size
+    from dbops.backup.wal_ship import SEGMENT, find_gaps, segment_of_lsn, segment_size
 
     size = segment_size(hook)
     with ops.transaction() as conn:
@@ -292,22 +296,25 @@ def archive_gaps(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str) -> 
     if not stored:
         return []
     first = (segment_of_lsn(fulls[0].start_lsn, fulls[0].manifest.extra["timeline"], size) if fulls
-             else min(stored))
-    return find_gaps([name for name in stored if name >= first], first, size)
+             else min(name for name in stored if SEGMENT.match(name)))
+    return find_gaps(list(stored), first, size)
 
 
 def timeline_switch(ops: OpsDatabaseHook, target: str, shipped: str) -> str | None:
     """What to do when the server's timeline (that of the segment just ``shipped``) is not the newest full
-    base backup's: a failover or promotion happened, and recovery past it needs a new full."""
+    base backup's (a failover or promotion) and the timeline's history file is not stored: recovery cannot
+    follow the switch without it. None when recovery can cross it (or there was no switch)."""
     with ops.transaction() as conn:
         fulls = [b for b in pitr_catalog.base_backups(conn, target) if b.kind == pitr_catalog.FULL]
+        stored = pitr_catalog.histories(conn, target)
     timeline = int(shipped[:8], 16)
-    if not fulls or fulls[0].manifest.extra["timeline"] == timeline:
+    if not fulls or fulls[0].manifest.extra["timeline"] == timeline or f"{timeline:08X}.history" in stored:
         return None
     return (f"the server of {target} is on timeline {timeline} (a failover or a promotion), the newest full base "
-            f"backup {fulls[0].backup_id} on timeline {fulls[0].manifest.extra['timeline']}: recovery cannot cross "
-            f"the switch. Trigger pg_basebackup__{target} with full=true; recovery to times before the switch "
-            "still works from the existing backups. The WAL of the new timeline was shipped")
+            f"backup {fulls[0].backup_id} on timeline {fulls[0].manifest.extra['timeline']}, and the history file "
+            f"{timeline:08X}.history was not shipped: recovery cannot cross the switch. Trigger pg_basebackup__"
+            f"{target} with full=true; recovery to times before the switch still works from the existing backups. "
+            "The WAL of the new timeline was shipped")
 
 
 class ScratchClusterOperator(_PitrOperator):
@@ -537,7 +544,7 @@ def needed_segments(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str, 
     size = recorded_segment_size(newest, hook)
     first = segment_of_lsn(newest.start_lsn, newest.manifest.extra["timeline"], size)
     with ops.transaction() as conn:
-        segments = pitr_catalog.segments(conn, target, first)
+        segments = {**pitr_catalog.segments(conn, target, first), **pitr_catalog.histories(conn, target)}
     gaps = find_gaps(list(segments), first, size)
     if gaps:
         raise RecoveryFailed(f"the WAL archive lacks segment(s) {', '.join(gaps[:5])} after base backup "
@@ -676,7 +683,7 @@ class PitrRetentionOperator(_PitrOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.pitr_retention import plan_retention
         from dbops.backup.store_io import delete_backup
-        from dbops.backup.wal_ship import recorded_segment_size, segment_of_lsn, wal_key
+        from dbops.backup.wal_ship import SEGMENT, recorded_segment_size, segment_of_lsn, wal_key
         from dbops.core.locks import job_lock
 
         config, policy, store, ops = self._setup()
@@ -690,7 +697,7 @@ class PitrRetentionOperator(_PitrOperator):
                 first = segment_of_lsn(plan.oldest_kept.start_lsn, plan.oldest_kept.manifest.extra["timeline"], size)
                 with ops.transaction() as conn:
                     old = {name: key for name, (_, key, _) in pitr_catalog.segments(conn, self.target).items()
-                           if name < first}
+                           if name < first and SEGMENT.match(name)}  # history files are kept
                 for name, key in old.items():
                     store.delete(key)
                     store.delete(wal_key(self.target, name, partial=True))  # a killed run may have left it
