@@ -733,11 +733,72 @@ def test_a_failed_restore_of_a_directory_it_never_made_does_not_say_it_was_remov
     assert "was removed" not in str(raised.value) and not never.exists()
 
 
+def restore_in_child(name: str, data: str, run_id: str, target_time: str) -> None:
+    """Run a restore in a child process (killed by the test)."""
+    RestorePitrOperator(task_id="restore", target=name, target_time=target_time,
+                        data_directory=data).execute(context(run_id=run_id))
+
+
+def test_a_killed_restores_leftovers_are_named_and_removed_by_the_next_run(site, outside):
+    """kill -9 of a restore while its server recovers leaves its work directory, its socket directory under
+    /tmp, the server and a half-made data directory; the next run stops and removes them all, then restores."""
+    backup(site, "kill-base")
+    insert(site, 1, 3000)
+    target = server_time(site).isoformat()
+    time.sleep(0.05)
+    ship(site)
+    config = load_config(site.config)
+    dead_staging = _run_dir(config, site.name, "basebackup", "killed-backup")  # a killed base backup's
+    dead_staging.mkdir(parents=True)
+    (dead_staging / ".lock").touch()
+    (dead_staging / "base.tar.zst").write_bytes(b"x" * 1000)
+    data = outside / "restored"
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from tests.backup.test_pitr import restore_in_child; "
+                              "restore_in_child(*sys.argv[1:])", site.name, str(data), "killed", target],
+                             cwd=ROOT, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while not (data / "postmaster.pid").exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    work = _run_dir(config, site.name, "restore_pitr", "killed")
+    assert (data / "dbops_restore.json").exists() and work.is_dir(), "the killed run left its directories"
+    assert (data / "postmaster.pid").exists(), "and its server"
+    socket_dir = Path((work / "socket_dir").read_text())
+    assert socket_dir.is_dir()
+
+    restored = restore(site, data, "after-kill", target)
+    assert restored["chain"] and not (data / "dbops_restore.json").exists() and (data / "PG_VERSION").exists()
+    assert not work.exists() and not socket_dir.exists() and not dead_staging.exists()
+    assert not [p for p in (site.home / "staging").iterdir() if "restore_pitr" in p.name]
+    running = [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
+    assert running == [], "the killed run's server was stopped"
+
+
+def test_a_marked_data_directory_is_removed_only_once_the_restore_that_made_it_is_gone(site, outside):
+    from dbops.core.scratch import claimed
+
+    data, owner = outside / "marked", outside / "owner"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("18")
+    (data / "dbops_restore.json").write_text(json.dumps({"target": site.name, "run_id": "other-run",
+                                                         "root": str(owner), "started_at": "2026-12-01T00:00:00"}))
+    with claimed(owner):  # the run that makes it still works
+        with pytest.raises(AirflowFailException, match="is being restored by pg_restore_pitr__.* run other-run .*still "
+                                                       "running"):
+            restore(site, data, "while-running")
+    assert (data / "PG_VERSION").exists()
+    with pytest.raises(AirflowFailException, match="no base backup"):  # the leftover removed, then nothing to restore
+        restore(site, data, "after-it-died")
+    assert not data.exists()
+
+
 def test_restore_into_a_directory_with_content_refuses_and_keeps_every_file(site, outside):
     occupied = outside / "occupied"
     occupied.mkdir()
     (occupied / "PG_VERSION").write_text("someone else's cluster")
-    with pytest.raises(AirflowFailException, match="exists and is not empty: name a new directory"):
+    with pytest.raises(AirflowFailException, match="exists and is not empty, and no dbops restore made it .*name a "
+                                                   "new directory"):
         RestorePitrOperator(task_id="restore", target=site.name, target_time="2026-11-30T16:05:00+00:00",
                             data_directory=str(occupied)).execute(context(run_id="occupied"))
     assert (occupied / "PG_VERSION").read_text() == "someone else's cluster"

@@ -14,6 +14,7 @@ local connections there. A server refuses to run as root: when the worker is roo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -44,12 +45,26 @@ _UNREACHED = "recovery ended before configured recovery target was reached"
 _LAST_COMMIT = re.compile(r"last completed transaction was at log time ([^\n]+)")
 AUTO_CONF = "postgresql.auto.conf"
 _MARK = "# dbops point-in-time recovery (removed once recovered)\n"
+RESTORE_MARKER = "dbops_restore.json"  # in a data directory a restore is making: which run, removed once done
 _KEEP_ARCHIVING_OFF = ("# dbops: a restored copy must not archive into the source's WAL archive; turn on "
                        "deliberately\narchive_mode = 'off'\n")
 
 
 class RecoveryFailed(Exception):
     """The backup chain or the archive cannot recover to the target: the message says what failed."""
+
+
+def write_marker(data: Path, marker: dict[str, str]) -> None:
+    """Mark ``data`` as made by a restore that has not finished (removed once it has)."""
+    (data / RESTORE_MARKER).write_text(json.dumps(marker))
+
+
+def read_marker(data: Path) -> dict[str, str] | None:
+    """The marker of a data directory a restore made and did not finish, or None."""
+    try:
+        return json.loads((data / RESTORE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def lsn_bytes(lsn: str) -> int:
@@ -150,20 +165,26 @@ def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path, timeou
     return entry.raw_bytes
 
 
-def combine_and_verify(bin_dir: Path, parts: list[Path], out: Path, timeout: float) -> dict[str, Any]:
+def combine_and_verify(bin_dir: Path, parts: list[Path], out: Path, timeout: float,
+                       marker: dict[str, str] | None = None) -> dict[str, Any]:
     """``pg_combinebackup`` the parts (full first) into ``out`` (a lone full is moved), then
-    ``pg_verifybackup`` it (files against backup_manifest, and the WAL it needs)."""
+    ``pg_verifybackup`` it (files against backup_manifest, and the WAL it needs). ``marker`` is written into
+    ``out`` as :data:`RESTORE_MARKER` as soon as it exists (a lone full carries it when moved)."""
     started = time.monotonic()
     if len(parts) == 1:
+        if marker is not None:
+            write_marker(parts[0], marker)
         shutil.move(parts[0], out)
     else:
         done = run([str(bin_dir / "pg_combinebackup"), "--output", str(out), *map(str, parts)], timeout, _env())
         if done.returncode != 0:
             raise RecoveryFailed(f"pg_combinebackup failed: {done.stderr.strip()[-1500:]}")
+        if marker is not None:
+            write_marker(out, marker)
         for part in parts:
             shutil.rmtree(part, ignore_errors=True)
     combined = time.monotonic()
-    done = run([str(bin_dir / "pg_verifybackup"), "--quiet", str(out)], timeout, _env())
+    done = run([str(bin_dir / "pg_verifybackup"), "--quiet", f"--ignore={RESTORE_MARKER}", str(out)], timeout, _env())
     if done.returncode != 0:
         raise RecoveryFailed(f"pg_verifybackup failed: {(done.stdout + done.stderr).strip()[-1500:]}")
     return {"combine_seconds": round(combined - started, 3), "verify_seconds": round(time.monotonic() - combined, 3)}
@@ -342,24 +363,31 @@ class ScratchServer:
             conf.write_text(text[:text.index(_MARK)].rstrip("\n") + "\n" + _KEEP_ARCHIVING_OFF)
 
 
-def remove_scratch(root: Path, bin_dir: Path | None) -> bool:
-    """Stop a scratch server left in ``root`` and delete the directory; True when there was one."""
+def remove_scratch(root: Path, bin_dir: Path | None, data_dir: Path | None = None, keep: bool = False) -> bool:
+    """Stop a scratch server left in ``root`` (its data in ``data_dir`` when not ``root/data``), remove its socket
+    directory and delete ``root`` (only its content with ``keep``: a claimed directory keeps its lock); True when
+    there was one."""
+    from dbops.core.scratch import empty
+
     if not root.exists():
         return False
     if bin_dir is not None:
-        ScratchServer(root, bin_dir, 0).stop()
-    shutil.rmtree(root, ignore_errors=True)
+        ScratchServer(root, bin_dir, 0, data_dir=data_dir).stop()
+    if keep:
+        empty(root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     return True
 
 
 def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tuple[bool, str, str]],
             server: ScratchServer, target_time: datetime | None, user: str, database: str, timeout: float,
             lookup: Callable[[str], tuple[bool, str, str] | None] | None = None,
-            key: bytes | None = None) -> dict[str, Any]:
+            key: bytes | None = None, marker: dict[str, str] | None = None) -> dict[str, Any]:
     """Fetch, combine and verify ``chain`` into ``server.data``, recover it to ``target_time`` (None: to the end of
     the archive) and promote it.
     ``segments`` are the stored WAL segments from the chain's start; ``lookup`` reads one's current entry;
-    ``key`` decrypts what was stored encrypted.
+    ``key`` decrypts what was stored encrypted; ``marker`` marks the data directory (:func:`combine_and_verify`).
 
     The server is left running; the caller checks it and stops it. Figures: bytes fetched, seconds to
     consistent and to promoted, WAL replayed.
@@ -374,7 +402,7 @@ def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tup
     fetched = time.monotonic()
     figures: dict[str, Any] = {"chain": [b.backup_id for b in chain], "bytes": raw,
                                "fetch_seconds": round(fetched - started, 3),
-                               **combine_and_verify(server.bin_dir, parts, server.data, timeout)}
+                               **combine_and_verify(server.bin_dir, parts, server.data, timeout, marker)}
     shutil.rmtree(work, ignore_errors=True)
     server.configure(target_time, timeout)
     recovery_started = time.monotonic()

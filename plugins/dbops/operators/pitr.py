@@ -4,9 +4,11 @@ The work lives in :mod:`dbops.backup` (basebackup, wal_ship, pitr, pitr_retentio
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 
 RECOVERY_LOCK = "pitr_recovery"  # recoveries hold it shared, retention exclusively
+RESTORE_RECORD = "restore.json"  # in a restore's work directory: the data directory it makes, and its run
 
 
 class RecoveryTestFailed(AirflowFailException):
@@ -74,6 +77,43 @@ class _PitrOperator(TargetOperator):
         except ToolVersionError as err:
             raise AirflowFailException(str(err)) from err
 
+
+    def _sweep_scratch(self, config: DbopsConfig) -> None:
+        """Remove the scratch directories of this target's PITR runs that are no longer running (killed), each
+        held by its run while it works (:mod:`dbops.core.scratch`): a base backup's staging, a recovery test's
+        scratch cluster, a restore's work directory and the half-made data directory it marked. Servers left
+        running are stopped first, their socket directories removed."""
+        from dbops.backup.pitr import remove_scratch
+        from dbops.core.scratch import sweep
+
+        bin_dir = _server_bin_dir()
+        removed = [*sweep(config.staging_path, f"{self.target}__basebackup__*"),
+                   *sweep(config.staging_path, f"{self.target}__pitr__*", lambda root: remove_scratch(root, bin_dir)),
+                   *sweep(config.staging_path, f"{self.target}__restore_pitr__*", self._remove_restore_work)]
+        for path in removed:
+            self.log.warning("removed %s, left by a run that is no longer running (killed)", path)
+
+    def _remove_restore_work(self, root: Path) -> None:
+        """Remove a killed restore's work directory and the data directory it was making, if it marked it."""
+        from dbops.backup.pitr import read_marker, remove_scratch
+
+        try:
+            record = json.loads((root / RESTORE_RECORD).read_text())
+        except (OSError, ValueError):
+            record = {}
+        data = Path(record["data_directory"]) if record.get("data_directory") else None
+        remove_scratch(root, _server_bin_dir(), data)
+        if data is None or not data.exists():
+            return
+        marker = read_marker(data)
+        if marker is not None and marker.get("run_id") == record.get("run_id"):
+            shutil.rmtree(data, ignore_errors=True)
+            self.log.warning("removed %s: a data directory pg_restore_pitr__%s run %s was making when it was killed",
+                             data, self.target, record.get("run_id"))
+        elif data.is_dir() and any(data.iterdir()):
+            self.log.warning("%s may be a leftover of pg_restore_pitr__%s run %s, killed before it could mark it (or "
+                             "after it had finished): it has no %s, so it is not removed; check it and delete it by "
+                             "hand if it is", data, self.target, record.get("run_id"), "dbops_restore.json")
 
     def _ship(self, config: DbopsConfig, policy: PitrPolicy, store: BackupStore, ops: OpsDatabaseHook):
         """One WAL shipping pass (the caller holds the target's ``wal_ship`` lock)."""
@@ -134,12 +174,12 @@ class BaseBackupOperator(_PitrOperator):
             ARCHIVE, BACKUP_MANIFEST, check_single_tablespace, choose_parent, take_basebackup)
         from dbops.backup.pitr_destination import server_paths
         from dbops.backup.runs import is_past_period, run_type_of
-        from dbops.backup.staging import fresh_staging
         from dbops.backup.store_io import (
             read_manifest, remove_incomplete, store_backup, uncatalogued_backup_of_run, verify_stored)
         from dbops.backup.wal_ship import ensure_slot, segment_size, slot_name
         from dbops.core.manifest import FileEntry, Manifest, backup_prefix
         from dbops.core.runs import run_date
+        from dbops.core.scratch import empty
         from dbops.core.streams import file_sha256
         from dbops.hooks.postgres import DbopsPostgresHook
 
@@ -182,56 +222,58 @@ class BaseBackupOperator(_PitrOperator):
         (self.log.warning if reason.startswith("incremental refused") else self.log.info)(
             "%s: %s", "incremental" if parent else "full", reason)
         staging = _run_dir(config, self.target, "basebackup", context["run_id"])
-        fresh_staging(staging)
-        try:
-            parent_manifest = None
-            if parent is not None:
-                parent_manifest = staging / f"parent_{BACKUP_MANIFEST}"
-                key = f"{parent.backup_id}/{BACKUP_MANIFEST}"
-                store.get_file(key, parent_manifest)
-                entry = next(f for f in parent.manifest.files if f.name == BACKUP_MANIFEST)
-                verify_stored(store, key, entry.bytes, entry.sha256)
-            taken_at = datetime.now(timezone.utc).replace(microsecond=0)
-            while store.list_keys(backup_prefix(self.target, "basebackup", taken_at)):
-                time.sleep(1)
+        self._sweep_scratch(config)
+        with _claimed(staging):  # a later run removes it if this one is killed
+            empty(staging)  # an earlier try's
+            try:
+                parent_manifest = None
+                if parent is not None:
+                    parent_manifest = staging / f"parent_{BACKUP_MANIFEST}"
+                    key = f"{parent.backup_id}/{BACKUP_MANIFEST}"
+                    store.get_file(key, parent_manifest)
+                    entry = next(f for f in parent.manifest.files if f.name == BACKUP_MANIFEST)
+                    verify_stored(store, key, entry.bytes, entry.sha256)
                 taken_at = datetime.now(timezone.utc).replace(microsecond=0)
-            prefix = backup_prefix(self.target, "basebackup", taken_at)
-            with hook.cli_environment() as env:
-                result = take_basebackup(tool, env, staging / ARCHIVE, policy.compression_level, parent_manifest,
-                                         tool_timeout(self.execution_timeout), encryption_key(policy.encryption_conn_id))
-            (staging / BACKUP_MANIFEST).write_bytes(result.backup_manifest)
-            # the server's clock: recovery target times are compared with it, never with this worker's
-            stop_time = hook.get_first("SELECT clock_timestamp()")[0]
-            logical_date = context.get("logical_date")
-            manifest = Manifest(
-                backup_id=prefix, target=self.target,
-                kind=pitr_catalog.INCREMENTAL if parent else pitr_catalog.FULL,
-                logical_date=run_date(context).isoformat(), run_id=context["run_id"],
-                location=f"{store.describe()}/{prefix}", server_version=server_version,
-                tool=f"{tool.name} {tool.version}", snapshot_id=result.start_lsn,
-                files=[FileEntry(ARCHIVE, result.bytes, result.sha256, result.raw_bytes),
-                       FileEntry(BACKUP_MANIFEST, len(result.backup_manifest), file_sha256(staging / BACKUP_MANIFEST),
-                                 len(result.backup_manifest))],
-                tables={}, constraints=[], timings={"basebackup_seconds": round(result.seconds, 3)},
-                compression={"codec": "zstd", "level": policy.compression_level,
-                             "archive": "pg_basebackup tar, --wal-method=fetch"},
-                taken_at=taken_at.isoformat(), covers=logical_date.isoformat() if logical_date else None,
-                run_type=run_type_of(context), storage=policy.storage,
-                encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
-                if policy.encryption_conn_id else None,
-                extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
-                       "parent": parent.backup_id if parent else None, "reason": reason,
-                       "wal_segment_size": wal_segment_size, "source_paths": source_paths,
-                       "wal_compression": wal_compression,
-                       "stop_time": stop_time.isoformat()})
-            store_backup(store, manifest, staging)
-        except AirflowException:
-            raise
-        except Exception as err:
-            raise classify(err, f"base backup of {self.target} into {store.describe()} failed") from err
-        with ops.transaction() as conn:
-            catalog.record_backup(conn, manifest)
-        shutil.rmtree(staging, ignore_errors=True)
+                while store.list_keys(backup_prefix(self.target, "basebackup", taken_at)):
+                    time.sleep(1)
+                    taken_at = datetime.now(timezone.utc).replace(microsecond=0)
+                prefix = backup_prefix(self.target, "basebackup", taken_at)
+                with hook.cli_environment() as env:
+                    result = take_basebackup(tool, env, staging / ARCHIVE, policy.compression_level, parent_manifest,
+                                             tool_timeout(self.execution_timeout), encryption_key(policy.encryption_conn_id))
+                (staging / BACKUP_MANIFEST).write_bytes(result.backup_manifest)
+                # the server's clock: recovery target times are compared with it, never with this worker's
+                stop_time = hook.get_first("SELECT clock_timestamp()")[0]
+                logical_date = context.get("logical_date")
+                manifest = Manifest(
+                    backup_id=prefix, target=self.target,
+                    kind=pitr_catalog.INCREMENTAL if parent else pitr_catalog.FULL,
+                    logical_date=run_date(context).isoformat(), run_id=context["run_id"],
+                    location=f"{store.describe()}/{prefix}", server_version=server_version,
+                    tool=f"{tool.name} {tool.version}", snapshot_id=result.start_lsn,
+                    files=[FileEntry(ARCHIVE, result.bytes, result.sha256, result.raw_bytes),
+                           FileEntry(BACKUP_MANIFEST, len(result.backup_manifest), file_sha256(staging / BACKUP_MANIFEST),
+                                     len(result.backup_manifest))],
+                    tables={}, constraints=[], timings={"basebackup_seconds": round(result.seconds, 3)},
+                    compression={"codec": "zstd", "level": policy.compression_level,
+                                 "archive": "pg_basebackup tar, --wal-method=fetch"},
+                    taken_at=taken_at.isoformat(), covers=logical_date.isoformat() if logical_date else None,
+                    run_type=run_type_of(context), storage=policy.storage,
+                    encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
+                    if policy.encryption_conn_id else None,
+                    extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
+                           "parent": parent.backup_id if parent else None, "reason": reason,
+                           "wal_segment_size": wal_segment_size, "source_paths": source_paths,
+                           "wal_compression": wal_compression,
+                           "stop_time": stop_time.isoformat()})
+                store_backup(store, manifest, staging)
+            except AirflowException:
+                raise
+            except Exception as err:
+                raise classify(err, f"base backup of {self.target} into {store.describe()} failed") from err
+            with ops.transaction() as conn:
+                catalog.record_backup(conn, manifest)
+            shutil.rmtree(staging, ignore_errors=True)
         self.log.info("stored OK: %s base backup %s (parent %s): %s (%s raw), LSN %s..%s, %.1f s backup, "
                       "%.1f s upload", manifest.kind, manifest.location, manifest.extra["parent"] or "-",
                       human_bytes(result.bytes), human_bytes(result.raw_bytes), result.start_lsn, result.stop_lsn,
@@ -326,6 +368,7 @@ class ScratchClusterOperator(_PitrOperator):
 
     def execute(self, context: Context) -> None:
         from dbops.backup.pitr import remove_scratch
+        from dbops.core.scratch import claimed
 
         config = self.load_config()
         root = _run_dir(config, self.target, "pitr", context["run_id"])
@@ -334,8 +377,23 @@ class ScratchClusterOperator(_PitrOperator):
             self.log.info("%s scratch cluster %s", "stopped and deleted" if removed else "no", root)
         else:
             remove_scratch(root, _server_bin_dir())
-            root.mkdir(parents=True)
+            self._sweep_scratch(config)
+            with claimed(root):  # its .lock: a sweep removes it once no run of this DAG works in it
+                pass
             self.log.info("created scratch directory %s", root)
+
+
+@contextmanager
+def _claimed(root: Path) -> Iterator[Path]:
+    """Hold the scratch directory ``root`` while the block runs (:func:`dbops.core.scratch.claimed`); one another
+    running process holds fails this try, to be retried."""
+    from dbops.core.scratch import ScratchBusy, claimed
+
+    try:
+        with claimed(root):
+            yield root
+    except ScratchBusy as err:
+        raise AirflowException(f"{err}: an earlier try of this run is still working (transient; will retry)") from err
 
 
 def _server_bin_dir() -> Path | None:
@@ -396,7 +454,9 @@ class PitrTestOperator(_PitrOperator):
 
         config = self.load_config()
         with job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK, shared=True, retry_when_busy=True):
-            return self._test(context)
+            self._sweep_scratch(config)
+            with _claimed(_run_dir(config, self.target, "pitr", context["run_id"])):
+                return self._test(context)
 
     def _test(self, context: Context) -> dict[str, Any]:
         from dbops.backup import catalog
@@ -422,8 +482,7 @@ class PitrTestOperator(_PitrOperator):
             with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=300, retry_when_busy=True):
                 self._ship(config, policy, store, ops)
         root = _run_dir(config, self.target, "pitr", context["run_id"])
-        remove_scratch(root, _server_bin_dir())  # an earlier try's leftovers
-        root.mkdir(parents=True)
+        remove_scratch(root, _server_bin_dir(), keep=True)  # an earlier try's leftovers
         started_at = datetime.now(timezone.utc)
         checks: dict[str, Any] = {"target_time": shown(target_time)}
         chain, error, server = [], None, None
@@ -582,7 +641,8 @@ class RestorePitrOperator(_PitrOperator):
         self.data_directory = data_directory
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover
+        from dbops.backup.pitr import (
+            RESTORE_MARKER, RecoveryFailed, ScratchServer, chain_for, free_port, recover, remove_scratch)
         from dbops.core.locks import job_lock
         from dbops.core.streams import ChecksumMismatch
         from dbops.hooks.postgres import DbopsPostgresHook
@@ -597,52 +657,76 @@ class RestorePitrOperator(_PitrOperator):
         root = _run_dir(config, self.target, "restore_pitr", context["run_id"])
         with job_lock(config.ops_conn_id, self.target, "restore_pitr", retry_when_busy=True), \
                 job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK, shared=True, retry_when_busy=True):
-            if data.exists() and (not data.is_dir() or any(data.iterdir())):
-                raise AirflowFailException(f"data_directory {data} exists and is not empty: name a new directory "
-                                           "(nothing was changed)")
-            shutil.rmtree(root, ignore_errors=True)
-            root.mkdir(parents=True)
-            server, making, restored = None, False, False
-            try:
-                with ops.transaction() as conn:
-                    backups = pitr_catalog.base_backups(conn, self.target)
-                chain = chain_for(backups, target_time, self.target)
-                bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
-                check_recovery_build(bin_dir, chain, source)
-                segments = needed_segments(ops, source, self.target, chain[-1])
-                server = ScratchServer(root, bin_dir, free_port(*policy.scratch_ports), data_dir=data)
-                if data.exists():
-                    data.rmdir()
-                making = True
-                figures = recover(store, chain, segments, server, target_time,
-                                  source.connection.login, source.database or source.connection.schema,
-                                  tool_timeout(self.execution_timeout), current_segment(ops, self.target),
-                                  encryption_key(policy.encryption_conn_id))
-                server.stop()
-                server.forget_recovery_settings()
-                restored = True
-            except (RecoveryFailed, ChecksumMismatch) as err:
-                if server is not None:
-                    self.log.error("the recovering server's log ended with:\n%s", server.log_tail())
-                raise AirflowFailException(f"FAILED: restoring {self.target} to {shown(target_time)}: {err}; "
-                                           f"{_undone(data, making)}") from err
-            except AirflowException:
-                raise
-            except Exception as err:
-                raise classify(err, f"restoring {self.target} to {shown(target_time)} could not run; "
-                                    f"{_undone(data, making)}") from err
-            finally:  # also when the task is killed or times out: no server left running, no half-made directory
-                if not restored:
+            self._sweep_scratch(config)
+            self._take_data_directory(data)
+            with _claimed(root):
+                remove_scratch(root, _server_bin_dir(), data, keep=True)  # an earlier try's (its server stopped)
+                (root / RESTORE_RECORD).write_text(json.dumps({"data_directory": str(data), "run_id": context["run_id"]}))
+                marker = {"target": self.target, "run_id": context["run_id"], "root": str(root),
+                          "started_at": datetime.now(timezone.utc).isoformat()}
+                server, making, restored = None, False, False
+                try:
+                    with ops.transaction() as conn:
+                        backups = pitr_catalog.base_backups(conn, self.target)
+                    chain = chain_for(backups, target_time, self.target)
+                    bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
+                    check_recovery_build(bin_dir, chain, source)
+                    segments = needed_segments(ops, source, self.target, chain[-1])
+                    server = ScratchServer(root, bin_dir, free_port(*policy.scratch_ports), data_dir=data)
+                    if data.exists():
+                        data.rmdir()
+                    making = True
+                    figures = recover(store, chain, segments, server, target_time,
+                                      source.connection.login, source.database or source.connection.schema,
+                                      tool_timeout(self.execution_timeout), current_segment(ops, self.target),
+                                      encryption_key(policy.encryption_conn_id), marker)
+                    server.stop()
+                    server.forget_recovery_settings()
+                    (data / RESTORE_MARKER).unlink()
+                    restored = True
+                except (RecoveryFailed, ChecksumMismatch) as err:
                     if server is not None:
-                        server.stop()
-                    if making:
-                        shutil.rmtree(data, ignore_errors=True)
-                shutil.rmtree(root, ignore_errors=True)
+                        self.log.error("the recovering server's log ended with:\n%s", server.log_tail())
+                    raise AirflowFailException(f"FAILED: restoring {self.target} to {shown(target_time)}: {err}; "
+                                               f"{_undone(data, making)}") from err
+                except AirflowException:
+                    raise
+                except Exception as err:
+                    raise classify(err, f"restoring {self.target} to {shown(target_time)} could not run; "
+                                        f"{_undone(data, making)}") from err
+                finally:  # also when the task times out: no server left running, no half-made directory
+                    if not restored:
+                        if server is not None:
+                            server.stop()
+                        if making:
+                            shutil.rmtree(data, ignore_errors=True)
+                    shutil.rmtree(root, ignore_errors=True)
         self.log.info("restored OK: %s as of %s into %s (stopped, ready to start): from %s, %s, recovered in %.1f s; "
                       "%s", self.target, shown(target_time), data, " + ".join(figures["chain"]),
                       human_bytes(figures["bytes"]), figures["seconds_to_promoted"], figures.get("stopped") or "",
                       bytes=figures["bytes"], data_directory=str(data))
         return {"data_directory": str(data), "target_time": shown(target_time), **figures}
+
+    def _take_data_directory(self, data: Path) -> None:
+        """Refuse ``data`` when it exists with content, unless a restore made it and is no longer running (it
+        marked it): then say whose leftover it is, stop a server left running in it and remove it."""
+        from dbops.backup.pitr import read_marker, remove_scratch
+        from dbops.core.scratch import LOCK, is_abandoned
+
+        if not data.exists() or (data.is_dir() and not any(data.iterdir())):
+            return
+        marker = read_marker(data) if data.is_dir() else None
+        if marker is None:
+            raise AirflowFailException(f"data_directory {data} exists and is not empty, and no dbops restore made it "
+                                       "(it has no dbops_restore.json): name a new directory (nothing was changed)")
+        owner = Path(marker.get("root", ""))
+        whose = f"pg_restore_pitr__{marker.get('target')} run {marker.get('run_id')} (started {marker.get('started_at')})"
+        if (owner / LOCK).is_file() and not is_abandoned(owner):
+            raise AirflowFailException(f"data_directory {data} is being restored by {whose}, which is still running: "
+                                       "name another directory or wait for it (nothing was changed)")
+        remove_scratch(data, _server_bin_dir(), data)
+        self.log.warning("data_directory %s is a leftover of %s, which is no longer running (killed before it "
+                         "finished): stopped what ran in it and removed it; restoring into it anew", data, whose)
 
     def _destination(self, data: Path, config: DbopsConfig, store: BackupStore, source: DbopsPostgresHook,
                      ops: OpsDatabaseHook) -> Path:
