@@ -95,14 +95,15 @@ def chain_for(backups: list[BaseBackup], target_time: datetime | None, target: s
     earliest = min(complete, key=stop_time)
     inside = next((b for b in complete if b.taken_at <= target_time < stop_time(b)), None)
     if inside is not None:
-        why = (f"{target_time.isoformat()} is inside base backup {inside.backup_id}'s own span ({inside.taken_at.isoformat()}"
-               f" to {stop_time(inside).isoformat()}): recovery from a base backup reaches only times after it ended")
+        why = (f"{target_time.isoformat()} is inside base backup {inside.backup_id}'s own span "
+               f"({inside.taken_at.isoformat()} to {stop_time(inside).isoformat()}): recovery from a base backup "
+               "reaches only times after it ended")
     else:
         why = (f"{target_time.isoformat()} is before the oldest base backup kept ({earliest.backup_id}; older ones and "
                "their WAL were deleted by retention, pitr.full_retention)")
-    raise RecoveryFailed(f"no base backup of {target} finished before {target_time.isoformat()}: {why}. The earliest "
-                         f"time reachable is {stop_time(earliest).isoformat()} (the end of {earliest.backup_id}); a new "
-                         "base backup cannot reach an earlier time")
+    raise RecoveryFailed(f"no base backup of {target} finished before {target_time.isoformat()}: {why}. The "
+                         f"earliest time reachable is {stop_time(earliest).isoformat()} (the end of "
+                         f"{earliest.backup_id}); a new base backup cannot reach an earlier time")
 
 
 def stop_time(backup: BaseBackup) -> datetime:
@@ -220,8 +221,8 @@ def check_wal_compression(bin_dir: Path, values: set[str]) -> None:
         if done.returncode != 0:
             hint = next((line.split("HINT:", 1)[1].strip() for line in done.stderr.splitlines() if "HINT:" in line), "")
             raise RecoveryFailed(
-                f"the source writes WAL with wal_compression = {value}, and the PostgreSQL server in {bin_dir} was built "
-                f"without {value} ({hint or done.stderr.strip()[-300:]}): recovery would fail at the first "
+                f"the source writes WAL with wal_compression = {value}, and the PostgreSQL server in {bin_dir} was "
+                f"built without {value} ({hint or done.stderr.strip()[-300:]}): recovery would fail at the first "
                 f"compressed full-page image. Set tools.bin_dir to a server build with {value}, or set wal_compression "
                 "= pglz (or off) on the source and take a full base backup")
 

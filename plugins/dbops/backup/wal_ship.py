@@ -13,14 +13,14 @@ the hold slot (``pg_copy_physical_replication_slot``, same ``restart_lsn``). Wit
 ``pg_receivewal --slot <receive> --endpos <current LSN>`` starts at the segment that holds the slot's
 ``restart_lsn`` (PostgreSQL 15+), i.e. at the first WAL not stored yet. Every finished segment is then
 compressed (zstd, in Python), stored, read back (size and sha256), recorded in ``dbops.wal_segments`` and
-deleted locally; the unfinished one is stored as
-``<segment>.partial.zst`` (replaced each run, deleted once the segment is finished), so the recovery point
-is at most one shipping interval old on a quiet database. A timeline history file ``pg_receivewal`` wrote
-(after a failover or promotion) is stored and recorded once: recovery follows the switch with it. Then the hold slot is advanced to the end
-position and the receive slot dropped (no idle slot between runs). The hold slot also follows each finished
+deleted locally; the unfinished one is stored as ``<segment>.partial.zst`` (replaced each run, deleted
+once the segment is finished), so the recovery point is at most one shipping interval old on a quiet
+database. A timeline history file ``pg_receivewal`` wrote (after a failover or promotion) is stored and
+recorded once: recovery follows the switch with it. Then the hold slot is advanced to the end position
+and the receive slot dropped (no idle slot between runs). The hold slot also follows each finished
 segment as it is stored, so a run killed or timed out in a large backlog keeps its progress. While a base
-backup runs, the hold slot stays where it is, so the server keeps the WAL ``pg_basebackup -X fetch`` reads
-at its end. So:
+backup runs, the hold slot stays where it is, so the server keeps the WAL ``pg_basebackup -X fetch``
+reads at its end. So:
 
 * killed at any point, on this worker or another, with or without its staging directory: the next run
   streams again from the hold slot everything not stored yet; a segment already recorded as finished is

@@ -140,13 +140,13 @@ class BaseBackupOperator(_PitrOperator):
     """Take a physical base backup of the target's cluster and store it with its manifest.
 
     Incremental (``pg_basebackup --incremental``) on top of the newest base backup, unless a full is due:
-    ``pitr.full_schedule`` ticked since the newest full, ``full`` is set, or the would-be parent is not
-    verified by a recovery test or a file of its chain (full and incrementals) is missing from the store
-    or has another size than recorded (an incremental on it is refused, and the reason logged). The archive and PostgreSQL's ``backup_manifest`` are stored and read back;
-    our manifest (sha256 per file, start/stop LSN and time, parent) is written last and catalogued.
-    A retried task returns the backup its run already made; a run for a past period (a backfill) takes
-    nothing when a base backup was taken at or after the period's start, and says which. The WAL slot is created first, so that
-    shipping holds every segment the backup needs.
+    ``pitr.full_schedule`` ticked since the newest full, ``full`` is set, or the would-be parent is not verified
+    by a recovery test or a file of its chain (full and incrementals) is missing from the store or has another
+    size than recorded (an incremental on it is refused, and the reason logged). The archive and PostgreSQL's
+    ``backup_manifest`` are stored and read back; our manifest (sha256 per file, start/stop LSN and time,
+    parent) is written last and catalogued. A retried task returns the backup its run already made; a run for a
+    past period (a backfill) takes nothing when a base backup was taken at or after the period's start, and says
+    which. The WAL slot is created first, so that shipping holds every segment the backup needs.
 
     :param full: take a full backup whatever the schedule says.
     """
@@ -240,7 +240,8 @@ class BaseBackupOperator(_PitrOperator):
                 prefix = backup_prefix(self.target, "basebackup", taken_at)
                 with hook.cli_environment() as env:
                     result = take_basebackup(tool, env, staging / ARCHIVE, policy.compression_level, parent_manifest,
-                                             tool_timeout(self.execution_timeout), encryption_key(policy.encryption_conn_id))
+                                             tool_timeout(self.execution_timeout),
+                                             encryption_key(policy.encryption_conn_id))
                 (staging / BACKUP_MANIFEST).write_bytes(result.backup_manifest)
                 # the server's clock: recovery target times are compared with it, never with this worker's
                 stop_time = hook.get_first("SELECT clock_timestamp()")[0]
@@ -252,8 +253,8 @@ class BaseBackupOperator(_PitrOperator):
                     location=f"{store.describe()}/{prefix}", server_version=server_version,
                     tool=f"{tool.name} {tool.version}", snapshot_id=result.start_lsn,
                     files=[FileEntry(ARCHIVE, result.bytes, result.sha256, result.raw_bytes),
-                           FileEntry(BACKUP_MANIFEST, len(result.backup_manifest), file_sha256(staging / BACKUP_MANIFEST),
-                                     len(result.backup_manifest))],
+                           FileEntry(BACKUP_MANIFEST, len(result.backup_manifest),
+                                     file_sha256(staging / BACKUP_MANIFEST), len(result.backup_manifest))],
                     tables={}, constraints=[], timings={"basebackup_seconds": round(result.seconds, 3)},
                     compression={"codec": "zstd", "level": policy.compression_level,
                                  "archive": "pg_basebackup tar, --wal-method=fetch"},
@@ -661,7 +662,8 @@ class RestorePitrOperator(_PitrOperator):
             self._take_data_directory(data)
             with _claimed(root):
                 remove_scratch(root, _server_bin_dir(), data, keep=True)  # an earlier try's (its server stopped)
-                (root / RESTORE_RECORD).write_text(json.dumps({"data_directory": str(data), "run_id": context["run_id"]}))
+                record = {"data_directory": str(data), "run_id": context["run_id"]}
+                (root / RESTORE_RECORD).write_text(json.dumps(record))
                 marker = {"target": self.target, "run_id": context["run_id"], "root": str(root),
                           "started_at": datetime.now(timezone.utc).isoformat()}
                 server, making, restored = None, False, False
@@ -720,7 +722,8 @@ class RestorePitrOperator(_PitrOperator):
             raise AirflowFailException(f"data_directory {data} exists and is not empty, and no dbops restore made it "
                                        "(it has no dbops_restore.json): name a new directory (nothing was changed)")
         owner = Path(marker.get("root", ""))
-        whose = f"pg_restore_pitr__{marker.get('target')} run {marker.get('run_id')} (started {marker.get('started_at')})"
+        whose = (f"pg_restore_pitr__{marker.get('target')} run {marker.get('run_id')} (started "
+                 f"{marker.get('started_at')})")
         if (owner / LOCK).is_file() and not is_abandoned(owner):
             raise AirflowFailException(f"data_directory {data} is being restored by {whose}, which is still running: "
                                        "name another directory or wait for it (nothing was changed)")
