@@ -583,7 +583,11 @@ def test_retention_keeps_the_newest_verified_chain_and_deletes_older_backups_and
     ship(site)
     second = backup(site, "r2", full=True)
     retention = PitrRetentionOperator(task_id="retention", target=site.name)
+    killed = _run_dir(load_config(site.config), site.name, "pitr", "killed-test")  # a killed recovery test's
+    (killed / "data").mkdir(parents=True)
+    (killed / ".lock").touch()
     kept = retention.execute(context(run_id="ret1"))
+    assert not killed.exists()
     assert kept["deleted"] == [] and first["backup_id"] in kept["kept"], "r1 is the newest verified recovery"
 
     pitr_test(site, "verify-r2")

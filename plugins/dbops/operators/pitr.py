@@ -764,7 +764,8 @@ class PitrRetentionOperator(_PitrOperator):
     """Delete base backups and WAL that ``pitr.full_retention`` no longer keeps (:mod:`dbops.backup.pitr_retention`).
 
     A backup is deleted like a logical one (catalog ``deleting``, manifest first, files, ``deleted``); WAL
-    segments before the oldest kept backup's start are deleted from the store, then from the catalog.
+    segments before the oldest kept backup's start are deleted from the store, then from the catalog. Scratch
+    directories of killed PITR runs are removed too.
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -775,6 +776,7 @@ class PitrRetentionOperator(_PitrOperator):
 
         config, policy, store, ops = self._setup()
         with job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK):  # never under a running recovery
+            self._sweep_scratch(config)
             with ops.transaction() as conn:
                 plan = plan_retention(pitr_catalog.base_backups(conn, self.target), policy.full_retention)
             deleted = [b.backup_id for b in plan.delete if delete_backup(ops, store, b.backup_id)]
