@@ -63,8 +63,9 @@ for target, settings in config.targets.items():
         schedule=[basebackup_asset(target)],
         description=f"Prove point-in-time recovery of {target} in a scratch cluster, markers around the target",
         doc_md=runbook("pg_pitr_test", target),
-        params={"target_time": Param("", type="string", description="ISO 8601 time with a zone to recover to; "
-                                                                     "empty: write markers and recover between them")},
+        params={"target_time": Param("", type="string", description="ISO 8601 time with a zone to recover to, or "
+                                                                     "latest (the end of the archive); empty: write "
+                                                                     "markers and recover between them")},
         **dag_kwargs(tags=["backup", "pitr", "verify", target], on_failure=notifier),
     ):
         create = ScratchClusterOperator(task_id="create_scratch", target=target, execution_timeout=timedelta(minutes=5))
@@ -80,7 +81,8 @@ for target, settings in config.targets.items():
         description=f"Restore {target} as of a point in time into a new data directory, ready to start",
         doc_md=runbook("pg_restore_pitr", target),
         params={
-            "target_time": Param(type="string", minLength=10, description="ISO 8601 time with a zone"),
+            "target_time": Param(type="string", minLength=6,
+                                 description="ISO 8601 time with a zone, or latest (the end of the archive)"),
             "data_directory": Param(type="string", minLength=2, description="absolute path of a new data directory"),
         },
         **dag_kwargs(tags=["backup", "pitr", "restore", target], on_failure=notifier),

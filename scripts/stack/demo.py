@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from scripts.stack.airflow import airflow, airflow_env
-from scripts.stack.paths import AIRFLOW_HOME, ROOT, VAR
+from scripts.stack.paths import AIRFLOW_HOME, ROOT
 from scripts.stack.postgres import libpq_conninfo
 
 
@@ -26,8 +29,10 @@ def demo_conf(family: str) -> dict | None:
         with psycopg.connect(libpq_conninfo("appdb")) as conn:
             marker = conn.execute("SELECT max(written_at) FROM dbops_pitr_heartbeat WHERE position = 'before'")
             target_time = marker.fetchone()[0]
-        return {"target_time": target_time.isoformat(),
-                "data_directory": str(VAR / "demo_pitr_restored" / target_time.strftime("%Y%m%dT%H%M%S"))}
+        # outside the project (a restore refuses anywhere inside it); the previous demo's copy is replaced
+        restored = Path(tempfile.gettempdir()) / "dbops_demo_pitr_restored"
+        shutil.rmtree(restored, ignore_errors=True)
+        return {"target_time": target_time.isoformat(), "data_directory": str(restored)}
     if family == "pg_tenant_export":
         import psycopg
 

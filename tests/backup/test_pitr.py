@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -80,6 +82,15 @@ def site(cluster, monkeypatch):
     with psycopg.connect(cluster.dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                      "WHERE slot_name IN (%s, %s)", (slot_name(name), receive_slot_name(name)))
+
+
+@pytest.fixture
+def outside():
+    """A directory outside the project (restores into it are allowed), the server user may enter it."""
+    made = Path(tempfile.mkdtemp(prefix="dbops-pitr-test-"))
+    made.chmod(0o755)
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
 
 
 def _dsn(cluster, database: str) -> str:
@@ -492,7 +503,8 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster, monkeyp
     insert(site, 501, 1000)
     ship(site)
 
-    data = cluster.root / f"{site.name}-restored"
+    data = Path(tempfile.mkdtemp(prefix="dbops-pitr-test-")) / "restored"  # outside the project
+    data.parent.chmod(0o755)
     # the source is down (its connection points at a closed port): a restore needs only the store and catalog
     monkeypatch.setenv(f"AIRFLOW_CONN_PG_{site.name.upper()}", f"postgresql://postgres:x@127.0.0.1:{free_port()}/{site.name}")
     result = RestorePitrOperator(task_id="restore", target=site.name, target_time=noted.isoformat(),
@@ -514,21 +526,39 @@ def test_recovers_full_plus_incremental_to_the_noted_time(site, cluster, monkeyp
             user_name = "dbops_repl" if role else "postgres"
             monkeypatch.setenv(f"AIRFLOW_CONN_PG_{site.name.upper()}{role}",
                                f"postgresql://{user_name}:{PASSWORD}@127.0.0.1:{port}/{site.name}")
-        with pytest.raises(AirflowFailException, match="is on timeline 2 .* on timeline 1: recovery cannot cross"):
-            ship(site)
+        ship(site)  # the new primary's WAL, and its timeline's history file
+        assert "00000002.history" in stored_segments(site)
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres password={PASSWORD} "
+                             f"dbname={site.name}") as conn:
+            conn.execute("INSERT INTO items SELECT g, 'timeline 2' FROM generate_series(2001, 2100) g")
+        # markers written on timeline 2, recovered from the timeline-1 chain across the switch
+        switched = pitr_test(site, "after-switch")
+        assert switched["ok"] and switched["chain"] == result["chain"]
+        history = stored_segments(site)["00000002.history"]
+        (site.store / history[1]).unlink()  # as if shipped before history files were
+        with ops().transaction() as conn:
+            conn.execute("DELETE FROM dbops.wal_segments WHERE target = %s AND segment = '00000002.history'",
+                         (site.name,))
+        with pytest.raises(RecoveryTestFailed, match="recovery ended before configured recovery target was reached "
+                                                     "-- the WAL archive switches from timeline 1 .* to timeline 2 at "
+                                                     "segment 00000002.* and the timeline history file "
+                                                     "00000002.history is not in the store.*full=true"):
+            pitr_test(site, "no-history", switched["target_time"])
     finally:
         subprocess.run([str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
                        stdout=subprocess.DEVNULL, **user)
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(data.parent, ignore_errors=True)
     assert ids == list(range(1, 501))
     on_demand = pitr_test(site, "on-demand", noted.isoformat())
     assert on_demand["chain"] == result["chain"] and "recovery stopping before commit" in on_demand["stopped"]
     with ops().transaction() as conn:
         tests = conn.execute("SELECT ok, checks FROM dbops.recovery_tests WHERE target = %s ORDER BY id",
                              (site.name,)).fetchall()
-    assert [ok for ok, _ in tests] == [True, True]  # the marker test after the full, the on-demand one
-    assert tests[0][1]["markers"] == {"ok": True, "before_present": True, "after_absent": True}
-    assert tests[0][1]["recovery"]["wal_replayed_bytes"] > 0 and tests[1][1]["target"]["ok"]
+    # the marker test after the full, the one across the switch, the one without its history, the on-demand one
+    assert [ok for ok, _ in tests] == [True, True, False, True]
+    assert tests[0][1]["markers"] == tests[1][1]["markers"] == {"ok": True, "before_present": True,
+                                                                 "after_absent": True}
+    assert tests[0][1]["recovery"]["wal_replayed_bytes"] > 0 and tests[3][1]["target"]["ok"]
 
 
 def test_slot_rules_see_the_wal_a_stopped_shipper_makes_the_server_keep(site):
@@ -553,7 +583,11 @@ def test_retention_keeps_the_newest_verified_chain_and_deletes_older_backups_and
     ship(site)
     second = backup(site, "r2", full=True)
     retention = PitrRetentionOperator(task_id="retention", target=site.name)
+    killed = _run_dir(load_config(site.config), site.name, "pitr", "killed-test")  # a killed recovery test's
+    (killed / "data").mkdir(parents=True)
+    (killed / ".lock").touch()
     kept = retention.execute(context(run_id="ret1"))
+    assert not killed.exists()
     assert kept["deleted"] == [] and first["backup_id"] in kept["kept"], "r1 is the newest verified recovery"
 
     pitr_test(site, "verify-r2")
@@ -659,14 +693,168 @@ def test_restore_refuses_bad_params_before_touching_anything(site, target_time, 
     assert not Path(data_directory).exists()
 
 
-def test_restore_into_a_directory_with_content_refuses_and_keeps_every_file(site):
-    occupied = site.home / "occupied"
+def restore(site, data_directory, run_id: str, target_time: str = "2026-11-30T16:05:00+00:00") -> dict:
+    return RestorePitrOperator(task_id="restore", target=site.name, target_time=target_time,
+                               data_directory=str(data_directory)).execute(context(run_id=run_id))
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ("source/copy", "is inside the source's data directory"),
+    ("link/copy", "is inside the source's data directory"),  # a symlink into it, resolved first
+    ("store/copy", "is inside the backup store"),
+    ("staging/copy", "is inside staging_dir"),
+    ("project", "is inside the dbops project"),
+    ("/etc/dbops-restore", "is inside a system directory /etc"),
+    ("/var/lib/postgresql/18/main", "is inside a system directory /var/lib/postgresql"),
+    ("/", "is above a system directory"),
+])
+def test_restore_refuses_a_data_directory_inside_or_above_what_lives_elsewhere(site, cluster, outside, where,
+                                                                                expected):
+    (outside / "link").symlink_to(cluster.root / "data")
+    places = {"source": cluster.root / "data", "link": outside / "link", "store": site.store,
+              "staging": site.home / "staging", "project": site.home / "restored"}
+    head, _, rest = where.partition("/")
+    data = places[head] / rest if head in places else Path(where)
+    with pytest.raises(AirflowFailException, match=f"data_directory {data}.* {expected}.*nothing was changed"):
+        restore(site, data, "unsafe")
+    assert not data.exists() or where == "/"
+    assert not (site.home / "staging").exists() or not any((site.home / "staging").iterdir()), "nothing fetched"
+
+
+def test_restore_with_the_source_down_checks_the_data_directory_its_base_backups_recorded(site, cluster, monkeypatch):
+    backup(site, "recorded")
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{site.name.upper()}", f"postgresql://postgres:x@127.0.0.1:{free_port()}/x")
+    inside = cluster.root / "data" / "copy"
+    with pytest.raises(AirflowFailException, match="is inside the source's data directory"):
+        restore(site, inside, "source-down")
+    assert not inside.exists()
+
+
+def test_a_failed_restore_of_a_directory_it_never_made_does_not_say_it_was_removed(site, outside):
+    never = outside / "never"
+    with pytest.raises(AirflowFailException, match=f"no base backup .*; nothing was written to {never}$") as raised:
+        restore(site, never, "no-backup")
+    assert "was removed" not in str(raised.value) and not never.exists()
+
+
+def restore_in_child(name: str, data: str, run_id: str, target_time: str) -> None:
+    """Run a restore in a child process (killed by the test)."""
+    RestorePitrOperator(task_id="restore", target=name, target_time=target_time,
+                        data_directory=data).execute(context(run_id=run_id))
+
+
+def test_a_killed_restores_leftovers_are_named_and_removed_by_the_next_run(site, outside):
+    """kill -9 of a restore while its server recovers leaves its work directory, its socket directory under
+    /tmp, the server and a half-made data directory; the next run stops and removes them all, then restores."""
+    backup(site, "kill-base")
+    insert(site, 1, 3000)
+    target = server_time(site).isoformat()
+    time.sleep(0.05)
+    ship(site)
+    config = load_config(site.config)
+    dead_staging = _run_dir(config, site.name, "basebackup", "killed-backup")  # a killed base backup's
+    dead_staging.mkdir(parents=True)
+    (dead_staging / ".lock").touch()
+    (dead_staging / "base.tar.zst").write_bytes(b"x" * 1000)
+    data = outside / "restored"
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from tests.backup.test_pitr import restore_in_child; "
+                              "restore_in_child(*sys.argv[1:])", site.name, str(data), "killed", target],
+                             cwd=ROOT, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while not (data / "postmaster.pid").exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    work = _run_dir(config, site.name, "restore_pitr", "killed")
+    assert (data / "dbops_restore.json").exists() and work.is_dir(), "the killed run left its directories"
+    assert (data / "postmaster.pid").exists(), "and its server"
+    socket_dir = Path((work / "socket_dir").read_text())
+    assert socket_dir.is_dir()
+
+    restored = restore(site, data, "after-kill", target)
+    assert restored["chain"] and not (data / "dbops_restore.json").exists() and (data / "PG_VERSION").exists()
+    assert not work.exists() and not socket_dir.exists() and not dead_staging.exists()
+    assert not [p for p in (site.home / "staging").iterdir() if "restore_pitr" in p.name]
+    running = [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or [])]
+    assert running == [], "the killed run's server was stopped"
+
+
+def test_a_marked_data_directory_is_removed_only_once_the_restore_that_made_it_is_gone(site, outside):
+    from dbops.core.scratch import claimed
+
+    data, owner = outside / "marked", outside / "owner"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("18")
+    (data / "dbops_restore.json").write_text(json.dumps({"target": site.name, "run_id": "other-run",
+                                                         "root": str(owner), "started_at": "2026-12-01T00:00:00"}))
+    with claimed(owner):  # the run that makes it still works
+        with pytest.raises(AirflowFailException, match="is being restored by pg_restore_pitr__.* run other-run .*still "
+                                                       "running"):
+            restore(site, data, "while-running")
+    assert (data / "PG_VERSION").exists()
+    with pytest.raises(AirflowFailException, match="no base backup"):  # the leftover removed, then nothing to restore
+        restore(site, data, "after-it-died")
+    assert not data.exists()
+
+
+def test_restore_into_a_directory_with_content_refuses_and_keeps_every_file(site, outside):
+    occupied = outside / "occupied"
     occupied.mkdir()
     (occupied / "PG_VERSION").write_text("someone else's cluster")
-    with pytest.raises(AirflowFailException, match="exists and is not empty: name a new directory"):
+    with pytest.raises(AirflowFailException, match="exists and is not empty, and no dbops restore made it .*name a "
+                                                   "new directory"):
         RestorePitrOperator(task_id="restore", target=site.name, target_time="2026-11-30T16:05:00+00:00",
                             data_directory=str(occupied)).execute(context(run_id="occupied"))
     assert (occupied / "PG_VERSION").read_text() == "someone else's cluster"
+
+
+def test_a_time_no_base_backup_can_reach_names_the_earliest_reachable_time(site):
+    with pytest.raises(RecoveryTestFailed, match=f"no base backup of {site.name} with a complete chain .* take one "
+                                                 f"\\(trigger pg_basebackup__{site.name}\\)"):
+        pitr_test(site, "none-yet", "2026-11-30T16:05:00+00:00")
+    backup(site, "only")
+    with ops().transaction() as conn:
+        only = pitr_catalog.base_backups(conn, site.name)[0]
+    end = only.manifest.extra["stop_time"]
+    with pytest.raises(RecoveryTestFailed, match=f"is before the oldest base backup kept \\({only.backup_id}; .*"
+                                                 f"retention.* earliest time reachable is {re.escape(end)} .*cannot "
+                                                 "reach an earlier time"):
+        pitr_test(site, "before-all", "2026-11-30T16:05:00+00:00")
+    with pytest.raises(RecoveryTestFailed, match=f"is inside base backup {only.backup_id}'s own span .* earliest time "
+                                                 f"reachable is {re.escape(end)}"):
+        pitr_test(site, "inside", only.taken_at.isoformat())
+
+
+def test_latest_recovers_everything_shipped(site, outside):
+    backup(site, "latest-base")
+    insert(site, 1, 3000)
+    ship(site)
+    result = pitr_test(site, "latest", "latest")
+    assert result["ok"] and result["target_time"].startswith("latest") and result["last_transaction_at"]
+    with ops().transaction() as conn:
+        checks = conn.execute("SELECT checks FROM dbops.recovery_tests WHERE target = %s ORDER BY id DESC LIMIT 1",
+                              (site.name,)).fetchone()[0]
+    assert checks["target"]["ok"] and checks["target"]["newest_stored_segment"] == max(stored_segments(site))
+    restored = restore(site, outside / "latest", "restore-latest", target_time="latest")
+    assert restored["target_time"].startswith("latest") and (outside / "latest" / "PG_VERSION").exists()
+
+
+def test_a_source_wal_compression_the_recovery_build_lacks_fails_before_fetching(site):
+    """The embedded PostgreSQL 18 is built without lz4 and zstd: a source cannot use them here, so the base
+    backup's record says it does."""
+    from dbops.backup.pitr import RecoveryFailed, check_wal_compression
+
+    check_wal_compression(BIN, {"pglz", "on", "off"})
+    with pytest.raises(RecoveryFailed, match="wal_compression = lz4, .* built without lz4 .*Available values: "
+                                             "pglz, on, off.*Set tools.bin_dir"):
+        check_wal_compression(BIN, {"lz4"})
+    taken = backup(site, "lz4-source")
+    with ops().transaction() as conn:
+        conn.execute("UPDATE dbops.backups SET manifest = jsonb_set(manifest, '{extra,wal_compression}', '\"zstd\"') "
+                     "WHERE backup_id = %s", (taken["backup_id"],))
+    with pytest.raises(RecoveryTestFailed, match="wal_compression = zstd, .* built without zstd"):
+        pitr_test(site, "zstd", "latest")
+    assert not list((site.home / "staging").glob("*/parts")), "nothing fetched"
 
 
 def test_a_quiet_database_recovers_to_a_time_after_its_last_write(site):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dbops.core import scratch
-from dbops.core.scratch import LOCK, ScratchBusy, claimed, is_abandoned, sweep
+from dbops.core.scratch import LOCK, ScratchBusy, claimed, empty, is_abandoned, sweep
 
 PLUGINS = str(Path(scratch.__file__).parents[2])
 
@@ -70,3 +70,5 @@ def test_a_claimed_directory_is_not_swept_by_the_same_process_and_is_reused_afte
     assert (work / LOCK).exists() and is_abandoned(work)
     with claimed(work):  # a retry of the run takes over its own directory
         assert (work / "file").exists()
+        empty(work)
+        assert [p.name for p in work.iterdir()] == [LOCK] and not is_abandoned(work)

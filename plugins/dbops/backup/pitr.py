@@ -14,6 +14,7 @@ local connections there. A server refuses to run as root: when the worker is roo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -40,8 +41,11 @@ if TYPE_CHECKING:
 
 _REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 _STOPPING = re.compile(r"recovery stopping [^\n]*")
+_UNREACHED = "recovery ended before configured recovery target was reached"
+_LAST_COMMIT = re.compile(r"last completed transaction was at log time ([^\n]+)")
 AUTO_CONF = "postgresql.auto.conf"
 _MARK = "# dbops point-in-time recovery (removed once recovered)\n"
+RESTORE_MARKER = "dbops_restore.json"  # in a data directory a restore is making: which run, removed once done
 _KEEP_ARCHIVING_OFF = ("# dbops: a restored copy must not archive into the source's WAL archive; turn on "
                        "deliberately\narchive_mode = 'off'\n")
 
@@ -50,24 +54,84 @@ class RecoveryFailed(Exception):
     """The backup chain or the archive cannot recover to the target: the message says what failed."""
 
 
+def write_marker(data: Path, marker: dict[str, str]) -> None:
+    """Mark ``data`` as made by a restore that has not finished (removed once it has)."""
+    (data / RESTORE_MARKER).write_text(json.dumps(marker))
+
+
+def read_marker(data: Path) -> dict[str, str] | None:
+    """The marker of a data directory a restore made and did not finish, or None."""
+    try:
+        return json.loads((data / RESTORE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def lsn_bytes(lsn: str) -> int:
     high, low = (int(part, 16) for part in lsn.split("/"))
     return (high << 32) | low
 
 
-def chain_for(backups: list[BaseBackup], target_time: datetime | None) -> list[BaseBackup]:
-    """The chain (full first) of the newest base backup finished before ``target_time`` (any if None)."""
+def chain_for(backups: list[BaseBackup], target_time: datetime | None, target: str) -> list[BaseBackup]:
+    """The chain (full first) of the newest base backup finished before ``target_time`` (any if None).
+
+    :raises RecoveryFailed: none is; the message says the earliest time the store can reach, or to take a
+        base backup when there is no complete one.
+    """
     from dbops.backup.pitr_catalog import chain_of
 
+    complete = []
     for backup in backups:
-        stop = datetime.fromisoformat(backup.manifest.extra["stop_time"])
-        if target_time is None or stop < target_time:
-            try:
-                return chain_of(backups, backup.backup_id)
-            except LookupError:
-                continue
-    when = f"finished before {target_time.isoformat()}" if target_time else "with a complete chain"
-    raise RecoveryFailed(f"no base backup {when} in the catalog: take one (pg_basebackup__<target>)")
+        try:
+            chain = chain_of(backups, backup.backup_id)
+        except LookupError:
+            continue
+        if target_time is None or stop_time(backup) < target_time:
+            return chain
+        complete.append(backup)
+    if not complete:
+        raise RecoveryFailed(f"no base backup of {target} with a complete chain in the catalog: take one "
+                             f"(trigger pg_basebackup__{target})")
+    earliest = min(complete, key=stop_time)
+    inside = next((b for b in complete if b.taken_at <= target_time < stop_time(b)), None)
+    if inside is not None:
+        why = (f"{target_time.isoformat()} is inside base backup {inside.backup_id}'s own span "
+               f"({inside.taken_at.isoformat()} to {stop_time(inside).isoformat()}): recovery from a base backup "
+               "reaches only times after it ended")
+    else:
+        why = (f"{target_time.isoformat()} is before the oldest base backup kept ({earliest.backup_id}; older ones and "
+               "their WAL were deleted by retention, pitr.full_retention)")
+    raise RecoveryFailed(f"no base backup of {target} finished before {target_time.isoformat()}: {why}. The "
+                         f"earliest time reachable is {stop_time(earliest).isoformat()} (the end of "
+                         f"{earliest.backup_id}); a new base backup cannot reach an earlier time")
+
+
+def stop_time(backup: BaseBackup) -> datetime:
+    """When the base backup ended (the server's clock): recovery from it reaches times after this."""
+    return datetime.fromisoformat(backup.manifest.extra["stop_time"])
+
+
+def unreached(segments: dict[str, tuple[bool, str, str]], newest: BaseBackup, target_time: datetime) -> str:
+    """Why recovery from ``newest`` ended before ``target_time``, and what to do: a timeline switch in the
+    archive that recovery cannot follow (its history file is not stored), or WAL not shipped yet."""
+    from dbops.backup.wal_ship import SEGMENT
+
+    timeline, target = int(newest.manifest.extra["timeline"]), newest.manifest.target
+    newer = sorted({name[:8] for name in segments if SEGMENT.match(name) and int(name[:8], 16) > timeline})
+    if newer:
+        first = min(name for name in segments if SEGMENT.match(name) and name[:8] == newer[0])
+        switch = (f"the WAL archive switches from timeline {timeline} (base backup {newest.backup_id}) to timeline "
+                  f"{int(newer[0], 16)} at segment {first} (a failover or promotion)")
+        missing = [f"{tli}.history" for tli in newer if f"{tli}.history" not in segments]
+        if missing:
+            return (f"{switch}, and the timeline history file {', '.join(missing)} is not in the store, "
+                    "so recovery cannot follow the switch. Recover to a time before "
+                    f"the switch, or trigger pg_basebackup__{target} with full=true and recover to times after that "
+                    "backup")
+        return (f"{switch}; recovery followed it but the shipped WAL ends before {target_time.isoformat()}: run "
+                f"pg_wal_ship__{target} and try again, or choose an earlier time")
+    return (f"the shipped WAL ends before {target_time.isoformat()}: run pg_wal_ship__{target} and "
+            "try again, or choose an earlier time")
 
 
 def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path, timeout: float,
@@ -102,20 +166,26 @@ def fetch_and_extract(store: BackupStore, backup: BaseBackup, dest: Path, timeou
     return entry.raw_bytes
 
 
-def combine_and_verify(bin_dir: Path, parts: list[Path], out: Path, timeout: float) -> dict[str, Any]:
+def combine_and_verify(bin_dir: Path, parts: list[Path], out: Path, timeout: float,
+                       marker: dict[str, str] | None = None) -> dict[str, Any]:
     """``pg_combinebackup`` the parts (full first) into ``out`` (a lone full is moved), then
-    ``pg_verifybackup`` it (files against backup_manifest, and the WAL it needs)."""
+    ``pg_verifybackup`` it (files against backup_manifest, and the WAL it needs). ``marker`` is written into
+    ``out`` as :data:`RESTORE_MARKER` as soon as it exists (a lone full carries it when moved)."""
     started = time.monotonic()
     if len(parts) == 1:
+        if marker is not None:
+            write_marker(parts[0], marker)
         shutil.move(parts[0], out)
     else:
         done = run([str(bin_dir / "pg_combinebackup"), "--output", str(out), *map(str, parts)], timeout, _env())
         if done.returncode != 0:
             raise RecoveryFailed(f"pg_combinebackup failed: {done.stderr.strip()[-1500:]}")
+        if marker is not None:
+            write_marker(out, marker)
         for part in parts:
             shutil.rmtree(part, ignore_errors=True)
     combined = time.monotonic()
-    done = run([str(bin_dir / "pg_verifybackup"), "--quiet", str(out)], timeout, _env())
+    done = run([str(bin_dir / "pg_verifybackup"), "--quiet", f"--ignore={RESTORE_MARKER}", str(out)], timeout, _env())
     if done.returncode != 0:
         raise RecoveryFailed(f"pg_verifybackup failed: {(done.stdout + done.stderr).strip()[-1500:]}")
     return {"combine_seconds": round(combined - started, 3), "verify_seconds": round(time.monotonic() - combined, 3)}
@@ -135,6 +205,26 @@ def free_port(first: int, last: int) -> int:
             except OSError:
                 continue
     raise RecoveryFailed(f"no free scratch port in {first}-{last} (pitr.scratch_ports)")
+
+
+def check_wal_compression(bin_dir: Path, values: set[str]) -> None:
+    """Fail, saying what to do, when the server in ``bin_dir`` was built without a ``wal_compression`` method the
+    source used (lz4, zstd): recovery would fail at the first full-page image compressed with it."""
+    for value in sorted(values - {"on", "off", "pglz", ""}):
+        with tempfile.TemporaryDirectory(prefix="dbops-probe-") as probe:
+            Path(probe, "postgresql.conf").touch()
+            if server_user():
+                shutil.chown(probe, server_user(), server_user())
+            done = subprocess.run([str(bin_dir / "postgres"), "-D", probe, "-C", "wal_compression", "-c",
+                                   f"wal_compression={value}"], env=_env(), capture_output=True, text=True,
+                                  user=server_user(), timeout=60, check=False)
+        if done.returncode != 0:
+            hint = next((line.split("HINT:", 1)[1].strip() for line in done.stderr.splitlines() if "HINT:" in line), "")
+            raise RecoveryFailed(
+                f"the source writes WAL with wal_compression = {value}, and the PostgreSQL server in {bin_dir} was "
+                f"built without {value} ({hint or done.stderr.strip()[-300:]}): recovery would fail at the first "
+                f"compressed full-page image. Set tools.bin_dir to a server build with {value}, or set wal_compression "
+                "= pglz (or off) on the source and take a full base backup")
 
 
 def server_user() -> str | None:
@@ -176,8 +266,9 @@ class ScratchServer:
         """Where this task serves the WAL archive to ``restore_command``."""
         return self.socket_dir / "wal.sock"
 
-    def configure(self, target_time: datetime, timeout: float) -> None:
-        """Write the hba and the recovery settings; ``recovery.signal``."""
+    def configure(self, target_time: datetime | None, timeout: float) -> None:
+        """Write the hba and the recovery settings (to ``target_time``, or to the end of the archive when None,
+        following timeline switches the archive's history files name); ``recovery.signal``."""
         curl = shutil.which("curl")
         if curl is None:
             raise RecoveryFailed("curl is not installed on this worker: restore_command needs it to fetch WAL")
@@ -185,9 +276,11 @@ class ScratchServer:
         command = restore_command(curl, self.wal_socket, timeout)
         settings = {"port": str(self.port), "listen_addresses": "", "unix_socket_directories": str(self.socket_dir),
                     "hba_file": str(self.root / "pg_hba.conf"), "restore_command": command,
-                    "recovery_target_time": target_time.isoformat(), "recovery_target_action": "promote",
+                    "recovery_target_timeline": "latest",
                     "archive_mode": "off", "summarize_wal": "off", "cluster_name": "dbops_pitr",
                     "logging_collector": "off", "shared_preload_libraries": "", "shared_buffers": "128MB"}
+        if target_time is not None:  # without a target, recovery replays all the archive holds, then promotes
+            settings.update(recovery_target_time=target_time.isoformat(), recovery_target_action="promote")
         (self.data / "postgresql.conf").touch()  # a source whose configuration lives elsewhere (/etc) has none
         with open(self.data / AUTO_CONF, "a") as conf:
             conf.write("\n" + _MARK + "".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
@@ -249,7 +342,8 @@ class ScratchServer:
         log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         redo = _REDO_DONE.findall(log)
         stopping = _STOPPING.findall(log)
-        return {"redo_done_at": redo[-1] if redo else None,
+        last = _LAST_COMMIT.findall(log)
+        return {"redo_done_at": redo[-1] if redo else None, "last_transaction_at": last[-1].strip() if last else None,
                 "wal_replayed_bytes": lsn_bytes(redo[-1]) - lsn_bytes(start_lsn) if redo else None,
                 "stopped": stopping[-1] if stopping else None}
 
@@ -270,23 +364,31 @@ class ScratchServer:
             conf.write_text(text[:text.index(_MARK)].rstrip("\n") + "\n" + _KEEP_ARCHIVING_OFF)
 
 
-def remove_scratch(root: Path, bin_dir: Path | None) -> bool:
-    """Stop a scratch server left in ``root`` and delete the directory; True when there was one."""
+def remove_scratch(root: Path, bin_dir: Path | None, data_dir: Path | None = None, keep: bool = False) -> bool:
+    """Stop a scratch server left in ``root`` (its data in ``data_dir`` when not ``root/data``), remove its socket
+    directory and delete ``root`` (only its content with ``keep``: a claimed directory keeps its lock); True when
+    there was one."""
+    from dbops.core.scratch import empty
+
     if not root.exists():
         return False
     if bin_dir is not None:
-        ScratchServer(root, bin_dir, 0).stop()
-    shutil.rmtree(root, ignore_errors=True)
+        ScratchServer(root, bin_dir, 0, data_dir=data_dir).stop()
+    if keep:
+        empty(root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     return True
 
 
 def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tuple[bool, str, str]],
-            server: ScratchServer, target_time: datetime, user: str, database: str, timeout: float,
+            server: ScratchServer, target_time: datetime | None, user: str, database: str, timeout: float,
             lookup: Callable[[str], tuple[bool, str, str] | None] | None = None,
-            key: bytes | None = None) -> dict[str, Any]:
-    """Fetch, combine and verify ``chain`` into ``server.data``, recover it to ``target_time`` and promote it.
+            key: bytes | None = None, marker: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fetch, combine and verify ``chain`` into ``server.data``, recover it to ``target_time`` (None: to the end of
+    the archive) and promote it.
     ``segments`` are the stored WAL segments from the chain's start; ``lookup`` reads one's current entry;
-    ``key`` decrypts what was stored encrypted.
+    ``key`` decrypts what was stored encrypted; ``marker`` marks the data directory (:func:`combine_and_verify`).
 
     The server is left running; the caller checks it and stops it. Figures: bytes fetched, seconds to
     consistent and to promoted, WAL replayed.
@@ -301,7 +403,7 @@ def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tup
     fetched = time.monotonic()
     figures: dict[str, Any] = {"chain": [b.backup_id for b in chain], "bytes": raw,
                                "fetch_seconds": round(fetched - started, 3),
-                               **combine_and_verify(server.bin_dir, parts, server.data, timeout)}
+                               **combine_and_verify(server.bin_dir, parts, server.data, timeout, marker)}
     shutil.rmtree(work, ignore_errors=True)
     server.configure(target_time, timeout)
     recovery_started = time.monotonic()
@@ -310,11 +412,13 @@ def recover(store: BackupStore, chain: list[BaseBackup], segments: dict[str, tup
         try:
             figures["seconds_to_consistent"] = round(server.start(timeout), 3)
             server.wait_promoted(user, database, timeout)
-        except RecoveryFailed:
+        except RecoveryFailed as err:
             if isinstance(archive.failure, SegmentUnusable):
                 raise RecoveryFailed(str(archive.failure)) from archive.failure
             if archive.failure is not None:  # e.g. the store unreachable: the task is retried
                 raise archive.failure from None
+            if _UNREACHED in str(err) and target_time is not None:
+                raise RecoveryFailed(f"{err} -- {unreached(segments, chain[-1], target_time)}") from err
             raise
     figures["seconds_to_promoted"] = round(time.monotonic() - recovery_started, 3)
     figures["wal_fetched_bytes"] = archive.served_bytes

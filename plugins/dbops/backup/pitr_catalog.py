@@ -80,7 +80,15 @@ def segments(conn: psycopg.Connection, target: str, since: str = "",
     return {segment: (partial, key, sha) for segment, partial, key, sha in rows}
 
 
+def histories(conn: psycopg.Connection, target: str) -> dict[str, tuple[bool, str, str]]:
+    """The stored timeline history files of the target, as :func:`segments` lists segments."""
+    rows = conn.execute("SELECT segment, partial, key, sha256 FROM dbops.wal_segments WHERE target = %s "
+                        "AND segment LIKE '%%.history' ORDER BY segment", (target,)).fetchall()
+    return {segment: (partial, key, sha) for segment, partial, key, sha in rows}
+
+
 def forget_segments(conn: psycopg.Connection, target: str, before: str) -> int:
-    """Drop the rows of segments named before ``before`` (their files were deleted); return how many."""
-    return conn.execute("DELETE FROM dbops.wal_segments WHERE target = %s AND segment < %s",
-                        (target, before)).rowcount
+    """Drop the rows of segments named before ``before`` (their files were deleted); return how many. History
+    files are kept (a few bytes each; recovery across a timeline switch needs them)."""
+    return conn.execute("DELETE FROM dbops.wal_segments WHERE target = %s AND segment < %s "
+                        "AND segment NOT LIKE '%%.history'", (target, before)).rowcount

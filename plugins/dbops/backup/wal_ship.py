@@ -13,13 +13,14 @@ the hold slot (``pg_copy_physical_replication_slot``, same ``restart_lsn``). Wit
 ``pg_receivewal --slot <receive> --endpos <current LSN>`` starts at the segment that holds the slot's
 ``restart_lsn`` (PostgreSQL 15+), i.e. at the first WAL not stored yet. Every finished segment is then
 compressed (zstd, in Python), stored, read back (size and sha256), recorded in ``dbops.wal_segments`` and
-deleted locally; the unfinished one is stored as
-``<segment>.partial.zst`` (replaced each run, deleted once the segment is finished), so the recovery point
-is at most one shipping interval old on a quiet database. Then the hold slot is advanced to the end
-position and the receive slot dropped (no idle slot between runs). The hold slot also follows each finished
+deleted locally; the unfinished one is stored as ``<segment>.partial.zst`` (replaced each run, deleted
+once the segment is finished), so the recovery point is at most one shipping interval old on a quiet
+database. A timeline history file ``pg_receivewal`` wrote (after a failover or promotion) is stored and
+recorded once: recovery follows the switch with it. Then the hold slot is advanced to the end position
+and the receive slot dropped (no idle slot between runs). The hold slot also follows each finished
 segment as it is stored, so a run killed or timed out in a large backlog keeps its progress. While a base
-backup runs, the hold slot stays where it is, so the server keeps the WAL ``pg_basebackup -X fetch`` reads
-at its end. So:
+backup runs, the hold slot stays where it is, so the server keeps the WAL ``pg_basebackup -X fetch``
+reads at its end. So:
 
 * killed at any point, on this worker or another, with or without its staging directory: the next run
   streams again from the hold slot everything not stored yet; a segment already recorded as finished is
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from dbops.hooks.tools import PgTool
 
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")  # a timeline's history: where it branched off its parent
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -68,6 +70,7 @@ def wal_key(target: str, segment: str, partial: bool = False) -> str:
 @dataclass
 class ShipResult:
     segments: list[str] = field(default_factory=list)  # finished segments stored by this run
+    histories: list[str] = field(default_factory=list)  # timeline history files stored by this run
     partial: str | None = None  # the unfinished segment stored as .partial
     bytes: int = 0
     raw_bytes: int = 0
@@ -140,6 +143,7 @@ def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store:
     shipment = _Shipment(hook, ops, store, target, staging, level, key, segment_size(hook))
     if staging.is_dir():
         shipment.store_finished()  # a killed run's leftovers need no re-streaming
+        shipment.store_histories()
     store.check_writable()  # nothing streamed while the store cannot take it
     shutil.rmtree(staging, ignore_errors=True)  # pg_receivewal must start at the receive slot, not at a file
     staging.mkdir(parents=True)
@@ -159,6 +163,7 @@ def ship_wal(hook: DbopsPostgresHook, tool: PgTool, ops: OpsDatabaseHook, store:
         if "is active for PID" in done.stderr:  # another pg_receivewal took the receive slot meanwhile
             error.transient = True
         raise error
+    shipment.store_histories()
     shipment.store_finished()
     shipment.store_partial()
     shipment.release(end_lsn)  # everything up to end_lsn is stored now
@@ -202,6 +207,19 @@ class _Shipment:
             (self.staging / name).unlink()
             self.result.segments.append(name)
             self.release(_lsn((segment_number(name, self.segment_size)[1] + 1) * self.segment_size))
+
+    def store_histories(self) -> None:
+        """Store the timeline history files pg_receivewal wrote (it fetches the one of each timeline it streams
+        from): recovery needs them to follow a timeline switch. Each is stored once."""
+        names = sorted(p.name for p in self.staging.iterdir() if HISTORY.match(p.name))
+        if not names:
+            return
+        with self.ops.transaction() as conn:
+            known = pitr_catalog.histories(conn, self.target)
+        for name in names:
+            if name not in known:
+                self._store_one(self.staging / name, name, False)
+                self.result.histories.append(name)
 
     def store_partial(self) -> None:
         for path in sorted(self.staging.glob(f"*{PARTIAL_SUFFIX}")):
@@ -271,9 +289,19 @@ def segment_of_lsn(lsn: str, timeline: int, segment_size: int) -> str:
 
 
 def find_gaps(names: list[str], first: str, segment_size: int) -> list[str]:
-    """Segments missing between ``first`` and the newest of ``names`` (same timeline as ``first``)."""
+    """Segments missing between ``first`` and the newest of ``names`` (segments of ``first``'s timeline and of
+    later ones: after a timeline switch the newer timeline goes on where the old one stopped)."""
     timeline, start = segment_number(first, segment_size)
-    numbers = {n for t, n in (segment_number(name, segment_size) for name in names) if t == timeline}
-    if not numbers:
+    on: dict[int, int] = {}  # segment number -> the newest timeline it is stored on
+    for t, n in (segment_number(name, segment_size) for name in names if SEGMENT.match(name)):
+        if t >= timeline:
+            on[n] = max(t, on.get(n, t))
+    if not on:
         return [first]
-    return [segment_name(timeline, n, segment_size) for n in range(start, max(numbers)) if n not in numbers]
+    gaps, current = [], timeline
+    for n in range(start, max(on)):
+        if n in on:
+            current = on[n]
+        else:
+            gaps.append(segment_name(current, n, segment_size))
+    return gaps

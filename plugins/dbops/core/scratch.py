@@ -51,6 +51,17 @@ def claimed(path: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def empty(path: Path) -> None:
+    """Remove everything in ``path`` but its ``.lock`` (a claimed directory made fresh for a new try)."""
+    for child in path.iterdir():
+        if child.name == LOCK:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def is_abandoned(path: Path) -> bool:
     """True when ``path`` has a ``.lock`` that no running process holds (its owner is gone)."""
     if not (path / LOCK).is_file():

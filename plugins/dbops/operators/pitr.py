@@ -4,9 +4,11 @@ The work lives in :mod:`dbops.backup` (basebackup, wal_ship, pitr, pitr_retentio
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 
 RECOVERY_LOCK = "pitr_recovery"  # recoveries hold it shared, retention exclusively
+RESTORE_RECORD = "restore.json"  # in a restore's work directory: the data directory it makes, and its run
 
 
 class RecoveryTestFailed(AirflowFailException):
@@ -75,6 +78,43 @@ class _PitrOperator(TargetOperator):
             raise AirflowFailException(str(err)) from err
 
 
+    def _sweep_scratch(self, config: DbopsConfig) -> None:
+        """Remove the scratch directories of this target's PITR runs that are no longer running (killed), each
+        held by its run while it works (:mod:`dbops.core.scratch`): a base backup's staging, a recovery test's
+        scratch cluster, a restore's work directory and the half-made data directory it marked. Servers left
+        running are stopped first, their socket directories removed."""
+        from dbops.backup.pitr import remove_scratch
+        from dbops.core.scratch import sweep
+
+        bin_dir = _server_bin_dir()
+        removed = [*sweep(config.staging_path, f"{self.target}__basebackup__*"),
+                   *sweep(config.staging_path, f"{self.target}__pitr__*", lambda root: remove_scratch(root, bin_dir)),
+                   *sweep(config.staging_path, f"{self.target}__restore_pitr__*", self._remove_restore_work)]
+        for path in removed:
+            self.log.warning("removed %s, left by a run that is no longer running (killed)", path)
+
+    def _remove_restore_work(self, root: Path) -> None:
+        """Remove a killed restore's work directory and the data directory it was making, if it marked it."""
+        from dbops.backup.pitr import read_marker, remove_scratch
+
+        try:
+            record = json.loads((root / RESTORE_RECORD).read_text())
+        except (OSError, ValueError):
+            record = {}
+        data = Path(record["data_directory"]) if record.get("data_directory") else None
+        remove_scratch(root, _server_bin_dir(), data)
+        if data is None or not data.exists():
+            return
+        marker = read_marker(data)
+        if marker is not None and marker.get("run_id") == record.get("run_id"):
+            shutil.rmtree(data, ignore_errors=True)
+            self.log.warning("removed %s: a data directory pg_restore_pitr__%s run %s was making when it was killed",
+                             data, self.target, record.get("run_id"))
+        elif data.is_dir() and any(data.iterdir()):
+            self.log.warning("%s may be a leftover of pg_restore_pitr__%s run %s, killed before it could mark it (or "
+                             "after it had finished): it has no %s, so it is not removed; check it and delete it by "
+                             "hand if it is", data, self.target, record.get("run_id"), "dbops_restore.json")
+
     def _ship(self, config: DbopsConfig, policy: PitrPolicy, store: BackupStore, ops: OpsDatabaseHook):
         """One WAL shipping pass (the caller holds the target's ``wal_ship`` lock)."""
         from dbops.backup.wal_ship import check_lost, check_retained, ship_wal, slot_name
@@ -100,13 +140,13 @@ class BaseBackupOperator(_PitrOperator):
     """Take a physical base backup of the target's cluster and store it with its manifest.
 
     Incremental (``pg_basebackup --incremental``) on top of the newest base backup, unless a full is due:
-    ``pitr.full_schedule`` ticked since the newest full, ``full`` is set, or the would-be parent is not
-    verified by a recovery test or a file of its chain (full and incrementals) is missing from the store
-    or has another size than recorded (an incremental on it is refused, and the reason logged). The archive and PostgreSQL's ``backup_manifest`` are stored and read back;
-    our manifest (sha256 per file, start/stop LSN and time, parent) is written last and catalogued.
-    A retried task returns the backup its run already made; a run for a past period (a backfill) takes
-    nothing when a base backup was taken at or after the period's start, and says which. The WAL slot is created first, so that
-    shipping holds every segment the backup needs.
+    ``pitr.full_schedule`` ticked since the newest full, ``full`` is set, or the would-be parent is not verified
+    by a recovery test or a file of its chain (full and incrementals) is missing from the store or has another
+    size than recorded (an incremental on it is refused, and the reason logged). The archive and PostgreSQL's
+    ``backup_manifest`` are stored and read back; our manifest (sha256 per file, start/stop LSN and time,
+    parent) is written last and catalogued. A retried task returns the backup its run already made; a run for a
+    past period (a backfill) takes nothing when a base backup was taken at or after the period's start, and says
+    which. The WAL slot is created first, so that shipping holds every segment the backup needs.
 
     :param full: take a full backup whatever the schedule says.
     """
@@ -132,14 +172,16 @@ class BaseBackupOperator(_PitrOperator):
         from dbops.backup import catalog
         from dbops.backup.basebackup import (
             ARCHIVE, BACKUP_MANIFEST, check_single_tablespace, choose_parent, take_basebackup)
+        from dbops.backup.pitr_destination import server_paths
         from dbops.backup.runs import is_past_period, run_type_of
-        from dbops.backup.staging import fresh_staging
         from dbops.backup.store_io import (
             read_manifest, remove_incomplete, store_backup, uncatalogued_backup_of_run, verify_stored)
         from dbops.backup.wal_ship import ensure_slot, segment_size, slot_name
         from dbops.core.manifest import FileEntry, Manifest, backup_prefix
         from dbops.core.runs import run_date
+        from dbops.core.scratch import empty
         from dbops.core.streams import file_sha256
+        from dbops.hooks.postgres import DbopsPostgresHook
 
         with ops.transaction() as conn:
             backups = pitr_catalog.base_backups(conn, self.target)
@@ -169,6 +211,8 @@ class BaseBackupOperator(_PitrOperator):
                                            str(self.full).lower() in ("true", "1"))
             tool = self._tool(config, hook, "pg_basebackup")
             server_version = hook.get_first("SHOW server_version")[0]
+            wal_compression = hook.get_first("SHOW wal_compression")[0]
+            source_paths = server_paths(DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id))
             wal_segment_size = segment_size(hook)
             check_single_tablespace(hook, self.target)
         except AirflowFailException:
@@ -178,55 +222,59 @@ class BaseBackupOperator(_PitrOperator):
         (self.log.warning if reason.startswith("incremental refused") else self.log.info)(
             "%s: %s", "incremental" if parent else "full", reason)
         staging = _run_dir(config, self.target, "basebackup", context["run_id"])
-        fresh_staging(staging)
-        try:
-            parent_manifest = None
-            if parent is not None:
-                parent_manifest = staging / f"parent_{BACKUP_MANIFEST}"
-                key = f"{parent.backup_id}/{BACKUP_MANIFEST}"
-                store.get_file(key, parent_manifest)
-                entry = next(f for f in parent.manifest.files if f.name == BACKUP_MANIFEST)
-                verify_stored(store, key, entry.bytes, entry.sha256)
-            taken_at = datetime.now(timezone.utc).replace(microsecond=0)
-            while store.list_keys(backup_prefix(self.target, "basebackup", taken_at)):
-                time.sleep(1)
+        self._sweep_scratch(config)
+        with _claimed(staging):  # a later run removes it if this one is killed
+            empty(staging)  # an earlier try's
+            try:
+                parent_manifest = None
+                if parent is not None:
+                    parent_manifest = staging / f"parent_{BACKUP_MANIFEST}"
+                    key = f"{parent.backup_id}/{BACKUP_MANIFEST}"
+                    store.get_file(key, parent_manifest)
+                    entry = next(f for f in parent.manifest.files if f.name == BACKUP_MANIFEST)
+                    verify_stored(store, key, entry.bytes, entry.sha256)
                 taken_at = datetime.now(timezone.utc).replace(microsecond=0)
-            prefix = backup_prefix(self.target, "basebackup", taken_at)
-            with hook.cli_environment() as env:
-                result = take_basebackup(tool, env, staging / ARCHIVE, policy.compression_level, parent_manifest,
-                                         tool_timeout(self.execution_timeout), encryption_key(policy.encryption_conn_id))
-            (staging / BACKUP_MANIFEST).write_bytes(result.backup_manifest)
-            # the server's clock: recovery target times are compared with it, never with this worker's
-            stop_time = hook.get_first("SELECT clock_timestamp()")[0]
-            logical_date = context.get("logical_date")
-            manifest = Manifest(
-                backup_id=prefix, target=self.target,
-                kind=pitr_catalog.INCREMENTAL if parent else pitr_catalog.FULL,
-                logical_date=run_date(context).isoformat(), run_id=context["run_id"],
-                location=f"{store.describe()}/{prefix}", server_version=server_version,
-                tool=f"{tool.name} {tool.version}", snapshot_id=result.start_lsn,
-                files=[FileEntry(ARCHIVE, result.bytes, result.sha256, result.raw_bytes),
-                       FileEntry(BACKUP_MANIFEST, len(result.backup_manifest), file_sha256(staging / BACKUP_MANIFEST),
-                                 len(result.backup_manifest))],
-                tables={}, constraints=[], timings={"basebackup_seconds": round(result.seconds, 3)},
-                compression={"codec": "zstd", "level": policy.compression_level,
-                             "archive": "pg_basebackup tar, --wal-method=fetch"},
-                taken_at=taken_at.isoformat(), covers=logical_date.isoformat() if logical_date else None,
-                run_type=run_type_of(context), storage=policy.storage,
-                encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
-                if policy.encryption_conn_id else None,
-                extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
-                       "parent": parent.backup_id if parent else None, "reason": reason,
-                       "wal_segment_size": wal_segment_size,
-                       "stop_time": stop_time.isoformat()})
-            store_backup(store, manifest, staging)
-        except AirflowException:
-            raise
-        except Exception as err:
-            raise classify(err, f"base backup of {self.target} into {store.describe()} failed") from err
-        with ops.transaction() as conn:
-            catalog.record_backup(conn, manifest)
-        shutil.rmtree(staging, ignore_errors=True)
+                while store.list_keys(backup_prefix(self.target, "basebackup", taken_at)):
+                    time.sleep(1)
+                    taken_at = datetime.now(timezone.utc).replace(microsecond=0)
+                prefix = backup_prefix(self.target, "basebackup", taken_at)
+                with hook.cli_environment() as env:
+                    result = take_basebackup(tool, env, staging / ARCHIVE, policy.compression_level, parent_manifest,
+                                             tool_timeout(self.execution_timeout),
+                                             encryption_key(policy.encryption_conn_id))
+                (staging / BACKUP_MANIFEST).write_bytes(result.backup_manifest)
+                # the server's clock: recovery target times are compared with it, never with this worker's
+                stop_time = hook.get_first("SELECT clock_timestamp()")[0]
+                logical_date = context.get("logical_date")
+                manifest = Manifest(
+                    backup_id=prefix, target=self.target,
+                    kind=pitr_catalog.INCREMENTAL if parent else pitr_catalog.FULL,
+                    logical_date=run_date(context).isoformat(), run_id=context["run_id"],
+                    location=f"{store.describe()}/{prefix}", server_version=server_version,
+                    tool=f"{tool.name} {tool.version}", snapshot_id=result.start_lsn,
+                    files=[FileEntry(ARCHIVE, result.bytes, result.sha256, result.raw_bytes),
+                           FileEntry(BACKUP_MANIFEST, len(result.backup_manifest),
+                                     file_sha256(staging / BACKUP_MANIFEST), len(result.backup_manifest))],
+                    tables={}, constraints=[], timings={"basebackup_seconds": round(result.seconds, 3)},
+                    compression={"codec": "zstd", "level": policy.compression_level,
+                                 "archive": "pg_basebackup tar, --wal-method=fetch"},
+                    taken_at=taken_at.isoformat(), covers=logical_date.isoformat() if logical_date else None,
+                    run_type=run_type_of(context), storage=policy.storage,
+                    encryption={"algorithm": "AES-256-GCM", "key_conn_id": policy.encryption_conn_id}
+                    if policy.encryption_conn_id else None,
+                    extra={"start_lsn": result.start_lsn, "stop_lsn": result.stop_lsn, "timeline": result.timeline,
+                           "parent": parent.backup_id if parent else None, "reason": reason,
+                           "wal_segment_size": wal_segment_size, "source_paths": source_paths,
+                           "wal_compression": wal_compression,
+                           "stop_time": stop_time.isoformat()})
+                store_backup(store, manifest, staging)
+            except AirflowException:
+                raise
+            except Exception as err:
+                raise classify(err, f"base backup of {self.target} into {store.describe()} failed") from err
+            with ops.transaction() as conn:
+                catalog.record_backup(conn, manifest)
+            shutil.rmtree(staging, ignore_errors=True)
         self.log.info("stored OK: %s base backup %s (parent %s): %s (%s raw), LSN %s..%s, %.1f s backup, "
                       "%.1f s upload", manifest.kind, manifest.location, manifest.extra["parent"] or "-",
                       human_bytes(result.bytes), human_bytes(result.raw_bytes), result.start_lsn, result.stop_lsn,
@@ -269,6 +317,10 @@ class WalShipOperator(_PitrOperator):
                 f"the WAL archive of {self.target} has a gap: {len(gaps)} segment(s) missing ({gaps[0]}"
                 f"{'..' + gaps[-1] if len(gaps) > 1 else ''}); recovery cannot pass it. Trigger pg_basebackup__"
                 f"{self.target} with full=true: recovery from that backup on needs no WAL before it")
+        if result.histories:
+            self.log.warning("shipped timeline history %s: the server of %s switched timeline (a failover or a "
+                             "promotion); recovery follows the switch from the existing base backups",
+                             ", ".join(result.histories), self.target)
         if switched:
             raise AirflowFailException(switched)
         return {"segments": result.segments, "partial": result.partial, "bytes": result.bytes,
@@ -278,7 +330,7 @@ class WalShipOperator(_PitrOperator):
 
 def archive_gaps(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str) -> list[str]:
     """Segments missing from the archive since the newest full base backup's start (or the oldest stored)."""
-    from dbops.backup.wal_ship import find_gaps, segment_of_lsn, segment_size
+    from dbops.backup.wal_ship import SEGMENT, find_gaps, segment_of_lsn, segment_size
 
     size = segment_size(hook)
     with ops.transaction() as conn:
@@ -287,22 +339,25 @@ def archive_gaps(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str) -> 
     if not stored:
         return []
     first = (segment_of_lsn(fulls[0].start_lsn, fulls[0].manifest.extra["timeline"], size) if fulls
-             else min(stored))
-    return find_gaps([name for name in stored if name >= first], first, size)
+             else min(name for name in stored if SEGMENT.match(name)))
+    return find_gaps(list(stored), first, size)
 
 
 def timeline_switch(ops: OpsDatabaseHook, target: str, shipped: str) -> str | None:
     """What to do when the server's timeline (that of the segment just ``shipped``) is not the newest full
-    base backup's: a failover or promotion happened, and recovery past it needs a new full."""
+    base backup's (a failover or promotion) and the timeline's history file is not stored: recovery cannot
+    follow the switch without it. None when recovery can cross it (or there was no switch)."""
     with ops.transaction() as conn:
         fulls = [b for b in pitr_catalog.base_backups(conn, target) if b.kind == pitr_catalog.FULL]
+        stored = pitr_catalog.histories(conn, target)
     timeline = int(shipped[:8], 16)
-    if not fulls or fulls[0].manifest.extra["timeline"] == timeline:
+    if not fulls or fulls[0].manifest.extra["timeline"] == timeline or f"{timeline:08X}.history" in stored:
         return None
     return (f"the server of {target} is on timeline {timeline} (a failover or a promotion), the newest full base "
-            f"backup {fulls[0].backup_id} on timeline {fulls[0].manifest.extra['timeline']}: recovery cannot cross "
-            f"the switch. Trigger pg_basebackup__{target} with full=true; recovery to times before the switch "
-            "still works from the existing backups. The WAL of the new timeline was shipped")
+            f"backup {fulls[0].backup_id} on timeline {fulls[0].manifest.extra['timeline']}, and the history file "
+            f"{timeline:08X}.history was not shipped: recovery cannot cross the switch. Trigger pg_basebackup__"
+            f"{target} with full=true; recovery to times before the switch still works from the existing backups. "
+            "The WAL of the new timeline was shipped")
 
 
 class ScratchClusterOperator(_PitrOperator):
@@ -314,6 +369,7 @@ class ScratchClusterOperator(_PitrOperator):
 
     def execute(self, context: Context) -> None:
         from dbops.backup.pitr import remove_scratch
+        from dbops.core.scratch import claimed
 
         config = self.load_config()
         root = _run_dir(config, self.target, "pitr", context["run_id"])
@@ -322,8 +378,23 @@ class ScratchClusterOperator(_PitrOperator):
             self.log.info("%s scratch cluster %s", "stopped and deleted" if removed else "no", root)
         else:
             remove_scratch(root, _server_bin_dir())
-            root.mkdir(parents=True)
+            self._sweep_scratch(config)
+            with claimed(root):  # its .lock: a sweep removes it once no run of this DAG works in it
+                pass
             self.log.info("created scratch directory %s", root)
+
+
+@contextmanager
+def _claimed(root: Path) -> Iterator[Path]:
+    """Hold the scratch directory ``root`` while the block runs (:func:`dbops.core.scratch.claimed`); one another
+    running process holds fails this try, to be retried."""
+    from dbops.core.scratch import ScratchBusy, claimed
+
+    try:
+        with claimed(root):
+            yield root
+    except ScratchBusy as err:
+        raise AirflowException(f"{err}: an earlier try of this run is still working (transient; will retry)") from err
 
 
 def _server_bin_dir() -> Path | None:
@@ -369,7 +440,8 @@ class PitrTestOperator(_PitrOperator):
     there. A failed recovery fails the task without retries and names what failed (e.g. a corrupt WAL
     segment); the scratch cluster is stopped and deleted by the teardown.
 
-    :param target_time: ISO 8601 time with a zone, or empty for the marker test.
+    :param target_time: ISO 8601 time with a zone, ``latest`` (the end of the archive: recovery must replay
+        into the newest stored segment), or empty for the marker test.
     """
 
     template_fields: Sequence[str] = ("target", "target_time")
@@ -383,12 +455,15 @@ class PitrTestOperator(_PitrOperator):
 
         config = self.load_config()
         with job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK, shared=True, retry_when_busy=True):
-            return self._test(context)
+            self._sweep_scratch(config)
+            with _claimed(_run_dir(config, self.target, "pitr", context["run_id"])):
+                return self._test(context)
 
     def _test(self, context: Context) -> dict[str, Any]:
         from dbops.backup import catalog
         from dbops.backup.heartbeat import check_markers, write_markers
         from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover, remove_scratch
+        from dbops.backup.wal_ship import recorded_segment_size
         from dbops.core.locks import job_lock
         from dbops.core.streams import ChecksumMismatch
         from dbops.hooks.postgres import DbopsPostgresHook
@@ -408,18 +483,18 @@ class PitrTestOperator(_PitrOperator):
             with job_lock(config.ops_conn_id, self.target, "wal_ship", wait_seconds=300, retry_when_busy=True):
                 self._ship(config, policy, store, ops)
         root = _run_dir(config, self.target, "pitr", context["run_id"])
-        remove_scratch(root, _server_bin_dir())  # an earlier try's leftovers
-        root.mkdir(parents=True)
+        remove_scratch(root, _server_bin_dir(), keep=True)  # an earlier try's leftovers
         started_at = datetime.now(timezone.utc)
-        checks: dict[str, Any] = {"target_time": target_time.isoformat()}
+        checks: dict[str, Any] = {"target_time": shown(target_time)}
         chain, error, server = [], None, None
         try:
             with ops.transaction() as conn:
                 backups = pitr_catalog.base_backups(conn, self.target)
-            chain = chain_for(backups, target_time)
+            chain = chain_for(backups, target_time, self.target)
+            bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
+            check_recovery_build(bin_dir, chain, source)
             segments = needed_segments(ops, source, self.target, chain[-1])
-            server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
-                                   free_port(*policy.scratch_ports))
+            server = ScratchServer(root, bin_dir, free_port(*policy.scratch_ports))
             conn_info = source.connection
             figures = recover(store, chain, segments, server, target_time,
                               conn_info.login, source.database or conn_info.schema,
@@ -429,6 +504,8 @@ class PitrTestOperator(_PitrOperator):
             if markers is not None:
                 with server.connect(conn_info.login, source.database or conn_info.schema) as conn:
                     checks.update(check_markers(conn, markers))
+            elif target_time is None:
+                checks["target"] = reached_end(figures, segments, recorded_segment_size(chain[-1], source))
             else:  # PostgreSQL logs where it stopped; without a stop it would have failed to reach the target
                 checks["target"] = {"ok": bool(figures.get("stopped")), "stopped": figures.get("stopped")}
         except (RecoveryFailed, ChecksumMismatch) as err:
@@ -455,32 +532,68 @@ class PitrTestOperator(_PitrOperator):
         if not ok:
             if server is not None:  # the teardown deletes the scratch directory, its log with it
                 self.log.error("the scratch server's log ended with:\n%s", server.log_tail())
-            raise RecoveryTestFailed(f"FAILED: point-in-time recovery of {self.target} to {target_time.isoformat()}: "
+            raise RecoveryTestFailed(f"FAILED: point-in-time recovery of {self.target} to {shown(target_time)}: "
                                      f"{'; '.join(failed)}")
         recovery = checks["recovery"]
         self.log.info("recovered OK: %s to %s from %s: %s fetched, consistent in %.1f s, promoted in %.1f s, %s of "
-                      "WAL replayed; markers %s", self.target, target_time.isoformat(), " + ".join(recovery["chain"]),
+                      "WAL replayed; markers %s", self.target, shown(target_time), " + ".join(recovery["chain"]),
                       human_bytes(recovery["bytes"]), recovery["seconds_to_consistent"],
                       recovery["seconds_to_promoted"], human_bytes(recovery.get("wal_replayed_bytes")),
                       "OK" if markers else "not written (on-demand target time)", backup_id=chain[-1].backup_id,
                       bytes=recovery["bytes"], wal_replayed_bytes=recovery.get("wal_replayed_bytes"))
-        return {"backup_id": chain[-1].backup_id, "target_time": target_time.isoformat(), "ok": True,
+        return {"backup_id": chain[-1].backup_id, "target_time": shown(target_time), "ok": True,
                 **{k: v for k, v in recovery.items() if k != "ok"}}
 
 
-def parse_target_time(value: str) -> datetime:
-    """An ISO 8601 time with a zone; anything else fails, saying what to type."""
+LATEST = "latest"
+
+
+def parse_target_time(value: str) -> datetime | None:
+    """An ISO 8601 time with a zone, or None for ``latest`` (the end of the archive); anything else fails, saying
+    what to type."""
+    if value.strip().lower() == LATEST:
+        return None
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
         raise AirflowFailException(f"target_time {value!r} is not an ISO 8601 time with a zone, "
-                                   "e.g. 2026-11-30T16:05:00+00:00")
+                                   "e.g. 2026-11-30T16:05:00+00:00, nor 'latest' (the end of the archive)")
     if parsed > datetime.now(timezone.utc):
         raise AirflowFailException(f"target_time {value!r} is in the future: recovery can only reach a time the "
                                    "shipped WAL already covers (nothing was changed)")
     return parsed
+
+
+def shown(target_time: datetime | None) -> str:
+    """A target time as logged and recorded."""
+    return target_time.isoformat() if target_time else f"{LATEST} (the end of the archive)"
+
+
+def check_recovery_build(bin_dir: Path, chain: list, source: DbopsPostgresHook) -> None:
+    """The recovery server can decompress the WAL: ``wal_compression`` as the chain's newest backup recorded it
+    and as the source has it now (when it can be read)."""
+    from dbops.backup.pitr import check_wal_compression
+
+    values = {chain[-1].manifest.extra.get("wal_compression") or ""}
+    try:
+        values.add(source.get_first("SHOW wal_compression")[0])
+    except Exception:  # the source may be down: a restore needs only the store and the catalog
+        pass
+    check_wal_compression(bin_dir, values)
+
+
+def reached_end(figures: dict[str, Any], segments: dict, size: int) -> dict[str, Any]:
+    """The check of a recovery to ``latest``: it replayed into the newest stored segment."""
+    from dbops.backup.pitr import lsn_bytes
+    from dbops.backup.wal_ship import SEGMENT, segment_number
+
+    newest = max(name for name in segments if SEGMENT.match(name))
+    redo = figures.get("redo_done_at")
+    return {"ok": bool(redo) and lsn_bytes(redo) >= segment_number(newest, size)[1] * size,
+            "redo_done_at": redo, "newest_stored_segment": newest,
+            "last_transaction_at": figures.get("last_transaction_at")}
 
 
 def needed_segments(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str, newest) -> dict:
@@ -491,7 +604,7 @@ def needed_segments(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str, 
     size = recorded_segment_size(newest, hook)
     first = segment_of_lsn(newest.start_lsn, newest.manifest.extra["timeline"], size)
     with ops.transaction() as conn:
-        segments = pitr_catalog.segments(conn, target, first)
+        segments = {**pitr_catalog.segments(conn, target, first), **pitr_catalog.histories(conn, target)}
     gaps = find_gaps(list(segments), first, size)
     if gaps:
         raise RecoveryFailed(f"the WAL archive lacks segment(s) {', '.join(gaps[:5])} after base backup "
@@ -517,7 +630,7 @@ class RestorePitrOperator(_PitrOperator):
     its port first if the source's is taken on this host). A directory that exists and is not empty is
     refused, and nothing is changed.
 
-    :param target_time: ISO 8601 time with a zone.
+    :param target_time: ISO 8601 time with a zone, or ``latest`` (all the archive holds).
     :param data_directory: an absolute path that does not exist yet (or is empty).
     """
 
@@ -529,7 +642,8 @@ class RestorePitrOperator(_PitrOperator):
         self.data_directory = data_directory
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover
+        from dbops.backup.pitr import (
+            RESTORE_MARKER, RecoveryFailed, ScratchServer, chain_for, free_port, recover, remove_scratch)
         from dbops.core.locks import job_lock
         from dbops.core.streams import ChecksumMismatch
         from dbops.hooks.postgres import DbopsPostgresHook
@@ -540,69 +654,129 @@ class RestorePitrOperator(_PitrOperator):
             raise AirflowFailException(f"data_directory {self.data_directory!r} must be an absolute path")
         config, policy, store, ops = self._setup()
         source = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
+        data = self._destination(data, config, store, source, ops)
         root = _run_dir(config, self.target, "restore_pitr", context["run_id"])
         with job_lock(config.ops_conn_id, self.target, "restore_pitr", retry_when_busy=True), \
                 job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK, shared=True, retry_when_busy=True):
-            if data.exists() and (not data.is_dir() or any(data.iterdir())):
-                raise AirflowFailException(f"data_directory {data} exists and is not empty: name a new directory "
-                                           "(nothing was changed)")
-            shutil.rmtree(root, ignore_errors=True)
-            root.mkdir(parents=True)
-            server, restored = None, False
-            try:
-                if data.exists():
-                    data.rmdir()
-                with ops.transaction() as conn:
-                    backups = pitr_catalog.base_backups(conn, self.target)
-                chain = chain_for(backups, target_time)
-                segments = needed_segments(ops, source, self.target, chain[-1])
-                server = ScratchServer(root, recovery_bin_dir(config, chain[-1].manifest.server_version),
-                                       free_port(*policy.scratch_ports), data_dir=data)
-                figures = recover(store, chain, segments, server, target_time,
-                                  source.connection.login, source.database or source.connection.schema,
-                                  tool_timeout(self.execution_timeout), current_segment(ops, self.target),
-                                  encryption_key(policy.encryption_conn_id))
-                server.stop()
-                server.forget_recovery_settings()
-                restored = True
-            except (RecoveryFailed, ChecksumMismatch) as err:
-                if server is not None:
-                    self.log.error("the recovering server's log ended with:\n%s", server.log_tail())
-                raise AirflowFailException(f"FAILED: restoring {self.target} to {target_time.isoformat()}: {err}; "
-                                           f"{data} was removed") from err
-            except AirflowException:
-                raise
-            except Exception as err:
-                raise classify(err, f"restoring {self.target} to {target_time.isoformat()} could not run; {data} "
-                                    "was removed") from err
-            finally:  # also when the task is killed or times out: no server left running, no half-made directory
-                if not restored:
+            self._sweep_scratch(config)
+            self._take_data_directory(data)
+            with _claimed(root):
+                remove_scratch(root, _server_bin_dir(), data, keep=True)  # an earlier try's (its server stopped)
+                record = {"data_directory": str(data), "run_id": context["run_id"]}
+                (root / RESTORE_RECORD).write_text(json.dumps(record))
+                marker = {"target": self.target, "run_id": context["run_id"], "root": str(root),
+                          "started_at": datetime.now(timezone.utc).isoformat()}
+                server, making, restored = None, False, False
+                try:
+                    with ops.transaction() as conn:
+                        backups = pitr_catalog.base_backups(conn, self.target)
+                    chain = chain_for(backups, target_time, self.target)
+                    bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
+                    check_recovery_build(bin_dir, chain, source)
+                    segments = needed_segments(ops, source, self.target, chain[-1])
+                    server = ScratchServer(root, bin_dir, free_port(*policy.scratch_ports), data_dir=data)
+                    if data.exists():
+                        data.rmdir()
+                    making = True
+                    figures = recover(store, chain, segments, server, target_time,
+                                      source.connection.login, source.database or source.connection.schema,
+                                      tool_timeout(self.execution_timeout), current_segment(ops, self.target),
+                                      encryption_key(policy.encryption_conn_id), marker)
+                    server.stop()
+                    server.forget_recovery_settings()
+                    (data / RESTORE_MARKER).unlink()
+                    restored = True
+                except (RecoveryFailed, ChecksumMismatch) as err:
                     if server is not None:
-                        server.stop()
-                    shutil.rmtree(data, ignore_errors=True)
-                shutil.rmtree(root, ignore_errors=True)
+                        self.log.error("the recovering server's log ended with:\n%s", server.log_tail())
+                    raise AirflowFailException(f"FAILED: restoring {self.target} to {shown(target_time)}: {err}; "
+                                               f"{_undone(data, making)}") from err
+                except AirflowException:
+                    raise
+                except Exception as err:
+                    raise classify(err, f"restoring {self.target} to {shown(target_time)} could not run; "
+                                        f"{_undone(data, making)}") from err
+                finally:  # also when the task times out: no server left running, no half-made directory
+                    if not restored:
+                        if server is not None:
+                            server.stop()
+                        if making:
+                            shutil.rmtree(data, ignore_errors=True)
+                    shutil.rmtree(root, ignore_errors=True)
         self.log.info("restored OK: %s as of %s into %s (stopped, ready to start): from %s, %s, recovered in %.1f s; "
-                      "%s", self.target, target_time.isoformat(), data, " + ".join(figures["chain"]),
+                      "%s", self.target, shown(target_time), data, " + ".join(figures["chain"]),
                       human_bytes(figures["bytes"]), figures["seconds_to_promoted"], figures.get("stopped") or "",
                       bytes=figures["bytes"], data_directory=str(data))
-        return {"data_directory": str(data), "target_time": target_time.isoformat(), **figures}
+        return {"data_directory": str(data), "target_time": shown(target_time), **figures}
+
+    def _take_data_directory(self, data: Path) -> None:
+        """Refuse ``data`` when it exists with content, unless a restore made it and is no longer running (it
+        marked it): then say whose leftover it is, stop a server left running in it and remove it."""
+        from dbops.backup.pitr import read_marker, remove_scratch
+        from dbops.core.scratch import LOCK, is_abandoned
+
+        if not data.exists() or (data.is_dir() and not any(data.iterdir())):
+            return
+        marker = read_marker(data) if data.is_dir() else None
+        if marker is None:
+            raise AirflowFailException(f"data_directory {data} exists and is not empty, and no dbops restore made it "
+                                       "(it has no dbops_restore.json): name a new directory (nothing was changed)")
+        owner = Path(marker.get("root", ""))
+        whose = (f"pg_restore_pitr__{marker.get('target')} run {marker.get('run_id')} (started "
+                 f"{marker.get('started_at')})")
+        if (owner / LOCK).is_file() and not is_abandoned(owner):
+            raise AirflowFailException(f"data_directory {data} is being restored by {whose}, which is still running: "
+                                       "name another directory or wait for it (nothing was changed)")
+        remove_scratch(data, _server_bin_dir(), data)
+        self.log.warning("data_directory %s is a leftover of %s, which is no longer running (killed before it "
+                         "finished): stopped what ran in it and removed it; restoring into it anew", data, whose)
+
+    def _destination(self, data: Path, config: DbopsConfig, store: BackupStore, source: DbopsPostgresHook,
+                     ops: OpsDatabaseHook) -> Path:
+        """``data`` with its symlinks resolved, refused (before anything is fetched) inside or above the source's
+        data directory or tablespaces (read from the source, else as its newest base backup recorded them), the
+        store, staging, the Airflow home, the project, the ops database's server or a system directory."""
+        from dbops.backup.pitr_destination import DestinationRefused, check_destination, protected_dirs, server_paths
+
+        source_paths = server_paths(source)
+        if not source_paths:
+            with ops.transaction() as conn:
+                backups = pitr_catalog.base_backups(conn, self.target)
+            source_paths = next((b.manifest.extra["source_paths"] for b in backups
+                                 if b.manifest.extra.get("source_paths")), [])
+            if not source_paths:
+                self.log.warning("the data directory of %s is not known (the source cannot be read and no base "
+                                 "backup recorded it): data_directory is checked against the other places only",
+                                 self.target)
+        try:
+            return check_destination(data, protected_dirs(source_paths, server_paths(ops), getattr(store, "root", None),
+                                                          config.staging_path))
+        except DestinationRefused as err:
+            raise AirflowFailException(str(err)) from err
+
+
+def _undone(data: Path, making: bool) -> str:
+    """What a failed restore did to its data directory."""
+    return f"{data}, made by this run, was removed" if making else f"nothing was written to {data}"
 
 
 class PitrRetentionOperator(_PitrOperator):
     """Delete base backups and WAL that ``pitr.full_retention`` no longer keeps (:mod:`dbops.backup.pitr_retention`).
 
     A backup is deleted like a logical one (catalog ``deleting``, manifest first, files, ``deleted``); WAL
-    segments before the oldest kept backup's start are deleted from the store, then from the catalog.
+    segments before the oldest kept backup's start are deleted from the store, then from the catalog. Scratch
+    directories of killed PITR runs are removed too.
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.pitr_retention import plan_retention
         from dbops.backup.store_io import delete_backup
-        from dbops.backup.wal_ship import recorded_segment_size, segment_of_lsn, wal_key
+        from dbops.backup.wal_ship import SEGMENT, recorded_segment_size, segment_of_lsn, wal_key
         from dbops.core.locks import job_lock
 
         config, policy, store, ops = self._setup()
         with job_lock(config.ops_conn_id, self.target, RECOVERY_LOCK):  # never under a running recovery
+            self._sweep_scratch(config)
             with ops.transaction() as conn:
                 plan = plan_retention(pitr_catalog.base_backups(conn, self.target), policy.full_retention)
             deleted = [b.backup_id for b in plan.delete if delete_backup(ops, store, b.backup_id)]
@@ -612,7 +786,7 @@ class PitrRetentionOperator(_PitrOperator):
                 first = segment_of_lsn(plan.oldest_kept.start_lsn, plan.oldest_kept.manifest.extra["timeline"], size)
                 with ops.transaction() as conn:
                     old = {name: key for name, (_, key, _) in pitr_catalog.segments(conn, self.target).items()
-                           if name < first}
+                           if name < first and SEGMENT.match(name)}  # history files are kept
                 for name, key in old.items():
                     store.delete(key)
                     store.delete(wal_key(self.target, name, partial=True))  # a killed run may have left it
