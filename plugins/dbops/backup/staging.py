@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.backup.dump import DumpResult
 from dbops.core.config import DbopsConfig
-from dbops.core.scratch import LOCK, claimed, sweep
+from dbops.core.scratch import claimed, sweep
 from dbops.core.streams import file_sha256
 from dbops.hooks.postgres import DbopsPostgresHook
 
@@ -69,18 +69,6 @@ def held_staging(path: Path, leftovers: str) -> Iterator[Path]:
         for gone in sweep(path.parent, leftovers):
             log.warning("removed staging directory %s: left by a run that is no longer running", gone)
         yield path
-
-
-def fresh_staging(staging: Path) -> None:
-    """An empty staging directory (whatever an earlier attempt left there is removed; its lock file stays)."""
-    staging.mkdir(parents=True, exist_ok=True)
-    for entry in staging.iterdir():
-        if entry.name == LOCK:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
 
 
 def check_staging_space(hook: DbopsPostgresHook, staging: Path, target: str) -> None:

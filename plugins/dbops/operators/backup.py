@@ -175,7 +175,8 @@ class PgBackupOperator(_BackupTargetOperator):
                             ops: OpsDatabaseHook, staging: Path) -> tuple[DumpResult, datetime]:
         """The dump and its snapshot time: staged by an earlier attempt of this run, or taken now."""
         from dbops.backup.dump import dump_database
-        from dbops.backup.staging import check_staging_space, fresh_staging, keep_staged, staged_dump
+        from dbops.backup.staging import check_staging_space, keep_staged, staged_dump
+        from dbops.core.scratch import empty
         from dbops.backup.store_io import free_snapshot_time
         from dbops.core.errors import dump_permission_fix
         from dbops.hooks.keys import encryption_key
@@ -186,7 +187,7 @@ class PgBackupOperator(_BackupTargetOperator):
         if staged is not None:
             self.log.info("reusing the dump staged by an earlier attempt: %s", staged[0].path)
             return staged
-        fresh_staging(staging)
+        empty(staging)
         hook = DbopsPostgresHook(postgres_conn_id=config.targets[self.target].conn_id)
         taken_at = free_snapshot_time(store, ops, self.target)  # the snapshot is exported right after
         try:

@@ -123,7 +123,7 @@ class MongoBackupOperator(_MongoTargetOperator):
     def _staged_or_new_dump(self, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
                             ops: OpsDatabaseHook, hook: DbopsMongoHook, staging: Path) -> tuple[MongoDump, datetime]:
         """The dump and its start time: staged by an earlier attempt of this run, or taken now (and staged)."""
-        from dbops.backup.staging import fresh_staging
+        from dbops.core.scratch import empty
         from dbops.backup.store_io import free_snapshot_time
         from dbops.hooks.keys import encryption_key
         from dbops.mongo.dump import dump_database
@@ -134,7 +134,7 @@ class MongoBackupOperator(_MongoTargetOperator):
         if staged is not None:
             self.log.info("reusing the dump staged by an earlier attempt: %s (%d files)", staging, len(staged[0].files))
             return staged
-        fresh_staging(staging)
+        empty(staging)
         try:
             replica_set = hook.replica_set() is not None
             mongo = config.targets[self.target].mongo or MongoPolicy()
@@ -153,7 +153,7 @@ class MongoBackupOperator(_MongoTargetOperator):
                         "(e.g. aggregations with $out rename collections), then clear the task")
                 self.log.warning("the oplog captured during the dump holds a change its replay cannot apply (%s): "
                                  "dumping again once", "; ".join(dump.unreplayable))
-                fresh_staging(staging)
+                empty(staging)
         except Exception as err:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(err, AirflowException):
