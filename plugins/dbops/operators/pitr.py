@@ -462,7 +462,7 @@ class PitrTestOperator(_PitrOperator):
     def _test(self, context: Context) -> dict[str, Any]:
         from dbops.backup import catalog
         from dbops.backup.heartbeat import check_markers, write_markers
-        from dbops.backup.pitr import RecoveryFailed, ScratchServer, chain_for, free_port, recover, remove_scratch
+        from dbops.backup.pitr import RecoveryFailed, chain_for, recover, remove_scratch
         from dbops.backup.wal_ship import recorded_segment_size
         from dbops.core.locks import job_lock
         from dbops.core.streams import ChecksumMismatch
@@ -491,10 +491,7 @@ class PitrTestOperator(_PitrOperator):
             with ops.transaction() as conn:
                 backups = pitr_catalog.base_backups(conn, self.target)
             chain = chain_for(backups, target_time, self.target)
-            bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
-            check_recovery_build(bin_dir, chain, source)
-            segments = needed_segments(ops, source, self.target, chain[-1])
-            server = ScratchServer(root, bin_dir, free_port(*policy.scratch_ports))
+            segments, server = _recovery_server(config, policy, ops, source, self.target, chain, root)
             conn_info = source.connection
             figures = recover(store, chain, segments, server, target_time,
                               conn_info.login, source.database or conn_info.schema,
@@ -612,6 +609,18 @@ def needed_segments(ops: OpsDatabaseHook, hook: DbopsPostgresHook, target: str, 
     return segments
 
 
+def _recovery_server(config: DbopsConfig, policy, ops: OpsDatabaseHook, source: DbopsPostgresHook, target: str,
+                     chain: list, root: Path, data_dir: Path | None = None):
+    """The WAL segments ``chain`` needs and a scratch server in ``root`` with binaries of its major version,
+    checked to read the source's WAL (``data_dir``: where its data directory goes, default ``root/data``)."""
+    from dbops.backup.pitr import ScratchServer, free_port
+
+    bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
+    check_recovery_build(bin_dir, chain, source)
+    segments = needed_segments(ops, source, target, chain[-1])
+    return segments, ScratchServer(root, bin_dir, free_port(*policy.scratch_ports), data_dir=data_dir)
+
+
 def current_segment(ops: OpsDatabaseHook, target: str):
     """A lookup of one stored segment's current catalog entry (for a recovery that outlasts shipping runs)."""
     def lookup(name: str) -> tuple[bool, str, str] | None:
@@ -643,7 +652,7 @@ class RestorePitrOperator(_PitrOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.pitr import (
-            RESTORE_MARKER, RecoveryFailed, ScratchServer, chain_for, free_port, recover, remove_scratch)
+            RESTORE_MARKER, RecoveryFailed, chain_for, recover, remove_scratch)
         from dbops.core.locks import job_lock
         from dbops.core.streams import ChecksumMismatch
         from dbops.hooks.postgres import DbopsPostgresHook
@@ -671,10 +680,7 @@ class RestorePitrOperator(_PitrOperator):
                     with ops.transaction() as conn:
                         backups = pitr_catalog.base_backups(conn, self.target)
                     chain = chain_for(backups, target_time, self.target)
-                    bin_dir = recovery_bin_dir(config, chain[-1].manifest.server_version)
-                    check_recovery_build(bin_dir, chain, source)
-                    segments = needed_segments(ops, source, self.target, chain[-1])
-                    server = ScratchServer(root, bin_dir, free_port(*policy.scratch_ports), data_dir=data)
+                    segments, server = _recovery_server(config, policy, ops, source, self.target, chain, root, data)
                     if data.exists():
                         data.rmdir()
                     making = True
