@@ -68,7 +68,11 @@ def context(logical_date: datetime = DAY, run_id: str = "test_run", params: dict
 
 
 def write_config(t: SimpleNamespace, retire: str = "drop", lock_timeout: str = "1s", store: str | None = None,
-                 extra_table: str = "", retries: int = 1) -> None:
+                 extra_table: str = "", retries: int = 1, hostile: bool = True) -> None:
+    quoted = f"""'{HOSTILE_SCHEMA}.{HOSTILE_TABLE.replace("'", "''")}'"""
+    hostile_table = (f"""        {quoted}: {{interval: monthly, premake: 1, retention: 3 months, """
+                     f"""retire: {retire if retire != "drop" else "archive_schema"}, archive_schema: 'Arch "ive"'}}\n"""
+                     if hostile else "")
     t.config_path.write_text(f"""
 ops_conn_id: dbops_state
 staging_dir: {t.tmp / 'staging'}
@@ -86,8 +90,7 @@ targets:
       batch_rows: 1000
       tables:
         events: {{interval: monthly, premake: 2, retention: 3 months, retire: {retire}}}
-        '{HOSTILE_SCHEMA}.{HOSTILE_TABLE.replace("'", "''")}': {{interval: monthly, premake: 1, retention: 3 months, retire: {retire if retire != "drop" else "archive_schema"}, archive_schema: 'Arch "ive"'}}
-{extra_table}""")
+{hostile_table}{extra_table}""")
 
 
 @pytest.fixture
@@ -100,13 +103,15 @@ def target(scratch_db, tmp_path, monkeypatch, pg_server):
                                    reader=sql.Identifier(reader)))
         conn.execute("ANALYZE")
     monkeypatch.setenv(f"AIRFLOW_CONN_PG_{name.upper()}", conn_uri(database))
-    t = SimpleNamespace(database=database, name=name, reader=reader, tmp=tmp_path, config_path=tmp_path / "dbops.yaml")
+    t = SimpleNamespace(database=database, name=name, reader=reader, tmp=tmp_path,
+                        config_path=tmp_path / "dbops.yaml", roles=[reader])
     monkeypatch.setenv("DBOPS_CONFIG", str(t.config_path))
     write_config(t)
     yield t
     with admin_connection() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(reader)))
+        for role in t.roles:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 def connect(t) -> psycopg.Connection:
@@ -481,3 +486,332 @@ def test_table_not_range_partitioned_is_an_error_naming_file_target_table_and_ke
     assert str(target.config_path) in message and f"target '{target.name}'" in message
     assert "partitions.tables.plain_table" in message and "must be RANGE-partitioned" in message
     assert "events_2026_04" in partitions(target), "the other tables were still done"
+
+
+# --- issue 20: DEFAULT moves that never hide rows, row-level security, retired ranges, strays, sub-partitions ---
+
+EVERYTHING = "SELECT * FROM events UNION ALL SELECT * FROM ev_202510 UNION ALL SELECT * FROM ev_202511"
+APRIL = "at >= '2026-04-01' AND at < '2026-05-01'"
+
+
+def dbops_waiting(t, query_like: str | None = None, relation: str | None = None) -> int:
+    """pid of the run's backend once it waits for a lock (on ``relation``, in a query like ``query_like``): polls
+    the catalogs for that state (the interleaving itself is made by a lock the test holds)."""
+    with connect(t) as conn:
+        for _ in range(1200):
+            row = conn.execute(
+                "SELECT a.pid FROM pg_stat_activity a WHERE a.application_name = 'dbops partitions' "
+                "AND a.datname = current_database() AND a.wait_event_type = 'Lock' "
+                "AND (%(q)s::text IS NULL OR a.query ILIKE %(q)s) AND (%(rel)s::text IS NULL OR EXISTS ("
+                "SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted AND l.relation = %(rel)s::regclass))",
+                {"q": query_like, "rel": relation}).fetchone()
+            if row:
+                return row[0]
+            time.sleep(0.05)
+    raise AssertionError(f"the run never waited for a lock ({query_like or relation})")
+
+
+def hold_last_april_row(t) -> psycopg.Connection:
+    """A transaction holding the physically last April row of DEFAULT FOR UPDATE: the first two batches of 1000
+    move, the third waits for it."""
+    holder = connect(t)
+    holder.autocommit = False
+    holder.execute(f"SELECT 1 FROM events_default WHERE ctid = (SELECT ctid FROM events_default WHERE {APRIL} "
+                   "ORDER BY ctid DESC LIMIT 1) FOR UPDATE")
+    return holder
+
+
+def count(t, query: str) -> int:
+    with connect(t) as conn:
+        return conn.execute(query).fetchone()[0]
+
+
+def recorded_run(t, logical_date: datetime = DAY) -> tuple[dict, dict]:
+    """The plan and the report the ops database holds for the run of ``logical_date``."""
+    with OpsDatabaseHook(postgres_conn_id="dbops_state").transaction() as conn:
+        return conn.execute("SELECT plan, report FROM dbops.partition_runs WHERE target = %s AND logical_date = %s",
+                            (t.name, logical_date)).fetchone()
+
+
+def findings_of(t, table: str = "events", logical_date: datetime = DAY) -> list[str]:
+    plan, _ = recorded_run(t, logical_date)
+    return next(p["findings"] for p in plan["tables"] if p["table"] == table)
+
+
+def test_application_insert_into_default_before_the_attach_is_moved_with_the_rest(target):
+    """Item 20.5. The April rows are moved out of DEFAULT in batches; a session holds the parent in SHARE UPDATE
+    EXCLUSIVE mode (the mode ATTACH needs), so the final move-and-attach waits for it; meanwhile the application
+    INSERTs an April row through the parent: it lands in DEFAULT. The attach must take that row along (DEFAULT is
+    locked before the final move), not fail on it (23514) and leave 2500 moved rows invisible."""
+    write_config(target, retire="detach", lock_timeout="30s")
+    before = fingerprint(target)
+    holder = connect(target)
+    holder.autocommit = False
+    holder.execute("LOCK TABLE ONLY events IN SHARE UPDATE EXCLUSIVE MODE")
+    errors: list[BaseException] = []
+    worker = threading.Thread(target=lambda: _catch(errors, lambda: run(target)))
+    worker.start()
+    try:
+        dbops_waiting(target, relation="events")  # every batch is done; the attaching transaction waits
+        assert count(target, f"SELECT count(*) FROM events WHERE {APRIL}") < 2500, "the moved rows are out of sight"
+        with connect(target) as app:
+            app.execute("INSERT INTO events (at, payload) VALUES ('2026-04-20 12:00+00', 'inserted during the move')")
+        assert count(target, "SELECT count(*) FROM ONLY events_default "
+                             "WHERE payload = 'inserted during the move'") == 1
+    finally:
+        holder.rollback()
+        holder.close()
+    worker.join(120)
+    assert errors == []
+    assert "events_2026_04" in partitions(target)
+    assert count(target, "SELECT count(*) FROM events_2026_04") == 2501
+    assert count(target, f"SELECT count(*) FROM ONLY events_default WHERE {APRIL}") == 0
+    assert fingerprint(target, f"SELECT * FROM ({EVERYTHING}) u "
+                               "WHERE payload <> 'inserted during the move'") == before
+    created = [s for s in steps(target) if s[2] == "public.events_2026_04"]
+    assert [(s[1], s[3], s[4]) for s in created] == [("create", "done", 2501)]
+
+
+def test_attach_failing_puts_the_moved_rows_back_into_default(target):
+    """Item 20.5. An event trigger makes every ATTACH PARTITION fail after the rows were moved out of DEFAULT: the
+    step fails, and every moved row is back in DEFAULT, visible through the parent; the emptied table is dropped.
+    Once the trigger is gone the next run creates the partition."""
+    write_config(target, retire="detach")
+    before = fingerprint(target)
+    with connect(target) as conn:
+        conn.execute("CREATE FUNCTION refuse_attach() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF current_query() ILIKE '%ATTACH PARTITION%' THEN "
+                     "RAISE EXCEPTION 'attach refused by the test'; END IF; END $$")
+        conn.execute("CREATE EVENT TRIGGER refuse_attach ON ddl_command_start WHEN TAG IN ('ALTER TABLE') "
+                     "EXECUTE FUNCTION refuse_attach()")
+    with pytest.raises(AirflowFailException, match="attach refused by the test"):
+        run(target)
+    assert fingerprint(target, EVERYTHING) == before
+    assert count(target, f"SELECT count(*) FROM ONLY events_default WHERE {APRIL}") == 2500
+    assert not table_exists(target, "public", "events_2026_04")
+    failed = {s[2]: s[5] for s in steps(target) if s[1] == "create" and s[3] == "failed"}
+    assert "2500 rows moved back into DEFAULT" in failed["public.events_2026_04"]
+    assert "the empty table was dropped" in failed["public.events_2026_04"]
+    with connect(target) as conn:
+        conn.execute("DROP EVENT TRIGGER refuse_attach")
+    run(target, run_id="later")
+    assert "events_2026_04" in partitions(target)
+    assert count(target, "SELECT count(*) FROM events_2026_04") == 2500
+    assert fingerprint(target, EVERYTHING) == before
+
+
+def test_move_whose_backend_is_terminated_puts_the_rows_back_in_the_same_run(target):
+    """Item 20.5. Two batches of April (2000 rows) are moved, the third waits for a row the test holds, and the
+    run's backend is terminated there (pg_terminate_backend). The run reconnects and puts the 2000 rows back into
+    DEFAULT: right after it, every row is visible through the parent. The next run creates the partition."""
+    write_config(target, retire="detach", lock_timeout="30s")
+    before = fingerprint(target)
+    holder = hold_last_april_row(target)
+    errors: list[BaseException] = []
+    worker = threading.Thread(target=lambda: _catch(errors, lambda: run(target, run_id="killed")))
+    worker.start()
+    try:
+        pid = dbops_waiting(target, query_like="%DELETE FROM%")
+        assert count(target, "SELECT count(*) FROM ONLY events_2026_04") == 2000  # two batches moved
+        with connect(target) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        holder.rollback()
+        holder.close()
+    worker.join(120)
+    assert errors and isinstance(errors[0], AirflowFailException)
+    assert fingerprint(target) == before, "every row is visible through the parent again"
+    assert count(target, f"SELECT count(*) FROM ONLY events_default WHERE {APRIL}") == 2500
+    assert not table_exists(target, "public", "events_2026_04")
+    april = [(s[1], s[3], s[4]) for s in steps(target) if s[2] == "public.events_2026_04"]
+    assert april == [("create", "failed", None), ("move", "done", 2000)]
+    run(target, run_id="next")
+    assert count(target, "SELECT count(*) FROM events_2026_04") == 2500
+    assert fingerprint(target, EVERYTHING) == before
+
+
+def test_task_killed_mid_move_next_run_finishes_the_move_first_thing(target):
+    """Item 20.5. The task runs in a child process; two April batches are moved, the third waits for a row the test
+    holds; the task is killed (SIGKILL) and its backend terminated: 2000 rows sit in the unattached table, invisible
+    through the parent, and nothing of that run is left to put them back. The next run names the half-done move in
+    its plan and finishes it before any other step: every row visible again, the partition attached."""
+    write_config(target, retire="detach", lock_timeout="30s")
+    before = fingerprint(target)
+    holder = hold_last_april_row(target)
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    script = ("import sys; from types import SimpleNamespace; from tests.partitions.test_partitions import run; "
+              "run(SimpleNamespace(name=sys.argv[1]), run_id='killed')")
+    child = subprocess.Popen([sys.executable, "-c", script, target.name], env=child_env)
+    try:
+        pid = dbops_waiting(target, query_like="%DELETE FROM%")
+        child.kill()
+        child.wait(30)
+        with connect(target) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        child.kill()
+        holder.rollback()
+        holder.close()
+    assert count(target, "SELECT count(*) FROM ONLY events_2026_04") == 2000
+    assert "events_2026_04" not in partitions(target)
+    assert fingerprint(target)[0] == before[0] - 2000, "the moved rows are invisible through the parent"
+    run(target, run_id="next")
+    assert any(f.startswith("half-done move: public.events_2026_04 holds 2000 rows") for f in findings_of(target))
+    first = steps(target)[0]
+    assert first[:5] == ("events", "create", "public.events_2026_04", "done", 2500)
+    assert "finished a move an earlier run left half done (2000 rows" in first[5]
+    assert count(target, "SELECT count(*) FROM events_2026_04") == 2500
+    assert fingerprint(target, EVERYTHING) == before
+
+
+def test_half_done_move_of_a_range_the_run_does_not_create_is_moved_back(target):
+    """Item 20.5. A table dbops was filling for April when its run died holds the first half of April's rows; the
+    next run is for June (it creates June to August, not April): it moves the rows back into DEFAULT, first thing,
+    and drops the emptied table."""
+    from dbops.partitions.create import MARKER
+
+    write_config(target, retire="detach")
+    april = fingerprint(target, f"SELECT * FROM events WHERE {APRIL}")
+    with connect(target) as conn:
+        conn.execute("CREATE TABLE events_2026_04 (LIKE events)")
+        conn.execute(sql.SQL("COMMENT ON TABLE events_2026_04 IS {}").format(sql.Literal(
+            f"{MARKER}public.events [2026-04-01T00:00:00+00:00, 2026-05-01T00:00:00+00:00)")))
+        moved = conn.execute("WITH m AS (DELETE FROM events_default WHERE at >= '2026-04-01' AND at < '2026-04-10' "
+                             "RETURNING *) INSERT INTO events_2026_04 SELECT * FROM m").rowcount
+    assert moved > 0 and fingerprint(target, f"SELECT * FROM events WHERE {APRIL}") != april
+    june = datetime(2026, 6, 10, 4, 30, tzinfo=timezone.utc)
+    run(target, logical_date=june, run_id="june")
+    assert fingerprint(target, f"SELECT * FROM events WHERE {APRIL}") == april
+    assert count(target, f"SELECT count(*) FROM ONLY events_default WHERE {APRIL}") == 2500
+    assert not table_exists(target, "public", "events_2026_04")
+    first = steps(target)[0]
+    assert first[:5] == ("events", "move", "public.events_2026_04", "done", moved)
+    assert any(f.startswith(f"half-done move: public.events_2026_04 holds {moved} rows")
+               for f in findings_of(target, logical_date=june))
+
+
+def test_row_level_security_on_default_is_refused_naming_table_policy_and_what_the_role_needs(target, monkeypatch):
+    """Item 20.2. The run's role owns the tables but lacks BYPASSRLS, and DEFAULT forces row level security with a
+    policy hiding some April rows. Nothing may be moved on what the policy shows: the plan refuses the table,
+    naming DEFAULT, the policy and what the role needs; every row stays in DEFAULT. With BYPASSRLS all 2500 move."""
+    from scripts.stack.paths import PG_HOST, PG_PORT
+
+    role = f"mover_{target.database[-12:]}"
+    target.roles.insert(0, role)
+    with connect(target) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {r} LOGIN PASSWORD 'mover' NOSUPERUSER NOBYPASSRLS; "
+                             "GRANT CREATE ON SCHEMA public TO {r}").format(r=sql.Identifier(role)))
+        for (table,) in conn.execute("SELECT oid::regclass::text FROM pg_class "
+                                     "WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')"
+                                     ).fetchall():
+            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.SQL(table), sql.Identifier(role)))
+        conn.execute("ALTER TABLE events_default ENABLE ROW LEVEL SECURITY; "
+                     "ALTER TABLE events_default FORCE ROW LEVEL SECURITY; "
+                     "CREATE POLICY hide_d1 ON events_default USING (payload NOT LIKE 'd1%')")
+    monkeypatch.setenv(f"AIRFLOW_CONN_PG_{target.name.upper()}",
+                       f"postgresql://{role}:mover@{PG_HOST}:{PG_PORT}/{target.database}")
+    write_config(target, retire="detach", hostile=False)
+    before = fingerprint(target)
+    with pytest.raises(AirflowFailException) as err:
+        run(target)
+    message = str(err.value)
+    assert f"row-level security on public.events_default hides rows from role {role}" in message
+    assert "policy 'hide_d1'" in message and f"ALTER ROLE {role} BYPASSRLS" in message
+    assert "NO FORCE ROW LEVEL SECURITY" in message
+    plan, _ = recorded_run(target)
+    assert "hide_d1" in plan["tables"][0]["error"]
+    assert fingerprint(target) == before
+    assert count(target, f"SELECT count(*) FROM ONLY events_default WHERE {APRIL}") == 2500
+    assert not table_exists(target, "public", "events_2026_04")
+    with connect(target) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(role)))
+    run(target, run_id="bypassrls")
+    assert count(target, "SELECT count(*) FROM events_2026_04") == 2500
+    assert count(target, f"SELECT count(*) FROM ONLY events_default WHERE {APRIL}") == 0
+
+
+def test_backfill_never_recreates_a_range_a_newer_run_retired(target):
+    """Item 20.8. The run for 2026-03-15 dumps and drops October and November 2025; a backfill for 2025-10-20
+    (which would create October to December) creates neither again, says why, and leaves an October row that
+    arrived since in DEFAULT."""
+    run(target)
+    assert retirements(target)["public.ev_202510"][0] == retirements(target)["public.ev_202511"][0] == "dropped"
+    with connect(target) as conn:
+        conn.execute("INSERT INTO events (at, payload) VALUES ('2025-10-20 10:00+00', 'late october')")
+    backfill = datetime(2025, 10, 20, 4, 30, tzinfo=timezone.utc)
+    run(target, logical_date=backfill, run_id="backfill")
+    for name in ("events_2025_10", "events_2025_11"):
+        assert not table_exists(target, "public", name)
+    notes = findings_of(target, logical_date=backfill)
+    assert any(n.startswith("not created: [2025-10-01, 2025-11-01) was retired after this run's logical date")
+               and "public.ev_202510 dropped" in n for n in notes)
+    assert any(n.startswith("not created: [2025-11-01, 2025-12-01) was retired") for n in notes)
+    assert count(target, "SELECT count(*) FROM ONLY events_default WHERE payload = 'late october'") == 1
+    hostile = findings_of(target, f"{HOSTILE_SCHEMA}.{HOSTILE_TABLE}", backfill)
+    assert any("was retired after this run's logical date" in n for n in hostile)
+
+
+def test_partition_detached_by_hand_is_named_in_plan_log_and_report_and_never_dropped(target, capsys):
+    """Item 20.9. ev_202512 (within retention) is detached by hand and a table named as dbops names partitions was
+    never attached: both are named in the plan, the log and the report, every run, and left alone; the partitions
+    dbops itself retired (recorded) and unrelated tables are not listed."""
+    with connect(target) as conn:
+        conn.execute("ALTER TABLE events DETACH PARTITION ev_202512")
+        conn.execute("CREATE TABLE events_2024_01 (LIKE events); CREATE TABLE unrelated_2024 (id int)")
+    run(target)
+    run(target, run_id="again")
+    for name in ("ev_202512", "events_2024_01"):
+        assert table_exists(target, "public", name)
+        assert any(f.startswith(f"not attached: public.{name} is named like a partition of public.events")
+                   for f in findings_of(target))
+    _, report = recorded_run(target)
+    assert sorted(t["table"] for t in report["tables"]["events"]["not_attached"]) == [
+        "public.ev_202512", "public.events_2024_01"]
+    assert retirements(target)["public.ev_202510"][0] == "dropped"
+    out = capsys.readouterr().out
+    assert "not attached: public.ev_202512 is named like a partition" in out
+    assert "2 tables named like its partitions not attached" in out
+
+
+def test_subpartitioned_partition_under_retire_drop_is_refused_before_detaching(target):
+    """Item 20.10. An expired partition that is itself partitioned, under retire: drop, stays attached: the step
+    fails saying it is sub-partitioned, before any detach or dump; the plain expired partition of the same table is
+    dropped as usual. One detached by an earlier run (recorded) is refused the same way, without a dump."""
+    from dbops.partitions.record import record_retirement
+
+    with connect(target) as conn:
+        conn.execute("CREATE TABLE metrics (at date NOT NULL, host text NOT NULL) PARTITION BY RANGE (at); "
+                     "CREATE TABLE metrics_2025_01 PARTITION OF metrics FOR VALUES FROM ('2025-01-01') "
+                     "TO ('2025-02-01') PARTITION BY LIST (host); "
+                     "CREATE TABLE metrics_2025_01_a PARTITION OF metrics_2025_01 FOR VALUES IN ('a'); "
+                     "CREATE TABLE metrics_2025_01_rest PARTITION OF metrics_2025_01 DEFAULT; "
+                     "CREATE TABLE metrics_2025_02 PARTITION OF metrics FOR VALUES FROM ('2025-02-01') "
+                     "TO ('2025-03-01') PARTITION BY LIST (host); "
+                     "CREATE TABLE metrics_2025_02_a PARTITION OF metrics_2025_02 DEFAULT; "
+                     "CREATE TABLE metrics_2025_03 PARTITION OF metrics FOR VALUES FROM ('2025-03-01') "
+                     "TO ('2025-04-01'); "
+                     "INSERT INTO metrics SELECT date '2025-01-01' + g % 89, "
+                     "CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, 900) g")
+        conn.execute("ALTER TABLE metrics DETACH PARTITION metrics_2025_02")  # as an earlier run left it
+    with OpsDatabaseHook(postgres_conn_id="dbops_state").transaction() as ops:
+        record_retirement(ops, target.name, "metrics", "public", "metrics_2025_02", "2025-02-01T00:00:00+00:00",
+                          "2025-03-01T00:00:00+00:00", "drop", "detached")
+    write_config(target, extra_table="        metrics: {interval: monthly, premake: 1, retention: 3 months, "
+                                     "retire: drop}\n")
+    january = count(target, "SELECT count(*) FROM metrics_2025_01")
+    february = count(target, "SELECT count(*) FROM metrics_2025_02")
+    with pytest.raises(AirflowFailException, match="sub-partitioned"):
+        run(target)
+    assert "metrics_2025_01" in partitions(target, "metrics"), "refused before the detach"
+    assert count(target, "SELECT count(*) FROM metrics_2025_01") == january > 0
+    failed = {s[2]: (s[1], s[5]) for s in steps(target) if s[3] == "failed"}
+    step, detail = failed["public.metrics_2025_01"]
+    assert step == "detach" and detail.startswith("not detached: public.metrics_2025_01 is sub-partitioned")
+    assert "public.metrics_2025_01" not in retirements(target)
+    step, detail = failed["public.metrics_2025_02"]
+    assert step == "drop" and "is sub-partitioned" in detail
+    status, backup_id, *_ , error = retirements(target)["public.metrics_2025_02"]
+    assert (status, backup_id) == ("drop_refused", None) and "sub-partitioned" in error
+    assert count(target, "SELECT count(*) FROM metrics_2025_02") == february > 0
+    assert not table_exists(target, "public", "metrics_2025_03"), "the plain expired partition was dropped"
+    assert retirements(target)["public.metrics_2025_03"][0] == "dropped"

@@ -41,12 +41,17 @@ class _PartitionsOperator(TargetOperator):
     def _inspect_all(self, config: DbopsConfig, policy: PartitionsPolicy, conn: psycopg.Connection,
                      logical_date: datetime, exact_counts: bool = False
                      ) -> list[tuple[TableInspection | None, TablePlan]]:
-        """Inspect and plan every configured table; a table that cannot be managed gets a plan with its error."""
+        """Inspect and plan every configured table; a table that cannot be managed gets a plan with its error.
+        The plans see the target's retirements (``dbops.partition_retirements``, read from the ops database)."""
         import psycopg
 
+        from dbops.hooks.ops import OpsDatabaseHook
+        from dbops.partitions.record import retired_ranges
         from dbops.partitions.tree import TableSetupError, inspect_table
         from dbops.partitions.plan import TablePlan, plan_table
 
+        with OpsDatabaseHook(postgres_conn_id=config.ops_conn_id).transaction() as ops:
+            retired = retired_ranges(ops, self.target)
         results = []
         for table, table_policy in policy.tables.items():
             where = f"{config.path}: target '{self.target}': partitions.tables.{table}"
@@ -60,7 +65,7 @@ class _PartitionsOperator(TargetOperator):
                 conn.rollback()
                 results.append((None, TablePlan(table, error=f"{where}: catalog read waited too long: {err}")))
                 continue
-            results.append((found, plan_table(found, table_policy, logical_date)))
+            results.append((found, plan_table(found, table_policy, logical_date, retired.get(table, ()))))
         return results
 
     def _connect(self, config: DbopsConfig, policy: PartitionsPolicy) -> psycopg.Connection:
@@ -119,9 +124,12 @@ class PartitionsPlanOperator(_PartitionsOperator):
 
 
 class PartitionsApplyOperator(_PartitionsOperator):
-    """Apply the plan table by table (re-inspected now, so a retry sees what an earlier try did): create
+    """Apply the plan table by table (re-inspected now, so a retry sees what an earlier try did): first, for
+    every table, finish or undo the moves out of DEFAULT an earlier run left half done; then create
     partitions (moving their rows out of DEFAULT), finish pending detaches, retire, and finish retirements
-    earlier runs left. Every step is recorded in ``dbops.partition_steps``.
+    earlier runs left. Every step is recorded in ``dbops.partition_steps``. When the target connection is
+    lost mid-step (a terminated backend), it reconnects, puts back the rows of a move the loss cut short and
+    goes on with the next table.
 
     A step whose lock is not granted after the retries is skipped with its reason and the run goes on;
     the task then ends failed so that it is retried (Airflow backoff) and, on its last try, the run is red.
@@ -140,7 +148,7 @@ class PartitionsApplyOperator(_PartitionsOperator):
             return self._apply(context, config, policy)
 
     def _apply(self, context: Context, config: DbopsConfig, policy: PartitionsPolicy) -> dict[str, Any]:
-        from contextlib import closing
+        from contextlib import ExitStack, closing
         from functools import partial
 
         from dbops.core.errors import classify
@@ -148,7 +156,7 @@ class PartitionsApplyOperator(_PartitionsOperator):
         from dbops.core.runs import run_date
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.partitions import record
-        from dbops.partitions.apply import Drop, apply_plan
+        from dbops.partitions.apply import Drop, apply_plan, recover_moves
         from dbops.partitions.plan import retention_cutoff
         from dbops.partitions.report import summarize
 
@@ -169,18 +177,29 @@ class PartitionsApplyOperator(_PartitionsOperator):
                     tool_timeout(self.execution_timeout))
         errors = []
         try:
-            with closing(self._connect(config, policy)) as conn:
-                for found, plan in self._inspect_all(config, policy, conn, logical_date):
+            with ExitStack() as connections:
+                conn = connections.enter_context(closing(self._connect(config, policy)))
+                results = self._inspect_all(config, policy, conn, logical_date)
+                for _, plan in results:
                     if plan.error:
                         errors.append(plan.error)
                         self.log.error("%s", plan.error)
-                        continue
+                managed = [(found, plan) for found, plan in results if not plan.error]
+                recovered = {}
+                for found, plan in managed:  # first thing: moves out of DEFAULT earlier runs left half done
+                    recovered[found.table] = recover_moves(conn, found, plan, policy, partial(step, found.table))
+                    conn = self._reconnect_if_lost(conn, connections, config, policy)
+                for found, plan in managed:
                     table_policy = policy.tables[found.table]
                     with ops.transaction() as oconn:
                         unfinished = record.unfinished_retirements(oconn, self.target, found.table,
                                                                    retention_cutoff(logical_date, table_policy))
                     apply_plan(conn, found, plan, policy, table_policy, drop, partial(step, found.table),
-                               partial(retired, found.table, table_policy.retire), unfinished)
+                               partial(retired, found.table, table_policy.retire), unfinished,
+                               recovered[found.table])
+                    if conn.closed or conn.broken:  # killed mid-step: put back the rows of a move it cut short
+                        conn = self._reconnect_if_lost(conn, connections, config, policy)
+                        recover_moves(conn, found, plan, policy, partial(step, found.table), finish=False)
                     conn.autocommit = False
         except Exception as err:
             raise classify(err, f"partition management of {self.target} failed") from err
@@ -198,6 +217,16 @@ class PartitionsApplyOperator(_PartitionsOperator):
                                    f"retried by the next try or run): {'; '.join(skipped)}")
         self.log.info("OK: partitions of %s applied: %d tables", self.target, len(policy.tables))
         return figures
+
+    def _reconnect_if_lost(self, conn: psycopg.Connection, connections: Any, config: DbopsConfig,
+                           policy: PartitionsPolicy) -> psycopg.Connection:
+        """The same connection, or a new one when it was lost (a terminated backend): the other tables go on."""
+        from contextlib import closing
+
+        if not (conn.closed or conn.broken):
+            return conn
+        self.log.error("the connection to %s was lost (terminated backend?); reconnecting", self.target)
+        return connections.enter_context(closing(self._connect(config, policy)))
 
 
 class PartitionsReportOperator(_PartitionsOperator):
@@ -224,6 +253,7 @@ class PartitionsReportOperator(_PartitionsOperator):
             with closing(self._connect(config, policy)) as conn:
                 results = self._inspect_all(config, policy, conn, logical_date, exact)
             with ops.transaction() as conn:
+                retired = record.retired_ranges(conn, self.target)
                 figures = summarize(record.steps_of_run(conn, self.target, logical_date, context["run_id"]))
                 report: dict[str, Any] = {"exact_counts": exact, "tables": {}}
                 for found, plan in results:
@@ -237,16 +267,25 @@ class PartitionsReportOperator(_PartitionsOperator):
                     mine = figures.get(found.table) or empty_figures()
                     parts = [as_dict(p) for p in found.partitions] + ([as_dict(found.default)] if found.default
                                                                        else [])
-                    report["tables"][found.table] = {**mine, "default_rows": found.default_rows,
-                                                     "covered_until": covered.isoformat() if covered else None,
-                                                     "findings": plan.findings, "partitions": parts}
+                    recorded = {(r.schema, r.name) for r in retired.get(found.table, ())}
+                    strays = [t for t in found.lookalikes if (t.schema, t.name) not in recorded]
+                    report["tables"][found.table] = {
+                        **mine, "default_rows": found.default_rows,
+                        "covered_until": covered.isoformat() if covered else None, "findings": plan.findings,
+                        "not_attached": [{"table": t.qualified, "rows": t.rows, "bytes": t.bytes} for t in strays],
+                        "half_done_moves": [{"table": h.qualified, "rows": h.rows, "lower": h.lower.isoformat(),
+                                             "upper": h.upper.isoformat()} for h in found.half_done],
+                        "partitions": parts}
                     for part in parts:
                         self.log.info("  %s [%s, %s) rows %s%s, %d bytes, vacuum %s, analyze %s", part["partition"],
                                       part["lower"] or ("DEFAULT" if part["default"] else "MINVALUE"),
                                       part["upper"] or "", part["rows"], "" if part["rows_exact"] else " (estimate)",
                                       part["bytes"], part["last_vacuum"] or "-", part["last_analyze"] or "-")
+                    for note in plan.findings:
+                        self.log.warning("  ! %s", note)
                     self.log.info("%s", summary_line(self.target, found.table, mine, found.default_rows,
-                                                     covered.strftime("%Y-%m-%d") if covered else "NOT COVERED"),
+                                                     covered.strftime("%Y-%m-%d") if covered else "NOT COVERED",
+                                                     not_attached=len(strays), half_done=len(found.half_done)),
                                   created=mine["created"], moved_rows=mine["moved_rows"], retired=mine["retired"],
                                   bytes_freed=mine["bytes_freed"], seconds=mine["seconds"])
                 record.record_report(conn, self.target, logical_date, report)

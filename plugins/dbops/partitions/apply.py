@@ -1,12 +1,16 @@
 """One table's run: create (moving rows out of DEFAULT), finish pending detaches, retire, and pick up
 retirements earlier runs left unfinished. Each step's outcome goes to ``record`` as it happens; a step
-skipped or failed does not stop the others."""
+skipped or failed does not stop the others.
+
+Before any of that, for every table (:func:`recover_moves`): a move out of DEFAULT an earlier run left half
+done (its rows invisible through the parent) is finished when this run's plan creates that range, and
+otherwise undone (rows back into DEFAULT, the empty table dropped)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from dbops.partitions import retire
-from dbops.partitions.create import create_partition
+from dbops.partitions.create import create_partition, put_back
 from dbops.partitions.locks import StepSkipped
-from dbops.partitions.plan import CREATE, Step, TablePlan
+from dbops.partitions.plan import CREATE, Step, TablePlan, subpartitioned
+from dbops.partitions.tree import half_done_moves
 from dbops.partitions.policy import PartitionsPolicy, TablePolicy
 
 if TYPE_CHECKING:
@@ -42,10 +47,54 @@ class Drop:
     timeout: float
 
 
+def recover_moves(conn: psycopg.Connection, found: TableInspection, plan: TablePlan, policy: PartitionsPolicy,
+                  record: Record, finish: bool = True) -> set[tuple[str, str]]:
+    """Find the table's moves out of DEFAULT left half done (marked, unattached tables, read from the catalogs now)
+    and finish each one this run's plan creates (``finish``), else put its rows back into DEFAULT and drop it.
+    Either way a failure puts the rows back where possible. Return the (schema, name) of each, for
+    :func:`apply_plan` to leave alone."""
+    conn.autocommit = True
+    planned = {(s.schema, s.name, s.lower, s.upper) for s in plan.steps if s.kind == CREATE}
+    done = set()
+    for half in half_done_moves(conn, found):
+        step = Step(CREATE, found.table, half.schema, half.name, half.lower.isoformat(), half.upper.isoformat(),
+                    half.rows, reason="a move out of DEFAULT an earlier run left half done")
+        done.add((half.schema, half.name))
+        finishing = finish and (step.schema, step.name, step.lower, step.upper) in planned
+        log.warning("%s holds %d rows moved out of DEFAULT by a run that did not finish: not visible through the "
+                    "parent; %s", half.qualified, half.rows,
+                    "finishing the move" if finishing else "moving them back into DEFAULT")
+        if finishing:
+            _guard(f"{step.label} (a move left half done)", "create", step, record,
+                   lambda s=step: _create(conn, found, s, policy, record, recovering=True))
+        else:
+            _guard(f"move back {step.schema}.{step.name} (a move left half done)", "move", step, record,
+                   lambda s=step: _move_back(conn, found, s, policy, record))
+    return done
+
+
+def _move_back(conn: psycopg.Connection, found: TableInspection, step: Step, policy: PartitionsPolicy,
+               record: Record) -> None:
+    started = time.monotonic()
+    back, dropped = put_back(conn, found, step, policy)
+    record("move", f"{step.schema}.{step.name}", "done", rows=back, seconds=time.monotonic() - started,
+           detail=f"a move out of DEFAULT left half done for [{step.lower}, {step.upper}) was undone: {back} rows "
+                  "moved back into DEFAULT; " + ("the empty table was dropped" if dropped
+                                                 else "the empty table stays (not dropped: its lock)"))
+
+
 def apply_plan(conn: psycopg.Connection, found: TableInspection, plan: TablePlan, policy: PartitionsPolicy,
                table_policy: TablePolicy, drop: Drop, record: Record, retirement: Retirement,
-               unfinished: list[dict[str, Any]]) -> None:
+               unfinished: list[dict[str, Any]], recovered: Collection[tuple[str, str]] = ()) -> None:
+    """The plan's steps, then the retirements earlier runs left; ``recovered``: tables :func:`recover_moves`
+    already dealt with in this run (their create step is not tried again)."""
     for step in plan.steps:
+        if conn.closed or conn.broken:
+            log.error("%s: the connection to the target was lost; the table's remaining steps are left to the "
+                      "next try or run", found.table)
+            return
+        if (step.schema, step.name) in recovered:
+            continue
         if step.kind == CREATE:
             _guard(step.label, "create", step, record, lambda s=step: _create(conn, found, s, policy, record))
         else:
@@ -53,6 +102,8 @@ def apply_plan(conn: psycopg.Connection, found: TableInspection, plan: TablePlan
                    lambda s=step: _retire(conn, found, s, policy, table_policy, drop, record, retirement))
     planned = {(s.schema, s.name) for s in plan.steps}
     for row in unfinished:
+        if conn.closed or conn.broken:
+            return
         step = Step("retire", found.table, row["partition_schema"], row["partition_name"],
                     row["lower_bound"].isoformat(), row["upper_bound"].isoformat(), expired=True)
         if row["status"] == "detaching":
@@ -85,20 +136,24 @@ def _guard(label: str, kind: str, step: Step, record: Record, work: Callable[[],
 
 
 def _create(conn: psycopg.Connection, found: TableInspection, step: Step, policy: PartitionsPolicy,
-            record: Record) -> None:
+            record: Record, recovering: bool = False) -> None:
     created = create_partition(conn, found, step, policy)
     if created.existed:
         return
     log.info("created %s.%s [%s, %s): %d rows moved out of DEFAULT in %d batches, %.2f s", step.schema, step.name,
              step.lower, step.upper, created.rows_moved, created.batches, created.seconds)
-    record("create", f"{step.schema}.{step.name}", "done", rows=created.rows_moved, seconds=created.seconds,
-           detail=f"[{step.lower}, {step.upper}); {created.rows_moved} rows moved out of DEFAULT in "
-                  f"{created.batches} batches")
+    resumed = (f"; finished a move an earlier run left half done ({created.resumed} rows it had moved)"
+               if recovering or created.resumed else "")
+    record("create", f"{step.schema}.{step.name}", "done", rows=created.rows_moved + created.resumed,
+           seconds=created.seconds, detail=f"[{step.lower}, {step.upper}); {created.rows_moved} rows moved out of "
+                                           f"DEFAULT in {created.batches} batches{resumed}")
 
 
 def _retire(conn: psycopg.Connection, found: TableInspection, step: Step, policy: PartitionsPolicy,
             table_policy: TablePolicy, drop: Drop, record: Record, retirement: Retirement) -> None:
     started = time.monotonic()
+    if step.refused:  # decided by the plan, before anything is done to the partition
+        raise _Failed("detach", f"not detached: {step.refused}")
     # recorded first: a task killed after the DETACH leaves a row the next run resumes
     retirement(step.schema, step.name, step.lower, step.upper, "detaching")
     detached = retire.detach(conn, found, step, policy)
@@ -161,6 +216,8 @@ def _drop(conn: psycopg.Connection, step: Step, policy: PartitionsPolicy, table_
         retirement(step.schema, step.name, step.lower, step.upper, "drop_refused", error=why)
         raise _Failed("drop", f"not dropped, left detached: {why}")
 
+    if retire.is_partitioned(conn, step.schema, step.name):  # refused before any dump: it cannot be proven
+        refuse(subpartitioned(name))
     try:
         with retire.writes_blocked(conn, step.schema, step.name, policy):
             if table_policy.dump_before_drop:

@@ -2,9 +2,14 @@
 
 Each batch is one transaction (``DELETE … RETURNING`` into the new, not yet attached table) under
 lock_timeout, so no lock is held longer than one batch. Between the first batch and the attach the
-moved rows are not visible through the parent; the attach moves whatever arrived in DEFAULT meanwhile
-in its own transaction (:func:`move_rest`). When the attach cannot be done, :func:`move_back` returns the
-rows to DEFAULT the same way, so a skipped attach leaves no row out of the parent's sight.
+moved rows are not visible through the parent. The attaching transaction locks DEFAULT first and then
+moves whatever arrived there meanwhile (:func:`move_rest`), so the attach never finds a row of its range
+left in DEFAULT. When the move or the attach fails, :func:`move_back` returns the rows to DEFAULT the same
+way, so a failed step leaves no row out of the parent's sight.
+
+The session has ``row_security = off`` (:func:`dbops.partitions.tree.session`): a row-level security policy
+on DEFAULT makes these statements fail instead of moving only the rows it shows (the inspection refuses
+such a table first, naming the policy).
 """
 
 from __future__ import annotations
@@ -76,5 +81,5 @@ def move_back(conn: psycopg.Connection, found: TableInspection, step: Step, tabl
 
 
 def move_rest(conn: psycopg.Connection, found: TableInspection, step: Step, table: Identifier) -> int:
-    """Inside the attaching transaction: the rows that reached DEFAULT since the last batch."""
+    """Inside the attaching transaction, DEFAULT locked: the rows that reached DEFAULT since the last batch."""
     return 0 if found.default is None else _move(conn, found, step, _default(found), table, None)

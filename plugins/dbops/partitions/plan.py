@@ -1,8 +1,11 @@
 """What a run does to one partitioned table, from its inspection, its policy and the run's logical date.
 
-Pure functions, no database and no clock: the same inspection and logical date always give the same
-plan, so a backfilled run for a past date creates what that date needed and retires only partitions
-older than that date's retention cutoff (never anything newer).
+Pure functions, no database and no clock: the same inspection, retirement records and logical date always
+give the same plan, so a backfilled run for a past date creates what that date needed and retires only
+partitions older than that date's retention cutoff (never anything newer). It never re-creates a range
+``dbops.partition_retirements`` says was retired after the run's logical date (a newer run dumped and dropped
+it, or detached it), and it refuses before detaching what ``retire: drop`` cannot prove (a sub-partitioned
+partition).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from typing import Any
 
 from dateutil.relativedelta import relativedelta
@@ -35,6 +39,7 @@ class Step:
     default_rows: int = 0
     reason: str = ""
     expired: bool = False  # a finalized detach is then retired as the policy says (else only recorded as detached)
+    refused: str = ""  # a retirement refused before anything is done to the partition, and why
 
     @property
     def bounds(self) -> tuple[datetime, datetime]:
@@ -43,6 +48,22 @@ class Step:
     @property
     def label(self) -> str:
         return f"{self.kind} {self.schema}.{self.name} [{self.lower[:19]}, {self.upper[:19]})"
+
+
+@dataclass(frozen=True)
+class RetiredRange:
+    """A row of ``dbops.partition_retirements``: a range some run retired, and when that was recorded."""
+
+    schema: str
+    name: str
+    lower: datetime
+    upper: datetime
+    status: str
+    recorded: datetime
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
 
 
 @dataclass
@@ -128,10 +149,23 @@ def findings(found: TableInspection, interval: str) -> list[str]:
     return notes
 
 
-def plan_table(found: TableInspection, policy: TablePolicy, logical_date: datetime) -> TablePlan:
+def plan_table(found: TableInspection, policy: TablePolicy, logical_date: datetime,
+               retired: Sequence[RetiredRange] = ()) -> TablePlan:
     """Create the current interval and ``premake`` ahead (moving their rows out of DEFAULT), retire what is
-    wholly older than the retention cutoff, finish pending detaches; report what stays odd."""
+    wholly older than the retention cutoff, finish pending detaches; report what stays odd.
+
+    :param retired: the table's rows of ``dbops.partition_retirements``; a range one of them covers and recorded
+        after ``logical_date`` is never created again (a backfill must not bring back what a newer run retired).
+    """
     plan = TablePlan(found.table, findings=findings(found, policy.interval))
+    plan.findings += [f"half-done move: {h.qualified} holds {h.rows} rows of [{h.lower:%Y-%m-%d %H:%M}, "
+                      f"{h.upper:%Y-%m-%d %H:%M}) moved out of DEFAULT and not attached: not visible through the "
+                      "parent (a run stopped mid-move, or one is moving them now); apply finishes the move first "
+                      "thing when its plan creates that range, else moves them back into DEFAULT"
+                      for h in found.half_done]
+    recorded = {(r.schema, r.name) for r in retired}
+    plan.findings += [f"not attached: {t.describe(f'{found.schema}.{found.name}')}" for t in found.lookalikes
+                      if (t.schema, t.name) not in recorded]
     start = floor(logical_date, policy.interval)
     planned: set[datetime] = set()
     for k in range(policy.premake + 1):
@@ -143,6 +177,14 @@ def plan_table(found: TableInspection, policy: TablePolicy, logical_date: dateti
         if other:
             plan.findings.append(f"not created: [{lower:%Y-%m-%d}, {upper:%Y-%m-%d}) overlaps "
                                  f"{', '.join(p.qualified for p in other)}")
+            continue
+        gone = [r for r in retired if r.lower < upper and lower < r.upper and r.recorded > logical_date]
+        if gone:
+            plan.findings.append(
+                f"not created: [{lower:%Y-%m-%d}, {upper:%Y-%m-%d}) was retired after this run's logical date "
+                f"{logical_date:%Y-%m-%d %H:%M}: " + ", ".join(
+                    f"{r.qualified} {r.status} (recorded {r.recorded:%Y-%m-%d %H:%M} UTC)" for r in gone)
+                + "; a backfill never re-creates a retired range")
             continue
         rows = found.default_buckets.get(lower, 0)
         planned.add(lower)
@@ -160,9 +202,12 @@ def plan_table(found: TableInspection, policy: TablePolicy, logical_date: dateti
                                    + ("; then retired" if expired else "; kept detached until due"),
                                    expired=expired))
         elif expired:
+            refused = _refused(part, policy)
             plan.steps.append(Step(RETIRE, found.table, part.schema, part.name, _iso(part.lower), _iso(part.upper),
                                    reason=f"upper bound {part.upper:%Y-%m-%d} <= cutoff {cutoff:%Y-%m-%d} "
-                                          f"(logical date - {policy.retention})", expired=True))
+                                          f"(logical date - {policy.retention})"
+                                          + (f"; REFUSED, left attached: {refused}" if refused else ""),
+                                   expired=True, refused=refused))
     for bucket, rows in sorted(found.default_buckets.items(), key=lambda i: (i[0] is not None, i[0])):
         if bucket is None:
             plan.findings.append(f"DEFAULT: {rows} rows with a NULL key stay (they belong to no range)")
@@ -171,6 +216,18 @@ def plan_table(found: TableInspection, policy: TablePolicy, logical_date: dateti
                                  f"{shift(bucket, policy.interval, 1):%Y-%m-%d}) stay: no partition is planned "
                                  "for that range")
     return plan
+
+
+def subpartitioned(qualified: str) -> str:
+    """Why ``retire: drop`` refuses a partition that is itself partitioned."""
+    return (f"{qualified} is sub-partitioned (a partitioned table itself): retire: drop dumps, restores and counts "
+            "one plain table and cannot prove a partitioned one. Retire it by hand (pg_dump --table-and-children, "
+            "then DROP TABLE), or set retire: archive_schema or detach for this table")
+
+
+def _refused(part: Partition, policy: TablePolicy) -> str:
+    """Why the partition must not even be detached under its table's policy ('' when it may)."""
+    return subpartitioned(part.qualified) if part.subpartitioned and policy.retire == "drop" else ""
 
 
 def _iso(moment: datetime | None) -> str:

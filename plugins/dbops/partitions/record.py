@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from dbops.partitions.plan import RetiredRange
 from dbops.partitions.tree import TableInspection, as_dict
 from dbops.partitions.policy import TablePolicy
 
@@ -77,6 +78,17 @@ def unfinished_retirements(conn: psycopg.Connection, target: str, table: str,
             "AND ((status = 'detached' AND mode <> 'detach') OR status IN ('detaching', 'drop_refused')) "
             "ORDER BY lower_bound",
             (target, table, cutoff)).fetchall()
+
+
+def retired_ranges(conn: psycopg.Connection, target: str) -> dict[str, list[RetiredRange]]:
+    """Every retirement of the target's tables, per table (the plan never re-creates a range retired after its
+    logical date; tables named like partitions that dbops retired are not reported as strays)."""
+    ranges: dict[str, list[RetiredRange]] = {}
+    for table, *fields in conn.execute(
+            "SELECT table_name, partition_schema, partition_name, lower_bound, upper_bound, status, updated_at "
+            "FROM dbops.partition_retirements WHERE target = %s ORDER BY lower_bound", (target,)).fetchall():
+        ranges.setdefault(table, []).append(RetiredRange(*fields))
+    return ranges
 
 
 def record_status(conn: psycopg.Connection, target: str, found: TableInspection, policy: TablePolicy,

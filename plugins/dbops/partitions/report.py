@@ -30,9 +30,13 @@ def summarize(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return tables
 
 
-def summary_line(target: str, table: str, figures: dict[str, Any], default_rows: int, ahead: str) -> str:
+def summary_line(target: str, table: str, figures: dict[str, Any], default_rows: int, ahead: str,
+                 not_attached: int = 0, half_done: int = 0) -> str:
     verdict = "FAILED" if figures["failed"] else "SKIPPED STEPS" if figures["skipped"] else "OK"
+    strays = (f"; {not_attached} tables named like its partitions not attached (see the findings)"
+              if not_attached else "")
+    halves = f"; {half_done} moves out of DEFAULT left half done (rows not visible)" if half_done else ""
     return (f"{verdict}: partitions {target} {table}: created {figures['created']}, moved {figures['moved_rows']} "
             f"rows from DEFAULT, retired {figures['retired']}, freed {human_bytes(figures['bytes_freed'])}, "
             f"{figures['seconds']:.2f} s; {default_rows} rows left in DEFAULT; covered until {ahead}; "
-            f"{len(figures['skipped'])} skipped, {len(figures['failed'])} failed")
+            f"{len(figures['skipped'])} skipped, {len(figures['failed'])} failed{strays}{halves}")

@@ -75,6 +75,13 @@ def detach(conn: psycopg.Connection, found: TableInspection, step: Step, policy:
     return Retired(with_lock_retries(f"{step.label}: detach", policy, attempt), size)
 
 
+def is_partitioned(conn: psycopg.Connection, schema: str, name: str) -> bool:
+    """True when the (detached) table is itself partitioned: its rows live in its own partitions."""
+    row = conn.execute("SELECT c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                       "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+    return bool(row and row[0])
+
+
 def table_bytes(conn: psycopg.Connection, schema: str, name: str) -> int:
     row = conn.execute("SELECT pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n "
                        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
