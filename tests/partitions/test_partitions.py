@@ -815,3 +815,18 @@ def test_subpartitioned_partition_under_retire_drop_is_refused_before_detaching(
     assert count(target, "SELECT count(*) FROM metrics_2025_02") == february > 0
     assert not table_exists(target, "public", "metrics_2025_03"), "the plain expired partition was dropped"
     assert retirements(target)["public.metrics_2025_03"][0] == "dropped"
+
+
+def test_a_killed_runs_partial_dump_in_staging_is_removed_by_the_next_run(target):
+    """A run killed while dumping a partition to drop left its staging directory (lock no longer held)."""
+    leftover = target.tmp / "staging" / f"partitions__{target.name}" / "public.ev_209901"
+    leftover.mkdir(parents=True)
+    (leftover / "dump.pgc.zst").write_bytes(b"partial" * 1000)
+    (leftover.parent / ".lock").touch()
+    other = target.tmp / "staging" / "partitions__gone_target"
+    other.mkdir()
+    (other / ".lock").touch()
+
+    run(target)
+
+    assert not leftover.exists() and not other.exists()

@@ -151,9 +151,11 @@ class PartitionsApplyOperator(_PartitionsOperator):
         from contextlib import ExitStack, closing
         from functools import partial
 
+        from dbops.backup.staging import held_staging
         from dbops.core.errors import classify
         from dbops.core.processes import tool_timeout
         from dbops.core.runs import run_date
+        from dbops.core.scratch import empty
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.partitions import record
         from dbops.partitions.apply import Drop, apply_plan, recover_moves
@@ -173,11 +175,12 @@ class PartitionsApplyOperator(_PartitionsOperator):
             with ops.transaction() as conn:
                 record.record_retirement(conn, self.target, table, schema, name, lower, upper, mode, status, **fields)
 
-        drop = Drop(config, self.target, context, config.staging_path / f"partitions__{self.target}",
-                    tool_timeout(self.execution_timeout))
+        staging = config.staging_path / f"partitions__{self.target}"
+        drop = Drop(config, self.target, context, staging, tool_timeout(self.execution_timeout))
         errors = []
         try:
-            with ExitStack() as connections:
+            with held_staging(staging, "partitions__*"), ExitStack() as connections:
+                empty(staging)  # a killed run's partial dumps: nothing of them is reused
                 conn = connections.enter_context(closing(self._connect(config, policy)))
                 results = self._inspect_all(config, policy, conn, logical_date)
                 for _, plan in results:
