@@ -634,7 +634,8 @@ def test_unreachable_store_retries_and_the_retry_stores_the_staged_dump(target, 
 
 
 def test_a_dead_runs_staged_dump_is_removed_by_the_next_backup_and_a_held_one_is_kept(target):
-    """What a killed try left in staging (its lock no longer held) goes; a directory a running task holds stays."""
+    """What a killed try left in staging (its lock no longer held) goes, a dead verification's fetched dump too;
+    a directory a running task holds stays."""
     import fcntl
 
     from dbops.backup.staging import staging_dir
@@ -642,15 +643,18 @@ def test_a_dead_runs_staged_dump_is_removed_by_the_next_backup_and_a_held_one_is
 
     config = load_config()
     dead, busy = (staging_dir(config, target.name, run) for run in ("dead_run", "busy_run"))
-    for path in (dead, busy):
+    dead_verify = config.staging_path / "verify__dbops_scratch_of_a_killed_run"
+    for path in (dead, busy, dead_verify):
         path.mkdir(parents=True)
         (path / "part.bson.zst").write_bytes(b"x" * 1024)
         (path / ".lock").touch()
     with open(busy / ".lock") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as the task working in it holds it
 
-        backup(target.name, run_id="next_run")
+        made = backup(target.name, run_id="next_run")
 
         assert not dead.exists()
         assert (busy / "part.bson.zst").exists()
     assert not staging_dir(config, target.name, "next_run").exists()
+    assert verify(target.name, made["backup_id"])["verified"] is True
+    assert not dead_verify.exists(), "the verification removed a dead verification's fetched dump"

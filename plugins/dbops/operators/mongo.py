@@ -234,6 +234,7 @@ class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
+        from dbops.backup.staging import held_staging
         from dbops.backup.verify import scratch_database_name
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
@@ -264,8 +265,9 @@ class MongoVerifyBackupOperator(_VerifyTargetOperator, _MongoTargetOperator):
         try:
             client = hook.get_conn()
             client.drop_database(database)  # the restore needs it empty; it is ours (scratch)
-            outcome = restore_and_check(client, store, manifest, database, config.staging_path / f"verify__{database}",
-                                        encryption_key(policy.encryption_conn_id))
+            with held_staging(config.staging_path / f"verify__{database}", "verify__*") as staging:
+                outcome = restore_and_check(client, store, manifest, database, staging,
+                                            encryption_key(policy.encryption_conn_id))
         except AirflowException:
             raise
         except Exception as err:
@@ -324,6 +326,7 @@ class MongoRestoreOperator(_MongoTargetOperator):
 
     def _restore(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
+        from dbops.backup.staging import held_staging
         from dbops.hooks.keys import encryption_key
         from dbops.hooks.ops import OpsDatabaseHook
         from dbops.mongo.restore import (
@@ -352,8 +355,9 @@ class MongoRestoreOperator(_MongoTargetOperator):
         client.drop_database(temporary)  # a leftover of an interrupted restore
         untouched = f"{self.database} was not touched (nothing was moved into or out of it)"
         try:
-            outcome = restore_and_check(client, store, manifest, temporary, config.staging_path / f"restore__{temporary}",
-                                        encryption_key(policy.encryption_conn_id))
+            with held_staging(config.staging_path / f"restore__{temporary}", "restore__*") as staging:
+                outcome = restore_and_check(client, store, manifest, temporary, staging,
+                                            encryption_key(policy.encryption_conn_id))
             if not outcome["ok"]:
                 raise AirflowFailException(f"FAILED: restore of {manifest.location}: {outcome['error']}; {untouched}")
             expected = collection_options(client, temporary)
