@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from dbops.backup.restore import ArchiveNeeds
 from dbops.backup.throwaway import cluster_dir
-from dbops.backup.verify import VerificationCannotRun, restore_server, unsupported
+from dbops.backup.verify import VerificationCannotRun, unsupported, verification_server
 from dbops.core.config import load_config
 from dbops.hooks.tools import embedded_bin_dir
 from dbops.operators.backup import ScratchDatabaseOperator
@@ -71,7 +71,7 @@ def _postmaster(root: Path) -> int:
 
 
 class _Watch:
-    """Samples the shared server every 20 ms: sessions on the target's database and scratch databases."""
+    """Samples the shared server every 20 ms: sessions on the target's database and its scratch databases."""
 
     def __init__(self, database: str):
         self.database, self.seen, self.stop = database, set(), threading.Event()
@@ -82,8 +82,8 @@ class _Watch:
             while not self.stop.is_set():
                 rows = conn.execute(
                     "SELECT 'session on ' || datname FROM pg_stat_activity WHERE datname = %s "
-                    "UNION SELECT 'database ' || datname FROM pg_database WHERE datname LIKE 'dbops\\_verify\\_%%'",
-                    (self.database,)).fetchall()
+                    "UNION SELECT 'database ' || datname FROM pg_database WHERE datname LIKE %s",
+                    (self.database, f"dbops\\_verify\\_{cf.NAME}\\_%")).fetchall()
                 self.seen.update(row[0] for row in rows)
                 time.sleep(0.02)
 
@@ -213,6 +213,6 @@ def test_a_server_lacking_extensions_collations_or_locales_is_named(target):
     needs = ArchiveNeeds(roles=set(), extensions={"citext", "no_such_extension"},
                          collations={"C", "no_such_collation"},
                          locales={("libc", "C"), ("libc", "xx_NO_SUCH.UTF-8")})
-    assert unsupported(restore_server(load_config(), cf.NAME), target.database, needs) == [
+    assert unsupported(verification_server(load_config(), cf.NAME), target.database, needs) == [
         "extensions no_such_extension", "collations no_such_collation",
         "collation locales xx_NO_SUCH.UTF-8 (libc)"]

@@ -47,20 +47,20 @@ class VerificationCannotRun(AirflowFailException):
     well be good; someone must change the worker or the configuration."""
 
 
-def restore_server(config: DbopsConfig, target: str, database: str = "postgres") -> DbopsPostgresHook:
-    """A hook on the server on-demand restores go to (``backup.verify_conn_id``, default the target's own server)."""
+def verification_server(config: DbopsConfig, target: str, database: str = "postgres") -> DbopsPostgresHook:
+    """A hook on the server restores on demand go to (``backup.verify_conn_id``, default the target's own)."""
     policy = config.targets[target].backup
     conn_id = (policy.verify_conn_id if policy else None) or config.targets[target].conn_id
     return DbopsPostgresHook(postgres_conn_id=conn_id, database=database)
 
 
-def verification_server(config: DbopsConfig, target: str) -> DbopsPostgresHook | None:
-    """A hook on the server verification restores go to: ``backup.verify_conn_id``'s, the target's own with
-    ``backup.verify_on_target``; None for the default, a throwaway cluster on the worker."""
+def verify_restore_server(config: DbopsConfig, target: str) -> DbopsPostgresHook | None:
+    """A hook on the server a backup's verification restore goes to: ``backup.verify_conn_id``'s, or the target's
+    own with ``backup.verify_on_target``; None for the default, a throwaway cluster on the worker."""
     policy = config.targets[target].backup
     if policy is None or not (policy.verify_conn_id or policy.verify_on_target):
         return None
-    return restore_server(config, target)
+    return verification_server(config, target)
 
 
 def on_target_cost(target: str, manifest: Manifest) -> str:
@@ -160,7 +160,8 @@ def amcheck(admin: DbopsPostgresHook, database: str, jobs: int, tools: ToolsConf
 
 def restore_and_check(config: DbopsConfig, policy: BackupPolicy, store: BackupStore, manifest: Manifest,
                       admin: DbopsPostgresHook, database: str, *, run_amcheck: bool, owners: bool,
-                      timeout: float, server: str, create_roles: bool = False) -> dict[str, Any]:
+                      timeout: float, server: str = "the verification server",
+                      create_roles: bool = False) -> dict[str, Any]:
     """Fetch, restore into the existing ``database`` and check it; a definite failure is an outcome with
     ``ok`` false, a transient fault an exception.
 

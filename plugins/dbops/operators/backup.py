@@ -270,10 +270,10 @@ class ScratchDatabaseOperator(_BackupTargetOperator):
     def execute(self, context: Context) -> None:
         from dbops.backup.restore import create_database, drop_database
         from dbops.backup.throwaway import remove_dead_clusters
-        from dbops.backup.verify import scratch_database_name, verification_server
+        from dbops.backup.verify import scratch_database_name, verify_restore_server
 
         config, _, _ = self._setup()
-        admin = verification_server(config, self.target)
+        admin = verify_restore_server(config, self.target)
         if admin is None:
             removed = remove_dead_clusters(config, *((self.target, context["run_id"]) if self.drop else ()))
             self.log.info("the verification restores into a throwaway cluster on the worker (made and removed by the "
@@ -337,7 +337,7 @@ class VerifyBackupOperator(_VerifyTargetOperator):
             on_target_cost,
             restore_and_check,
             scratch_database_name,
-            verification_server,
+            verify_restore_server,
         )
         from dbops.hooks.ops import OpsDatabaseHook
 
@@ -354,7 +354,7 @@ class VerifyBackupOperator(_VerifyTargetOperator):
             return {"backup_id": self.backup_id, "verified": True, "restore_seconds": earlier.get("restore_seconds"),
                     "verified_earlier": True}
         started_at = datetime.now(timezone.utc)
-        server = verification_server(config, self.target)
+        server = verify_restore_server(config, self.target)
         check_room(config, policy, manifest, throwaway=server is None)
         timeout = tool_timeout(self.execution_timeout)
         try:
@@ -451,11 +451,11 @@ class RestoreBackupOperator(_BackupTargetOperator):
             drop_leftover,
             swap_databases,
         )
-        from dbops.backup.verify import check_room, restore_and_check, restore_server
+        from dbops.backup.verify import check_room, restore_and_check, verification_server
         from dbops.hooks.ops import OpsDatabaseHook
 
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
-        admin = restore_server(config, self.target)
+        admin = verification_server(config, self.target)
         check_replaceable(config, self.target, admin, self.database, self.overwrite, self.confirm_database)
         backup_id = resolve_backup_id(ops, self.target, self.backup_id)
         manifest = load_manifest(ops, store, self.target, backup_id)
