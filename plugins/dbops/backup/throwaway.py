@@ -2,7 +2,7 @@
 verification touches the target's server (no scratch database, no I/O, no WAL for standbys or the archive).
 
 ``initdb`` with server binaries of the backup's source major version (``tools.bin_dir``, then the embedded
-wheel), in its own directory ``verify__<target>__<run hash>`` under ``staging_dir``; Unix socket only (a
+wheel), in its own directory ``pgverify__<target>__<run hash>`` under ``staging_dir``; Unix socket only (a
 private socket directory, no TCP), trust for local connections; tuned for a copy that is thrown away (no
 fsync, minimal WAL, no autovacuum, checkpoints far apart, index builds sized to the worker).
 
@@ -49,12 +49,12 @@ class ClusterFailed(Exception):
 
 def cluster_dir(config: DbopsConfig, target: str, run_id: str) -> Path:
     """The run's throwaway cluster directory under ``staging_dir``."""
-    return config.staging_path / f"verify__{target}__{hashlib.sha1(run_id.encode()).hexdigest()[:12]}"
+    return config.staging_path / f"pgverify__{target}__{hashlib.sha1(run_id.encode()).hexdigest()[:12]}"
 
 
 def remove_dead_clusters(config: DbopsConfig, target: str | None = None, run_id: str | None = None) -> list[Path]:
     """Stop and delete the throwaway clusters whose task is gone: all of them, or only the run's; return them."""
-    pattern = cluster_dir(config, glob.escape(target), run_id).name if target and run_id else "verify__*"
+    pattern = cluster_dir(config, glob.escape(target), run_id).name if target and run_id else "pgverify__*"
     removed = sweep(config.staging_path, pattern, _remove)
     for path in removed:
         log.warning("removed throwaway cluster %s: left by a verification that is no longer running", path)
