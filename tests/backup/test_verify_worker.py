@@ -216,3 +216,15 @@ def test_a_server_lacking_extensions_collations_or_locales_is_named(target):
     assert unsupported(verification_server(load_config(), cf.NAME), target.database, needs) == [
         "extensions no_such_extension", "collations no_such_collation",
         "collation locales xx_NO_SUCH.UTF-8 (libc)"]
+
+
+def test_a_backup_of_a_major_version_the_worker_has_no_server_for_is_refused_naming_what_to_install(target):
+    from tests.backup.test_restore import rewrite_manifest
+
+    made = backup()
+    rewrite_manifest(made["backup_id"], lambda raw: raw.update(server_version="16.4"))
+    with pytest.raises(VerificationCannotRun, match=(
+            r"the throwaway cluster for verifying .* could not run: a cluster of PostgreSQL 16 needs PostgreSQL 16 "
+            r"server binaries \(postgres, initdb, pg_ctl\): .* has PostgreSQL 18\. Install them and set tools\.bin_dir")):
+        verify(made["backup_id"])
+    assert recovery_tests(made["backup_id"]) == 0
