@@ -149,7 +149,7 @@ def throwaway_cluster(config: DbopsConfig, target: str, run_id: str, server_vers
     root = cluster_dir(config, target, run_id)
     with claimed(root):
         try:
-            bin_dir = server_bin_dir(int(server_version.split(".")[0]), config.tools.bin_dir)
+            bin_dir = server_bin_dir(int(server_version.split(".")[0]), config.tools.bin_dir, config.tools.exclusive)
             (root / _BIN_RECORD).write_text(str(bin_dir))
             server = ScratchServer(root, bin_dir, PORT)
             _own(root, server.socket_dir)
