@@ -134,6 +134,10 @@ def test_killed_verify_task_leaves_no_server_and_the_next_run_removes_its_cluste
                             env={**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"})
     try:
         with cf.throwaway_connection("killed_run") as conn:
+            tuned = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in (
+                "listen_addresses", "fsync", "full_page_writes", "wal_level", "max_wal_senders", "autovacuum")}
+            assert tuned == {"listen_addresses": "", "fsync": "off", "full_page_writes": "off", "wal_level": "minimal",
+                             "max_wal_senders": "0", "autovacuum": "off"}, "a disposable copy, Unix socket only"
             deadline = time.monotonic() + 60
             while not conn.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'").fetchone():
                 assert time.monotonic() < deadline, "pg_restore was never seen loading the slow table"
