@@ -7,6 +7,7 @@ scheduler makes. ``NAME`` is the current test's target (set by the ``target`` fi
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -58,7 +59,10 @@ def on_time(run_id: str, run_type: str = "scheduled") -> dict:
 
 @pytest.fixture
 def target(scratch_db, tmp_path, monkeypatch, pg_server):
-    """A small target database with PK, unique, FK, partitions and dead rows; its own config and name."""
+    """A small target database with PK, unique, FK, partitions and dead rows; its own config and name.
+
+    Its staging directory is under var/ (deleted afterwards): the throwaway verification cluster lives there,
+    and its server's system user cannot enter pytest's private temporary directory."""
     global NAME
     database = scratch_db()
     NAME = f"bk_{database[-12:]}"
@@ -66,13 +70,15 @@ def target(scratch_db, tmp_path, monkeypatch, pg_server):
         conn.execute(SCHEMA)
     monkeypatch.setenv(f"AIRFLOW_CONN_PG_{NAME.upper()}", conn_uri(database))
     config_path = tmp_path / "dbops.yaml"
+    staging = ROOT / "var" / "test-staging" / NAME
     config_path.write_text(config_yaml(tmp_path, f"""\
   {NAME}:
     conn_id: pg_{NAME}
     backup: {{storage: local, retention: {{daily: 2, weekly: 0, monthly: 0}}, jobs: 2, lock_wait_timeout: 2s}}
-"""))
+""").replace(f"staging_dir: {tmp_path / 'staging'}", f"staging_dir: {staging}"))
     monkeypatch.setenv("DBOPS_CONFIG", str(config_path))
-    return SimpleNamespace(database=database, config_path=config_path, tmp=tmp_path)
+    yield SimpleNamespace(database=database, config_path=config_path, tmp=tmp_path, staging=staging)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def backup(ctx=None) -> dict:
@@ -86,6 +92,24 @@ def verify(backup_id: str, run_id: str = "test_run") -> dict:
             context(run_id=run_id))
     finally:
         ScratchDatabaseOperator(task_id="drop_scratch", target=NAME, drop=True).execute(context(run_id=run_id))
+
+
+def throwaway_connection(run_id: str = "test_run", timeout: float = 60) -> psycopg.Connection:
+    """A superuser connection to the run's throwaway verification cluster, as soon as it accepts one."""
+    import time
+
+    from dbops.backup.throwaway import PORT, SUPERUSER, cluster_dir
+
+    record = cluster_dir(load_config(), NAME, run_id) / "socket_dir"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return psycopg.connect(host=record.read_text(), port=PORT, user=SUPERUSER, dbname="postgres",
+                                   autocommit=True)
+        except (OSError, psycopg.OperationalError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def store():

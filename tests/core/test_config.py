@@ -65,6 +65,13 @@ def test_repository_config_is_valid():
         ("storage: local,", "storage: local, format: zip,", "target 'appdb': key 'backup.format': unknown format 'zip'"),
         ("storage: local,", "storage: local, verify_conn_id: '',",
          "target 'appdb': key 'backup.verify_conn_id': must name an Airflow connection"),
+        ("storage: local,", "storage: local, verify_conn_id: pg_verify, verify_on_target: true,",
+         "target 'appdb': key 'backup.verify_on_target': set either verify_conn_id (restore on that server) or "
+         "verify_on_target (restore on the target's own server), not both"),
+        ("storage: local,", "storage: local, verify_on_target: yes please,",
+         "target 'appdb': key 'backup.verify_on_target': expected a boolean"),
+        ("storage: local,", "storage: local, verify_space_factor: -1,",
+         "target 'appdb': key 'backup.verify_space_factor': must be 0 or more"),
         ("storage: local,", "storage: local, tenant_retention: 0d,",
          "target 'appdb': key 'backup.tenant_retention': must be greater than 0 (e.g. 30d)"),
         ("storage: local,", "storage: local, tenant_retention: forever,",

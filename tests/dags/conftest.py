@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -76,12 +77,14 @@ class AirflowServices:
 
 @pytest.fixture(scope="session")
 def airflow_services(pg_server, tmp_path_factory) -> Iterator[AirflowServices]:
-    """api-server, scheduler and dag-processor on the test databases; store, staging and task logs in a tmp dir."""
+    """api-server, scheduler and dag-processor on the test databases; store and task logs in a tmp dir, staging
+    under var/ (the throwaway verification cluster's system user cannot enter pytest's private tmp dir)."""
     tmp = tmp_path_factory.mktemp("airflow")
+    staging = ROOT / "var" / "test-staging" / tmp.name
     port = free_port()
     config = ROOT / "include" / "config" / "dbops.yaml"
     text = config.read_text().replace("url: var/backups", f"url: {tmp / 'backups'}").replace(
-        "staging_dir: var/staging", f"staging_dir: {tmp / 'staging'}")
+        "staging_dir: var/staging", f"staging_dir: {staging}")
     (tmp / "dbops.yaml").write_text(text)
     env = {**os.environ, **airflow_env(test=True),
            "DBOPS_CONFIG": str(tmp / "dbops.yaml"),
@@ -98,3 +101,4 @@ def airflow_services(pg_server, tmp_path_factory) -> Iterator[AirflowServices]:
         yield AirflowServices(url=f"http://localhost:{port}", tmp=tmp, env=env)
     finally:
         stop_processes(procs)
+        shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,14 @@ import pytest
 
 from dbops.hooks.ops import OpsDatabaseHook
 from dbops.hooks.postgres import DbopsPostgresHook
-from dbops.hooks.tools import ToolVersionError, candidates, embedded_bin_dir, find_tool, tool_version
+from dbops.hooks.tools import (
+    ToolVersionError,
+    candidates,
+    embedded_bin_dir,
+    find_tool,
+    server_bin_dir,
+    tool_version,
+)
 from scripts.stack.credentials import pg_password
 from scripts.stack.paths import PG_HOST, PG_PORT
 
@@ -195,3 +202,19 @@ def test_the_connections_connect_timeout_is_kept(monkeypatch, pg_server):
         assert conn.info.get_parameters()["connect_timeout"] == "3"
     with hook.cli_environment() as env:
         assert env["PGCONNECT_TIMEOUT"] == "3"
+
+
+def test_server_binaries_are_chosen_by_major_version_bin_dir_first(tmp_path):
+    """A throwaway cluster needs the source's major version exactly: tools.bin_dir, then the embedded wheel
+    (not with tools.exclusive); none fitting names what was found and what to install."""
+    fake = tmp_path / "pg16"
+    fake.mkdir()
+    (fake / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 16.2'\n")
+    (fake / "postgres").chmod(0o755)
+    assert server_bin_dir(16, str(fake)) == fake
+    assert server_bin_dir(18, str(fake)) == embedded_bin_dir()
+    with pytest.raises(ToolVersionError, match=rf"PostgreSQL 18 server binaries .*: {fake} has PostgreSQL 16\. "
+                                               r"Install them and set tools\.bin_dir"):
+        server_bin_dir(18, str(fake), exclusive=True)
+    with pytest.raises(ToolVersionError, match=rf"{fake} has PostgreSQL 16; {embedded_bin_dir()} has PostgreSQL 18"):
+        server_bin_dir(17, str(fake))

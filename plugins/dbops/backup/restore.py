@@ -6,6 +6,7 @@ import hashlib
 import re
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -145,12 +146,44 @@ _WORD = re.compile(r'"(?:[^"]|"")+"|[^\s,;()"]+')
 _NOT_ROLES = {"WITH", "GRANT", "OPTION", "GRANTED", "BY", "CASCADE", "RESTRICT", "PUBLIC"}
 
 
-def archive_roles(tool: PgTool, archive: Path, timeout: float = DEFAULT_TIMEOUT) -> set[str]:
-    """Roles that own objects of ``archive`` or appear in its grants (from the SQL pg_restore would run)."""
+@dataclass
+class ArchiveNeeds:
+    """What restoring an archive needs of a server, from the SQL pg_restore would run."""
+
+    roles: set[str]  # own objects or appear in grants
+    extensions: set[str]
+    collations: set[str]  # pg_catalog collations that columns, indexes or types name
+    locales: set[tuple[str, str]]  # (provider, locale) of the collations it creates
+
+
+_EXTENSION = re.compile(r'^CREATE EXTENSION IF NOT EXISTS ("(?:[^"]|"")+"|\S+)')
+_CATALOG_COLLATION = re.compile(r'COLLATE pg_catalog\.("(?:[^"]|"")+"|\w+)')
+_CREATE_COLLATION = re.compile(r"^CREATE COLLATION \S+ \((.*)\);$")
+_OPTION = re.compile(r"(\w+) = (?:'((?:[^']|'')*)'|(\w+))")
+
+
+def archive_needs(tool: PgTool, archive: Path, timeout: float = DEFAULT_TIMEOUT) -> ArchiveNeeds:
+    """Roles, extensions, collations and locales that restoring ``archive`` needs."""
     result = run([tool.path, "--schema-only", "--file=-", str(archive)], timeout, env={})
     if result.returncode != 0:
         raise tool_failed("pg_restore --schema-only", result.returncode, result.stderr)
-    return {role for line in result.stdout.splitlines() for role in _roles_in(line)}
+    needs = ArchiveNeeds(set(), set(), set(), set())
+    for line in result.stdout.splitlines():
+        needs.roles.update(_roles_in(line))
+        needs.collations.update(_unquote(name) for name in _CATALOG_COLLATION.findall(line))
+        if match := _EXTENSION.match(line):
+            needs.extensions.add(_unquote(match.group(1)))
+        elif match := _CREATE_COLLATION.match(line):
+            options = {key: quoted.replace("''", "'") if quoted or not bare else bare
+                       for key, quoted, bare in _OPTION.findall(match.group(1))}
+            provider = options.get("provider", "libc")
+            needs.locales.update((provider, options[key]) for key in ("locale", "lc_collate", "lc_ctype")
+                                 if options.get(key))
+    return needs
+
+
+def _unquote(word: str) -> str:
+    return word[1:-1].replace('""', '"') if word.startswith('"') else word
 
 
 def _roles_in(line: str) -> list[str]:
@@ -168,7 +201,7 @@ def _roles_in(line: str) -> list[str]:
             named.append(words[5])
     else:
         return []
-    return [word[1:-1].replace('""', '"') if word.startswith('"') else word for word in named]
+    return [_unquote(word) for word in named]
 
 
 def missing_roles(admin: DbopsPostgresHook, roles: set[str]) -> list[str]:

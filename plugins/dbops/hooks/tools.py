@@ -97,6 +97,25 @@ def find_tool(name: str, server_version_num: int, bin_dir: str | None = None, ex
     )
 
 
+def server_bin_dir(major: int, bin_dir: str | None = None, exclusive: bool = False) -> Path:
+    """A bin directory whose ``postgres`` server is of major version ``major``: ``bin_dir``, then (unless
+    ``exclusive``) the embedded wheel (a cluster's files are readable only by servers of its major version).
+
+    :raises ToolVersionError: none is; the message names what was found and what to install.
+    """
+    found = []
+    for directory in (bin_dir,) if exclusive and bin_dir else (bin_dir, embedded_bin_dir()):
+        server = Path(directory or "") / "postgres"
+        if directory and os.access(server, os.X_OK):
+            version = tool_version(str(server))[0]
+            if version == major:
+                return Path(directory)
+            found.append(f"{directory} has PostgreSQL {version}")
+    raise ToolVersionError(f"a cluster of PostgreSQL {major} needs PostgreSQL {major} server binaries (postgres, "
+                           f"initdb, pg_ctl): {'; '.join(found) or 'none found'}. Install them and set tools.bin_dir "
+                           "in dbops.yaml to their directory")
+
+
 def _passfile_field(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace(":", "\\:")
 

@@ -250,6 +250,12 @@ class BackupReportOperator(_BackupTargetOperator):
 class ScratchDatabaseOperator(_BackupTargetOperator):
     """Create (setup) or drop (teardown) the scratch database a verification restores into.
 
+    By default the verification restores into a throwaway cluster on the worker, which the verify task
+    makes and removes itself: then the setup only removes the clusters of dead verifications on this worker,
+    and the teardown this run's if its verify task was killed (stopping its server first). Neither touches a
+    database server. With ``backup.verify_conn_id`` (or ``verify_on_target``) they create and drop the scratch
+    database on that server.
+
     :param database: the scratch database's name; default one per run
         (:func:`dbops.backup.verify.scratch_database_name`).
     :param drop: drop it instead of creating it.
@@ -264,17 +270,23 @@ class ScratchDatabaseOperator(_BackupTargetOperator):
 
     def execute(self, context: Context) -> None:
         from dbops.backup.restore import create_database, drop_database
-        from dbops.backup.verify import scratch_database_name, verification_server
+        from dbops.backup.throwaway import remove_dead_clusters
+        from dbops.backup.verify import scratch_database_name, verify_restore_server
 
         config, _, _ = self._setup()
-        admin = verification_server(config, self.target)
+        admin = verify_restore_server(config, self.target)
+        if admin is None:
+            removed = remove_dead_clusters(config, *((self.target, context["run_id"]) if self.drop else ()))
+            self.log.info("the verification restores into a throwaway cluster on the worker (made and removed by the "
+                          "verify task); %d left by dead verifications removed", len(removed))
+            return
         database = self.database or scratch_database_name(self.target, context["run_id"])
         if self.drop:
             drop_database(admin, database)
             self.log.info("dropped scratch database %s", database)
         else:
             create_database(admin, database, replace=True)
-            self.log.info("created scratch database %s", database)
+            self.log.info("created scratch database %s on %s", database, admin.postgres_conn_id)
 
 
 class _VerifyTargetOperator(_BackupTargetOperator):
@@ -293,10 +305,20 @@ class _VerifyTargetOperator(_BackupTargetOperator):
 class VerifyBackupOperator(_VerifyTargetOperator):
     """Restore a *stored* backup into a scratch database and prove it, then record the recovery test.
 
+    By default the restore goes to a throwaway cluster on the worker (:mod:`dbops.backup.throwaway`,
+    binaries of the backup's source major version), made and removed by this task: the target's server
+    is never touched. The roles the backup names are created there (without passwords), so owners and
+    grants are restored as well. With ``backup.verify_conn_id`` the scratch database is on that server,
+    with ``backup.verify_on_target`` on the target's own (the log says what that costs); there owners
+    and grants are skipped (the check output says so). Before anything is fetched, ``staging_dir`` must
+    have room for it (:func:`dbops.backup.verify.check_room`); before restoring, the server must have
+    the extensions, collations and locales the backup needs; otherwise the task fails at once, naming
+    them and recording nothing (the backup is not proven bad).
+
     Downloads the archive from the store (size and sha256 checked), restores it with parallel
-    ``pg_restore`` (without owners and grants; the check output says so), compares every table's row
-    count with the dump snapshot's, checks that every primary-key, unique, foreign-key and check
-    constraint was rebuilt, valid unless it was NOT VALID in the snapshot, and runs ``pg_amcheck``.
+    ``pg_restore``, compares every table's row count with the dump snapshot's, checks that every
+    primary-key, unique, foreign-key and check constraint was rebuilt, valid unless it was NOT VALID in
+    the snapshot, and runs ``pg_amcheck``.
     The outcome goes into the ops database (``dbops.recovery_tests``) and into the manifest. A failed
     verification fails the task at once, without retries: the backup will not get better. A transient
     fault (a lost connection, a tool past its timeout) raises, is retried and records nothing.
@@ -311,7 +333,13 @@ class VerifyBackupOperator(_VerifyTargetOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dbops.backup.lookup import load_manifest, resolve_backup_id
-        from dbops.backup.verify import restore_and_check, scratch_database_name, verification_server
+        from dbops.backup.verify import (
+            check_room,
+            on_target_cost,
+            restore_and_check,
+            scratch_database_name,
+            verify_restore_server,
+        )
         from dbops.hooks.ops import OpsDatabaseHook
 
         config, policy, store = self._setup()
@@ -327,10 +355,18 @@ class VerifyBackupOperator(_VerifyTargetOperator):
             return {"backup_id": self.backup_id, "verified": True, "restore_seconds": earlier.get("restore_seconds"),
                     "verified_earlier": True}
         started_at = datetime.now(timezone.utc)
+        server = verify_restore_server(config, self.target)
+        check_room(config, policy, manifest, throwaway=server is None)
+        timeout = tool_timeout(self.execution_timeout)
         try:
-            outcome = restore_and_check(config, policy, store, manifest, verification_server(config, self.target),
-                                        self.database, run_amcheck=True, owners=False,
-                                        timeout=tool_timeout(self.execution_timeout))
+            if server is None:
+                outcome = self._on_throwaway_cluster(context, config, policy, store, manifest, timeout)
+            else:
+                if policy.verify_on_target:
+                    self.log.warning(on_target_cost(self.target, manifest))
+                outcome = restore_and_check(config, policy, store, manifest, server, self.database, run_amcheck=True,
+                                            owners=False, timeout=timeout,
+                                            server=f"the verification server (connection {server.postgres_conn_id})")
         except AirflowException:
             raise
         except Exception as err:
@@ -342,6 +378,26 @@ class VerifyBackupOperator(_VerifyTargetOperator):
                       backup_id=self.backup_id, bytes=manifest.total_bytes,
                       restore_seconds=outcome["restore_seconds"])
         return {"backup_id": self.backup_id, "verified": True, "restore_seconds": outcome["restore_seconds"]}
+
+    def _on_throwaway_cluster(self, context: Context, config: DbopsConfig, policy: BackupPolicy, store: BackupStore,
+                              manifest: Manifest, timeout: float) -> dict[str, Any]:
+        """Restore and check in a throwaway cluster on the worker, with owners and grants."""
+        from dbops.backup.restore import create_database
+        from dbops.backup.throwaway import ClusterFailed, throwaway_cluster
+        from dbops.backup.verify import VerificationCannotRun, restore_and_check
+        from dbops.hooks.tools import ToolVersionError
+
+        try:
+            with throwaway_cluster(config, self.target, context["run_id"], manifest.server_version, policy.jobs,
+                                   timeout) as cluster:
+                create_database(cluster, self.database)
+                return restore_and_check(
+                    config, policy, store, manifest, cluster, self.database, run_amcheck=True, owners=True,
+                    create_roles=True, timeout=timeout,
+                    server=f"the throwaway cluster on this worker (PostgreSQL {manifest.server_version.split('.')[0]})")
+        except (ToolVersionError, ClusterFailed) as err:
+            raise VerificationCannotRun(f"the throwaway cluster for verifying {manifest.location} could not run: {err}. "
+                                        "Or set backup.verify_conn_id to restore on a verification server") from err
 
 
 class RestoreBackupOperator(_BackupTargetOperator):
@@ -396,7 +452,7 @@ class RestoreBackupOperator(_BackupTargetOperator):
             drop_leftover,
             swap_databases,
         )
-        from dbops.backup.verify import restore_and_check, verification_server
+        from dbops.backup.verify import check_room, restore_and_check, verification_server
         from dbops.hooks.ops import OpsDatabaseHook
 
         ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
@@ -404,13 +460,15 @@ class RestoreBackupOperator(_BackupTargetOperator):
         check_replaceable(config, self.target, admin, self.database, self.overwrite, self.confirm_database)
         backup_id = resolve_backup_id(ops, self.target, self.backup_id)
         manifest = load_manifest(ops, store, self.target, backup_id)
+        check_room(config, policy, manifest, throwaway=False)
         temporary = derived_name(self.database, "__dbops_restoring")
         if drop_leftover(admin, temporary):
             self.log.info("dropped %s, left behind by an interrupted restore", temporary)
         create_database(admin, temporary, comment=f"{RESTORED_BY}{backup_id} by {context['run_id']}")
         try:
             outcome = restore_and_check(config, policy, store, manifest, admin, temporary, run_amcheck=False,
-                                        owners=True, timeout=tool_timeout(self.execution_timeout))
+                                        owners=True, timeout=tool_timeout(self.execution_timeout),
+                                        server=f"the server of connection {admin.postgres_conn_id}")
             if outcome["ok"]:
                 retired = derived_name(self.database,
                                        f"__dbops_replaced_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
