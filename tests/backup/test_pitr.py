@@ -672,11 +672,11 @@ def test_recovery_uses_server_binaries_of_the_clusters_major_version(tmp_path):
     fake.mkdir()
     (fake / "postgres").write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 16.4'\n")
     (fake / "postgres").chmod(0o755)
-    config = SimpleNamespace(tools=SimpleNamespace(bin_dir=str(fake)))
+    config = SimpleNamespace(tools=SimpleNamespace(bin_dir=str(fake), exclusive=False))
     assert recovery_bin_dir(config, "16.4") == fake
     assert recovery_bin_dir(config, "18.1") == BIN
     with pytest.raises(RecoveryFailed, match=f"PostgreSQL 17 server binaries .*{fake} has PostgreSQL 16; .* has "
-                                             "PostgreSQL 18. Set tools.bin_dir"):
+                                             "PostgreSQL 18. Install them and set tools.bin_dir"):
         recovery_bin_dir(config, "17.2")
 
 

@@ -410,23 +410,13 @@ def recovery_bin_dir(config: DbopsConfig, server_version: str) -> Path:
 
     :raises RecoveryFailed: none has it; the message says what was found.
     """
-    import os
-
     from dbops.backup.pitr import RecoveryFailed
-    from dbops.hooks.tools import embedded_bin_dir, tool_version
+    from dbops.hooks.tools import ToolVersionError, server_bin_dir
 
-    major = int(server_version.split(".")[0])
-    found = []
-    for bin_dir in (config.tools.bin_dir, embedded_bin_dir()):
-        server = Path(bin_dir or "") / "postgres"
-        if bin_dir and os.access(server, os.X_OK):
-            version = tool_version(str(server))[0]
-            if version == major:
-                return Path(bin_dir)
-            found.append(f"{bin_dir} has PostgreSQL {version}")
-    raise RecoveryFailed(f"recovering a PostgreSQL {major} cluster needs PostgreSQL {major} server binaries "
-                         f"(postgres, pg_ctl, pg_combinebackup, pg_verifybackup): {'; '.join(found) or 'none found'}. "
-                         "Set tools.bin_dir in dbops.yaml to their directory")
+    try:
+        return server_bin_dir(int(server_version.split(".")[0]), config.tools.bin_dir, config.tools.exclusive)
+    except ToolVersionError as err:
+        raise RecoveryFailed(str(err)) from err
 
 
 class PitrTestOperator(_PitrOperator):
