@@ -14,13 +14,14 @@ from dbops.alerting.rules import rules_for
 from dbops.core.config import load_config
 from dbops.core.schema import ConfigError
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.core.parsing import own_targets
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.alerting import AlertDeliveryOperator, AlertEvaluationOperator, AlertSilenceOperator
 from dbops.operators.base import fail_run_on_any_failure
 
 config = load_config()
 
-for target, settings in config.targets.items():
+for target, settings in own_targets(config.targets.items()):
     if settings.alerts is None:
         continue
     try:

@@ -12,6 +12,7 @@ from airflow.sdk import DAG, Param
 from dbops.backup.lookup import BACKUP_ID_HELP, LATEST_VERIFIED
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.core.parsing import own_targets
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.backup_dags import nightly_backup_tasks, verify_backup_dag
 from dbops.operators.base import fail_run_on_any_failure
@@ -24,7 +25,7 @@ from dbops.operators.mongo import (
 
 config = load_config()
 
-for target, settings in config.targets.items():
+for target, settings in own_targets(config.targets.items()):
     if settings.engine != "mongodb" or settings.backup is None:
         continue
     notifier = DbopsFailureNotifier(target=target, channels=settings.backup.notify)

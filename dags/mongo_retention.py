@@ -10,13 +10,14 @@ from airflow.sdk import DAG
 
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.core.parsing import own_targets
 from dbops.mongo.policy import mongo_sections
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.mongo import MongoRetentionOperator
 
 config = load_config()
 
-for target, policy in mongo_sections(config, "retention"):
+for target, policy in own_targets(mongo_sections(config, "retention")):
     with DAG(
         dag_id=f"mongo_retention__{target}",
         schedule=policy.schedule,

@@ -13,6 +13,7 @@ from airflow.sdk import DAG, Param
 from dbops.backup.lookup import BACKUP_ID_HELP, LATEST_VERIFIED
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.core.parsing import own_targets
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.backup import (
     PgBackupOperator,
@@ -27,7 +28,7 @@ from dbops.operators.preflight import PreflightOperator
 
 config = load_config()
 
-for target, settings in config.targets.items():
+for target, settings in own_targets(config.targets.items()):
     if settings.engine != "postgres" or settings.backup is None:  # MongoDB targets: dags/mongo_backup.py
         continue
     notifier = DbopsFailureNotifier(target=target, channels=settings.backup.notify)

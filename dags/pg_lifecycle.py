@@ -15,6 +15,7 @@ from airflow.sdk import DAG, Param
 
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.core.parsing import own_targets
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.anonymize import AnonymizeInactiveOperator, AnonymizeUserOperator
 from dbops.operators.lifecycle import LifecycleCheckOperator, LifecycleOperator, selected
@@ -29,7 +30,7 @@ def lifecycle_dag(target: str, job: str, schedule: str, notifier: DbopsFailureNo
 
 config = load_config()
 
-for target, settings in config.targets.items():
+for target, settings in own_targets(config.targets.items()):
     section = settings.lifecycle
     if section is None or not section.policies:
         continue
@@ -57,7 +58,7 @@ for target, settings in config.targets.items():
                 previous >> LifecycleOperator(task_id="purge", target=target, job="retention", **heavy)
 
 
-for target, settings in config.targets.items():  # anonymization
+for target, settings in own_targets(config.targets.items()):  # anonymization
     policy = settings.anonymize
     if policy is None:
         continue

@@ -11,6 +11,7 @@ from airflow.sdk import DAG, Param
 
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.core.parsing import own_targets
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.maintenance import (
@@ -22,7 +23,7 @@ from dbops.operators.maintenance import (
 config = load_config()
 MAP_INDEX = "{{ task.item['action'] }} {{ task.item['schema_name'] }}.{{ task.item['name'] }}"
 
-for target, settings in config.targets.items():
+for target, settings in own_targets(config.targets.items()):
     policy = settings.maintenance
     if policy is None:
         continue

@@ -11,13 +11,14 @@ from airflow.sdk import DAG, Param
 
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.core.parsing import own_targets
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.base import fail_run_on_any_failure
 from dbops.operators.partitions import PartitionsApplyOperator, PartitionsPlanOperator, PartitionsReportOperator
 
 config = load_config()
 
-for target, settings in config.targets.items():
+for target, settings in own_targets(config.targets.items()):
     policy = settings.partitions
     if policy is None:
         continue

@@ -12,6 +12,7 @@ from airflow.sdk import DAG, Asset, Param
 
 from dbops.core.config import load_config, pool_name
 from dbops.core.dag_defaults import dag_kwargs, runbook
+from dbops.core.parsing import own_targets
 from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.pitr import (
     BaseBackupOperator,
@@ -30,7 +31,7 @@ def basebackup_asset(target: str) -> Asset:
     return Asset(name=f"basebackup__{target}", uri=f"dbops://{target}/basebackup")
 
 
-for target, settings in config.targets.items():
+for target, settings in own_targets(config.targets.items()):
     if settings.pitr is None:
         continue
     notifier = DbopsFailureNotifier(target=target, channels=settings.pitr.notify)

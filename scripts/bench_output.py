@@ -54,8 +54,9 @@ def medians(rounds: list[dict[str, float]], progress: Callable[[str], None]) -> 
 
 
 def emit(out: TextIO, bench: str, size_mb: int, metric: str, value: float, unit: str,
-         baseline: str | None = None, baseline_value: float | None = None) -> None:
-    """One result line: ``{"bench", "metric", "value", "unit", "baseline", "baseline_value", "ratio", "size_mb"}``."""
+         baseline: str | None = None, baseline_value: float | None = None, extra: dict | None = None) -> None:
+    """One result line: ``{"bench", "metric", "value", "unit", "baseline", "baseline_value", "ratio", "size_mb"}``
+    and the keys of ``extra`` (what else sets the figure apart, e.g. ``{"targets": 500}``)."""
     digits = 0 if unit == "bytes" else 3
 
     def rounded(number: float) -> float | int:
@@ -63,7 +64,8 @@ def emit(out: TextIO, bench: str, size_mb: int, metric: str, value: float, unit:
 
     print(json.dumps({"bench": bench, "metric": metric, "value": rounded(value), "unit": unit, "baseline": baseline,
                       "baseline_value": rounded(baseline_value) if baseline_value is not None else None,
-                      "ratio": round(value / baseline_value, 3) if baseline_value else None, "size_mb": size_mb}),
+                      "ratio": round(value / baseline_value, 3) if baseline_value else None, "size_mb": size_mb,
+                      **(extra or {})}),
           file=out, flush=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,3 +118,55 @@ def test_missing_file_is_clear(tmp_path):
 def test_bad_notifier_channel_is_rejected(channel, expected):
     text = GOOD.replace("storage: local,", f"storage: local, notify: [{channel}],")
     assert f"target 'appdb': {expected}" in error_for(text)
+
+
+@pytest.fixture
+def yaml_cache(tmp_path, monkeypatch) -> SimpleNamespace:
+    """The JSON copies of parsed YAML go to ``.dir`` (a temporary directory); ``.calls``: the YAML parses."""
+    import dbops.core.config as config_module
+
+    cache = SimpleNamespace(dir=tmp_path / "cache", calls=[])
+    monkeypatch.setattr(config_module, "YAML_CACHE_DIR", cache.dir)
+    real = config_module.parse_yaml
+    monkeypatch.setattr(config_module, "parse_yaml", lambda text, path: cache.calls.append(text) or real(text, path))
+    return cache
+
+
+def test_config_yaml_is_parsed_once_then_read_from_its_json_copy(yaml_cache):
+    first = parse_config(GOOD, PATH)
+    assert first == parse_config(GOOD, PATH) and len(yaml_cache.calls) == 1
+    assert len(list(yaml_cache.dir.glob("*.json"))) == 1
+    changed = GOOD.replace("bloat_pct: 30", "bloat_pct: 40")
+    assert parse_config(changed, PATH).targets["appdb"].maintenance.bloat_pct == 40
+    assert len(yaml_cache.calls) == 2, "a changed config is parsed again"
+
+
+def test_a_cached_config_is_still_validated(yaml_cache):
+    bad = GOOD.replace("bloat_pct: 30", "bloat_pct: lots")
+    for _ in range(2):
+        assert "key 'maintenance.bloat_pct': expected a number" in error_for(bad)
+
+
+def test_a_corrupt_copy_is_parsed_again_and_replaced(yaml_cache):
+    parse_config(GOOD, PATH)
+    (copy,) = yaml_cache.dir.glob("*.json")
+    copy.write_text('{"truncat')
+    assert parse_config(GOOD, PATH).targets["appdb"].conn_id == "pg_appdb"
+    assert copy.read_text().startswith('{"ops_conn_id"')
+
+
+def test_yaml_json_cannot_carry_is_not_copied(yaml_cache):
+    from dbops.core.config import _yaml_data
+
+    data = _yaml_data("since: 2026-01-01\n1: one\n", PATH)
+    assert str(data["since"]) == "2026-01-01" and data[1] == "one"
+    assert not yaml_cache.dir.exists() or not list(yaml_cache.dir.glob("*.json"))
+
+
+def test_an_unwritable_cache_directory_costs_only_time(tmp_path, monkeypatch):
+    import dbops.core.config as config_module
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(config_module, "YAML_CACHE_DIR", blocker / "cache")  # mkdir fails: a file is in the way
+    assert parse_config(GOOD, PATH).targets["appdb"].conn_id == "pg_appdb"

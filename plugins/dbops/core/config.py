@@ -7,6 +7,8 @@ fails to import as a whole and no half-built DAGs appear.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from dbops.partitions.policy import PartitionsPolicy, check_partitions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "dbops.yaml"
+YAML_CACHE_DIR = PROJECT_ROOT / "var" / "cache" / "config"  # JSON copies of parsed config YAML, by content hash
+YAML_CACHE_KEEP = 8
 QUERIES_DIR = PROJECT_ROOT / "include" / "sql" / "queries"  # named, reviewed SQL (rules, maintenance scans)
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -198,13 +202,38 @@ def _message(path: Path, key: str, message: str) -> str:
 
 def parse_config(text: str, path: Path) -> DbopsConfig:
     """Validate the YAML ``text`` (read from ``path``, named in errors)."""
-    data = parse_yaml(text, path)
+    data = _yaml_data(text, path)
     try:
         config = build(DbopsConfig, data, "")
         _check_references(config)
     except Invalid as err:
         raise ConfigError(_message(path, err.key, err.message)) from None
     return dataclasses.replace(config, path=path)
+
+
+def _yaml_data(text: str, path: Path) -> Any:
+    """The YAML ``text`` parsed; every DAG file's process loads the config, and a fleet's YAML takes about a second
+    to parse, so a JSON copy keyed by the text's hash is kept in ``YAML_CACHE_DIR`` and read instead (the data is
+    still validated every time). Data JSON cannot carry unchanged (dates, non-string keys) is not copied; an
+    unwritable directory only costs the time."""
+    copy = YAML_CACHE_DIR / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+    try:
+        return json.loads(copy.read_text())
+    except (OSError, ValueError):
+        pass
+    data = parse_yaml(text, path)
+    try:
+        encoded = json.dumps(data)
+        if json.loads(encoded) == data:
+            YAML_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+            partial = copy.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(encoded)
+            partial.replace(copy)  # atomic: a concurrent reader sees the whole copy or none
+            for old in sorted(YAML_CACHE_DIR.glob("*.json"), key=lambda p: p.stat().st_mtime)[:-YAML_CACHE_KEEP]:
+                old.unlink(missing_ok=True)
+    except (OSError, TypeError, ValueError):
+        pass
+    return data
 
 
 _cache: dict[tuple[Path, float], DbopsConfig] = {}
