@@ -232,3 +232,19 @@ def test_a_backup_of_a_major_version_the_worker_has_no_server_for_is_refused_nam
             r"server binaries \(postgres, initdb, pg_ctl\): .* has PostgreSQL 18\. Install them and set tools\.bin_dir")):
         verify(made["backup_id"])
     assert recovery_tests(made["backup_id"]) == 0
+
+
+def test_the_throwaway_cluster_starts_with_an_older_major_versions_server(target):
+    """Every setting of the disposable copy exists in older servers too (PostgreSQL 13+ are supported targets):
+    Debian's PostgreSQL 15 server on this machine kind starts with them."""
+    from dataclasses import replace
+
+    from dbops.backup.throwaway import throwaway_cluster
+    from dbops.core.config import ToolsConfig
+    from tests.preflight.test_preflight import DEBIAN_15_BIN
+
+    config = replace(load_config(), tools=ToolsConfig(bin_dir=DEBIAN_15_BIN, exclusive=True))
+    with throwaway_cluster(config, cf.NAME, "pg15_run", "15.8", jobs=2, timeout=60) as hook:
+        assert hook.get_first("SHOW server_version_num")[0].startswith("15")
+        assert hook.get_first("SHOW wal_level")[0] == "minimal"
+    assert not cluster_dir(config, cf.NAME, "pg15_run").exists()

@@ -78,7 +78,7 @@ def settings(socket_dir: Path, jobs: int) -> dict[str, str]:
         "listen_addresses": "", "port": str(PORT), "unix_socket_directories": str(socket_dir),
         "max_connections": str(jobs + 10), "fsync": "off", "synchronous_commit": "off",
         "full_page_writes": "off", "wal_level": "minimal", "max_wal_senders": "0", "archive_mode": "off",
-        "summarize_wal": "off", "autovacuum": "off", "checkpoint_timeout": "1h", "max_wal_size": "8GB",
+        "autovacuum": "off", "checkpoint_timeout": "1h", "max_wal_size": "8GB",
         "maintenance_work_mem": f"{per_index_build // 2**20}MB",
         "max_parallel_maintenance_workers": str(max(cpus // jobs - 1, 0)),
         "shared_buffers": f"{min(max(memory // 32, 128 * 2**20), 2**30) // 2**20}MB",
