@@ -152,3 +152,19 @@ def test_preflight_names_the_tables_sequences_and_schemas_a_role_cannot_read(lea
     found = message.split("cannot read ", 1)[1].split(". ", 1)[0]
     assert found == "1 schema (private); 1 sequence (public.accounts_id_seq)", "the table it may read is not named"
     assert "pg_read_all_data" in message
+
+
+def test_preflight_names_a_table_whose_row_level_security_the_dump_would_refuse(least_privilege_target):
+    """pg_dump runs without --enable-row-security: a table whose policies apply to the role fails the dump."""
+    from psycopg import sql
+
+    database, role, large_object = least_privilege_target
+    with psycopg.connect(libpq_conninfo(database), autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT SELECT ON LARGE OBJECT {} TO {}").format(sql.Literal(large_object),
+                                                                              sql.Identifier(role)))
+        conn.execute("CREATE TABLE tenant_notes (tenant text, note text)")
+        conn.execute("ALTER TABLE tenant_notes ENABLE ROW LEVEL SECURITY")
+        conn.execute("CREATE POLICY own_tenant ON tenant_notes USING (tenant = current_user)")
+    with pytest.raises(AirflowFailException, match=rf"cannot read 1 row-level security table \(public\.tenant_notes\)"
+                                                   rf"\. .*ALTER ROLE {role} BYPASSRLS"):
+        PreflightOperator(task_id="check__lpdb", target="lpdb").execute({"run_id": "lp-4"})

@@ -1,7 +1,9 @@
 -- What the nightly pg_dump reads and the connection's role may not (preflight's dump_access check):
--- schemas without USAGE, tables and sequences without SELECT, and large objects it cannot read
--- (pg_read_all_data covers the first three, not large objects). Objects of extensions are not dumped
--- and not listed. One row per kind: kind, how many, the first five names.
+-- schemas without USAGE, tables and sequences without SELECT, large objects it cannot read
+-- (pg_read_all_data covers the first three, not large objects), and tables whose row-level security
+-- applies to the role (pg_dump runs without --enable-row-security, so it refuses them unless the role
+-- bypasses it). Objects of extensions are not dumped and not listed. One row per kind: kind, how many,
+-- the first five names.
 WITH schemas AS (
     SELECT n.oid, n.nspname
     FROM pg_namespace n
@@ -22,6 +24,11 @@ WITH schemas AS (
       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                       AND d.objid = c.oid AND d.deptype = 'e')
       AND NOT has_table_privilege(c.oid, 'SELECT')
+    UNION ALL
+    SELECT 'row-level security table', quote_ident(s.nspname) || '.' || quote_ident(c.relname)
+    FROM pg_class c
+    JOIN schemas s ON s.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity AND row_security_active(c.oid)
     UNION ALL
     SELECT 'large object', l.oid::text
     FROM pg_largeobject_metadata l

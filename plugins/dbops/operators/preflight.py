@@ -158,10 +158,23 @@ def _server_version(version: int) -> str:
     return f"PostgreSQL {format_server_version(version)}"
 
 
+_ROW_SECURITY_FIX = ("pg_dump refuses a table whose row-level security applies to its role (it never dumps a "
+                     "filtered table): ALTER ROLE <backup role> BYPASSRLS, or back up as the tables' owner without "
+                     "FORCE ROW LEVEL SECURITY.")
+
+
+def _access_fix(kind: str) -> str:
+    """What to grant for objects of ``kind`` the role cannot dump (the nightly dump's own words where it has them)."""
+    from dbops.core.errors import dump_permission_fix
+
+    if kind == "row-level security table":
+        return _ROW_SECURITY_FIX
+    return dump_permission_fix("permission denied for large object" if kind == "large object" else "permission denied")
+
+
 def _dump_access(hook: DbopsPostgresHook) -> str:
     """Fail when the role cannot read a schema, table, sequence or large object that pg_dump reads."""
     from dbops.core.config import QUERIES_DIR
-    from dbops.core.errors import dump_permission_fix
 
     role = hook.get_first("SELECT current_user")[0]
     missing = hook.get_records((QUERIES_DIR / "dump_read_access.sql").read_text())
@@ -169,8 +182,7 @@ def _dump_access(hook: DbopsPostgresHook) -> str:
         return f"role {role} can read every schema, table, sequence and large object the dump reads"
     found = "; ".join(f"{count} {kind}{'s' if count > 1 else ''} ({', '.join(first)}{', …' if count > 5 else ''})"
                       for kind, count, first in missing)
-    fixes = {dump_permission_fix("permission denied for large object" if kind == "large object"
-                                 else "permission denied") for kind, _, _ in missing}
+    fixes = {_access_fix(kind) for kind, _, _ in missing}
     raise PermissionError(f"the nightly dump would fail: role {role} cannot read {found}. "
                           + " ".join(sorted(fixes)).replace("<backup role>", role))
 
