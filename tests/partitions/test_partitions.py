@@ -554,6 +554,9 @@ def test_application_insert_into_default_before_the_attach_is_moved_with_the_res
     try:
         dbops_waiting(target, relation="events")  # every batch is done; the attaching transaction waits
         assert count(target, f"SELECT count(*) FROM events WHERE {APRIL}") < 2500, "the moved rows are out of sight"
+        assert count(target, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'events_2026_04'::regclass AND "
+                             "contype = 'c' AND convalidated") == 1, (
+            "the bounds CHECK was validated before DEFAULT is locked: its scan holds no lock the application needs")
         with connect(target) as app:
             app.execute("INSERT INTO events (at, payload) VALUES ('2026-04-20 12:00+00', 'inserted during the move')")
         assert count(target, "SELECT count(*) FROM ONLY events_default "

@@ -105,6 +105,7 @@ def create_partition(conn: psycopg.Connection, found: TableInspection, step: Ste
         with_lock_retries(f"{step.label}: create", policy, lambda: _create_table(conn, found, step, table))
     try:
         moved, batches = move_batches(conn, found, step, table, policy)
+        with_lock_retries(f"{step.label}: check the bounds", policy, lambda: _bounds_check(conn, found, step, table))
         last = with_lock_retries(f"{step.label}: attach", policy, lambda: _attach(conn, found, step, table))
     except BaseException as err:  # any failure: the rows moved so far go back where the parent sees them
         undone = undo_move(conn, found, step, policy)
@@ -193,13 +194,24 @@ def bound_check(found: TableInspection, step: Step) -> sql.Composed:
         k=key, lo=literal(lower, found.key_type), hi=literal(upper, found.key_type))
 
 
-CHECK_NAME = sql.Identifier("dbops_partition_bounds")  # lives only inside the attaching transaction
+CHECK_NAME = "dbops_partition_bounds"  # on the new table from its last batch until it is attached
+
+
+def _bounds_check(conn: psycopg.Connection, found: TableInspection, step: Step, table: sql.Identifier) -> None:
+    """Add the CHECK of the new range to the unattached table in a transaction of its own: its validating scan
+    holds no lock the application waits for, and the ATTACH then skips that scan (rows moved later are checked
+    as they are inserted). A CHECK an earlier try added stays."""
+    with conn.transaction():
+        if conn.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                        (table.as_string(conn), CHECK_NAME)).fetchone() is None:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
+                table, sql.Identifier(CHECK_NAME), bound_check(found, step)))
 
 
 def _attach(conn: psycopg.Connection, found: TableInspection, step: Step, table: sql.Identifier) -> int:
     """One transaction: lock the parent (as ATTACH does) and DEFAULT (ACCESS EXCLUSIVE, which ATTACH takes
-    anyway: from here on no row can land in DEFAULT), move what reached DEFAULT since the last batch, add the
-    CHECK, attach, drop the CHECK. Return the rows moved."""
+    anyway: from here on no row can land in DEFAULT), move what reached DEFAULT since the last batch, attach
+    (the CHECK spares its scan of the new table), drop the CHECK. Return the rows moved."""
     lower, upper = step.bounds
     parent = sql.Identifier(found.schema, found.name)
     rows = 0
@@ -209,10 +221,8 @@ def _attach(conn: psycopg.Connection, found: TableInspection, step: Step, table:
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
                 sql.Identifier(found.default.schema, found.default.name)))
             rows = move_rest(conn, found, step, table)
-        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
-            table, CHECK_NAME, bound_check(found, step)))
         conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
             parent, table, literal(lower, found.key_type), literal(upper, found.key_type)))
-        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, CHECK_NAME))
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, sql.Identifier(CHECK_NAME)))
         conn.execute(sql.SQL("COMMENT ON TABLE {} IS NULL").format(table))
     return rows
