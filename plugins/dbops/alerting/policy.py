@@ -23,6 +23,11 @@ class AlertPolicy:
     failure_repeat: Seconds = 4 * 3600.0  # a task of the DAG failing again with the same error: notified this often
     group: str | None = None  # evaluated with the group's other targets in db_alerts_group__<group>, not alone
 
+    @property
+    def people(self) -> list[str]:
+        """The channels a failure of the alert DAG itself goes to: ``notify`` without ``pg_notify`` (transitions only)."""
+        return [channel for channel in self.notify if channel != "pg_notify"]
+
     def query_limits(self) -> dict[str, int]:
         """The per-query timeouts as :func:`dbops.alerting.evaluate.evaluate` takes them."""
         return {"statement_timeout_ms": int(self.statement_timeout * 1000),
