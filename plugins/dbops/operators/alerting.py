@@ -127,7 +127,7 @@ class _AlertGroupOperator(BaseOperator):
                 self.log.error("%s of %s: FAILED: %s", self.work, target, err)
                 return err
 
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"{self.task_id}") as pool:
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=self.task_id) as pool:
             verdicts = dict(zip(self.targets, pool.map(one, self.targets)))
         failed = {target: err for target, err in verdicts.items() if isinstance(err, BaseException)}
         self.log.info("%s of group %s: %d targets, %d failed%s", self.work, self.group, len(verdicts), len(failed),
