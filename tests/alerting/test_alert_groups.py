@@ -96,3 +96,15 @@ def test_a_group_evaluates_each_target_apart_as_its_own_dag_would(fleet, capsys)
     assert len(failed) == 1, "the broken target's people are told once per incident"
     assert f"alert rules of {fleet.broken} are invalid" in failed[0].get_body(preferencelist=("html",)).get_content()
     assert len(solo.posts) == 2 * (len(fleet.good) + 1) + 2, "Slack: every firing and resolved, TargetDown, the failure"
+
+
+def test_the_group_dags_run_fails_after_delivering_and_tells_the_broken_targets_people(fleet):
+    set_knob(fleet.solo, 20)
+    run = fleet.dag.test()
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
+        "evaluate": "failed", "deliver": "success", "any_task_failed": "failed"}
+    assert run.state == "failed", "deliver ran after the failure; the run must still show failed"
+    assert state(member(fleet.good[0])) == {("knob_high", '{"knob": "load"}'): "firing"}
+    subjects = [m["Subject"] for m in fleet.solo.mails]
+    assert f"{fleet.dag.dag_id} failed: evaluate[{fleet.broken}]" in subjects
+    assert all(f"[dbops] {name}: 1 firing" in subjects for name in fleet.good), "delivered in the same run"
