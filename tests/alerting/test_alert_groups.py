@@ -14,11 +14,11 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 from airflow.dag_processing.dagbag import DagBag
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from psycopg import sql
 
 from scripts.stack.paths import PG_PORT, ROOT
-from scripts.stack.postgres import conn_uri
+from scripts.stack.postgres import TEST_DATABASES, conn_uri
 from tests.alerting.test_alert_dags import KNOB_RULE, OPS_TABLES, alerting, context, events, ops, set_knob, state  # noqa: F401
 from tests.conftest import free_port
 
@@ -108,3 +108,20 @@ def test_the_group_dags_run_fails_after_delivering_and_tells_the_broken_targets_
     subjects = [m["Subject"] for m in fleet.solo.mails]
     assert f"{fleet.dag.dag_id} failed: evaluate[{fleet.broken}]" in subjects
     assert all(f"[dbops] {name}: 1 firing" in subjects for name in fleet.good), "delivered in the same run"
+
+
+def test_ops_database_down_fails_the_group_task_as_transient_and_tells_people_on_its_last_try(fleet, monkeypatch):
+    """Every target fails (retried, as db_alerts__<target>); each one's people hear of it once the retry failed too."""
+    running = conn_uri(TEST_DATABASES["dbops"])
+    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_STATE", running.replace(f":{PG_PORT}/", f":{free_port()}/"))
+    evaluate = fleet.dag.task_dict["evaluate"]
+    for try_number, told in ((1, 0), (evaluate.retries + 1, SIZE)):
+        ctx = {**context(f"ops_down_{try_number}"), "ti": SimpleNamespace(try_number=try_number)}  # FAKE: try only
+        with pytest.raises(AirflowException, match=rf"alerts failed for {SIZE} of {SIZE} targets .*"
+                                                   rf"{fleet.good[0]}: .*ops database \(alert state\)") as failed:
+            evaluate.execute(ctx)
+        assert not isinstance(failed.value, AirflowFailException), "transient: retried"
+        failures = [m for m in fleet.solo.mails if m["Subject"].startswith(f"{fleet.dag.dag_id} failed: evaluate[")]
+        assert len(failures) == told
+    monkeypatch.setenv("AIRFLOW_CONN_DBOPS_STATE", running)
+    assert all(state(member(name)) == {} for name in fleet.names), "nothing was half-recorded"
