@@ -61,12 +61,12 @@ for target, settings in own_targets(config.targets.items()):
 for group, members in own_groups("db_alerts_group", alert_groups(config).items()):
     policies = [config.targets[member].alerts for member in members]
     broken = [problem for problem in map(rules_problem, members) if problem]
-    summary = f"Alert rules of {len(members)} targets ({', '.join(members)}), evaluated together"
+    summary = f"Alert rules of the {len(members)} targets of group {group}, evaluated together"  # listed in doc_md
     # each failed target's people are told by the task itself; the run's own failure goes to every member's people
     with DAG(
         dag_id=f"db_alerts_group__{group}",
         schedule=policies[0].schedule,  # one schedule per group (config validation)
-        description=f"BROKEN ({len(broken)} targets): {summary}" if broken else summary,
+        description=f"BROKEN ({len(broken)} of {len(members)}): {summary}" if broken else summary,
         doc_md="\n\n".join([*(f"**BROKEN:** {problem}" for problem in broken),
                              runbook("db_alerts_group", group).replace("{targets}", ", ".join(members))]),
         dagrun_timeout=timedelta(minutes=4),

@@ -99,6 +99,8 @@ def test_a_group_evaluates_each_target_apart_as_its_own_dag_would(fleet, capsys)
 
 
 def test_the_group_dags_run_fails_after_delivering_and_tells_the_broken_targets_people(fleet):
+    assert len(fleet.dag.description) < 120 and fleet.dag.description.startswith(f"BROKEN (1 of {SIZE}): "), \
+        "one line in the DAG list, however large the group"
     set_knob(fleet.solo, 20)
     run = fleet.dag.test()
     assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
