@@ -170,3 +170,35 @@ def test_an_unwritable_cache_directory_costs_only_time(tmp_path, monkeypatch):
     blocker.write_text("")
     monkeypatch.setattr(config_module, "YAML_CACHE_DIR", blocker / "cache")  # mkdir fails: a file is in the way
     assert parse_config(GOOD, PATH).targets["appdb"].conn_id == "pg_appdb"
+
+
+GROUPED = GOOD + """    alerts: {group: fleet}
+  chatdb:
+    conn_id: pg_chatdb
+    alerts: {group: fleet}
+  lonedb:
+    conn_id: pg_lonedb
+    alerts: {}
+"""
+
+
+def test_alert_groups_list_their_targets_and_leave_the_ungrouped_alone():
+    from dbops.core.config import alert_groups
+
+    config = parse_config(GROUPED, PATH)
+    assert alert_groups(config) == {"fleet": ["appdb", "chatdb"]}
+    assert config.targets["lonedb"].alerts.group is None
+
+
+@pytest.mark.parametrize(("replace", "by", "expected"), [
+    ("alerts: {group: fleet}\n  chatdb", "alerts: {group: Fleet-1}\n  chatdb",
+     "target 'appdb': key 'alerts.group': alert group 'Fleet-1': group names are lowercase"),
+    ("alerts: {group: fleet}\n  lonedb", "alerts: {group: lonedb}\n  lonedb",
+     "target 'chatdb': key 'alerts.group': alert group 'lonedb' has the name of a target"),
+    ("alerts: {group: fleet}\n  lonedb", "alerts: {group: fleet, schedule: '*/2 * * * *'}\n  lonedb",
+     "target 'appdb': key 'alerts.group': the targets of alert group 'fleet' have different alerts.schedule "
+     "(appdb: */5 * * * *, chatdb: */2 * * * *)"),
+])
+def test_bad_alert_group_names_the_targets(replace, by, expected):
+    assert replace in GROUPED
+    assert expected in error_for(GROUPED.replace(replace, by))

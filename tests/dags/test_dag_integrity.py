@@ -54,7 +54,9 @@ def expected_schedules() -> dict[str, str | None]:
         if target.lifecycle and target.lifecycle.policies:
             expected |= lifecycle_schedules(name, target.lifecycle)
         if target.alerts:
-            expected |= {f"db_alerts__{name}": target.alerts.schedule, "db_alert_silence": None}
+            alone = target.alerts.group is None
+            expected |= {f"db_alerts__{name}" if alone else f"db_alerts_group__{target.alerts.group}":
+                         target.alerts.schedule, "db_alert_silence": None}
         if target.anonymize:
             expected[f"pg_anonymize__{name}"] = None
             if target.anonymize.anonymize_after is not None and target.anonymize.schedule:
@@ -97,6 +99,10 @@ def all_dags():
 
 @pytest.mark.parametrize(("dag_id", "dag"), all_dags())
 def test_dag_has_operational_defaults(dag_id, dag):
+    check_operational_defaults(dag_id, dag)
+
+
+def check_operational_defaults(dag_id, dag):
     assert dag.owner == "dbops"
     assert "dbops" in dag.tags and len(dag.tags) >= 2
     assert dag.description and len(dag.description) < 120, "a one-line description for the DAG list"
@@ -164,13 +170,39 @@ def test_committed_pools_file_matches_the_config():
 
 
 def test_alert_runs_never_overlap_and_time_out_before_the_next(dagbag):
+    check_alert_dags(dagbag)
+
+
+def check_alert_dags(dagbag):
     from dbops.core.config import load_config
 
     for name, target in load_config().targets.items():
         if target.alerts:
-            dag = dagbag.dags[f"db_alerts__{name}"]
+            group = target.alerts.group
+            dag = dagbag.dags[f"db_alerts_group__{group}" if group else f"db_alerts__{name}"]
             assert dag.max_active_runs == 1 and dag.dagrun_timeout.total_seconds() < 300
             assert dag.schedule == target.alerts.schedule
+
+
+def test_grouped_alert_targets_get_one_dag_per_group_with_every_check(tmp_path, monkeypatch):
+    """alerts.group: the group's DAG replaces its targets' db_alerts__<target>, with the defaults every DAG has."""
+    from dbops.core.config import DEFAULT_CONFIG_PATH, alert_groups, load_config
+
+    grouped = tmp_path / "dbops.yaml"
+    grouped.write_text(DEFAULT_CONFIG_PATH.read_text().replace("    alerts:\n", "    alerts:\n      group: fleet\n"))
+    monkeypatch.setenv("DBOPS_CONFIG", str(grouped))
+    members = alert_groups(load_config())["fleet"]
+    assert len(members) >= 2
+    bag = load_dagbag()
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == set(expected_schedules())
+    assert not [dag_id for dag_id in bag.dag_ids if dag_id.startswith("db_alerts__")]
+    dag = bag.dags["db_alerts_group__fleet"]
+    check_operational_defaults(dag.dag_id, dag)
+    check_alert_dags(bag)
+    assert {t.task_id for t in dag.tasks} == {"evaluate", "deliver", "any_task_failed"}
+    assert dag.task_dict["evaluate"].targets == members and set(members) <= set(dag.tags)
+    assert dag.doc_md != bag.dags["db_alert_silence"].doc_md and all(m in dag.doc_md for m in members)
 
 
 def test_every_dag_has_its_own_runbook(dagbag):

@@ -74,3 +74,19 @@ def test_a_task_of_a_dag_of_no_target_builds_no_targets_dags(fleet, dag_file, da
 def test_the_dag_processor_builds_every_targets_dags(fleet):
     built = parse("pg_backup.py")
     assert {"pg_backup__appdb", "pg_backup__appdb_b"} <= set(built)
+
+
+def test_a_group_dags_task_builds_only_its_groups_dag(fleet, fleet_config, tmp_path, monkeypatch):
+    """alerts.group: the dag-processor builds one DAG per group; a task of one builds that one and no target's."""
+    data = yaml.safe_load(fleet_config.read_text())
+    for name, target in data["targets"].items():
+        if target.get("alerts") is not None:
+            target["alerts"]["group"] = "mongo_fleet" if target.get("engine") == "mongodb" else "pg_fleet"
+    grouped = tmp_path / "dbops.yaml"
+    grouped.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("DBOPS_CONFIG", str(grouped))
+    assert set(parse("db_alerts.py")) == {"db_alerts_group__pg_fleet", "db_alerts_group__mongo_fleet",
+                                          "db_alert_silence"}
+    built = parse("db_alerts.py", "db_alerts_group__pg_fleet", "evaluate")
+    assert set(built) == {"db_alerts_group__pg_fleet", "db_alert_silence"}
+    assert built["db_alerts_group__pg_fleet"].task_dict["evaluate"].targets == ["appdb", "appdb_b"]

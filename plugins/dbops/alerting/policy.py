@@ -9,7 +9,7 @@ from dbops.core.schema import Cron, Seconds
 
 @dataclass(frozen=True)
 class AlertPolicy:
-    """``db_alerts__<target>``: rule packs, where notifications go, and the evaluation's limits."""
+    """``db_alerts__<target>`` (or ``db_alerts_group__<group>``): rule packs, where notifications go, and the evaluation's limits."""
 
     rules: list[str] = field(default_factory=lambda: ["postgres_default"])
     notify: list[str] = field(default_factory=lambda: ["log"])
@@ -21,6 +21,12 @@ class AlertPolicy:
     sample_retention: Seconds = 30 * 86400.0  # metric samples older than this are deleted
     undelivered_alarm: Seconds = 3600.0  # the DAG fails while a notification stays undelivered this long
     failure_repeat: Seconds = 4 * 3600.0  # a task of the DAG failing again with the same error: notified this often
+    group: str | None = None  # evaluated with the group's other targets in db_alerts_group__<group>, not alone
+
+    @property
+    def people(self) -> list[str]:
+        """The channels a failure of the alert DAG itself goes to: ``notify`` without ``pg_notify`` (transitions only)."""
+        return [channel for channel in self.notify if channel != "pg_notify"]
 
     def query_limits(self) -> dict[str, int]:
         """The per-query timeouts as :func:`dbops.alerting.evaluate.evaluate` takes them."""

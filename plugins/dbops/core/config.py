@@ -169,6 +169,32 @@ def _check_references(config: DbopsConfig) -> None:
         if target.pitr:
             check_pitr(target.pitr, f"{key}.pitr", config.storage, name,
                        backups_encrypted=bool(target.backup and target.backup.encryption_conn_id))
+    _check_alert_groups(config)
+
+
+def alert_groups(config: DbopsConfig) -> dict[str, list[str]]:
+    """Alert group name -> its targets (``alerts.group``), in config order; ungrouped targets are in none."""
+    groups: dict[str, list[str]] = {}
+    for name, target in config.targets.items():
+        if target.alerts and target.alerts.group is not None:
+            groups.setdefault(target.alerts.group, []).append(name)
+    return groups
+
+
+def _check_alert_groups(config: DbopsConfig) -> None:
+    """A group is named like a target, but never as one (DAG ids), and its targets share one schedule."""
+    for group, members in alert_groups(config).items():
+        key = f"targets.{members[0]}.alerts.group"
+        if not _NAME.match(group):
+            raise Invalid(key, f"alert group {group!r}: group names are lowercase letters, digits and _ "
+                               "(used in DAG ids)")
+        if group in config.targets:
+            raise Invalid(key, f"alert group {group!r} has the name of a target: name the group differently")
+        schedules = {config.targets[m].alerts.schedule for m in members}
+        if len(schedules) > 1:
+            by = ", ".join(f"{m}: {config.targets[m].alerts.schedule or 'none'}" for m in members)
+            raise Invalid(key, f"the targets of alert group {group!r} have different alerts.schedule ({by}): "
+                               "one DAG evaluates them, give them one schedule or separate groups")
 
 
 def _section(target: TargetConfig, path: str) -> Any:

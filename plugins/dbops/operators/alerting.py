@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Sequence
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from dbops.alerting.cycle import SKIPPED_METRIC, combine, lasting_skips, reachable, target_down, unreachable, \
-    why_not_current
-from dbops.alerting.evaluate import Evaluation, evaluate
-from dbops.alerting.notify import change_line
-from dbops.alerting.record import Pending, deliver_outbox, latest_values, oldest_undelivered, record_cycle
-from dbops.alerting.rules import RULE_FAILED, TARGET_DOWN, Rule, rules_for
+from dbops.alerting.cycle import why_not_current
+from dbops.alerting.run import deliver_target, evaluate_target
 from dbops.core.config import load_config
-from dbops.core.errors import classify
-from dbops.core.locks import job_lock
 from dbops.core.schema import ConfigError
 from dbops.hooks.ops import OpsDatabaseHook
-from dbops.hooks.postgres import DbopsPostgresHook
-from dbops.notifications.channels import Notification, send
+from dbops.notifications.channels import DbopsFailureNotifier
 from dbops.operators.base import TargetOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from dbops.alerting.policy import AlertPolicy
+    from dbops.core.config import DbopsConfig
+
+
+def check_claim_expiry(task: BaseOperator, claim_expiry: float) -> None:
+    """A claim must outlive the delivering task, or a slow send is repeated."""
+    if task.execution_timeout and claim_expiry <= task.execution_timeout.total_seconds():
+        raise ValueError(f"{task.task_id}: claim_expiry ({claim_expiry:g} s) must be longer than the "
+                         f"execution_timeout ({task.execution_timeout}), or a slow send is repeated")
 
 
 class AlertEvaluationOperator(TargetOperator):
@@ -52,104 +52,13 @@ class AlertEvaluationOperator(TargetOperator):
         self.lock_wait = lock_wait
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
-
         dag_run = context["dag_run"]
         past = why_not_current(dag_run.run_type, dag_run.data_interval_end or dag_run.run_after,
                                datetime.now(timezone.utc))
         if past:
             raise AirflowSkipException(f"alerts of {self.target} not evaluated: {past}; alerts describe the present, "
                                        "only a current run evaluates them (alert state left as it is)")
-        config = self.load_config()
-        policy = config.targets[self.target].alerts
-        try:
-            rules = rules_for(config, self.target)
-        except ConfigError as err:
-            raise AirflowFailException(f"alert rules of {self.target} are invalid, no rule is evaluated: {err}. "
-                                       "Fix the rule pack or the target's alerts.thresholds in dbops.yaml") from err
-        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
-        try:
-            with job_lock(config.ops_conn_id, self.target, "alerts", wait_seconds=self.lock_wait), \
-                    closing(ops.get_conn()) as state_conn, closing(ops.get_conn()) as read_conn:
-                previous = latest_values(state_conn, self.target,
-                                         {r.query for r in rules if r.counter} | {SKIPPED_METRIC})
-                on_target = (self._evaluate_mongo if config.targets[self.target].engine == "mongodb" else
-                             self._evaluate_target)(config.targets[self.target].conn_id, policy,
-                                                    [r for r in rules if r.database == "target"], previous)
-                on_ops = evaluate(read_conn, [r for r in rules if r.database == "ops"], **policy.query_limits(),
-                                  params={"target": self.target}, previous=previous)
-                samples, metrics, unevaluated = combine(on_target, on_ops, rules)
-                skips = lasting_skips({**on_target.skipped, **on_ops.skipped})
-                metrics += skips
-                cycle = record_cycle(
-                    state_conn, target=self.target, run_id=context["run_id"],
-                    rules={r.name: r for r in [*rules, TARGET_DOWN, RULE_FAILED]}, samples=samples, metrics=metrics,
-                    unevaluated=unevaluated, channels=policy.notify,
-                    pg_notify_channel=config.notifications.pg_notify_channel if "pg_notify" in policy.notify else None,
-                    sample_retention_seconds=policy.sample_retention)
-        except psycopg.Error as err:
-            raise classify(err, "ops database (alert state)", "check the ops_conn_id connection") from err
-        for change in cycle.changes:
-            self.log.log(logging.INFO if change.kind == "resolved" else logging.WARNING, "%s", change_line(change))
-        for error in on_target.errors + on_ops.errors:
-            self.log.warning("rule %s: evaluation %s: %s", error.rule, error.kind, error.message)
-        for skip in skips:  # logged the first time only: it is the same every five minutes
-            if skip.key not in previous:
-                self.log.info("rule %s skipped: %s (said once; skipped in every run while this holds)",
-                              skip.labels["rule"], skip.labels["why"])
-        for ignored in cycle.ignored_silences:
-            self.log.warning("%s", ignored)
-        up = not target_down(on_target)
-        result = {
-            "rules": len(rules), "samples": len(metrics), "errors": len(on_target.errors) + len(on_ops.errors),
-            "skipped": len(on_target.skipped) + len(on_ops.skipped), "target_up": up,
-            "firing": sum(a.state.status == "firing" for a in cycle.alerts),
-            "pending": sum(a.state.status == "pending" for a in cycle.alerts),
-            "notified": [c.kind for c in cycle.changes],
-            "ignored_silences": cycle.ignored_silences,
-            "db_seconds": round(on_target.db_seconds + on_ops.db_seconds, 3),
-        }
-        firing = sorted(a.name for a in cycle.alerts if a.state.status == "firing")
-        self.log.info("alerts %s: %s; %d pending; %d rules, %d samples, %d evaluation errors, %d skipped; "
-                      "%d changes notified; %d silences ignored; %.3f s in queries", self.target,
-                      f"{len(firing)} firing ({', '.join(firing)})" if firing else "nothing firing",
-                      result["pending"], result["rules"], result["samples"], result["errors"], result["skipped"],
-                      len(cycle.changes), len(cycle.ignored_silences), result["db_seconds"],
-                      firing=firing, rules=result["rules"], errors=result["errors"])
-        return result
-
-    def _evaluate_target(self, conn_id: str, policy: AlertPolicy, rules: list[Rule],
-                         previous: dict[tuple[str, str], float]) -> Evaluation:
-        hook = DbopsPostgresHook(postgres_conn_id=conn_id, connect_timeout=policy.connect_timeout)
-        try:
-            with closing(hook.get_conn()) as conn:
-                result = evaluate(conn, rules, **policy.query_limits(), previous=previous)
-        except psycopg.OperationalError as err:  # refused, timed out, or lost mid-evaluation
-            message = " ".join(str(err).split()) or type(err).__name__
-            self.log.error("target %s does not answer: %s", self.target, message)
-            return unreachable(rules, message)
-        return reachable(result)
-
-    def _evaluate_mongo(self, conn_id: str, policy: AlertPolicy, rules: list[Rule],
-                        previous: dict[tuple[str, str], float]) -> Evaluation:
-        """The MongoDB target's rules (:mod:`dbops.mongo.rules`); a server that does not answer is down."""
-        from pymongo.errors import ConnectionFailure, OperationFailure
-
-        from dbops.hooks.mongo import DbopsMongoHook
-        from dbops.mongo.rules import evaluate_commands
-
-        timeout_ms = int(policy.connect_timeout * 1000)
-        hook = DbopsMongoHook(mongo_conn_id=conn_id)
-        hook.extras.update(serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                           socketTimeoutMS=int(policy.statement_timeout * 1000))
-        try:
-            with hook:
-                result = evaluate_commands(hook.get_conn(), hook.database, rules, previous)
-        except (ConnectionFailure, OperationFailure) as err:  # refused, timed out, lost, or refused our login
-            message = " ".join(str(err).split()) or type(err).__name__
-            self.log.error("target %s does not answer: %s", self.target, message)
-            return unreachable(rules, message)
-        return reachable(result)
+        return evaluate_target(self.load_config(), self.target, context["run_id"], self.log, self.lock_wait)
 
 
 class AlertDeliveryOperator(TargetOperator):
@@ -168,46 +77,126 @@ class AlertDeliveryOperator(TargetOperator):
 
     def __init__(self, *, claim_expiry: float = 600.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.execution_timeout and claim_expiry <= self.execution_timeout.total_seconds():
-            raise ValueError(f"{self.task_id}: claim_expiry ({claim_expiry:g} s) must be longer than the "
-                             f"execution_timeout ({self.execution_timeout}), or a slow send is repeated")
+        check_claim_expiry(self, claim_expiry)
         self.claim_expiry = claim_expiry
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowException
+        return deliver_target(self.load_config(), self.target, self.claim_expiry, self.log)
 
-        config = self.load_config()
-        policy = config.targets[self.target].alerts
 
-        def deliver(pending: Pending) -> str | None:
-            notification = Notification(pending.title, pending.body, pending.severity, self.target)
-            outcome = send(notification, [pending.channel], config.notifications)[pending.channel]
-            return None if outcome == "sent" else outcome
+class _AlertGroupOperator(BaseOperator):
+    """One task for every target of an alert group (``alerts.group``): the per-target work, a few targets at a time.
 
-        ops = OpsDatabaseHook(postgres_conn_id=config.ops_conn_id)
-        try:
-            with closing(ops.get_conn()) as conn:
-                done = deliver_outbox(conn, self.target, deliver, self.claim_expiry)
-                oldest = oldest_undelivered(conn, self.target)
-                now = conn.execute("SELECT now()").fetchone()[0]
-        except psycopg.Error as err:
-            raise classify(err, "ops database (notification outbox)", "check the ops_conn_id connection") from err
-        for pending, error in done.failures:
-            self.log.warning("notification %d (%s, created %s) not delivered via %s, kept for the next run: %s",
-                             pending.id, pending.title, pending.created_at.isoformat(), pending.channel, error)
-        for pending in done.in_flight:
-            self.log.warning("notification %d (%s, created %s) via %s is claimed by another run, or by one that "
-                             "ended before recording whether it was sent: sent again once the claim is %g s old",
-                             pending.id, pending.title, pending.created_at.isoformat(), pending.channel,
-                             self.claim_expiry)
-        self.log.info("target %s: %d notifications delivered, %d channels failing, %d in flight", self.target,
-                      done.delivered, len(done.failures), len(done.in_flight))
-        if oldest and now - oldest[0] > timedelta(seconds=policy.undelivered_alarm):
-            raise AirflowException(
-                f"alert notifications for {self.target} undelivered via {oldest[1]} since {oldest[0].isoformat()}: "
-                f"{oldest[2] or 'no error recorded'}. Fix the channel (its Airflow connection, the server); "
-                "they are sent on the next run.")
-        return {"delivered": done.delivered, "failed": len(done.failures), "in_flight": len(done.in_flight)}
+    Each target runs in its own thread with its own lock, connections and timeouts; whatever it raises is that
+    target's verdict only. The task logs one line per target, and once every target is done it fails naming each
+    failed target and why; each failed target's people channels are notified as ``db_alerts__<target>``'s would be
+    (once per incident, ``failure_repeat``), under the task id ``<task>[<target>]``.
+
+    :param group: the group's name.
+    :param targets: its targets' keys in dbops.yaml.
+    :param workers: targets at a time.
+    :param config_path: the config file; default ``$DBOPS_CONFIG`` or include/config/dbops.yaml.
+    """
+
+    template_fields: Sequence[str] = ("group",)
+    work = ""  # what is done per target, for the log
+
+    def __init__(self, *, group: str, targets: list[str], workers: int = 4, config_path: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.group = group
+        self.targets = targets
+        self.workers = workers
+        self.config_path = config_path
+
+    def run_target(self, config: DbopsConfig, target: str, context: Context) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        config = load_config(self.config_path)
+
+        def one(target: str) -> dict[str, Any] | BaseException:
+            try:
+                return self.run_target(config, target, context)
+            except AirflowSkipException as skip:  # another run holds this target's lock
+                self.log.warning("%s of %s: skipped: %s", self.work, target, skip)
+                return {"skipped": str(skip)}
+            except Exception as err:
+                self.log.error("%s of %s: FAILED: %s", self.work, target, err)
+                return err
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=self.task_id) as pool:
+            verdicts = dict(zip(self.targets, pool.map(one, self.targets)))
+        failed = {target: err for target, err in verdicts.items() if isinstance(err, BaseException)}
+        self.log.info("%s of group %s: %d targets, %d failed%s", self.work, self.group, len(verdicts), len(failed),
+                      f" ({', '.join(failed)})" if failed else "")
+        if not failed:
+            return verdicts
+        permanent = all(isinstance(err, AirflowFailException) for err in failed.values())
+        ti = context.get("ti")
+        if permanent or ti is None or ti.try_number > self.retries:  # the last try: told, as a DAG's failure is
+            for target, err in failed.items():
+                self._notify_failure(context, config, target, err)
+        why = "; ".join(f"{target}: {err}" for target, err in failed.items())
+        message = (f"{self.work} failed for {len(failed)} of {len(verdicts)} targets of alert group {self.group} "
+                   f"(the others are done): {why}")
+        if permanent:
+            raise AirflowFailException(message)
+        raise AirflowException(message)  # something transient among them: retried, as db_alerts__<target>
+
+    def _notify_failure(self, context: Context, config: DbopsConfig, target: str, err: BaseException) -> None:
+        """The failure notification ``db_alerts__<target>`` would send, for this target's task only."""
+        policy = config.targets[target].alerts
+        ti = context.get("ti")
+        task = SimpleNamespace(dag_id=self.dag_id, task_id=f"{self.task_id}[{target}]",
+                               try_number=getattr(ti, "try_number", None), log_url=getattr(ti, "log_url", None))
+        DbopsFailureNotifier(target=target, channels=policy.people, config_path=self.config_path,
+                             repeat=policy.failure_repeat).notify({**context, "ti": task, "exception": err})
+
+
+class AlertGroupEvaluationOperator(_AlertGroupOperator):
+    """Evaluate every target of an alert group as :class:`AlertEvaluationOperator` does one (see
+    :class:`_AlertGroupOperator`); a past or backfill run is skipped as a whole.
+
+    :param lock_wait: seconds to wait for another run of a target's evaluation; then that target is skipped.
+    """
+
+    work = "alerts"
+
+    def __init__(self, *, lock_wait: float = 20.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lock_wait = lock_wait
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        dag_run = context["dag_run"]
+        past = why_not_current(dag_run.run_type, dag_run.data_interval_end or dag_run.run_after,
+                               datetime.now(timezone.utc))
+        if past:
+            raise AirflowSkipException(f"alerts of group {self.group} not evaluated: {past}; alerts describe the "
+                                       "present, only a current run evaluates them (alert state left as it is)")
+        return super().execute(context)
+
+    def run_target(self, config: DbopsConfig, target: str, context: Context) -> dict[str, Any]:
+        return evaluate_target(config, target, context["run_id"], self.log, self.lock_wait)
+
+
+class AlertGroupDeliveryOperator(_AlertGroupOperator):
+    """Deliver every target's queued notifications of an alert group as :class:`AlertDeliveryOperator` does one.
+
+    :param claim_expiry: as :class:`AlertDeliveryOperator`'s.
+    """
+
+    work = "delivery"
+
+    def __init__(self, *, claim_expiry: float = 600.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_claim_expiry(self, claim_expiry)
+        self.claim_expiry = claim_expiry
+
+    def run_target(self, config: DbopsConfig, target: str, context: Context) -> dict[str, Any]:
+        return deliver_target(config, target, self.claim_expiry, self.log)
 
 
 class AlertSilenceOperator(BaseOperator):
