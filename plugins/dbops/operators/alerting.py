@@ -32,6 +32,15 @@ def check_claim_expiry(task: BaseOperator, claim_expiry: float) -> None:
                          f"execution_timeout ({task.execution_timeout}), or a slow send is repeated")
 
 
+
+def skip_unless_current(context: Context, what: str) -> None:
+    """Skip a backfill run or one for a time long past: alerts describe the present (alert state left as it is)."""
+    dag_run = context["dag_run"]
+    past = why_not_current(dag_run.run_type, dag_run.data_interval_end or dag_run.run_after, datetime.now(timezone.utc))
+    if past:
+        raise AirflowSkipException(f"alerts of {what} not evaluated: {past}; alerts describe the present, only a "
+                                   "current run evaluates them (alert state left as it is)")
+
 class AlertEvaluationOperator(TargetOperator):
     """Evaluate a target's alert rules and commit the cycle: alert states, events, samples, outbox.
 
@@ -52,12 +61,7 @@ class AlertEvaluationOperator(TargetOperator):
         self.lock_wait = lock_wait
 
     def execute(self, context: Context) -> dict[str, Any]:
-        dag_run = context["dag_run"]
-        past = why_not_current(dag_run.run_type, dag_run.data_interval_end or dag_run.run_after,
-                               datetime.now(timezone.utc))
-        if past:
-            raise AirflowSkipException(f"alerts of {self.target} not evaluated: {past}; alerts describe the present, "
-                                       "only a current run evaluates them (alert state left as it is)")
+        skip_unless_current(context, self.target)
         return evaluate_target(self.load_config(), self.target, context["run_id"], self.log, self.lock_wait)
 
 
@@ -170,12 +174,7 @@ class AlertGroupEvaluationOperator(_AlertGroupOperator):
         self.lock_wait = lock_wait
 
     def execute(self, context: Context) -> dict[str, Any]:
-        dag_run = context["dag_run"]
-        past = why_not_current(dag_run.run_type, dag_run.data_interval_end or dag_run.run_after,
-                               datetime.now(timezone.utc))
-        if past:
-            raise AirflowSkipException(f"alerts of group {self.group} not evaluated: {past}; alerts describe the "
-                                       "present, only a current run evaluates them (alert state left as it is)")
+        skip_unless_current(context, f"group {self.group}")
         return super().execute(context)
 
     def run_target(self, config: DbopsConfig, target: str, context: Context) -> dict[str, Any]:
