@@ -349,11 +349,26 @@ class ScratchServer:
 
     def stop(self, timeout: float = 120) -> None:
         """Stop the server (if it runs) and remove its socket directory."""
-        if (self.data / "postmaster.pid").exists():
+        if self._running():
             self._ctl("-m", "fast", "-w", "-t", str(int(timeout)), "stop", timeout=timeout + 30)
-        if (self.root / "socket_dir").exists():
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
-            (self.root / "socket_dir").unlink()
+        record = self.root / "socket_dir"
+        if record.exists():
+            socket_dir = self.socket_dir
+            ours = socket_dir.parent == Path(tempfile.gettempdir()) and socket_dir.name.startswith("dbops-pitr-")
+            if ours and socket_dir.is_dir() and not socket_dir.is_symlink():  # never what a rewritten record names
+                shutil.rmtree(socket_dir, ignore_errors=True)
+            record.unlink()
+
+    def _running(self) -> bool:
+        """True when the process ``postmaster.pid`` names runs in this data directory: after a kill -9 the file
+        stays, and its pid may belong to another process by now (pg_ctl would signal that one)."""
+        if not Path("/proc/self/cwd").exists():  # no /proc: trust the file
+            return (self.data / "postmaster.pid").exists()
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+            return Path(os.readlink(f"/proc/{pid}/cwd")) == self.data.resolve()
+        except (OSError, ValueError):
+            return False
 
     def forget_recovery_settings(self) -> None:
         """Take our settings out of postgresql.auto.conf: the directory starts as the source's cluster,
