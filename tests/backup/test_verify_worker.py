@@ -81,7 +81,9 @@ class _Watch:
         with psycopg.connect(libpq_conninfo("postgres"), autocommit=True) as conn:
             while not self.stop.is_set():
                 rows = conn.execute(
-                    "SELECT 'session on ' || datname FROM pg_stat_activity WHERE datname = %s "
+                    "SELECT format('session on %%s (%%s, %%s)', datname, backend_type, application_name) "
+                    "FROM pg_stat_activity WHERE datname = %s "
+                    "AND backend_type <> 'autovacuum worker' "  # the server's own, after the backup's writes
                     "UNION SELECT 'database ' || datname FROM pg_database WHERE datname LIKE %s",
                     (self.database, f"dbops\\_verify\\_{cf.NAME}\\_%")).fetchall()
                 self.seen.update(row[0] for row in rows)
