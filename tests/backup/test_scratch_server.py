@@ -53,3 +53,28 @@ def test_a_socket_directory_record_naming_another_directory_never_deletes_it(tmp
         assert not root.exists()
     assert (precious / "keep.txt").exists()
     assert not ours.exists()
+
+
+
+def test_a_recovery_server_of_an_older_major_version_accepts_its_settings():
+    """A PostgreSQL 15 server (Debian's, on this machine kind) reads the recovery settings dbops writes into a
+    cluster of its version without error: none that only newer servers know (summarize_wal is 17+)."""
+    from dbops.backup.pitr import ScratchServer, free_port
+    from tests.preflight.test_preflight import DEBIAN_15_BIN
+
+    root = ROOT / "var" / "test-staging" / f"pg15_{uuid.uuid4().hex[:8]}"
+    server = ScratchServer(root, Path(DEBIAN_15_BIN), free_port(56500, 56599))
+    server.data.mkdir(parents=True)
+    if server_user():
+        shutil.chown(root, server_user(), server_user())
+        shutil.chown(server.data, server_user(), server_user())
+    try:
+        subprocess.run([f"{DEBIAN_15_BIN}/initdb", "-D", str(server.data), "-U", "postgres", "--no-sync"],
+                       user=server_user(), check=True, capture_output=True)
+        server.configure(None, timeout=30)
+        read = subprocess.run([f"{DEBIAN_15_BIN}/postgres", "-D", str(server.data), "-C", "recovery_target_timeline"],
+                              user=server_user(), capture_output=True, text=True)
+        assert (read.returncode, read.stdout.strip()) == (0, "latest"), read.stderr
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

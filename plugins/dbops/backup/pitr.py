@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -177,7 +177,7 @@ def combine_and_verify(bin_dir: Path, parts: list[Path], out: Path, timeout: flo
             write_marker(parts[0], marker)
         shutil.move(parts[0], out)
     else:
-        done = run([str(bin_dir / "pg_combinebackup"), "--output", str(out), *map(str, parts)], timeout, _env())
+        done = run([str(bin_dir / "pg_combinebackup"), "--output", str(out), *map(str, parts)], timeout, server_env())
         if done.returncode != 0:
             raise RecoveryFailed(f"pg_combinebackup failed: {done.stderr.strip()[-1500:]}")
         if marker is not None:
@@ -185,14 +185,27 @@ def combine_and_verify(bin_dir: Path, parts: list[Path], out: Path, timeout: flo
         for part in parts:
             shutil.rmtree(part, ignore_errors=True)
     combined = time.monotonic()
-    done = run([str(bin_dir / "pg_verifybackup"), "--quiet", f"--ignore={RESTORE_MARKER}", str(out)], timeout, _env())
+    done = run([str(bin_dir / "pg_verifybackup"), "--quiet", f"--ignore={RESTORE_MARKER}", str(out)], timeout,
+               server_env())
     if done.returncode != 0:
         raise RecoveryFailed(f"pg_verifybackup failed: {(done.stdout + done.stderr).strip()[-1500:]}")
     return {"combine_seconds": round(combined - started, 3), "verify_seconds": round(time.monotonic() - combined, 3)}
 
 
-def _env() -> dict[str, str]:
+def server_env() -> dict[str, str]:
+    """The environment of server binaries: a few harmless variables (the worker's holds secrets, AIRFLOW_CONN_*)."""
     return {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")}
+
+
+def hand_to_server_user(paths: Iterable[Path], recursive: bool = False) -> None:
+    """Make ``paths`` private (0700) and, when this process is root (PostgreSQL refuses to run as root), owned by
+    the system user the server runs as (with everything below them when ``recursive``)."""
+    user = server_user()
+    for top in paths:
+        top.chmod(0o700)
+        if user:
+            for path in (top, *top.rglob("*")) if recursive else (top,):
+                shutil.chown(path, user, user)
 
 
 def free_port(first: int, last: int) -> int:
@@ -216,7 +229,7 @@ def check_wal_compression(bin_dir: Path, values: set[str]) -> None:
             if server_user():
                 shutil.chown(probe, server_user(), server_user())
             done = subprocess.run([str(bin_dir / "postgres"), "-D", probe, "-C", "wal_compression", "-c",
-                                   f"wal_compression={value}"], env=_env(), capture_output=True, text=True,
+                                   f"wal_compression={value}"], env=server_env(), capture_output=True, text=True,
                                   user=server_user(), timeout=60, check=False)
         if done.returncode != 0:
             hint = next((line.split("HINT:", 1)[1].strip() for line in done.stderr.splitlines() if "HINT:" in line), "")
@@ -277,8 +290,10 @@ class ScratchServer:
         settings = {"port": str(self.port), "listen_addresses": "", "unix_socket_directories": str(self.socket_dir),
                     "hba_file": str(self.root / "pg_hba.conf"), "restore_command": command,
                     "recovery_target_timeline": "latest",
-                    "archive_mode": "off", "summarize_wal": "off", "cluster_name": "dbops_pitr",
+                    "archive_mode": "off", "cluster_name": "dbops_pitr",
                     "logging_collector": "off", "shared_preload_libraries": "", "shared_buffers": "128MB"}
+        if int((self.data / "PG_VERSION").read_text()) >= 17:  # the setting exists from 17 (older servers refuse it)
+            settings["summarize_wal"] = "off"  # the source summarizes for its incremental backups; a copy does not
         if target_time is not None:  # without a target, recovery replays all the archive holds, then promotes
             settings.update(recovery_target_time=target_time.isoformat(), recovery_target_action="promote")
         (self.data / "postgresql.conf").touch()  # a source whose configuration lives elsewhere (/etc) has none
@@ -286,20 +301,11 @@ class ScratchServer:
             conf.write("\n" + _MARK + "".join(f"{k} = {_quote(v)}\n" for k, v in settings.items()))
         (self.data / "standby.signal").unlink(missing_ok=True)
         (self.data / "recovery.signal").touch()
-        self._own()
-
-    def _own(self) -> None:
-        user = server_user()
-        for top in {self.root, self.data, self.socket_dir}:
-            top.chmod(0o700)
-            if user:
-                for path in (top, *top.rglob("*")):
-                    shutil.chown(path, user, user)
+        hand_to_server_user({self.root, self.data, self.socket_dir}, recursive=True)
 
     def _ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
-        # a few harmless variables only: the worker's environment holds secrets (AIRFLOW_CONN_*)
-        return subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args], env=_env(), timeout=timeout,
-                              capture_output=True, text=True, user=server_user(), check=False)
+        return subprocess.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args], env=server_env(),
+                              timeout=timeout, capture_output=True, text=True, user=server_user(), check=False)
 
     def start(self, timeout: float) -> float:
         """Start recovery; return the seconds until the server accepts connections (consistent)."""

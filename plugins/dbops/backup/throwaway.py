@@ -19,7 +19,6 @@ import glob
 import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import psycopg
 
-from dbops.backup.pitr import ScratchServer, remove_scratch, server_user
+from dbops.backup.pitr import ScratchServer, hand_to_server_user, remove_scratch, server_env, server_user
 from dbops.core.config import DbopsConfig
 from dbops.core.processes import supervised
 from dbops.core.scratch import claimed, sweep
@@ -38,7 +37,6 @@ from dbops.hooks.tools import embedded_bin_dir, server_bin_dir
 SUPERUSER = "postgres"
 PORT = 5432  # names the socket file only: the socket directory is private and nothing listens on TCP
 _BIN_RECORD = "bin_dir"  # which pg_ctl stops a server a dead task left
-_ENVIRONMENT = ("PATH", "TZ")  # a few harmless variables: the worker's environment holds secrets (AIRFLOW_CONN_*)
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +88,10 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k in _ENVIRONMENT}
-
-
-def _own(*paths: Path) -> None:
-    """Hand ``paths`` to the system user the server runs as when this process is root (PostgreSQL refuses root)."""
-    user = server_user()
-    for path in paths:
-        path.chmod(0o700)
-        if user:
-            shutil.chown(path, user, user)
-
-
 def _initdb(server: ScratchServer, timeout: float) -> None:
     args = [str(server.bin_dir / "initdb"), "-D", str(server.data), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
             "--locale=C", "--no-sync", "--no-instructions"]
-    with supervised(args, timeout, env=_environment(), user=server_user(), stdout=subprocess.PIPE,
+    with supervised(args, timeout, env=server_env(), user=server_user(), stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, text=True) as proc:
         output, _ = proc.communicate()
     if proc.returncode != 0:
@@ -152,12 +137,12 @@ def throwaway_cluster(config: DbopsConfig, target: str, run_id: str, server_vers
             bin_dir = server_bin_dir(int(server_version.split(".")[0]), config.tools.bin_dir, config.tools.exclusive)
             (root / _BIN_RECORD).write_text(str(bin_dir))
             server = ScratchServer(root, bin_dir, PORT)
-            _own(root, server.socket_dir)
+            hand_to_server_user((root, server.socket_dir))
             _initdb(server, timeout)
             with open(server.data / "postgresql.auto.conf", "a") as conf:
                 conf.write("".join(f"{k} = {_quote(v)}\n" for k, v in settings(server.socket_dir, jobs).items()))
             with open(server.log_path, "ab") as server_log, \
-                    supervised([str(bin_dir / "postgres"), "-D", str(server.data)], 2 * timeout, env=_environment(),
+                    supervised([str(bin_dir / "postgres"), "-D", str(server.data)], 2 * timeout, env=server_env(),
                                user=server_user(), stdout=server_log, stderr=subprocess.STDOUT) as proc:
                 try:
                     _wait_ready(server, proc, timeout)
